@@ -1,0 +1,99 @@
+"""LayerNorm, linear and embedding in every form the switches select.
+
+Each function takes an optional `out`: without it the form allocates its result and
+supports autograd (phase 0, reference, training); with it the form writes into `out`
+and takes any scratch from the workspace `ws` (see workspace.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .labels import region
+
+
+# ---- bottleneck 6: LayerNorm ----------------------------------------------------------------
+
+def layer_norm_naive(x, weight, bias, eps, out=None, ws=None):
+    """The seed's baseline: composed from mean and variance ops."""
+    if out is None:
+        mean = x.mean(dim=-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + eps) * weight + bias
+    stats = x.shape[:-1] + (1,)
+    mean = torch.sum(x, dim=-1, keepdim=True, out=ws.take("layernorm.mean", *stats))
+    mean.div_(ws.scalar(float(x.size(-1))))
+    rstd = torch.var(x, dim=-1, correction=0, keepdim=True, out=ws.take("layernorm.rstd", *stats))
+    rstd.add_(ws.scalar(eps)).rsqrt_()
+    return torch.sub(x, mean, out=out).mul_(rstd).mul_(weight).add_(bias)
+
+
+def layer_norm_torch(x, weight, bias, eps, out=None, ws=None):
+    if out is None:
+        return F.layer_norm(x, (x.size(-1),), weight, bias, eps)
+    stats = x.shape[:-1] + (1,)
+    torch.ops.aten.native_layer_norm.out(
+        x, [x.size(-1)], weight, bias, eps, out0=out,
+        out1=ws.take("layernorm.mean", *stats), out2=ws.take("layernorm.rstd", *stats))
+    return out
+
+
+def layer_norm_custom(x, weight, bias, eps, out=None, ws=None):
+    from . import ops
+
+    return ops.layer_norm(x, weight, bias, eps, out=out)
+
+
+LAYER_NORM = {"naive": layer_norm_naive, "torch": layer_norm_torch, "custom": layer_norm_custom}
+
+
+# ---- bottleneck 5: the matmuls of every linear layer -----------------------------------------
+
+def linear_torch(x, weight, bias, out=None):
+    if out is None:
+        return F.linear(x, weight, bias)
+    x2d = x.reshape(-1, x.size(-1))  # (B*T, in); a view for the workspace's buffers
+    out2d = out.view(-1, weight.size(0))  # (B*T, out)
+    if bias is None:
+        return torch.mm(x2d, weight.t(), out=out2d).view(out.shape)
+    return torch.addmm(bias, x2d, weight.t(), out=out2d).view(out.shape)
+
+
+def linear_custom(x, weight, bias, out=None):
+    from . import ops
+
+    return ops.linear(x, weight, bias, out=out)
+
+
+LINEAR = {"torch": linear_torch, "custom": linear_custom}
+
+
+# ---- bottleneck 7: token embedding (its backward matters in training) ------------------------
+
+def embedding_torch(idx, weight):
+    return F.embedding(idx, weight)  # backward: autograd's index_add
+
+
+def embedding_custom(idx, weight):
+    from . import ops
+
+    return ops.embedding(idx, weight)  # backward: sorted, segment-reduced op
+
+
+EMBEDDING = {"torch": embedding_torch, "custom": embedding_custom}
+
+
+# ---- dispatch: what the model calls, labelled for the profiler's time split ------------------
+
+def layer_norm(opt, x, module, out=None, ws=None):
+    with region("layernorm"):
+        return LAYER_NORM[opt.layernorm](x, module.weight, module.bias, module.eps, out=out, ws=ws)
+
+
+def linear(opt, x, module, out=None):
+    with region("linear"):
+        return LINEAR[opt.matmul](x, module.weight, module.bias, out=out)
+
+
+def embedding(opt, idx, weight):
+    return EMBEDDING[opt.embedding_backward](idx, weight)
