@@ -20,12 +20,16 @@ def layer_norm_naive(x, weight, bias, eps, out=None, ws=None):
         mean = x.mean(dim=-1, keepdim=True)
         var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
         return (x - mean) / torch.sqrt(var + eps) * weight + bias
+    # The same steps into buffers. Python numbers in in-place ops would each be wrapped in
+    # a fresh tensor, hence ws.scalar; torch.var/mean with out= allocate internally.
     stats = x.shape[:-1] + (1,)
-    mean = torch.sum(x, dim=-1, keepdim=True, out=ws.take("layernorm.mean", *stats))
-    mean.div_(ws.scalar(float(x.size(-1))))
-    rstd = torch.var(x, dim=-1, correction=0, keepdim=True, out=ws.take("layernorm.rstd", *stats))
-    rstd.add_(ws.scalar(eps)).rsqrt_()
-    return torch.sub(x, mean, out=out).mul_(rstd).mul_(weight).add_(bias)
+    width = ws.scalar(float(x.size(-1)))
+    mean = torch.sum(x, dim=-1, keepdim=True, out=ws.take("layernorm.mean", *stats)).div_(width)
+    centered = torch.sub(x, mean, out=out)
+    squares = torch.mul(centered, centered, out=ws.take("layernorm.squares", *x.shape))
+    var = torch.sum(squares, dim=-1, keepdim=True, out=ws.take("layernorm.rstd", *stats)).div_(width)
+    rstd = var.add_(ws.scalar(eps)).rsqrt_()
+    return centered.mul_(rstd).mul_(weight).add_(bias)
 
 
 def layer_norm_torch(x, weight, bias, eps, out=None, ws=None):

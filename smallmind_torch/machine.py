@@ -56,3 +56,22 @@ def mm_gflops(n: int = 512, *, device="cpu", repeat: int = 5, mm=None) -> float:
     b = torch.randn(n, n, device=device)
     seconds = median_time(lambda: mm(a, b), warmup=2, repeat=repeat, device=device)
     return gflops(2 * n**3, seconds)
+
+
+def last_level_cache_bytes() -> "int | None":
+    """Size of the largest (last-level) CPU cache from sysfs, or None where unknown."""
+    import glob
+
+    best = None
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            size = int(digits) * scale
+            best = size if best is None else max(best, size)
+    return best

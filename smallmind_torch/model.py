@@ -82,6 +82,7 @@ class GPT(nn.Module):
             with torch.device("meta"):
                 self._build(config)
             self.to_empty(device="cpu")
+            self.lm_head.weight = self.transformer.wte.weight  # to_empty unties shared tensors
         else:
             self._build(config)
         self._initialize(torch.Generator().manual_seed(init_seed), per_module=opt.init == "default")
@@ -134,12 +135,12 @@ class GPT(nn.Module):
         at construction only: pass `phase=` to GPT(...) to build with fast init."""
         opt = resolve_phase(phase)
         if opt.needs_custom_ops:
-            from .ops import _build
+            from . import ops
 
             try:
-                _build.load()
-            except _build.CustomOpsUnavailable as exc:
-                raise _build.CustomOpsUnavailable(
+                ops.load_all()
+            except ops.CustomOpsUnavailable as exc:
+                raise ops.CustomOpsUnavailable(
                     f"phase {phase!r} uses custom ops, which are unavailable: {exc}") from exc
         self.opt = opt
         self.reset_caches()

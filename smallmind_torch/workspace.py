@@ -61,7 +61,8 @@ def workspace_forward(model, ws: Workspace, idx, start: int, last_only: bool, us
     wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
     x = ws.take("residual", B, T, C)
     with region("other"):
-        torch.index_select(wte, 0, idx.reshape(-1), out=x.view(B * T, C))
+        for b in range(B):  # row by row: a window of a (B, L) token buffer is not contiguous
+            torch.index_select(wte, 0, idx[b], out=x[b])
         x.add_(wpe[start:start + T])
     h = ws.take("layernorm.out", B, T, C)
     for i, block in enumerate(model.transformer.h):

@@ -1,24 +1,49 @@
 """Custom C++ ops (sources in `ops/`), registered as `torch.ops.smallmind.*`.
 
-Importing this package builds the extension on first use (see `_build`), then defines the
-Python wrappers: each op has a pure-PyTorch reference beside its binding, a `register_fake`
-(so `torch.compile` traces through it) and, where training uses it, a `register_autograd`.
+Nothing is built at import: the first use of an op (or `load_all()`, which `set_phase`
+calls for presets with custom forms) builds the extension (see `_build`) and imports the
+Python bindings. Each binding module has a pure-PyTorch reference beside the op, a
+`register_fake` (so `torch.compile` traces through it) and, where training uses it, a
+`register_autograd`.
 """
+from __future__ import annotations
+
+import importlib
+
 from ._build import CustomOpsUnavailable, available, load
 
-load()
+# public name -> binding module (private names, so that no module shadows its function)
+_EXPORTS = {
+    "attention": "_attention", "attention_reference": "_attention",
+    "embedding": "_embedding", "embedding_backward": "_embedding",
+    "embedding_backward_reference": "_embedding",
+    "gemm": "_gemm", "gemm_reference": "_gemm", "linear": "_gemm", "linear_reference": "_gemm",
+    "layer_norm": "_layer_norm", "layer_norm_reference": "_layer_norm",
+    "causal_softmax": "_softmax", "causal_softmax_": "_softmax", "causal_softmax_reference": "_softmax",
+}
 
-from .attention import attention, attention_reference  # noqa: E402
-from .embedding import embedding, embedding_backward, embedding_backward_reference  # noqa: E402
-from .gemm import gemm, gemm_reference, linear, linear_reference  # noqa: E402
-from .layer_norm import layer_norm, layer_norm_reference  # noqa: E402
-from .softmax import causal_softmax, causal_softmax_, causal_softmax_reference  # noqa: E402
 
-__all__ = [
-    "CustomOpsUnavailable", "available", "load",
-    "attention", "attention_reference",
-    "embedding", "embedding_backward", "embedding_backward_reference",
-    "gemm", "gemm_reference", "linear", "linear_reference",
-    "layer_norm", "layer_norm_reference",
-    "causal_softmax", "causal_softmax_", "causal_softmax_reference",
-]
+def _import_binding(module: str):
+    load()
+    try:
+        return importlib.import_module(f"{__name__}.{module}")
+    except ImportError as exc:
+        raise CustomOpsUnavailable(f"the Python bindings of op module {module!r} failed to import: {exc}") from exc
+
+
+def load_all() -> None:
+    """Build the extension and import every binding; raise CustomOpsUnavailable if any fails."""
+    for module in sorted(set(_EXPORTS.values())):
+        _import_binding(module)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_binding(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+__all__ = ["CustomOpsUnavailable", "available", "load", "load_all", *_EXPORTS]

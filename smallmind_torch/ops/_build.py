@@ -8,7 +8,9 @@ not use custom forms never call `load()`.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import shutil
 import sys
 import threading
@@ -29,8 +31,20 @@ _loaded = False
 _error: "CustomOpsUnavailable | None" = None
 
 
+def _cpu_key() -> str:
+    """Short hash of the CPU's model and flags: the build uses -march=native, so a tree
+    carried to another machine must not reuse a library built for this one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return hashlib.sha1("".join(lines or [platform.processor()]).encode()).hexdigest()[:8]
+
+
 def build_directory() -> Path:
-    default = Path(__file__).resolve().parents[2] / "build" / f"ops-torch-{torch.__version__}"
+    default = (Path(__file__).resolve().parents[2] / "build"
+               / f"ops-torch-{torch.__version__}-cpu-{_cpu_key()}")
     return Path(os.environ.get("SMALLMIND_OPS_BUILD_DIR", default))
 
 

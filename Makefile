@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, gcc, pip to PyPI):
+#   make study   # the main job: brief training (or the saved checkpoint), then the whole study
+#   make test    # the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup study test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# Exactly this CPU build first: an open range would pull a CUDA build of several GB.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+study: $(STAMP)
+	$(PY) -m smallmind_torch.cli train --if-missing --out checkpoints/seed
+	$(PY) experiments/run_all.py --checkpoint checkpoints/seed --out results
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build runs

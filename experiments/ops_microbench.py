@@ -1,0 +1,233 @@
+"""Micro-benchmark of the smallmind custom ops against ATen, at the seed model's shapes.
+
+Seed model: n_embd=256, n_head=8 (head_dim 32), T=block_size=128, vocab 512, MLP 1024.
+For every op: our time, ATen's time on the same inputs, the speed-up (ATen time / our
+time, > 1 means ours is faster), GFLOPS for the GEMMs (against torch.mm's peak measured in
+the same run) and achieved GB/s for the memory-bound ops (against the machine's measured
+read bandwidth, same run). All timing goes through `smallmind_torch.timing.median_time`;
+each pair is timed in alternating rounds and the best median is kept, which damps the
+noise of a shared machine.
+
+    python experiments/ops_microbench.py [--threads N] [--quick] [--json rows.json]
+
+An op the build does not provide prints "not available" instead of failing the run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from smallmind_torch.machine import memory_bandwidth_gbs, mm_gflops
+from smallmind_torch.timing import median_time
+
+# seed shapes
+C, NH, HS, T, V, HIDDEN = 256, 8, 32, 128, 512, 1024
+
+
+def _best_median(fn: Callable[[], object], rounds: int, budget_s: float) -> float:
+    t0 = median_time(fn, warmup=1, repeat=1)
+    repeat = int(min(25, max(5, budget_s / max(t0, 1e-7))))
+    return median_time(fn, warmup=2, repeat=repeat)
+
+
+def time_pair(ours: Optional[Callable], aten: Callable, rounds: int, budget_s: float):
+    """Best-of-`rounds` medians, ours and ATen alternating."""
+    t_ours, t_aten = math.inf, math.inf
+    for _ in range(rounds):
+        if ours is not None:
+            t_ours = min(t_ours, _best_median(ours, rounds, budget_s))
+        t_aten = min(t_aten, _best_median(aten, rounds, budget_s))
+    return (t_ours if ours is not None else None), t_aten
+
+
+def _ops_module():
+    try:
+        import smallmind_torch.ops as ops
+
+        ops.load()  # builds the extension on first use
+        return ops, None
+    except Exception as exc:  # CustomOpsUnavailable
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+_MODULE_OF = {"gemm": "gemm", "linear": "gemm", "embedding": "embedding",
+              "embedding_backward": "embedding", "causal_softmax": "softmax",
+              "layer_norm": "layer_norm", "attention": "attention"}
+
+
+def _get(ops, name: str):
+    """The op function `name` from its binding module, or None when it is not available."""
+    if ops is None:
+        return None
+    try:
+        module = importlib.import_module(f"smallmind_torch.ops.{_MODULE_OF[name]}")
+        fn = getattr(module, name)
+    except Exception:
+        return None
+    return fn if callable(fn) else None
+
+
+def build_cases(ops):
+    """(op, shape label, kind, ours_fn or None, aten_fn, flops, bytes) tuples."""
+    cases = []
+    g = torch.Generator().manual_seed(0)
+    gemm = _get(ops, "gemm")
+    linear = _get(ops, "linear")
+    for n in (128, 256, 512):
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+        out = torch.empty(n, n)
+        cases.append(("gemm", f"{n}x{n}x{n}", "flops",
+                      (lambda a=a, b=b, o=out: gemm(a, b, out=o)) if gemm else None,
+                      lambda a=a, b=b, o=out: torch.mm(a, b, out=o), 2 * n ** 3, None))
+    # decode projections (M = 1): qkv, MLP up, attn/MLP down, lm head
+    for k, n, what in ((C, 3 * C, "qkv"), (C, HIDDEN, "fc"), (C, C, "proj"), (C, V, "lm_head"),
+                       (HIDDEN, C, "mlp_proj")):
+        x, w, bias = torch.randn(1, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n)
+        out = torch.empty(1, n)
+        cases.append(("linear", f"1x{k}x{n} ({what}, decode)", "flops",
+                      (lambda x=x, w=w, bb=bias, o=out: linear(x, w, bb, out=o)) if linear else None,
+                      lambda x=x, w=w, bb=bias, o=out: torch.addmm(bb, x, w.t(), out=o),
+                      2 * k * n, None))
+    # prefill projections (M = T)
+    for k, n, what in ((C, 3 * C, "qkv"), (C, HIDDEN, "fc"), (HIDDEN, C, "mlp_proj")):
+        x, w, bias = torch.randn(T, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n)
+        out = torch.empty(T, n)
+        cases.append(("linear", f"{T}x{k}x{n} ({what}, prefill)", "flops",
+                      (lambda x=x, w=w, bb=bias, o=out: linear(x, w, bb, out=o)) if linear else None,
+                      lambda x=x, w=w, bb=bias, o=out: torch.addmm(bb, x, w.t(), out=o),
+                      2 * T * k * n, None))
+
+    # causal softmax over (1, nh, T, T) scores: ATen = mask + F.softmax
+    sm = _get(ops, "causal_softmax")
+    scores = torch.randn(1, NH, T, T, generator=g)
+    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    cases.append(("causal_softmax", f"1x{NH}x{T}x{T}", "bytes",
+                  (lambda: sm(scores)) if sm else None,
+                  lambda: F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1),
+                  None, 2 * scores.numel() * 4))
+
+    # layer norm, prefill and decode rows
+    ln = _get(ops, "layer_norm")
+    w_ln, b_ln = torch.randn(C, generator=g), torch.randn(C, generator=g)
+    for rows in (T, 1):
+        x = torch.randn(1, rows, C, generator=g)
+        cases.append(("layer_norm", f"1x{rows}x{C}", "bytes",
+                      (lambda x=x: ln(x, w_ln, b_ln)) if ln else None,
+                      lambda x=x: F.layer_norm(x, (C,), w_ln, b_ln),
+                      None, 2 * x.numel() * 4 + 2 * C * 4))
+
+    # attention: prefill (causal) and decode (one query against the full cache)
+    att = _get(ops, "attention")
+    q = torch.randn(1, NH, T, HS, generator=g)
+    k = torch.randn(1, NH, T, HS, generator=g)
+    v = torch.randn(1, NH, T, HS, generator=g)
+    flops = 2 * 2 * NH * HS * T * (T + 1) / 2
+    cases.append(("attention", f"prefill 1x{NH}x{T}x{HS}", "flops",
+                  (lambda: att(q, k, v)) if att else None,
+                  lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                  flops, None))
+    q1 = q[:, :, -1:].contiguous()
+    cases.append(("attention", f"decode 1x{NH}x1x{HS} vs Tk={T}", "bytes",
+                  (lambda: att(q1, k, v, q_offset=T - 1)) if att else None,
+                  lambda: F.scaled_dot_product_attention(q1, k, v),
+                  None, (k.numel() + v.numel() + 2 * q1.numel()) * 4))
+
+    # embedding backward: the training batch (B=8, T) over the seed vocabulary
+    eb = _get(ops, "embedding_backward")
+    idx = torch.randint(0, V, (8, T), generator=g)
+    grad = torch.randn(8, T, C, generator=g)
+    flat_idx, flat_grad = idx.flatten(), grad.reshape(-1, C)
+    cases.append(("embedding_backward", f"idx 8x{T}, V={V}, D={C}", "bytes",
+                  (lambda: eb(grad, idx, V)) if eb else None,
+                  lambda: torch.zeros(V, C).index_add_(0, flat_idx, flat_grad),
+                  None, grad.numel() * 4 + V * C * 4 + idx.numel() * 8))
+    emb = _get(ops, "embedding")
+    wte = torch.randn(V, C, generator=g)
+    cases.append(("embedding", f"idx 8x{T}, V={V}, D={C}", "bytes",
+                  (lambda: emb(idx, wte)) if emb else None,
+                  lambda: F.embedding(idx, wte),
+                  None, 2 * idx.numel() * C * 4 + idx.numel() * 8))
+    return cases
+
+
+def run(threads: Optional[int] = None, quick: bool = False):
+    if threads:
+        torch.set_num_threads(threads)
+    ops, why = _ops_module()
+    rounds, budget = (2, 0.02) if quick else (5, 0.05)
+    bw = memory_bandwidth_gbs()
+    peak = mm_gflops(512)
+    rows = []
+    with torch.no_grad():
+        for op, shape, kind, ours, aten, flops, nbytes in build_cases(ops):
+            t_ours, t_aten = time_pair(ours, aten, rounds, budget)
+            row = {"op": op, "shape": shape, "ours_us": None if t_ours is None else t_ours * 1e6,
+                   "aten_us": t_aten * 1e6,
+                   "speedup": None if t_ours is None else t_aten / t_ours}
+            if kind == "flops":
+                row["ours_gflops"] = None if t_ours is None else flops / t_ours / 1e9
+                row["aten_gflops"] = flops / t_aten / 1e9
+                row["ours_pct_mm_peak"] = (None if t_ours is None else
+                                           100 * row["ours_gflops"] / peak)
+            else:
+                row["ours_gbs"] = None if t_ours is None else nbytes / t_ours / 1e9
+                row["aten_gbs"] = nbytes / t_aten / 1e9
+                row["ours_pct_bw"] = None if t_ours is None else 100 * row["ours_gbs"] / bw
+            rows.append(row)
+    env = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+           "mem_bw_gbs": bw, "mm512_gflops": peak, "ops_error": why}
+    try:
+        env["gemm_kernel"] = torch.ops.smallmind.gemm_kernel_name()
+    except Exception:
+        env["gemm_kernel"] = None
+    return env, rows
+
+
+def format_table(env, rows) -> str:
+    lines = [f"threads={env['threads']}  torch {env['torch']}  gemm kernel={env['gemm_kernel']}"
+             f"  measured: read bandwidth {env['mem_bw_gbs']:.1f} GB/s, "
+             f"torch.mm 512^3 {env['mm512_gflops']:.1f} GFLOPS"]
+    if env.get("ops_error"):
+        lines.append(f"custom ops: {env['ops_error']}")
+    head = (f"{'op':<20} {'shape':<30} {'ours us':>9} {'aten us':>9} {'aten/ours':>9} "
+            f"{'ours':>14} {'aten':>14} {'ours % ref':>10}")
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        if r["ours_us"] is None:
+            lines.append(f"{r['op']:<20} {r['shape']:<30} {'not available':>9} "
+                         f"{r['aten_us']:9.1f}")
+            continue
+        if "ours_gflops" in r:
+            a, b, pct = (f"{r['ours_gflops']:.2f} GFLOPS", f"{r['aten_gflops']:.2f} GFLOPS",
+                         f"{r['ours_pct_mm_peak']:.0f}% mm")
+        else:
+            a, b, pct = (f"{r['ours_gbs']:.2f} GB/s", f"{r['aten_gbs']:.2f} GB/s",
+                         f"{r['ours_pct_bw']:.0f}% bw")
+        lines.append(f"{r['op']:<20} {r['shape']:<30} {r['ours_us']:9.1f} {r['aten_us']:9.1f} "
+                     f"{r['speedup']:9.2f} {a:>14} {b:>14} {pct:>10}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter timing rounds")
+    p.add_argument("--json", metavar="PATH", help="also write {env, rows} as JSON here")
+    args = p.parse_args(argv)
+    env, rows = run(args.threads, args.quick)
+    print(format_table(env, rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The measurement library on a tiny shape: every figure present and sane, the correctness
+check in every result, FAILED / unavailable / not-installed rows. Correctness only, never speed."""
+import json
+import math
+
+import pytest
+import torch
+
+from smallmind_torch import GPT, PHASES, OptConfig, attention, harness
+from smallmind_torch.labels import CATEGORIES
+
+from conftest import TINY
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tests share 2 cores; this only makes them less noisy
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(1234)
+    return GPT(TINY).eval()
+
+
+SETTINGS = harness.BenchSettings.tiny()
+
+
+def _positive(x):
+    return x is not None and math.isfinite(x) and x > 0
+
+
+def test_study_on_tiny_shape(model):
+    study = harness.run_study(model, ["reference", "phase1", "max"], ["hf"], SETTINGS)
+    assert list(study.phases) == ["reference", "phase1", "max"]
+    for name, r in study.phases.items():
+        assert r.status == "ok", (name, r.reason)
+        assert r.check is not None and r.check.passed and r.check.tokens_equal
+        assert r.check.max_abs_diff <= 1e-4
+        for figure in (r.tokens_per_s, r.decode_ms, r.prefill_ms, r.bytes_per_token, r.allocs_per_token):
+            assert _positive(figure), (name, figure)
+        assert set(r.gflops) == set(SETTINGS.gemm_sizes) and all(_positive(g) for g in r.gflops.values())
+        assert set(r.time_split) == set(CATEGORIES)
+        assert sum(r.time_split.values()) == pytest.approx(100.0, abs=0.5)
+        assert all(v >= 0 for v in r.time_split.values())
+        assert _positive(r.roofline["decode_fraction_of_roofline"])
+        assert r.env["torch"] == torch.__version__ and "cpu" in r.env and r.env["device"] == "cpu"
+    # each preset's own labels show up in its split
+    assert study.phases["phase1"].time_split["attention_scores"] > 0
+    assert study.phases["max"].time_split["attention_fused"] > 0
+    assert study.phases["max"].time_split["kv_cache"] > 0
+    m = study.machine
+    assert _positive(m.bandwidth_weights_gbs) and _positive(m.bandwidth_large_gbs) and _positive(m.mm_peak_gflops)
+    assert m.weight_bytes > 0 and _positive(m.ideal_decode_ms)
+    hf = study.peers["hf"]
+    assert hf.status == "ok" and hf.tokens_equal, hf.reason
+    assert _positive(hf.tokens_per_s) and _positive(hf.bytes_per_token) and _positive(hf.allocs_per_token)
+    ratios = study.ratios()
+    assert _positive(ratios["max"]["speedup_vs_hf"])
+    d = json.loads(json.dumps(study.to_dict()))
+    assert d["phases"]["phase1"]["check"]["passed"] is True
+    assert model.opt == PHASES["reference"]  # the phase is restored
+
+
+def test_phase0_allocates_more_than_phase1(model):
+    study = harness.run_study(model, ["phase0", "phase1"], [], SETTINGS, machine=False)
+    p0, p1 = study.phases["phase0"], study.phases["phase1"]
+    assert p0.ok and p1.ok
+    assert p0.allocs_per_token > p1.allocs_per_token  # the workspace (3a) removes allocations
+    assert study.ratios()["phase1"]["speedup_vs_phase0"] > 0
+
+
+def test_wrong_form_is_reported_failed_not_benchmarked(model, monkeypatch):
+    wrong = OptConfig(softmax="naive")  # workspace off: the allocating SOFTMAX dispatch
+    monkeypatch.setitem(attention.SOFTMAX, "naive",
+                        lambda scores, q_offset: torch.softmax(scores * 1.5, dim=-1))
+    study = harness.run_study(model, {"reference": "reference", "broken": wrong}, [], SETTINGS, machine=False)
+    assert study.phases["reference"].ok
+    r = study.phases["broken"]
+    assert r.status == "FAILED"
+    assert not r.check.passed and r.check.max_abs_diff > 1e-4
+    assert r.tokens_per_s is None and r.bytes_per_token is None  # not silently benchmarked
+    assert "logit diff" in r.describe_status()
+    assert "broken" not in study.ratios()
+
+
+def test_different_weights_fail_the_check(model):
+    reference = harness.ReferenceRun(model, SETTINGS)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.mul_(3.0)
+    r = harness.measure_preset(model, "reference", SETTINGS, reference=reference)
+    assert r.status == "FAILED" and not r.check.passed
+
+
+def test_unavailable_custom_ops_are_reported_and_the_study_goes_on(model, monkeypatch):
+    from smallmind_torch import ops
+
+    def boom():
+        raise ops.CustomOpsUnavailable("no compiler (simulated)")
+
+    monkeypatch.setattr(ops, "load_all", boom)
+    study = harness.run_study(model, ["phase2", "reference"], [], SETTINGS, machine=False)
+    assert study.phases["phase2"].status == "unavailable"
+    assert "simulated" in study.phases["phase2"].describe_status()
+    assert study.phases["reference"].ok
+
+
+def test_hf_not_installed(model, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    r = harness.measure_hf(model, SETTINGS)
+    assert r.status == "not installed" and r.tokens_per_s is None
+
+
+def test_new_presets_are_picked_up(monkeypatch):
+    monkeypatch.setitem(PHASES, "extra", PHASES["reference"].replace(workspace=True))
+    assert ("extra", "extra") in harness._phase_items(None)
+
+
+class _Ev:
+    def __init__(self, name, start, end, nbytes=0, tid=1):
+        self._n, self._s, self._e, self._b, self._t = name, start, end, nbytes, tid
+
+    def name(self):
+        return self._n
+
+    def start_ns(self):
+        return self._s
+
+    def end_ns(self):
+        return self._e
+
+    def nbytes(self):
+        return self._b
+
+    def start_thread_id(self):
+        return self._t
+
+
+def test_split_excludes_nested_labels_and_counts_allocations():
+    events = [_Ev(harness.STEP_LABEL, 0, 1000), _Ev("linear", 100, 300), _Ev("attention_scores", 300, 700),
+              _Ev("softmax", 400, 500),  # nested in attention_scores
+              _Ev("aten::mm", 120, 280), _Ev("linear", 5000, 6000, tid=2),  # another thread: ignored
+              _Ev("[memory]", 150, 150, 64), _Ev("[memory]", 160, 160, -64), _Ev("[memory]", 170, 170, 32)]
+    total_ms, split = harness.split_from_events(events)
+    assert total_ms == pytest.approx(1e-3)
+    assert split["linear"] == pytest.approx(200e-6)
+    assert split["attention_scores"] == pytest.approx(300e-6)
+    assert split["softmax"] == pytest.approx(100e-6)
+    assert split["other"] == pytest.approx(400e-6)
+    assert harness.allocations_from_events(events) == (96, 2)
+
+
+def test_settings_validate():
+    with pytest.raises(ValueError):
+        harness.BenchSettings(new_tokens=0)
+    assert harness.BenchSettings().new_tokens == 50 and harness.BenchSettings().runs == 3
+
+
+def test_bench_cli_writes_json(tmp_path):
+    from smallmind_torch import cli
+
+    path = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--tiny", "--phases", "reference", "max", "--peers", "--no-progress",
+                   "--no-machine", "--threads", "1", "--json", str(path)])
+    assert rc == 0
+    data = json.loads(path.read_text())
+    assert set(data["phases"]) == {"reference", "max"}
+    assert data["phases"]["max"]["status"] == "ok"
+    assert cli.main(["bench", "--tiny", "--phases", "nope"]) == 2
+
+
+def test_experiment_script_main(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "phase1_batched_attention.py"
+    spec = importlib.util.spec_from_file_location("exp_phase1", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--tiny", "--no-progress", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "phase1" in out and "tokens/s" in out

@@ -1,0 +1,231 @@
+"""Fused causal attention custom op (ops/attention.cpp) against its PyTorch reference."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+try:  # importing the binding builds / loads the C++ extension (cached in build/)
+    from smallmind_torch.ops._attention import attention, attention_reference
+except Exception as exc:  # only a failed build (CustomOpsUnavailable) is a reason to skip
+    if type(exc).__name__ != "CustomOpsUnavailable":
+        raise
+    pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)
+
+CASES = [  # (B, nh, Tq, Tk, hs, q_offset)
+    (1, 8, 128, 128, 32, 0),   # seed prefill
+    (1, 8, 1, 128, 32, 127),   # seed decode
+    (2, 3, 5, 9, 7, 4),        # odd everything, hs < 8
+    (1, 2, 1, 33, 13, 32),     # hs not a multiple of 8
+    (3, 2, 17, 17, 64, 0),
+    (1, 1, 1, 1, 1, 0),        # size 1
+    (1, 2, 300, 300, 16, 0),   # more keys than one online-softmax block (256)
+    (2, 2, 3, 20, 24, 10),     # a chunk in the middle of a cache
+]
+
+
+def _qkv(b, nh, tq, tk, hs, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, nh, tq, hs, generator=g) * scale, torch.randn(b, nh, tk, hs, generator=g),
+            torch.randn(b, nh, tk, hs, generator=g))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_matches_reference(case):
+    b, nh, tq, tk, hs, off = case
+    q, k, v = _qkv(b, nh, tq, tk, hs)
+    ref = attention_reference(q, k, v, off)
+    torch.testing.assert_close(attention(q, k, v, off), ref)
+    out = torch.empty(b, nh, tq, hs)
+    assert attention(q, k, v, off, out=out) is out
+    torch.testing.assert_close(out, ref)
+
+
+def test_matches_sdpa_prefill():
+    q, k, v = _qkv(2, 4, 19, 19, 24, seed=1)
+    torch.testing.assert_close(attention(q, k, v),
+                               F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_kv_cache_views_and_strided_out():
+    """k/v as slices of a (max_B, nh, max_T, hs) cache, out as a (B, T, nh, hs) transpose."""
+    torch.manual_seed(2)
+    max_b, nh, max_t, hs = 3, 4, 40, 16
+    k_cache = torch.randn(max_b, nh, max_t, hs)
+    v_cache = torch.randn(max_b, nh, max_t, hs)
+    for b, tq, tk in [(2, 7, 7), (2, 1, 25), (1, 4, 30), (3, 1, 1)]:
+        off = tk - tq
+        k, v = k_cache[:b, :, :tk], v_cache[:b, :, :tk]
+        assert not k.is_contiguous()
+        q = torch.randn(b, tq, nh, hs).transpose(1, 2)  # (B, nh, Tq, hs) view of (B, T, nh, hs)
+        ref = attention_reference(q, k.contiguous(), v.contiguous(), off)
+        torch.testing.assert_close(attention(q, k, v, off), ref)
+        y = torch.full((b, tq, nh * hs), float("nan"))  # the model's (B, T, C) buffer
+        out = y.view(b, tq, nh, hs).transpose(1, 2)
+        attention(q, k, v, off, out=out)
+        torch.testing.assert_close(y, ref.transpose(1, 2).reshape(b, tq, nh * hs))
+    # a fully strided out (last dim not contiguous) goes through a temporary
+    q, k, v = _qkv(1, 2, 5, 5, 8)
+    out = torch.empty(1, 2, 8, 5).transpose(-1, -2)
+    attention(q, k, v, out=out)
+    torch.testing.assert_close(out, attention_reference(q, k, v))
+
+
+def test_extreme_scores_are_finite_and_exact_for_a_dominant_key():
+    # scores of order 1e4: each row's softmax is one-hot on its largest score
+    torch.manual_seed(3)
+    q, k, v = _qkv(1, 2, 9, 9, 16, scale=400.0)
+    out = attention(q, k, v)
+    assert torch.isfinite(out).all()
+    s = (q @ k.transpose(-1, -2)) / 4.0
+    assert s.abs().max() > 1e3
+    ref64 = attention_reference(q.double(), k.double(), v.double()).float()
+    torch.testing.assert_close(out, ref64, rtol=1e-5, atol=1e-5)
+    # row 0 attends only key 0
+    torch.testing.assert_close(out[:, :, 0], v[:, :, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", [(2, 3, 5, 9, 7, 4), (1, 2, 12, 12, 16, 0), (1, 1, 1, 6, 8, 5),
+                                  (1, 2, 40, 300, 8, 260)], ids=str)
+def test_grads_match_reference(case):
+    b, nh, tq, tk, hs, off = case
+    q, k, v = (t.requires_grad_() for t in _qkv(b, nh, tq, tk, hs, seed=4))
+    g = torch.randn(b, nh, tq, hs)
+    attention(q, k, v, off).backward(g)
+    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    attention_reference(qr, kr, vr, off).backward(g)
+    for got, want in ((q.grad, qr.grad), (k.grad, kr.grad), (v.grad, vr.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_grads_through_cache_views():
+    cache = torch.randn(2, 2, 30, 8, requires_grad=True)
+    k = cache[:, :, :11]
+    v = cache[:, :, 11:22]
+    q = torch.randn(2, 2, 3, 8, requires_grad=True)
+    g = torch.randn(2, 2, 3, 8)
+    attention(q, k, v, 8).backward(g)
+    cr = cache.detach().clone().requires_grad_()
+    qr = q.detach().clone().requires_grad_()
+    attention_reference(qr, cr[:, :, :11], cr[:, :, 11:22], 8).backward(g)
+    torch.testing.assert_close(cache.grad, cr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q.grad, qr.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck():
+    q, k, v = _qkv(2, 2, 3, 7, 5)
+    ops = torch.ops.smallmind
+    torch.library.opcheck(ops.attention.default, (q, k, v, 4))
+    torch.library.opcheck(ops.attention.default,
+                          tuple(t.clone().requires_grad_() for t in (q, k, v)) + (4,))
+    cache = torch.randn(3, 2, 10, 5)
+    torch.library.opcheck(ops.attention.default, (q, cache[:2, :, :7], cache[1:, :, 2:9], 4))
+    torch.library.opcheck(ops.attention_out.default, (q, k, v, 4, torch.empty(2, 2, 3, 5)))
+    buf = torch.empty(2, 3, 10)
+    torch.library.opcheck(ops.attention_out.default,
+                          (q, k, v, 4, buf.view(2, 3, 2, 5).transpose(1, 2)))
+    torch.library.opcheck(ops.attention_backward.default, (torch.randn(2, 2, 3, 5), q, k, v, 4))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def f(q, k_cache, v_cache, y):
+        b, nh, tq, hs = q.shape
+        tk = 6
+        k, v = k_cache[:b, :, :tk], v_cache[:b, :, :tk]
+        a = attention(q, k, v, tk - tq)
+        attention(q, k, v, tk - tq, out=y.view(b, tq, nh, hs).transpose(1, 2))
+        return a, y
+
+    q = torch.randn(1, 2, 2, 8)
+    kc, vc = torch.randn(2, 2, 10, 8), torch.randn(2, 2, 10, 8)
+    y = torch.empty(1, 2, 16)
+    a, y2 = torch.compile(f, fullgraph=True, backend="aot_eager")(q, kc, vc, y)
+    ref = attention_reference(q, kc[:1, :, :6], vc[:1, :, :6], 4)
+    torch.testing.assert_close(a, ref)
+    torch.testing.assert_close(y, ref.transpose(1, 2).reshape(1, 2, 16))
+
+    def loss(q, k, v):
+        return attention(q, k, v).square().sum()
+
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 5, 5, 8))
+    torch.compile(loss, fullgraph=True, backend="aot_eager")(q, k, v).backward()
+    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    attention_reference(qr, kr, vr).square().sum().backward()
+    torch.testing.assert_close(k.grad, kr.grad, rtol=1e-5, atol=1e-5)
+
+
+def _score_error_bound(q, k):
+    """Worst-case float32 rounding of the scores: hs * eps * sum_d |q_d k_d| / sqrt(hs)."""
+    hs = q.shape[-1]
+    return (q.abs() @ k.abs().transpose(-1, -2)).max().item() / math.sqrt(hs) * hs * 6e-8
+
+
+@settings(max_examples=50, deadline=None)
+@given(b=st.integers(1, 2), nh=st.integers(1, 3), tq=st.integers(1, 10), extra=st.integers(0, 12),
+       off_frac=st.floats(0, 1), hs=st.integers(1, 40),
+       qscale=st.sampled_from([1.0, 10.0, 2000.0]), seed=st.integers(0, 2**16))
+def test_property_matches_reference(b, nh, tq, extra, off_frac, hs, qscale, seed):
+    tk = tq + extra
+    off = int(round(off_frac * extra))
+    q, k, v = _qkv(b, nh, tq, tk, hs, seed=seed, scale=qscale)
+    out = attention(q, k, v, off)
+    assert torch.isfinite(out).all()
+    if qscale == 1.0:
+        torch.testing.assert_close(out, attention_reference(q, k, v, off))
+    else:
+        # scores up to ~1e4: the result is ill-conditioned in the scores, so compare with the
+        # float64 result within what float32 rounding of the scores alone can move it
+        ref64 = attention_reference(q.double(), k.double(), v.double(), off).float()
+        atol = 1e-5 + 2 * _score_error_bound(q, k) * v.abs().max().item()
+        torch.testing.assert_close(out, ref64, rtol=1e-5, atol=atol)
+    # row 0 (when q_offset = 0) attends one key only: exactly v_0
+    if off == 0:
+        torch.testing.assert_close(out[:, :, 0], v[:, :, 0], rtol=0, atol=0)
+
+
+def test_bad_inputs():
+    q, k, v = _qkv(1, 2, 3, 5, 4)
+    with pytest.raises(RuntimeError, match="float32"):
+        attention(q.double(), k, v)
+    with pytest.raises(RuntimeError, match="4-D"):
+        attention(q[0], k, v)
+    with pytest.raises(RuntimeError, match="same shape"):
+        attention(q, k, v[:, :, :4])
+    with pytest.raises(RuntimeError, match="agree on B, nh"):
+        attention(q[:, :1], k, v)
+    with pytest.raises(RuntimeError, match="agree on B, nh"):
+        attention(torch.randn(1, 2, 3, 6), k, v)
+    with pytest.raises(ValueError, match="q_offset"):
+        attention(q, k, v, 3)  # 3 + 3 > 5
+    with pytest.raises(ValueError, match="q_offset"):
+        attention(q, k, v, -1)
+    with pytest.raises(ValueError, match="q_offset"):
+        attention(torch.randn(1, 2, 6, 4), k, v)  # Tq > Tk
+    with pytest.raises(RuntimeError, match="out'? must have shape"):
+        attention(q, k, v, out=torch.empty(1, 2, 3, 5))
+    with pytest.raises(RuntimeError, match="autograd"):
+        attention(q.clone().requires_grad_(), k, v, out=torch.empty(1, 2, 3, 4))
+    with pytest.raises(TypeError, match="q_offset"):
+        attention(q, k, v, 1.5)
+    # the C++ checks, reached without the Python wrapper
+    ops = torch.ops.smallmind
+    with pytest.raises(RuntimeError, match="q_offset"):
+        ops.attention(q, k, v, 3)
+    with pytest.raises(RuntimeError, match="Float|float32"):
+        ops.attention(q.half(), k, v, 0)
+    with pytest.raises(RuntimeError, match="4-D"):
+        ops.attention(q, k[0], v, 0)
+    with pytest.raises(RuntimeError, match="shape"):
+        ops.attention_out(q, k, v, 0, torch.empty(3, 4))
+    with pytest.raises(RuntimeError, match="overlap"):
+        ops.attention_out(q, k, v, 0, q)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rejected():
+    q, k, v = (t.cuda() for t in _qkv(1, 1, 2, 2, 4))
+    with pytest.raises(RuntimeError, match="CPU"):
+        attention(q, k, v)

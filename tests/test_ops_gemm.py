@@ -1,0 +1,284 @@
+"""smallmind::gemm / linear custom ops (ops/gemm.cpp) against their PyTorch references."""
+import importlib
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+try:
+    # the submodule itself (the package attribute `gemm` is the function)
+    G = importlib.import_module("smallmind_torch.ops._gemm")
+except Exception as exc:  # CustomOpsUnavailable: no compiler / ninja / OpenMP
+    if type(exc).__name__ == "CustomOpsUnavailable":
+        pytest.skip(f"smallmind C++ ops cannot be built here: {exc}", allow_module_level=True)
+    raise
+
+from hypothesis import given, settings, strategies as st
+
+ops = torch.ops.smallmind
+
+# (M, K, N): size 1, decode M = 1..8, odd sizes, K > KC (256) and N > NC (4096) blocks.
+SHAPES = [
+    (1, 1, 1), (1, 256, 768), (2, 256, 1024), (3, 17, 33), (4, 64, 40), (5, 300, 70),
+    (6, 16, 16), (7, 5, 9), (8, 256, 256), (13, 3, 4113), (37, 129, 65),
+    (128, 128, 128), (130, 257, 99), (97, 513, 31),
+]
+
+
+def close(actual, expected, k):
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=2e-5 * max(k, 1) ** 0.5 * 4)
+
+
+def test_kernel_name():
+    assert G.kernel_name() in ("avx2-fma-6x16", "scalar")
+
+
+@pytest.mark.parametrize("mkn", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_matches_reference(mkn):
+    m, k, n = mkn
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    close(G.gemm(a, b), G.gemm_reference(a, b), k)
+
+
+@pytest.mark.parametrize("mkn", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_reference(mkn, with_bias):
+    m, k, n = mkn
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    bias = torch.randn(n) if with_bias else None
+    close(G.linear(x, w, bias), G.linear_reference(x, w, bias), k)
+    close(G.linear(x, w, bias), F.linear(x, w, bias), k)
+
+
+def test_gemm_strided_inputs():
+    a = torch.randn(40, 70)
+    b = torch.randn(90, 33)
+    for aa, bb in [
+        (a.t(), b[:40, :]),                       # transposed a (column-major)
+        (a[:, ::2], torch.randn(20, 35).t()),     # sliced columns, transposed b
+        (a[::3, 1:36], b[5:40, ::2]),             # row and column steps
+        (a[:1, :35], b[:35, :7]),                 # decode-like M = 1, views
+        (a[:3, :35], torch.randn(20, 35)[:7].t()),  # small M with transposed b
+        (torch.randn(1, 35).expand(5, 35), b[:35]),  # stride-0 rows
+    ]:
+        assert not (aa.is_contiguous() and bb.is_contiguous())
+        close(G.gemm(aa, bb), aa @ bb, aa.shape[1])
+
+
+def test_linear_leading_dims_and_noncontiguous_x():
+    w, bias = torch.randn(24, 19), torch.randn(24)
+    for x in [torch.randn(19), torch.randn(2, 3, 19), torch.randn(3, 2, 19).transpose(0, 1),
+              torch.randn(2, 5, 40)[..., 3:22], torch.randn(19, 6).t(),
+              torch.randn(2, 0, 19)]:
+        y = G.linear(x, w, bias)
+        assert y.shape == (*x.shape[:-1], 24)
+        close(y, G.linear_reference(x, w, bias), 19)
+    # a non-contiguous weight works too
+    wt = torch.randn(19, 24).t()
+    x = torch.randn(5, 19)
+    close(G.linear(x, wt), x @ wt.t(), 19)
+
+
+def test_k_zero_and_empty():
+    assert torch.equal(G.gemm(torch.randn(3, 0), torch.randn(0, 4)), torch.zeros(3, 4))
+    bias = torch.randn(4)
+    assert torch.equal(G.linear(torch.randn(2, 0), torch.randn(4, 0), bias),
+                       bias.expand(2, 4))
+    assert G.gemm(torch.randn(0, 5), torch.randn(5, 3)).shape == (0, 3)
+
+
+def test_out_variants_write_in_place():
+    x, w, bias = torch.randn(2, 7, 33), torch.randn(50, 33), torch.randn(50)
+    out = torch.empty(2, 7, 50)
+    ptr = out.data_ptr()
+    r = G.linear(x, w, bias, out=out)
+    assert r is out and out.data_ptr() == ptr
+    close(out, G.linear_reference(x, w, bias), 33)
+    a, b = torch.randn(9, 33), torch.randn(33, 21)
+    out2 = torch.full((9, 21), float("nan"))
+    assert G.gemm(a, b, out=out2) is out2
+    close(out2, a @ b, 33)
+
+
+def test_linear_out_allocates_nothing_of_size_mn():
+    m, k, n = 64, 96, 200
+    x, w, bias = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+    out = torch.empty(m, n)
+    G.linear(x, w, bias, out=out)  # warm-up
+    with torch.no_grad(), torch.profiler.profile(profile_memory=True) as prof:
+        G.linear(x, w, bias, out=out)
+    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events()
+             if e.name() == "[memory]" and e.nbytes() > 0]
+    assert all(s < m * n * 4 for s in sizes), sizes
+
+
+def test_same_result_for_any_thread_count():
+    a, b = torch.randn(70, 300), torch.randn(300, 90)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = G.gemm(a, b)
+        torch.set_num_threads(max(2, threads))
+        many = G.gemm(a, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)  # each element summed in the same k order
+
+
+@pytest.mark.parametrize("dims", [(1, 8, 5), (3, 17, 33), (2, 6, 64, 40)],
+                         ids=["M1", "odd", "batched"])
+def test_linear_gradients_match_reference(dims):
+    *lead, k, n = dims
+    x0, w0, b0 = torch.randn(*lead, k), torch.randn(n, k), torch.randn(n)
+    r = torch.randn(*lead, n)
+
+    def grads(fn, noncontig_x=False):
+        x = x0.clone().requires_grad_()
+        w = w0.clone().requires_grad_()
+        b = b0.clone().requires_grad_()
+        xin = x.transpose(0, -2).contiguous().transpose(0, -2) if noncontig_x else x
+        (fn(xin, w, b) * r).sum().backward()
+        return x.grad, w.grad, b.grad
+
+    ref = grads(G.linear_reference)
+    for noncontig in (False, True):
+        for got, exp in zip(grads(G.linear, noncontig), ref):
+            close(got, exp, max(k, n) * 4)
+
+
+def test_gemm_gradients_match_reference():
+    a0, b0 = torch.randn(9, 31), torch.randn(31, 14)
+    r = torch.randn(9, 14)
+    res = []
+    for fn in (G.gemm, G.gemm_reference):
+        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        (fn(a, b) * r).sum().backward()
+        res.append((a.grad, b.grad))
+    for got, exp in zip(*res):
+        close(got, exp, 31)
+
+
+def test_linear_out_with_grad_records_autograd():
+    x = torch.randn(4, 10, requires_grad=True)
+    w = torch.randn(6, 10, requires_grad=True)
+    out = torch.empty(4, 6)
+    y = G.linear(x, w, None, out=out)
+    assert y is out
+    y.sum().backward()
+    close(x.grad, torch.ones(4, 6) @ w.detach(), 10)
+
+
+def test_opcheck():
+    a, b = torch.randn(7, 19), torch.randn(19, 11)
+    torch.library.opcheck(ops.gemm.default, (a, b))
+    torch.library.opcheck(ops.gemm.default, (a.clone().requires_grad_(),
+                                             b.clone().requires_grad_()))
+    torch.library.opcheck(ops.gemm_out.default, (a, b), {"out": torch.empty(7, 11)})
+    x, w, bias = torch.randn(2, 3, 19), torch.randn(11, 19), torch.randn(11)
+    torch.library.opcheck(ops.linear.default, (x, w, bias))
+    torch.library.opcheck(ops.linear.default, (x.requires_grad_(), w.requires_grad_(),
+                                               bias.requires_grad_()))
+    torch.library.opcheck(ops.linear.default, (torch.randn(1, 19), w.detach(), None))
+    torch.library.opcheck(ops.linear_out.default, (x.detach(), w.detach(), bias.detach()),
+                          {"out": torch.empty(2, 3, 11)})
+
+
+def _compile_available():
+    if os.environ.get("SMALLMIND_SKIP_COMPILE"):
+        return False
+    try:
+        import torch._dynamo  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _compile_available(), reason="torch.compile unavailable "
+                    "(or SMALLMIND_SKIP_COMPILE set)")
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def f(x, w, bias, w2):
+        h = G.linear(x, w, bias)
+        return G.gemm(torch.relu(h).reshape(-1, h.shape[-1]), w2).sum()
+
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    w = torch.randn(20, 12, requires_grad=True)
+    bias = torch.randn(20, requires_grad=True)
+    w2 = torch.randn(20, 3, requires_grad=True)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    y = compiled(x, w, bias, w2)
+    y.backward()
+    grads = [t.grad.clone() for t in (x, w, bias, w2)]
+    for t in (x, w, bias, w2):
+        t.grad = None
+    f(x, w, bias, w2).backward()
+    close(y, f(x, w, bias, w2), 20)
+    for got, t in zip(grads, (x, w, bias, w2)):
+        close(got, t.grad, 20)
+
+
+@settings(deadline=None, max_examples=25)
+@given(m=st.integers(1, 40), k=st.integers(1, 300), n=st.integers(1, 70),
+       bias=st.booleans(), scale=st.sampled_from([1e-3, 1.0, 30.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_property_linear_and_gemm(m, k, n, bias, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * scale
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    ref = G.linear_reference(x.double(), w.double(), None if b is None else b.double())
+    tol = dict(rtol=1e-4, atol=1e-5 * scale * k ** 0.5 * 8)
+    torch.testing.assert_close(G.linear(x, w, b).double(), ref, **tol)
+    torch.testing.assert_close(G.gemm(x, w.t()).double(), x.double() @ w.double().t(), **tol)
+
+
+# ----------------------------------------------------------------------------------------
+# bad input: clear errors, never a crash
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, match", [
+    ((torch.randn(3, 4).double(), torch.randn(4, 5)), "'a' must have dtype Float"),
+    ((torch.randn(3, 4), torch.ones(4, 5, dtype=torch.int64)), "'b' must have dtype Float"),
+    ((torch.randn(3, 4, 1), torch.randn(4, 5)), "'a' must be 2-D"),
+    ((torch.randn(3, 4), torch.randn(4)), "'b' must be 2-D"),
+    ((torch.randn(3, 4), torch.randn(5, 6)), "size mismatch"),
+])
+def test_gemm_bad_input(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        G.gemm(*args)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((torch.randn(3, 4).half(), torch.randn(5, 4)), "'x' must have dtype Float"),
+    ((torch.randn(3, 4), torch.randn(5, 4).double()), "'weight' must have dtype Float"),
+    ((torch.randn(3, 4), torch.randn(5, 4, 1)), "'weight' must be 2-D"),
+    ((torch.randn(3, 4), torch.randn(4, 5)), "size mismatch"),
+    ((torch.tensor(1.0), torch.randn(5, 4)), "'x' must have at least 1"),
+    ((torch.randn(3, 4), torch.randn(5, 4), torch.randn(4)), "'bias' must be 1-D of size N"),
+    ((torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 1)), "'bias' must be 1-D"),
+    ((torch.randn(3, 4), torch.randn(5, 4), torch.randn(5).double()), "'bias' must have dtype"),
+])
+def test_linear_bad_input(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        G.linear(*args)
+
+
+def test_bad_out():
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    with pytest.raises(RuntimeError, match="'out' must have shape"):
+        G.gemm(a, b, out=torch.empty(3, 4))
+    with pytest.raises(RuntimeError, match="'out' must be contiguous"):
+        G.gemm(a, b, out=torch.empty(5, 3).t())
+    with pytest.raises(RuntimeError, match="'out' must have dtype Float"):
+        G.linear(a, b.t(), None, out=torch.empty(3, 5, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensor_rejected():
+    with pytest.raises(RuntimeError, match="CUDA|CPU"):
+        G.gemm(torch.randn(3, 4, device="cuda"), torch.randn(4, 5, device="cuda"))
+    with pytest.raises(RuntimeError, match="CUDA|CPU"):
+        G.gemm(torch.randn(3, 4, device="cuda"), torch.randn(4, 5))

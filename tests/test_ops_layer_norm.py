@@ -1,0 +1,233 @@
+"""Fused LayerNorm custom ops (ops/layer_norm.cpp) against F.layer_norm."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+try:  # importing the binding builds / loads the C++ extension (cached in build/)
+    from smallmind_torch.ops._layer_norm import layer_norm, layer_norm_reference
+except Exception as exc:  # only a failed build (CustomOpsUnavailable) is a reason to skip
+    if type(exc).__name__ != "CustomOpsUnavailable":
+        raise
+    pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)
+
+DIMS = [(1, 128, 256), (2, 3, 7), (5, 1), (3, 300), (1, 1), (4, 17, 33), (9,)]
+
+
+def _params(c, affine=True):
+    if not affine:
+        return None, None
+    return torch.randn(c) * 0.5 + 1.0, torch.randn(c) * 0.1
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_matches_reference(dims):
+    torch.manual_seed(0)
+    x = torch.randn(dims) * 2 + 0.5
+    w, b = _params(dims[-1])
+    ref = layer_norm_reference(x, w, b)
+    torch.testing.assert_close(layer_norm(x, w, b), ref)
+    out = torch.empty(dims)
+    assert layer_norm(x, w, b, out=out) is out
+    torch.testing.assert_close(out, ref)
+    with torch.no_grad():
+        torch.testing.assert_close(layer_norm(x, w, b), ref)
+
+
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+def test_optional_affine(affine):
+    torch.manual_seed(1)
+    x = torch.randn(3, 19)
+    w = torch.randn(19) if affine in ("both", "weight") else None
+    b = torch.randn(19) if affine in ("both", "bias") else None
+    torch.testing.assert_close(layer_norm(x, w, b, 1e-3), layer_norm_reference(x, w, b, 1e-3))
+
+
+def test_non_contiguous_inputs():
+    torch.manual_seed(2)
+    w, b = _params(12)
+    xt = torch.randn(2, 12, 5).transpose(1, 2)  # (2, 5, 12), last dim strided
+    torch.testing.assert_close(layer_norm(xt, w, b), layer_norm_reference(xt, w, b))
+    big = torch.randn(4, 6, 20)
+    xs = big[1:, ::2, 3:15]  # strided rows, last dim contiguous
+    torch.testing.assert_close(layer_norm(xs, w, b), layer_norm_reference(xs, w, b))
+    out = torch.empty(xs.shape)
+    layer_norm(xs, w, b, out=out)
+    torch.testing.assert_close(out, layer_norm_reference(xs, w, b))
+    w_nc = torch.randn(24)[::2]  # non-contiguous weight
+    torch.testing.assert_close(layer_norm(xt, w_nc, b), layer_norm_reference(xt, w_nc, b))
+
+
+def test_out_in_place_and_no_allocation_of_x_size():
+    torch.manual_seed(3)
+    x = torch.randn(4, 33)
+    w, b = _params(33)
+    ref = layer_norm_reference(x, w, b)
+    y = x.clone()
+    layer_norm(y, w, b, out=y)  # out aliases x exactly: allowed
+    torch.testing.assert_close(y, ref)
+    out = torch.empty(4, 33)
+    ptr = out.data_ptr()
+    layer_norm(x, w, b, out=out)
+    assert out.data_ptr() == ptr
+
+
+def test_large_offset_and_scale():
+    torch.manual_seed(4)
+    # mean far from 0 relative to the spread: a float32 mean is off by up to ulp(1e3)/2, so
+    # every float32 LayerNorm (ATen's too) is off by ~1e-2 here; ours must be no worse.
+    x = torch.randn(6, 64) * 1e-2 + 1e3
+    w, b = _params(64)
+    exact = F.layer_norm(x.double(), (64,), w.double(), b.double())
+    err_ours = (layer_norm(x, w, b) - exact).abs().max().item()
+    err_aten = (layer_norm_reference(x, w, b) - exact).abs().max().item()
+    assert err_ours <= 2 * err_aten + 1e-5, (err_ours, err_aten)
+    x = torch.randn(6, 64) * 1e4
+    torch.testing.assert_close(layer_norm(x, w, b), layer_norm_reference(x, w, b))
+
+
+@pytest.mark.parametrize("dims", [(2, 3, 7), (1, 128, 256), (5, 1), (3, 40)])
+def test_grads_match_reference(dims):
+    torch.manual_seed(5)
+    c = dims[-1]
+    x = torch.randn(dims, requires_grad=True)
+    w = (torch.randn(c) + 1).requires_grad_()
+    b = torch.randn(c).requires_grad_()
+    g = torch.randn(dims)
+    layer_norm(x, w, b).backward(g)
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    layer_norm_reference(xr, wr, br).backward(g)
+    # C = 1: the exact grad of x is 0, both sides return rounding noise times rstd = 1/sqrt(eps)
+    tol = 1e-5 if c > 1 else 1e-4
+    torch.testing.assert_close(x.grad, xr.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(w.grad, wr.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(b.grad, br.grad, rtol=tol, atol=tol)
+
+
+def test_grads_plain_op_recomputes_stats_and_no_affine():
+    torch.manual_seed(6)
+    x = torch.randn(3, 5, 21).transpose(0, 1).requires_grad_()  # non-contiguous leaf
+    w = torch.randn(21, requires_grad=True)
+    g = torch.randn(5, 3, 21)
+    # the inference op also has autograd (backward recomputes mean / rstd)
+    torch.ops.smallmind.layer_norm(x, w, None, 1e-5).backward(g)
+    xr, wr = (t.detach().clone().requires_grad_() for t in (x, w))
+    F.layer_norm(xr, (21,), wr, None).backward(g)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad, wr.grad, rtol=1e-5, atol=1e-5)
+    # only x requires grad, no affine parameters
+    x2 = torch.randn(4, 9, requires_grad=True)
+    layer_norm(x2, None, None).sum().backward()
+    x2r = x2.detach().clone().requires_grad_()
+    F.layer_norm(x2r, (9,)).sum().backward()
+    torch.testing.assert_close(x2.grad, x2r.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck():
+    x = torch.randn(3, 5, 7)
+    w, b = _params(7)
+    ops = torch.ops.smallmind
+    torch.library.opcheck(ops.layer_norm.default, (x, w, b, 1e-5))
+    torch.library.opcheck(ops.layer_norm.default, (x.clone().requires_grad_(), w.clone().requires_grad_(), None, 1e-5))
+    torch.library.opcheck(ops.layer_norm_with_stats.default,
+                          (x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_(), 1e-5))
+    torch.library.opcheck(ops.layer_norm_out.default, (x, w, b, 1e-5, torch.empty(3, 5, 7)))
+    _, mean, rstd = ops.layer_norm_with_stats(x, w, b, 1e-5)
+    torch.library.opcheck(ops.layer_norm_backward.default, (torch.randn(3, 5, 7), x, w, mean, rstd, 1e-5))
+    torch.library.opcheck(ops.layer_norm_backward.default, (torch.randn(3, 5, 7), x, None, None, None, 1e-5))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    w, b = _params(10)
+
+    def f(x, buf):
+        y = layer_norm(x, w, b)
+        layer_norm(y * 2, w, None, out=buf)
+        return y + buf
+
+    x = torch.randn(3, 10)
+    buf = torch.empty(3, 10)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    y_ref = layer_norm_reference(x, w, b)
+    torch.testing.assert_close(compiled(x, buf), y_ref + layer_norm_reference(y_ref * 2, w, None))
+
+    def loss(x):  # the autograd path (with saved stats) traces too
+        return layer_norm(x, w, b).square().sum()
+
+    xg = torch.randn(3, 10, requires_grad=True)
+    torch.compile(loss, fullgraph=True, backend="aot_eager")(xg).backward()
+    xr = xg.detach().clone().requires_grad_()
+    loss_ref = layer_norm_reference(xr, w, b).square().sum()
+    loss_ref.backward()
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=2), c=st.integers(1, 70),
+       scale=st.sampled_from([1e-2, 1.0, 1e4]), shift=st.sampled_from([0.0, 3.0, -50.0]),
+       affine=st.booleans(), seed=st.integers(0, 2**16))
+def test_property_matches_reference(lead, c, scale, shift, affine, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, c, generator=g) * scale + shift
+    w = torch.randn(c, generator=g) if affine else None
+    b = torch.randn(c, generator=g) if affine else None
+    out = layer_norm(x, w, b)
+    assert torch.isfinite(out).all()
+    ref = layer_norm_reference(x, w, b)
+    if shift == 0.0:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    else:
+        # |shift| >> spread: the float32 mean carries ulp(shift)/2, in ATen's result too;
+        # judge both against float64 and require ours to be as accurate
+        exact = F.layer_norm(x.double(), (c,), None if w is None else w.double(),
+                             None if b is None else b.double())
+        err_ours = (out - exact).abs().max().item()
+        err_aten = (ref - exact).abs().max().item()
+        assert err_ours <= 2 * err_aten + 1e-5, (err_ours, err_aten)
+
+
+def test_bad_inputs():
+    x = torch.randn(3, 8)
+    w, b = _params(8)
+    with pytest.raises(RuntimeError, match="float32"):
+        layer_norm(x.double(), w, b)
+    with pytest.raises(RuntimeError, match="float32"):
+        layer_norm(x, w.half(), b)
+    with pytest.raises(RuntimeError, match=r"weight'? must have shape \(8,\)"):
+        layer_norm(x, torch.randn(7), b)
+    with pytest.raises(RuntimeError, match=r"bias'? must have shape \(8,\)"):
+        layer_norm(x, w, torch.randn(8, 1))
+    with pytest.raises(RuntimeError, match="at least 1 dim"):
+        layer_norm(torch.tensor(1.0), None, None)
+    with pytest.raises(RuntimeError, match="shape of x"):
+        layer_norm(x, w, b, out=torch.empty(3, 9))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        layer_norm(x, w, b, out=torch.empty(8, 3).t())
+    with pytest.raises(RuntimeError, match="autograd"):
+        layer_norm(x.clone().requires_grad_(), w, b, out=torch.empty(3, 8))
+    with pytest.raises(TypeError):
+        layer_norm([1.0, 2.0], w, b)
+    # the C++ checks, reached without the Python wrapper
+    ops = torch.ops.smallmind
+    with pytest.raises(RuntimeError, match="weight"):
+        ops.layer_norm(x, torch.randn(3), None, 1e-5)
+    with pytest.raises(RuntimeError, match="Float|float32"):
+        ops.layer_norm(x.to(torch.int32), None, None, 1e-5)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.layer_norm_out(x, w, b, 1e-5, torch.empty(8, 3).t())
+    with pytest.raises(RuntimeError, match="shape"):
+        ops.layer_norm_out(x, w, b, 1e-5, torch.empty(3, 7))
+    with pytest.raises(RuntimeError, match="overlap|single memory location"):
+        big = torch.randn(4, 8)
+        ops.layer_norm_out(big[:3], w, b, 1e-5, big[1:])
+    with pytest.raises(RuntimeError, match="both"):
+        ops.layer_norm_backward(x, x, w, torch.zeros(3), None, 1e-5)
+    with pytest.raises(RuntimeError, match="eps"):
+        ops.layer_norm(x, w, b, -1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rejected():
+    with pytest.raises(RuntimeError, match="CPU"):
+        layer_norm(torch.randn(4, 4, device="cuda"), None, None)

@@ -1,0 +1,173 @@
+"""Fused causal softmax custom op (ops/softmax.cpp) against its PyTorch reference."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+try:  # importing the binding builds / loads the C++ extension (cached in build/)
+    from smallmind_torch.ops._softmax import (
+        causal_softmax, causal_softmax_, causal_softmax_reference)
+except Exception as exc:  # only a failed build (CustomOpsUnavailable) is a reason to skip
+    if type(exc).__name__ != "CustomOpsUnavailable":
+        raise
+    pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)
+
+CASES = [  # (dims, q_offset)  (not "shape": conftest parametrizes that name)
+    ((1, 8, 128, 128), 0),   # seed prefill
+    ((2, 3, 5, 7), 2),       # odd sizes, q_offset > 0
+    ((4, 1, 1, 9), 8),       # decode row against a 9-long cache
+    ((3, 17, 17), 0),        # 3-D, odd
+    ((1, 1), 0),             # size 1
+    ((2, 2, 13, 40), 27),
+]
+
+
+@pytest.mark.parametrize("dims,q_offset", CASES)
+def test_matches_reference(dims, q_offset):
+    torch.manual_seed(0)
+    x = torch.randn(dims) * 3
+    ref = causal_softmax_reference(x, q_offset)
+    torch.testing.assert_close(causal_softmax(x, q_offset), ref)
+    y = x.clone()
+    assert causal_softmax_(y, q_offset) is y
+    torch.testing.assert_close(y, ref)
+
+
+def test_masked_tail_is_ignored_and_zeroed():
+    torch.manual_seed(1)
+    x = torch.randn(2, 6, 6)
+    ref = causal_softmax_reference(x)
+    garbage = x.clone()
+    mask = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    garbage[:, mask] = float("nan")
+    out = causal_softmax(garbage)
+    torch.testing.assert_close(out, ref)
+    assert (out[:, mask] == 0).all()
+    garbage[:, mask] = float("-inf")
+    causal_softmax_(garbage)
+    torch.testing.assert_close(garbage, ref)
+
+
+def test_non_contiguous_views():
+    torch.manual_seed(2)
+    # transposed: last dim not contiguous
+    base = torch.randn(2, 3, 11, 9)
+    x = base.transpose(-1, -2)  # (2, 3, 9, 11)
+    torch.testing.assert_close(causal_softmax(x, 2), causal_softmax_reference(x, 2))
+    # slice of a bigger buffer (rows strided, last dim contiguous), leading dims permuted
+    big = torch.randn(3, 4, 16, 20)
+    view = big[:, :, :5, :12].permute(1, 0, 2, 3)
+    ref = causal_softmax_reference(view, 7)
+    torch.testing.assert_close(causal_softmax(view, 7), ref)
+    before = big.clone()
+    causal_softmax_(view, 7)  # in place through the view
+    torch.testing.assert_close(big[:, :, :5, :12], ref.permute(1, 0, 2, 3))
+    torch.testing.assert_close(big[:, :, 5:], before[:, :, 5:])  # nothing else touched
+    torch.testing.assert_close(big[:, :, :, 12:], before[:, :, :, 12:])
+    # in place on a transposed view writes back through it
+    base2 = torch.randn(2, 11, 9)
+    v2 = base2.transpose(-1, -2)
+    ref2 = causal_softmax_reference(v2, 2)
+    causal_softmax_(v2, 2)
+    torch.testing.assert_close(v2, ref2)
+
+
+def test_extreme_logits():
+    x = torch.tensor([[1e4, -1e4, 1e4, 0.0], [-1e4, -1e4, 1e4, 3.0],
+                      [1e4, 1e4, -1e4, 1e4], [-1e4, 1e4, -1e4, -1e4]]).expand(2, 4, 4).contiguous()
+    out = causal_softmax(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, causal_softmax_reference(x))
+    assert (out[:, 0, 0] == 1.0).all()  # a row with a single valid entry is exactly 1
+
+
+@pytest.mark.parametrize("dims,q_offset", [((2, 3, 5, 7), 2), ((1, 2, 9, 9), 0), ((1, 1), 0)])
+def test_grad_matches_reference(dims, q_offset):
+    torch.manual_seed(3)
+    x = torch.randn(dims, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    g = torch.randn(dims)
+    causal_softmax(x, q_offset).backward(g)
+    causal_softmax_reference(x_ref, q_offset).backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+@pytest.mark.filterwarnings("ignore:Input #0 requires gradient")
+def test_gradcheck_float32():
+    x = torch.randn(2, 4, 6, dtype=torch.float32, requires_grad=True)
+    # float32 gradcheck with loose tolerances (the kernel is float32-only)
+    assert torch.autograd.gradcheck(lambda t: causal_softmax(t, 2), (x,), eps=1e-2,
+                                    atol=1e-2, rtol=1e-2)
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 5, 7)
+    torch.library.opcheck(torch.ops.smallmind.causal_softmax.default, (x, 2))
+    torch.library.opcheck(torch.ops.smallmind.causal_softmax.default,
+                          (torch.randn(3, 4, 4, requires_grad=True),))
+    torch.library.opcheck(torch.ops.smallmind.causal_softmax_.default, (x.clone(), 2))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def f(x):
+        y = causal_softmax(x * 2.0, 1)
+        z = x.clone()
+        causal_softmax_(z, 1)
+        return y + z
+
+    x = torch.randn(2, 5, 6)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    expected = causal_softmax_reference(x * 2.0, 1) + causal_softmax_reference(x, 1)
+    torch.testing.assert_close(compiled(x), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2),
+       tq=st.integers(1, 12), extra=st.integers(0, 20), off_frac=st.floats(0, 1),
+       scale=st.sampled_from([1.0, 30.0, 1e4]), seed=st.integers(0, 2**16))
+def test_property_matches_reference(lead, tq, extra, off_frac, scale, seed):
+    tk = tq + extra
+    q_offset = int(round(off_frac * extra))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, tq, tk, generator=g) * scale
+    out = causal_softmax(x, q_offset)
+    ref = causal_softmax_reference(x, q_offset)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref)
+    sums = out.sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+
+
+# ---- bad input: clear errors, never a crash ----
+
+def test_bad_inputs():
+    with pytest.raises(RuntimeError, match="float32"):
+        causal_softmax(torch.randn(3, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="float32"):
+        causal_softmax(torch.ones(3, 3, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="at least 2"):
+        causal_softmax(torch.randn(5))
+    with pytest.raises(ValueError, match="q_offset"):
+        causal_softmax(torch.randn(4, 5), 2)  # 2 + 4 > 5
+    with pytest.raises(ValueError, match="q_offset"):
+        causal_softmax_(torch.randn(4, 5), -1)
+    with pytest.raises(ValueError, match="q_offset"):
+        causal_softmax(torch.randn(5, 4))  # Tq > Tk
+    with pytest.raises(RuntimeError, match="in-place"):
+        causal_softmax_(torch.randn(3, 3, requires_grad=True))
+    # the C++ checks, reached without the Python wrapper
+    with pytest.raises(RuntimeError, match="float32|Float"):
+        torch.ops.smallmind.causal_softmax(torch.ones(3, 3, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="q_offset"):
+        torch.ops.smallmind.causal_softmax(torch.randn(3, 3), 1)
+    with pytest.raises(RuntimeError, match="at least 2"):
+        torch.ops.smallmind.causal_softmax_(torch.randn(3), 0)
+    with pytest.raises(RuntimeError, match="overlap|more than one element"):
+        torch.ops.smallmind.causal_softmax_(torch.randn(1, 4).expand(4, 4), 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rejected():
+    with pytest.raises(RuntimeError, match="CPU"):
+        causal_softmax(torch.randn(4, 4, device="cuda"))

@@ -1,0 +1,128 @@
+"""Every preset gives the reference logits and the same greedy tokens."""
+import pytest
+import torch
+from torch.testing import assert_close
+
+from smallmind_torch import FORMS, GPT, PHASES, OptConfig
+from conftest import SHAPES, TINY, set_phase_or_skip
+
+each_phase = pytest.mark.parametrize("phase", list(PHASES))
+each_shape = pytest.mark.parametrize("shape", list(SHAPES))
+
+
+@each_phase
+@each_shape
+@pytest.mark.parametrize("batch", [1, 3])
+def test_logits_match_reference(phase, shape, batch):
+    config = SHAPES[shape]
+    model = GPT(config).eval()
+    idx = torch.randint(0, config.vocab_size, (batch, min(10, config.block_size)))
+    with torch.no_grad():
+        expected = model(idx)
+        set_phase_or_skip(model, phase)
+        actual = model(idx)
+    assert actual.shape == (batch, idx.size(1), config.vocab_size)
+    assert_close(actual, expected)
+
+
+@each_phase
+@each_shape
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_tokens_match_reference(phase, shape, batch):
+    config = SHAPES[shape]
+    model = GPT(config).eval()
+    idx = torch.randint(0, config.vocab_size, (batch, 5))
+    # Past block_size on the small shapes; the seed shape's runs past it are in test_kv_cache.
+    new = 24 if shape == "seed" else config.block_size + 8
+    expected = model.generate(idx, new)
+    set_phase_or_skip(model, phase)
+    actual = model.generate(idx, new)
+    assert actual.shape == (batch, 5 + new)
+    assert torch.equal(actual, expected)
+
+
+@each_phase
+def test_full_block_prefill_logits_match(phase):
+    config = SHAPES["odd"]
+    model = GPT(config).eval()
+    idx = torch.randint(0, config.vocab_size, (2, config.block_size))
+    with torch.no_grad():
+        expected = model(idx)
+        set_phase_or_skip(model, phase)
+        assert_close(model(idx), expected)
+
+
+def test_every_single_switch_matches_reference():
+    """Each form of each switch, alone on top of reference (custom ones if buildable)."""
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (2, 9))
+    with torch.no_grad():
+        expected = model(idx)
+    expected_tokens = model.generate(idx, 30)  # past block_size
+    for name, forms in FORMS.items():
+        for form in forms:
+            opt = OptConfig().replace(**{name: form})
+            try:
+                model.set_phase(opt)
+            except RuntimeError:
+                continue  # custom ops unavailable: covered by the preset tests' skips
+            with torch.no_grad():
+                assert_close(model(idx), expected, msg=f"{name}={form!r}")
+            assert torch.equal(model.generate(idx, 30), expected_tokens), f"{name}={form!r}"
+
+
+def test_switching_phase_keeps_state_dict():
+    model = GPT(TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for phase in PHASES:
+        try:
+            model.set_phase(phase)
+        except RuntimeError:
+            continue
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 5)
+        after = model.state_dict()
+        assert after.keys() == before.keys()
+        for key in before:
+            assert torch.equal(after[key], before[key]), key
+
+
+@each_phase
+def test_gradients_match_reference_in_training(phase):
+    """Training goes through the allocating forms (autograd) in every phase."""
+    model = GPT(TINY)
+    idx = torch.randint(0, TINY.vocab_size, (2, 7))
+    targets = torch.randint(0, TINY.vocab_size, (2, 7))
+
+    def grads():
+        model.zero_grad()
+        logits = model(idx)
+        torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    expected = grads()
+    set_phase_or_skip(model, phase)
+    with pytest.warns(UserWarning, match="inference only") if model.opt.workspace else _nothing():
+        actual = grads()
+    for name in expected:
+        assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_fast_init_gives_the_same_parameters():
+    torch.manual_seed(7)
+    default = GPT(TINY, phase=OptConfig(init="default"))
+    torch.manual_seed(7)
+    fast = GPT(TINY, phase=OptConfig(init="fast"))
+    for (name, a), (_, b) in zip(default.state_dict().items(), fast.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert fast.lm_head.weight is fast.transformer.wte.weight
+    assert not any(p.is_meta for p in fast.parameters())
+    stds = {n: p.std().item() for n, p in default.named_parameters() if p.dim() == 2}
+    assert abs(stds["transformer.wte.weight"] - 0.02) < 0.003
