@@ -16,7 +16,8 @@ if str(ROOT) not in sys.path:  # run as `python experiments/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 
-def phase_main(preset: str, description: str, argv=None) -> int:
+def phase_main(preset: str, description: str, argv=None, extra_presets: "dict | None" = None) -> int:
+    """Measure `preset` (and `extra_presets`, name -> OptConfig, in the same run)."""
     from smallmind_torch.bench_cli import (_threads, add_common_arguments, add_settings_arguments,
                                            build_model, print_study, settings_from_args)
     from smallmind_torch.harness import run_study
@@ -32,7 +33,8 @@ def phase_main(preset: str, description: str, argv=None) -> int:
     settings = settings_from_args(args)
     with _threads(args.threads):
         model, prompt, weights = build_model(args)
-        study = run_study(model, [preset], args.peers, settings, progress=not args.no_progress,
+        phases = {preset: preset, **(extra_presets or {})}
+        study = run_study(model, phases, args.peers, settings, progress=not args.no_progress,
                           weights=weights, prompt=prompt)
         print(f"== {preset}: {description}")
         print_study(study)

@@ -442,9 +442,13 @@ inline void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, 
   // Below ~2 MFLOP (e.g. 100^3) one thread finishes in ~25 us: a fork/join, and on a busy
   // machine a descheduled partner thread, cost more than the split saves. The small-M
   // path streams B: split it only from ~2 MFLOP too (decode shapes stay on one thread).
-  if (flops < 2e6) nt = 1;
+  const bool small_m = M <= kSmallM && (csb == 1 || (rsb == 1 && csa == 1));
+  // Decoding (small M) is bound by streaming B from memory, and one core cannot saturate
+  // the memory bus: split it once B is larger than the L2 cache (256 KiB), whatever the FLOPs.
+  const bool streams_b = small_m && double(N) * double(K) * sizeof(float) >= 256.0 * 1024.0;
+  if (flops < 2e6 && !streams_b) nt = 1;
 
-  if (M <= kSmallM && (csb == 1 || (rsb == 1 && csa == 1))) {
+  if (small_m) {
     const bool dot = !(csb == 1);
     const int64_t align = dot ? 4 : 64;
     const int64_t chunks = (N + align - 1) / align;

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import generation, workspace
 from .attention import causal_attention
-from .config import ModelConfig, OptConfig, resolve_phase
+from .config import MAX_BY_DEVICE, ModelConfig, OptConfig, resolve_phase
 from .forms import embedding, layer_norm, linear
 from .kv_cache import KVCache
 from .labels import region
@@ -133,18 +133,35 @@ class GPT(nn.Module):
         """Switch every form in place. Parameters are untouched; KV caches and the workspace
         belong to the previous phase and are dropped (a safe reset). The `init` switch acts
         at construction only: pass `phase=` to GPT(...) to build with fast init."""
-        opt = resolve_phase(phase)
-        if opt.needs_custom_ops:
-            from . import ops
-
-            try:
-                ops.load_all()
-            except ops.CustomOpsUnavailable as exc:
-                raise ops.CustomOpsUnavailable(
-                    f"phase {phase!r} uses custom ops, which are unavailable: {exc}") from exc
+        if phase == "max":  # the first of this device's fastest combinations it can run
+            *faster, fallback = MAX_BY_DEVICE.get(self.transformer.wte.weight.device.type,
+                                                  MAX_BY_DEVICE["cuda"])
+            opt = next((o for o in faster if self._custom_ops_usable(o)), fallback)
+        else:
+            opt = resolve_phase(phase)
+            self._custom_ops_usable(opt, phase_name=phase)
         self.opt = opt
         self.reset_caches()
         return self
+
+    def _custom_ops_usable(self, opt, phase_name=None) -> bool:
+        """True if opt's custom forms (if any) can run here; with phase_name, raise instead."""
+        if not opt.needs_custom_ops:
+            return True
+        from . import ops
+
+        device = self.transformer.wte.weight.device
+        try:
+            if device.type != "cpu":
+                raise ops.CustomOpsUnavailable(f"the custom ops have CPU kernels only, the "
+                                               f"model is on {device}")
+            ops.load_all()
+        except ops.CustomOpsUnavailable as exc:
+            if phase_name is None:
+                return False
+            raise ops.CustomOpsUnavailable(
+                f"phase {phase_name!r} uses custom ops, which are unavailable: {exc}") from exc
+        return True
 
     def reset_caches(self) -> None:
         self.kv_caches = None
