@@ -19,6 +19,8 @@ setup: $(STAMP)
 
 study: $(STAMP)
 	$(PY) -m smallmind_torch.cli train --if-missing --out checkpoints/seed
+	$(PY) -m smallmind_torch.cli generate --checkpoint checkpoints/seed --phase max \
+		--prompt "The for statement" --max-new-tokens 60 --temperature 0
 	$(PY) experiments/run_all.py --checkpoint checkpoints/seed --out results
 
 test: $(STAMP)

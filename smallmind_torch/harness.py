@@ -140,8 +140,23 @@ class Profiled:
         return {k: (100.0 * v / total if total > 0 else 0.0) for k, v in self.split_ms.items()}
 
 
+class _StatusAndMemory:
+    """What a preset's row and the peer's row share: a status and bytes per token."""
+
+    status: str
+    bytes_per_token: "float | None"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def mb_per_token(self) -> "float | None":
+        return None if self.bytes_per_token is None else self.bytes_per_token / 1e6
+
+
 @dataclass
-class PhaseResult:
+class PhaseResult(_StatusAndMemory):
     name: str
     status: str                          # "ok" | "FAILED" | "unavailable" | "error"
     reason: str = ""
@@ -159,14 +174,6 @@ class PhaseResult:
     env: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def mb_per_token(self) -> "float | None":
-        return None if self.bytes_per_token is None else self.bytes_per_token / 1e6
-
     def describe_status(self) -> str:
         if self.status == "ok":
             return self.check.describe() if self.check else "ok"
@@ -181,7 +188,7 @@ class PhaseResult:
 
 
 @dataclass
-class PeerResult:
+class PeerResult(_StatusAndMemory):
     name: str
     status: str                          # "ok" | "FAILED" | "not installed" | "error"
     reason: str = ""
@@ -191,14 +198,6 @@ class PeerResult:
     allocs_per_token: "float | None" = None
     tokens_equal: "bool | None" = None
     env: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def mb_per_token(self) -> "float | None":
-        return None if self.bytes_per_token is None else self.bytes_per_token / 1e6
 
     def describe_status(self) -> str:
         if self.status == "ok":
