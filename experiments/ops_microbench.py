@@ -15,7 +15,6 @@ An op the build does not provide prints "not available" instead of failing the r
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
@@ -57,19 +56,13 @@ def _ops_module():
         return None, f"{type(exc).__name__}: {exc}"
 
 
-_MODULE_OF = {"gemm": "gemm", "linear": "gemm", "embedding": "embedding",
-              "embedding_backward": "embedding", "causal_softmax": "softmax",
-              "layer_norm": "layer_norm", "attention": "attention"}
-
-
 def _get(ops, name: str):
-    """The op function `name` from its binding module, or None when it is not available."""
+    """The op function `name` (the package's lazy export), or None when it is not available."""
     if ops is None:
         return None
     try:
-        module = importlib.import_module(f"smallmind_torch.ops.{_MODULE_OF[name]}")
-        fn = getattr(module, name)
-    except Exception:
+        fn = getattr(ops, name)
+    except Exception:  # AttributeError, CustomOpsUnavailable
         return None
     return fn if callable(fn) else None
 

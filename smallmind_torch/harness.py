@@ -455,19 +455,26 @@ def profile_generation(model, prompt, new_tokens: int) -> Profiled:
 
 # ---- GEMM ------------------------------------------------------------------------------------
 
-def matmul_gflops(opt: OptConfig, sizes=(128, 256, 512), *, device="cpu", repeat=5) -> dict:
-    """GFLOPS of `LINEAR[opt.matmul](a, w, None)` (a @ w^T) on square n x n matrices."""
+def matmul_gflops(opt: OptConfig, sizes=(128, 256, 512), *, device="cpu", repeat=5) -> tuple:
+    """({n: GFLOPS of `LINEAR[opt.matmul](a, w, None)`}, {n: GFLOPS of torch.mm}) on square
+    n x n matrices. The two are timed alternately, so that their ratio compares them under
+    the same machine state (on a shared machine the rate drifts from second to second)."""
     from .forms import LINEAR
 
     linear = LINEAR[opt.matmul]
-    out = {}
+    ours, aten = {}, {}
     for n in sizes:
         g = torch.Generator().manual_seed(n)
         a = torch.randn(n, n, generator=g).to(device)
         w = torch.randn(n, n, generator=g).to(device)
-        seconds = median_time(lambda: linear(a, w, None), warmup=2, repeat=repeat, device=device)
-        out[n] = gflops(2 * n**3, seconds)
-    return out
+        candidates = {"ours": lambda: linear(a, w, None), "aten": lambda: torch.mm(a, w.t())}
+        times = {name: [] for name in candidates}
+        for _ in range(repeat):
+            for name, fn in candidates.items():
+                times[name].append(median_time(fn, warmup=1, repeat=1, device=device))
+        ours[n] = gflops(2 * n**3, statistics.median(times["ours"]))
+        aten[n] = gflops(2 * n**3, statistics.median(times["aten"]))
+    return ours, aten
 
 
 # ---- machine limits --------------------------------------------------------------------------
@@ -572,9 +579,10 @@ def measure_preset(model, preset: "str | OptConfig", settings: BenchSettings = B
             result.allocs_per_token = prof.allocs_per_token
             result.time_split = prof.split_percent
             result.time_split_ms = prof.split_ms
-        result.gflops = matmul_gflops(opt, settings.gemm_sizes, device=device, repeat=settings.gemm_repeat)
+        result.gflops, mm_now = matmul_gflops(opt, settings.gemm_sizes, device=device,
+                                              repeat=settings.gemm_repeat)
         if machine is not None:
-            result.roofline = roofline(result, machine)
+            result.roofline = roofline(result, machine, mm_now)
     except unavailable as exc:  # a custom op that fails only when first used
         result.status, result.reason = "unavailable", str(exc)
     except Exception as exc:
@@ -582,14 +590,16 @@ def measure_preset(model, preset: "str | OptConfig", settings: BenchSettings = B
     return result
 
 
-def roofline(result: PhaseResult, machine: MachineLimits) -> dict:
-    """Decode as a fraction of the bandwidth roofline; GEMM as a fraction of torch.mm."""
+def roofline(result: PhaseResult, machine: MachineLimits, mm_gflops_now: "dict | None" = None) -> dict:
+    """Decode as a fraction of the bandwidth roofline; GEMM as a fraction of torch.mm (timed
+    alongside the preset's GEMM when given, else the machine's figure)."""
     out = {"ideal_decode_ms": machine.ideal_decode_ms, "ideal_decode_ms_dram": machine.ideal_decode_ms_dram}
     if result.decode_ms:
         out["decode_fraction_of_roofline"] = machine.ideal_decode_ms / result.decode_ms
+    reference_mm = mm_gflops_now or machine.mm_gflops
     for n, g in result.gflops.items():
-        if n in machine.mm_gflops:
-            out[f"gemm_{n}_fraction_of_torch_mm"] = g / machine.mm_gflops[n]
+        if n in reference_mm:
+            out[f"gemm_{n}_fraction_of_torch_mm"] = g / reference_mm[n]
     return out
 
 
