@@ -11,9 +11,10 @@ import contextlib
 from torch.autograd import profiler as _autograd_profiler
 from torch.profiler import record_function
 
-# The seed's categories; "attention_fused" covers the fused forms (scores+softmax+values).
+# The seed's categories; "attention_fused" covers the fused forms (scores+softmax+values),
+# "decode_block" a whole block of a fused decode step (the fused_decode switch).
 CATEGORIES = ("attention_scores", "attention_values", "softmax", "attention_fused",
-              "layernorm", "linear", "kv_cache", "other")
+              "layernorm", "linear", "kv_cache", "decode_block", "other")
 
 _NO_REGION = contextlib.nullcontext()
 

@@ -225,6 +225,8 @@ class GPT(nn.Module):
         ws = self._workspace
         if ws is None or ws.device != param.device or ws.dtype != param.dtype:
             ws = self._workspace = workspace.Workspace(dtype=param.dtype, device=param.device)
+        if use_cache and self.opt.fused_decode and idx.size(1) == 1:  # one C++ op per block
+            return workspace.fused_decode_forward(self, ws, idx, start)
         return workspace.workspace_forward(self, ws, idx, start, last_only, use_cache)
 
     def _forward_any(self, idx, start, last_only, use_cache):

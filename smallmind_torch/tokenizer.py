@@ -71,7 +71,16 @@ class Tokenizer:
         return self.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        try:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        except TypeError as exc:  # the Rust side rejects what UTF-8 cannot hold
+            bad = next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF), None)
+            if bad is None:
+                raise
+            raise ValueError(f"text must be valid Unicode (UTF-8 encodable); it holds the lone "
+                             f"surrogate {bad!r} at index {text.index(bad)}") from exc
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]

@@ -96,3 +96,30 @@ def workspace_forward(model, ws: Workspace, idx, start: int, last_only: bool, us
     if last_only:
         h, T = h[:, -1:, :], 1  # (B, 1, C)
     return linear(opt, h, model.lm_head, out=ws.take("logits", B, T, c.vocab_size))
+
+
+def fused_decode_forward(model, ws: Workspace, idx, start: int):
+    """A KV-cache decode step (one token per sequence, idx (B, 1) at position `start`) with
+    each block as one C++ op (`ops.decode_block_`, the fused_decode switch); embeddings,
+    ln_f and lm_head as in workspace_forward. Logits (B, 1, V), a view of the workspace."""
+    from . import ops
+    from .forms import layer_norm, linear
+
+    opt, c = model.opt, model.config
+    B = idx.size(0)
+    C = c.n_embd
+    wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
+    x = ws.take("residual", B, 1, C)
+    x2d = x.view(B, C)
+    with region("other"):
+        torch.index_select(wte, 0, idx.view(B), out=x2d)
+        x2d.add_(wpe[start])
+    op = torch.ops.smallmind.decode_block_.default
+    n_head = c.n_head
+    for block, cache in zip(model.transformer.h, model.kv_caches):
+        with region("decode_block"):
+            op(x2d, *ops.block_tensors(block), cache.k_cache, cache.v_cache, start, n_head,
+               block.ln_1.eps)
+    h = ws.take("layernorm.out", B, 1, C)
+    layer_norm(opt, x, model.transformer.ln_f, out=h, ws=ws)
+    return linear(opt, h, model.lm_head, out=ws.take("logits", B, 1, c.vocab_size))

@@ -4,13 +4,15 @@ import torch
 from torch.testing import assert_close
 
 from smallmind_torch import GPT, PHASES, ModelConfig
+from smallmind_torch.config import MAX_BY_DEVICE
 from conftest import TINY
 
 KV = PHASES["reference"].replace(kv_cache=True)
 KV_WORKSPACE = PHASES["phase1"].replace(kv_cache=True)  # naive softmax/LN, batched, buffers
 
 
-@pytest.mark.parametrize("opt", [KV, KV_WORKSPACE, PHASES["max"]], ids=["kv", "kv+workspace", "max"])
+@pytest.mark.parametrize("opt", [KV, KV_WORKSPACE, PHASES["max"], MAX_BY_DEVICE["cpu"][1]],
+                         ids=["kv", "kv+workspace", "max", "max-unfused-decode"])
 @pytest.mark.parametrize("prompt_len", [3, "block"])
 def test_cache_generation_equals_no_cache(opt, prompt_len):
     config = ModelConfig()  # seed shape: 200 new tokens run past block_size = 128

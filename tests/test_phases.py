@@ -4,6 +4,7 @@ import torch
 from torch.testing import assert_close
 
 from smallmind_torch import FORMS, GPT, PHASES, OptConfig
+from smallmind_torch.config import REQUIRES
 from conftest import SHAPES, TINY, set_phase_or_skip
 
 each_phase = pytest.mark.parametrize("phase", list(PHASES))
@@ -61,7 +62,8 @@ def test_every_single_switch_matches_reference():
     expected_tokens = model.generate(idx, 30)  # past block_size
     for name, forms in FORMS.items():
         for form in forms:
-            opt = OptConfig().replace(**{name: form})
+            needs = REQUIRES.get((name, form), {})  # e.g. fused_decode needs kv_cache + workspace
+            opt = OptConfig().replace(**needs, **{name: form})
             try:
                 model.set_phase(opt)
             except RuntimeError:

@@ -15,6 +15,8 @@ from ._build import CustomOpsUnavailable, available, load
 # public name -> binding module (private names, so that no module shadows its function)
 _EXPORTS = {
     "attention": "_attention", "attention_reference": "_attention",
+    "decode_block_": "_decode", "decode_block_tensors_": "_decode",
+    "decode_block_reference": "_decode", "block_tensors": "_decode",
     "embedding": "_embedding", "embedding_backward": "_embedding",
     "embedding_backward_reference": "_embedding",
     "gemm": "_gemm", "gemm_reference": "_gemm", "linear": "_gemm", "linear_reference": "_gemm",
