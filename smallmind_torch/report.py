@@ -104,7 +104,9 @@ def format_split_table(study: StudyResult) -> str:
 
 def split_rows(study: StudyResult) -> tuple:
     header = ["phase", *CATEGORIES]
-    rows = [["seed baseline", "40-50", "30-40", "5-8", "-", "<5", "-", "-", "-"]]
+    seed_split = {"attention_scores": "40-50", "attention_values": "30-40", "softmax": "5-8",
+                  "layernorm": "<5"}  # STUDY.md; the seed measured no other category
+    rows = [["seed baseline", *[seed_split.get(c, "-") for c in CATEGORIES]]]
     for name, r in study.phases.items():
         if r.ok and r.time_split:
             rows.append([name, *[f"{r.time_split.get(c, 0.0):.1f}" for c in CATEGORIES]])
