@@ -62,13 +62,6 @@ FORMS: dict[str, tuple] = {
     "init": ("default", "fast"),
 }
 
-# Which STUDY.md bottleneck row each switch belongs to (for reports).
-BOTTLENECK_ROW = {
-    "attention_scores": "1", "attention_values": "2", "workspace": "3a", "kv_cache": "3b",
-    "softmax": "4", "matmul": "5", "layernorm": "6", "embedding_backward": "7", "init": "8",
-    "fused_attention": "beyond", "fused_decode": "beyond",
-}
-
 # Forms that only make sense on top of others: (switch, form) -> the switches it needs.
 REQUIRES = {
     ("fused_decode", True): {"kv_cache": True, "workspace": True},

@@ -41,10 +41,6 @@ class Workspace:
             self.allocations += 1
         return self.buffers[name]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers.values())
-
 
 def workspace_forward(model, ws: Workspace, idx, start: int, last_only: bool, use_cache: bool):
     """GPT._forward, written into `ws`'s buffers: same steps, same forms, no new tensors.

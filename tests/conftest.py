@@ -27,3 +27,16 @@ def set_phase_or_skip(model, phase):
 def _seed():
     torch.manual_seed(1234)
 
+
+
+def ops_binding_or_skip(module: str):
+    """An op binding module (`smallmind_torch.ops._<name>`): importing it builds / loads the
+    C++ extension. Only a failed build is a reason to skip the whole test module."""
+    import importlib
+
+    from smallmind_torch.ops import CustomOpsUnavailable
+
+    try:
+        return importlib.import_module(f"smallmind_torch.ops.{module}")
+    except CustomOpsUnavailable as exc:
+        pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)

@@ -6,12 +6,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-try:  # importing the binding builds / loads the C++ extension (cached in build/)
-    from smallmind_torch.ops._attention import attention, attention_reference
-except Exception as exc:  # only a failed build (CustomOpsUnavailable) is a reason to skip
-    if type(exc).__name__ != "CustomOpsUnavailable":
-        raise
-    pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)
+from conftest import ops_binding_or_skip
+
+_binding = ops_binding_or_skip("_attention")
+attention, attention_reference = _binding.attention, _binding.attention_reference
 
 CASES = [  # (B, nh, Tq, Tk, hs, q_offset)
     (1, 8, 128, 128, 32, 0),   # seed prefill

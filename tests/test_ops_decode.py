@@ -6,13 +6,11 @@ from torch.testing import assert_close
 from smallmind_torch import GPT, PHASES, ModelConfig, OptConfig
 from smallmind_torch.config import MAX_BY_DEVICE
 
-try:  # importing the binding builds / loads the C++ extension (cached in build/)
-    from smallmind_torch.ops._decode import (block_tensors, decode_block_, decode_block_reference,
-                                             decode_block_tensors_)
-except Exception as exc:  # only a failed build (CustomOpsUnavailable) is a reason to skip
-    if type(exc).__name__ != "CustomOpsUnavailable":
-        raise
-    pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)
+from conftest import ops_binding_or_skip
+
+_binding = ops_binding_or_skip("_decode")
+block_tensors, decode_block_ = _binding.block_tensors, _binding.decode_block_
+decode_block_reference, decode_block_tensors_ = _binding.decode_block_reference, _binding.decode_block_tensors_
 
 from test_workspace import allocations
 

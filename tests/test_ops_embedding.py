@@ -1,17 +1,12 @@
 """smallmind::embedding / embedding_backward custom ops (ops/embedding.cpp)."""
-import importlib
 import os
 
 import pytest
 import torch
 
-try:
-    # the submodule itself (the package attribute `embedding` is the function)
-    E = importlib.import_module("smallmind_torch.ops._embedding")
-except Exception as exc:  # CustomOpsUnavailable: no compiler / ninja / OpenMP
-    if type(exc).__name__ == "CustomOpsUnavailable":
-        pytest.skip(f"smallmind C++ ops cannot be built here: {exc}", allow_module_level=True)
-    raise
+from conftest import ops_binding_or_skip
+
+E = ops_binding_or_skip("_embedding")
 
 from hypothesis import given, settings, strategies as st
 

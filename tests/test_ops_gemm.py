@@ -1,18 +1,13 @@
 """smallmind::gemm / linear custom ops (ops/gemm.cpp) against their PyTorch references."""
-import importlib
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-try:
-    # the submodule itself (the package attribute `gemm` is the function)
-    G = importlib.import_module("smallmind_torch.ops._gemm")
-except Exception as exc:  # CustomOpsUnavailable: no compiler / ninja / OpenMP
-    if type(exc).__name__ == "CustomOpsUnavailable":
-        pytest.skip(f"smallmind C++ ops cannot be built here: {exc}", allow_module_level=True)
-    raise
+from conftest import ops_binding_or_skip
+
+G = ops_binding_or_skip("_gemm")
 
 from hypothesis import given, settings, strategies as st
 

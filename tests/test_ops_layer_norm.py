@@ -4,12 +4,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-try:  # importing the binding builds / loads the C++ extension (cached in build/)
-    from smallmind_torch.ops._layer_norm import layer_norm, layer_norm_reference
-except Exception as exc:  # only a failed build (CustomOpsUnavailable) is a reason to skip
-    if type(exc).__name__ != "CustomOpsUnavailable":
-        raise
-    pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)
+from conftest import ops_binding_or_skip
+
+_binding = ops_binding_or_skip("_layer_norm")
+layer_norm, layer_norm_reference = _binding.layer_norm, _binding.layer_norm_reference
 
 DIMS = [(1, 128, 256), (2, 3, 7), (5, 1), (3, 300), (1, 1), (4, 17, 33), (9,)]
 

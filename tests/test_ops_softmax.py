@@ -3,15 +3,13 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-try:  # importing the binding builds / loads the C++ extension (cached in build/)
-    from smallmind_torch.ops._softmax import (
-        causal_softmax, causal_softmax_, causal_softmax_reference)
-except Exception as exc:  # only a failed build (CustomOpsUnavailable) is a reason to skip
-    if type(exc).__name__ != "CustomOpsUnavailable":
-        raise
-    pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)
+from conftest import ops_binding_or_skip
 
-CASES = [  # (dims, q_offset)  (not "shape": conftest parametrizes that name)
+_binding = ops_binding_or_skip("_softmax")
+causal_softmax, causal_softmax_ = _binding.causal_softmax, _binding.causal_softmax_
+causal_softmax_reference = _binding.causal_softmax_reference
+
+CASES = [  # (dims, q_offset)
     ((1, 8, 128, 128), 0),   # seed prefill
     ((2, 3, 5, 7), 2),       # odd sizes, q_offset > 0
     ((4, 1, 1, 9), 8),       # decode row against a 9-long cache

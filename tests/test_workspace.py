@@ -4,16 +4,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from smallmind_torch import GPT, PHASES, ModelConfig
+from smallmind_torch.harness import allocations_from_events
 from conftest import TINY
 
 
 def allocations(fn):
-    """(count, bytes) of allocations during fn(), from the profiler's memory events."""
+    """(count, bytes) of allocations during fn(), read as the harness reads them."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.nbytes() > 0]
-    return len(events), sum(e.nbytes() for e in events)
+    nbytes, count = allocations_from_events(prof.profiler.kineto_results.events())
+    return count, nbytes
 
 
 @pytest.mark.parametrize("batch", [1, 2])
