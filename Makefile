@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, gcc, pip to PyPI):
 #   make study   # the main job: brief training (or the saved checkpoint), then the whole study
 #   make test    # the test suite
+# `make setup` makes the venv and builds the C++ ops ahead of use (else the first custom-op
+# phase builds them).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,6 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	$(PY) -m smallmind_torch.cli build-ops
 
 study: $(STAMP)
 	$(PY) -m smallmind_torch.cli train --if-missing --out checkpoints/seed

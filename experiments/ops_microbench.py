@@ -4,7 +4,7 @@ Seed model: n_embd=256, n_head=8 (head_dim 32), T=block_size=128, vocab 512, MLP
 For every op: our time, ATen's time on the same inputs, the speed-up (ATen time / our
 time, > 1 means ours is faster), GFLOPS for the GEMMs (against torch.mm's peak measured in
 the same run) and achieved GB/s for the memory-bound ops (against the machine's measured
-read bandwidth, same run). All timing goes through `smallmind_torch.timing.median_time`;
+read bandwidth, same run). All timing goes through `smallmind_torch.study.timing.median_time`;
 each pair is timed in alternating rounds and the best median is kept, which damps the
 noise of a shared machine.
 
@@ -23,8 +23,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from smallmind_torch.machine import memory_bandwidth_gbs, mm_gflops
-from smallmind_torch.timing import median_time
+from smallmind_torch.study.machine import memory_bandwidth_gbs, mm_gflops
+from smallmind_torch.study.timing import median_time, threads as run_threads
 
 # seed shapes
 C, NH, HS, T, V, HIDDEN = 256, 8, 32, 128, 512, 1024
@@ -50,7 +50,7 @@ def _ops_module():
     try:
         import smallmind_torch.ops as ops
 
-        ops.load()  # builds the extension on first use
+        ops.load_all()  # builds the extension on first use
         return ops, None
     except Exception as exc:  # CustomOpsUnavailable
         return None, f"{type(exc).__name__}: {exc}"
@@ -150,9 +150,7 @@ def build_cases(ops):
     return cases
 
 
-def run(threads: Optional[int] = None, quick: bool = False):
-    if threads:
-        torch.set_num_threads(threads)
+def run(quick: bool = False):
     ops, why = _ops_module()
     rounds, budget = (2, 0.02) if quick else (5, 0.05)
     bw = memory_bandwidth_gbs()
@@ -176,10 +174,7 @@ def run(threads: Optional[int] = None, quick: bool = False):
             rows.append(row)
     env = {"threads": torch.get_num_threads(), "torch": torch.__version__,
            "mem_bw_gbs": bw, "mm512_gflops": peak, "ops_error": why}
-    try:
-        env["gemm_kernel"] = torch.ops.smallmind.gemm_kernel_name()
-    except Exception:
-        env["gemm_kernel"] = None
+    env["gemm_kernel"] = ops.kernel_name() if ops is not None else None
     return env, rows
 
 
@@ -214,7 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer, shorter timing rounds")
     p.add_argument("--json", metavar="PATH", help="also write {env, rows} as JSON here")
     args = p.parse_args(argv)
-    env, rows = run(args.threads, args.quick)
+    with run_threads(args.threads):
+        env, rows = run(args.quick)
     print(format_table(env, rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,23 +1,12 @@
 """The reference preset: plain PyTorch (F.softmax, F.layer_norm, masked matmul attention), no cache.
 
-Run: `python experiments/reference.py [--tiny] [--new-tokens N] [--runs N] [--threads N] [--checkpoint DIR]`
+Run: `python experiments/reference.py [--tiny] [--new-tokens N] [--runs N] [--threads N] [--checkpoint DIR] [--traces LOGDIR]`
 """
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import phase_main  # noqa: E402
+from smallmind_torch.cli.experiment import experiment_main
 
 PRESET = "reference"
 DESCRIPTION = "plain PyTorch reference forms"
-
-
-def main(argv=None) -> int:
-    return phase_main(PRESET, DESCRIPTION, argv)
-
+main = experiment_main(PRESET, DESCRIPTION)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Run the whole study: every preset in PHASES, the Hugging Face peer and the machine limits in
+"""Run the whole study: every preset and max, the Hugging Face peer and the machine limits in
 one run on one set of weights, profiler traces per preset into runs/, then results/REPORT.md,
 results/results.json and the PNG plots.
 
@@ -10,52 +10,43 @@ results/results.json and the PNG plots.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common  # noqa: E402,F401  (puts the repository root on sys.path)
+from smallmind_torch.cli.core import (add_model_arguments, add_settings_arguments, build_model,
+                                      check_presets, settings_from_args, threads_from_args)
+from smallmind_torch.study.report import print_study, write_report
+from smallmind_torch.study.run import run_study
+from smallmind_torch.study.traces import write_traces
 
 
 def main(argv=None) -> int:
-    from smallmind_torch.bench_cli import (_threads, add_common_arguments, add_settings_arguments,
-                                           build_model, check_phases, print_study, settings_from_args)
-    from smallmind_torch.harness import run_study
-    from smallmind_torch.report import write_report
-    from smallmind_torch.traces import write_traces
-
     p = argparse.ArgumentParser(description="the whole study: all presets, the HF peer, machine "
                                             "limits, traces and the report")
     p.add_argument("--out", default="results", help="report directory (results)")
     p.add_argument("--logdir", default="runs", help="TensorBoard log directory for the traces (runs)")
-    p.add_argument("--phases", nargs="+", default=None, help="presets (default: all of PHASES)")
+    p.add_argument("--phases", nargs="+", default=None, help="presets (default: all, and max)")
     p.add_argument("--peers", nargs="*", default=["hf"], help="peers (default: hf)")
     p.add_argument("--no-traces", action="store_true", help="skip the profiler traces")
     add_settings_arguments(p)
-    add_common_arguments(p)
+    add_model_arguments(p)
     args = p.parse_args(argv)
-    phases = check_phases(args.phases)
+    phases = check_presets(args.phases)
     settings = settings_from_args(args)
     start = time.perf_counter()
-    with _threads(args.threads):
+    with threads_from_args(args):
         model, prompt, weights = build_model(args)
         study = run_study(model, phases, args.peers, settings, progress=not args.no_progress,
                           weights=weights, prompt=prompt)
         print_study(study)
         traces = {}
         if not args.no_traces:
-            previous = model.opt
             for name in phases:
-                traces[name] = write_traces(model, name, args.logdir, prompt_len=settings.prompt_len,
-                                            seed=settings.seed)
-                t = traces[name]
+                traces[name] = t = write_traces(model, name, args.logdir,
+                                                prompt_len=settings.prompt_len, seed=settings.seed)
                 if t.status == "ok":
                     print(f"trace {name}: {t.run_dir}  split: {t.describe_split()}")
                 else:
                     print(f"trace {name}: {t.status}: {t.reason}")
-            model.set_phase(previous)
     paths = write_report(study, args.out, traces)
     print(f"\nreport: {paths['report']}\njson:   {paths['json']}\nplots:  "
           + ", ".join(v for k, v in paths.items() if k not in ("report", "json")))
@@ -66,4 +57,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

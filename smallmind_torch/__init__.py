@@ -1,6 +1,12 @@
-"""smallmind-torch: a small GPT made fast phase by phase, measured with the PyTorch profiler."""
-from .config import FORMS, PHASES, ModelConfig, OptConfig
+"""smallmind-torch: a small GPT made fast phase by phase, measured with the PyTorch profiler.
+
+The model half is flat, in reading order: config, phases, forms, attention, model, workspace,
+kv_cache, fused_decode, generation, hf, labels; the C++ ops and their bindings are in ops/
+(sources in csrc/). The other halves are packages: train/, study/, cli/. docs/study.md has
+the study's protocol, the switch table and the layout.
+"""
+from .config import FORMS, PHASES, ModelConfig, OptConfig, presets
 from .model import GPT
 
-__all__ = ["GPT", "ModelConfig", "OptConfig", "PHASES", "FORMS"]
+__all__ = ["GPT", "ModelConfig", "OptConfig", "PHASES", "FORMS", "presets"]
 __version__ = "0.1.0"

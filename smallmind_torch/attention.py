@@ -5,11 +5,13 @@ Shapes: q (B, nh, Tq, hs); k, v (B, nh, Tk, hs). Query row i sits at absolute po
 cache). Scores of masked (future) keys are -inf, except where the custom softmax is used:
 it reads only each row's valid length, so masking would be wasted work.
 
-Two families of functions:
-- allocating forms (`attention_scores_naive`, `..._batched`, `softmax_*`, `attention_values_*`)
-  return fresh tensors and support autograd: phase 0, reference, training;
-- `attention_into(..., out, ws)`: the workspace form, writing every intermediate into
-  preallocated buffers (see workspace.py).
+Each form comes twice:
+- allocating (`attention_scores_naive`, `softmax_torch`, ...): returns fresh tensors and
+  supports autograd (phase 0, reference, training);
+- into a buffer (`*_into`): writes into preallocated buffers of the workspace `ws` (see
+  workspace.py), for inference.
+The tables SCORES, SOFTMAX, VALUES and FUSED map a switch's form to its (allocating, into)
+pair; `resolve(opt)` composes them once into the two functions a phase runs.
 """
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .labels import region
 
 
 # ---- bottleneck 1: attention scores -------------------------------------------------------
 
-def attention_scores_naive(q, k, q_offset):
-    """The seed's baseline: one dot product per (query i, key j <= i), all heads at once."""
+def attention_scores_naive(q, k, q_offset, future_mask=None):
+    """The seed's baseline: one dot product per (query i, key j <= i), all heads at once.
+    Future keys stay -inf, so it needs no mask."""
     B, nh, Tq, hs = q.shape
     scale = 1.0 / math.sqrt(hs)
     scores = torch.full((B, nh, Tq, k.size(2)), float("-inf"), dtype=q.dtype, device=q.device)
@@ -44,6 +48,22 @@ def attention_scores_batched(q, k, q_offset, future_mask=None):
     return scores
 
 
+def scores_into_naive(q, k, q_offset, future_mask, scores, ws):
+    scores.copy_(attention_scores_naive(q, k, q_offset))
+
+
+def scores_into_batched(q, k, q_offset, future_mask, scores, ws):
+    B, nh, Tq, hs = q.shape
+    Tk = k.size(2)
+    q_heads = ws.take("attention.q", B, nh, Tq, hs).copy_(q)  # head-major for bmm
+    # beta=0 ignores the buffer's old content; the scale rides in alpha (no extra pass).
+    torch.baddbmm(scores.view(B * nh, Tq, Tk), q_heads.view(B * nh, Tq, hs),
+                  k.reshape(B * nh, Tk, hs).transpose(1, 2), beta=0.0,
+                  alpha=1.0 / math.sqrt(hs), out=scores.view(B * nh, Tq, Tk))
+    if future_mask is not None:
+        scores.masked_fill_(future_mask[q_offset:q_offset + Tq, :Tk], float("-inf"))
+
+
 # ---- bottleneck 4: softmax over the key axis ------------------------------------------------
 
 def softmax_naive(scores, q_offset):
@@ -59,9 +79,24 @@ def softmax_torch(scores, q_offset):
 
 
 def softmax_custom(scores, q_offset):
-    from . import ops
-
     return ops.causal_softmax(scores, q_offset)
+
+
+def softmax_into_naive(scores, q_offset, ws):
+    """The same three passes, in place."""
+    row_stat = ws.take("attention.row_stat", *scores.shape[:-1], 1)
+    torch.amax(scores, dim=-1, keepdim=True, out=row_stat)
+    scores.sub_(row_stat).exp_()
+    torch.sum(scores, dim=-1, keepdim=True, out=row_stat)
+    scores.div_(row_stat)
+
+
+def softmax_into_torch(scores, q_offset, ws):
+    torch.softmax(scores, dim=-1, out=scores)
+
+
+def softmax_into_custom(scores, q_offset, ws):
+    ops.causal_softmax_(scores, q_offset)
 
 
 # ---- bottleneck 2: value aggregation --------------------------------------------------------
@@ -82,12 +117,28 @@ def attention_values_batched(att, v, q_offset):
     return att @ v  # (B, nh, Tq, hs)
 
 
-SCORES = {"naive": attention_scores_naive, "batched": attention_scores_batched}
-SOFTMAX = {"naive": softmax_naive, "torch": softmax_torch, "custom": softmax_custom}
-VALUES = {"naive": attention_values_naive, "batched": attention_values_batched}
+def values_into_naive(att, v, q_offset, out, ws):
+    out.copy_(attention_values_naive(att, v, q_offset))
 
 
-# ---- fused forms (beyond the seed) ----------------------------------------------------------
+def values_into_batched(att, v, q_offset, out, ws):
+    B, nh, Tq, Tk = att.shape
+    hs = v.size(-1)
+    y = ws.take("attention.y", B, nh, Tq, hs)
+    torch.bmm(att.view(B * nh, Tq, Tk), v.reshape(B * nh, Tk, hs), out=y.view(B * nh, Tq, hs))
+    out.copy_(y)
+
+
+SCORES = {"naive": (attention_scores_naive, scores_into_naive),
+          "batched": (attention_scores_batched, scores_into_batched)}
+SOFTMAX = {"naive": (softmax_naive, softmax_into_naive),
+           "torch": (softmax_torch, softmax_into_torch),
+           "custom": (softmax_custom, softmax_into_custom)}
+VALUES = {"naive": (attention_values_naive, values_into_naive),
+          "batched": (attention_values_batched, values_into_batched)}
+
+
+# ---- fused forms (beyond the seed): scores, softmax and values in one call ------------------
 
 def attention_sdpa(q, k, v, q_offset, future_mask):
     Tq, Tk = q.size(2), k.size(2)
@@ -99,78 +150,67 @@ def attention_sdpa(q, k, v, q_offset, future_mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
-def attention_custom(q, k, v, q_offset, future_mask, out=None):
-    from . import ops
-
-    return ops.attention(q, k, v, q_offset, out=out)
+def attention_sdpa_into(q, k, v, q_offset, future_mask, out, ws):
+    out.copy_(attention_sdpa(q, k, v, q_offset, future_mask))  # SDPA has no out= variant
 
 
-FUSED = {"sdpa": attention_sdpa, "custom": attention_custom}
+def attention_custom(q, k, v, q_offset, future_mask):
+    return ops.attention(q, k, v, q_offset)
 
 
-def causal_attention(opt, q, k, v, q_offset, future_mask):
-    """Allocating attention: (B, nh, Tq, hs) from q, k, v in the forms `opt` selects."""
+def attention_custom_into(q, k, v, q_offset, future_mask, out, ws):
+    ops.attention(q, k, v, q_offset, out=out)
+
+
+FUSED = {"sdpa": (attention_sdpa, attention_sdpa_into),
+         "custom": (attention_custom, attention_custom_into)}
+
+
+# ---- the forms of one phase, composed once ---------------------------------------------------
+
+def resolve(opt) -> tuple:
+    """(attention, attention_into) for `opt`, with the profiler labels:
+    attention(q, k, v, q_offset, future_mask) -> (B, nh, Tq, hs), allocating;
+    attention_into(q, k, v, q_offset, future_mask, out, ws) -> out, into buffers."""
     if opt.fused_attention != "off":
-        with region("attention_fused"):
-            return FUSED[opt.fused_attention](q, k, v, q_offset, future_mask)
-    mask = None if opt.softmax == "custom" else future_mask
-    with region("attention_scores"):
-        if opt.attention_scores == "naive":
-            scores = attention_scores_naive(q, k, q_offset)
-        else:
-            scores = attention_scores_batched(q, k, q_offset, mask)
-    with region("softmax"):
-        att = SOFTMAX[opt.softmax](scores, q_offset)
-    with region("attention_values"):
-        return VALUES[opt.attention_values](att, v, q_offset)
+        fused, fused_into = FUSED[opt.fused_attention]
 
+        def attention(q, k, v, q_offset, future_mask):
+            with region("attention_fused"):
+                return fused(q, k, v, q_offset, future_mask)
 
-# ---- the workspace form: every intermediate in a preallocated buffer -------------------------
+        def attention_into(q, k, v, q_offset, future_mask, out, ws):
+            with region("attention_fused"):
+                fused_into(q, k, v, q_offset, future_mask, out, ws)
+            return out
 
-def attention_into(opt, q, k, v, q_offset, future_mask, out, ws):
-    """Write causal attention of q, k, v into `out` (B, nh, Tq, hs), allocating nothing new
-    for the batched/fused-custom forms once `ws` has grown to the largest shape."""
-    B, nh, Tq, hs = q.shape
-    Tk = k.size(2)
-    if opt.fused_attention == "custom":
-        with region("attention_fused"):
-            attention_custom(q, k, v, q_offset, future_mask, out=out)
+        return attention, attention_into
+
+    scores_fn, scores_into = SCORES[opt.attention_scores]
+    softmax_fn, softmax_into = SOFTMAX[opt.softmax]
+    values_fn, values_into = VALUES[opt.attention_values]
+    # The one cross-switch rule: the custom softmax reads only each row's valid length, so
+    # the -inf mask would be wasted work.
+    masked = opt.softmax != "custom"
+
+    def attention(q, k, v, q_offset, future_mask):
+        mask = future_mask if masked else None
+        with region("attention_scores"):
+            scores = scores_fn(q, k, q_offset, mask)
+        with region("softmax"):
+            att = softmax_fn(scores, q_offset)
+        with region("attention_values"):
+            return values_fn(att, v, q_offset)
+
+    def attention_into(q, k, v, q_offset, future_mask, out, ws):
+        B, nh, Tq, _ = q.shape
+        scores = ws.take("attention.scores", B, nh, Tq, k.size(2))
+        with region("attention_scores"):
+            scores_into(q, k, q_offset, future_mask if masked else None, scores, ws)
+        with region("softmax"):
+            softmax_into(scores, q_offset, ws)
+        with region("attention_values"):
+            values_into(scores, v, q_offset, out, ws)
         return out
-    if opt.fused_attention == "sdpa":  # SDPA has no out= variant: one output tensor per call
-        with region("attention_fused"):
-            out.copy_(attention_sdpa(q, k, v, q_offset, future_mask))
-        return out
-    scores = ws.take("attention.scores", B, nh, Tq, Tk)
-    with region("attention_scores"):
-        if opt.attention_scores == "naive":
-            scores.copy_(attention_scores_naive(q, k, q_offset))
-        else:
-            q_heads = ws.take("attention.q", B, nh, Tq, hs).copy_(q)  # head-major for bmm
-            # beta=0 ignores the buffer's old content; the scale rides in alpha (no extra pass).
-            torch.baddbmm(scores.view(B * nh, Tq, Tk), q_heads.view(B * nh, Tq, hs),
-                          k.reshape(B * nh, Tk, hs).transpose(1, 2), beta=0.0,
-                          alpha=1.0 / math.sqrt(hs), out=scores.view(B * nh, Tq, Tk))
-            if opt.softmax != "custom":
-                scores.masked_fill_(future_mask[q_offset:q_offset + Tq, :Tk], float("-inf"))
-    with region("softmax"):
-        if opt.softmax == "naive":  # the same three passes, in place
-            row_stat = ws.take("attention.row_stat", B, nh, Tq, 1)
-            torch.amax(scores, dim=-1, keepdim=True, out=row_stat)
-            scores.sub_(row_stat).exp_()
-            torch.sum(scores, dim=-1, keepdim=True, out=row_stat)
-            scores.div_(row_stat)
-        elif opt.softmax == "torch":
-            torch.softmax(scores, dim=-1, out=scores)
-        else:
-            from . import ops
 
-            ops.causal_softmax_(scores, q_offset)
-    with region("attention_values"):
-        if opt.attention_values == "naive":
-            out.copy_(attention_values_naive(scores, v, q_offset))
-        else:
-            y = ws.take("attention.y", B, nh, Tq, hs)
-            torch.bmm(scores.view(B * nh, Tq, Tk), v.reshape(B * nh, Tk, hs),
-                      out=y.view(B * nh, Tq, hs))
-            out.copy_(y)
-    return out
+    return attention, attention_into

@@ -1,12 +1,23 @@
 """Model shape and optimization switches, both frozen dataclasses.
 
 `ModelConfig` is the GPT-2 shape (seed shape by default). `OptConfig` has one field per
-row of STUDY.md's bottleneck table; each field names the *form* that row runs in.
-`PHASES` holds the named presets: they are data, not code paths.
+row of the study's bottleneck table (docs/study.md); each field names the *form* that row
+runs in. `PHASES` holds the fixed presets and `MAX_CANDIDATES` what "max" chooses from: data,
+not code paths (`phases.resolve` turns a name into an OptConfig, `model.resolve_forms` an
+OptConfig into callables).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
+
+
+def _divisors(n: int, limit: int = 10**12) -> "list[int] | str":
+    """Divisors of n in increasing order, by trial division up to sqrt(n) (bounded work)."""
+    if n > limit:
+        return f"(not listed: n_embd > {limit:.0e})"
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 @dataclass(frozen=True)
@@ -21,14 +32,17 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        eps = self.layer_norm_epsilon
+        if (not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps)
+                or eps < 0):
+            raise ValueError(f"ModelConfig.layer_norm_epsilon must be a finite number >= 0, "
+                             f"got {eps!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"ModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"n_head values allowed for n_embd={self.n_embd}: "
-                f"{[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0]}"
-            )
+                f"n_head values allowed for n_embd={self.n_embd}: {_divisors(self.n_embd)}")
 
     @property
     def head_dim(self) -> int:
@@ -114,8 +128,14 @@ class OptConfig:
         return replace(self, **changes)
 
     @property
+    def custom_op_forms(self) -> list:
+        """The switches set to a form that needs the C++ ops, as 'switch=form'."""
+        return [f"{name}={form!r}" for name, form in CUSTOM_OP_FORMS.items()
+                if getattr(self, name) == form]
+
+    @property
     def needs_custom_ops(self) -> bool:
-        return any(getattr(self, name) == form for name, form in CUSTOM_OP_FORMS.items())
+        return bool(self.custom_op_forms)
 
 
 _REFERENCE = OptConfig()
@@ -132,24 +152,21 @@ PHASES: dict[str, OptConfig] = {
     "phase3": _PHASE3,        # + fused LayerNorm (6), embedding backward (7), fast init (8)
 }
 
-# "max" is the fastest correct combination measured on each device, fastest first; a model
-# takes the first one its device can run (the custom ops have CPU kernels only, and may
-# fail to build). On CPU (2 cores here) our fused attention + GEMM + LayerNorm decode beat
-# ATen's SDPA + GEMM by ~1.2-1.3x per decode step (experiments/max_fastest.py measures it).
-# One C++ op per block during decode (fused_decode) then cuts the step from ~2.1 to ~0.9 ms
-# on the seed shape (2 threads; ~3.2 -> ~1.9 ms on 1 thread): it removes ~140 op dispatches.
-_SDPA_KV = _REFERENCE.replace(fused_attention="sdpa", workspace=True, kv_cache=True)
-_MAX_CUSTOM = _PHASE3.replace(fused_attention="custom")
-MAX_BY_DEVICE: dict[str, tuple] = {
-    "cpu": (_MAX_CUSTOM.replace(fused_decode=True), _MAX_CUSTOM, _SDPA_KV),
-    "cuda": (_SDPA_KV,),
+# "max" names the fastest correct combination for a model, not one fixed OptConfig: the
+# candidates below, fastest first on a CPU where they all run; `phases.resolve` takes the
+# first one the model's device and dtype can run (the custom ops are CPU float32 kernels and
+# may fail to build), and says which. experiments/max_fastest.py measures them side by side.
+MAX_CANDIDATES: dict[str, OptConfig] = {
+    # one C++ op per block in a decode step (fused LayerNorm, GEMV, attention, MLP)
+    "fused decode": _PHASE3.replace(fused_attention="custom", fused_decode=True),
+    # every custom form, each op called on its own
+    "custom ops": _PHASE3.replace(fused_attention="custom"),
+    # no custom op: PyTorch SDPA with the KV cache and the workspace (any device and dtype)
+    "sdpa + kv cache": _REFERENCE.replace(fused_attention="sdpa", workspace=True, kv_cache=True),
 }
-PHASES["max"] = MAX_BY_DEVICE["cpu"][0]
 
 
-def resolve_phase(phase: "str | OptConfig") -> OptConfig:
-    if isinstance(phase, OptConfig):
-        return phase
-    if isinstance(phase, str) and phase in PHASES:
-        return PHASES[phase]
-    raise ValueError(f"unknown phase {phase!r}; allowed: {list(PHASES)} or an OptConfig")
+def presets() -> tuple:
+    """Every name a phase can be given by: the presets of PHASES (read at call time, so one
+    added to it counts), then "max"."""
+    return (*PHASES, "max")

@@ -2,13 +2,16 @@
 
 Each function takes an optional `out`: without it the form allocates its result and
 supports autograd (phase 0, reference, training); with it the form writes into `out`
-and takes any scratch from the workspace `ws` (see workspace.py).
+and takes any scratch from the workspace `ws` (see workspace.py). The tables map a
+switch's form to its function; `labelled_*` bind one form to a module's parameters under its
+profiler label, once, when a phase is set (model.resolve_forms).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .labels import region
 
 
@@ -43,8 +46,6 @@ def layer_norm_torch(x, weight, bias, eps, out=None, ws=None):
 
 
 def layer_norm_custom(x, weight, bias, eps, out=None, ws=None):
-    from . import ops
-
     return ops.layer_norm(x, weight, bias, eps, out=out)
 
 
@@ -64,8 +65,6 @@ def linear_torch(x, weight, bias, out=None):
 
 
 def linear_custom(x, weight, bias, out=None):
-    from . import ops
-
     return ops.linear(x, weight, bias, out=out)
 
 
@@ -79,25 +78,23 @@ def embedding_torch(idx, weight):
 
 
 def embedding_custom(idx, weight):
-    from . import ops
-
     return ops.embedding(idx, weight)  # backward: sorted, segment-reduced op
 
 
 EMBEDDING = {"torch": embedding_torch, "custom": embedding_custom}
 
 
-# ---- dispatch: what the model calls, labelled for the profiler's time split ------------------
+# ---- one form bound under its profiler label: what the model calls --------------------------
 
-def layer_norm(opt, x, module, out=None, ws=None):
-    with region("layernorm"):
-        return LAYER_NORM[opt.layernorm](x, module.weight, module.bias, module.eps, out=out, ws=ws)
-
-
-def linear(opt, x, module, out=None):
-    with region("linear"):
-        return LINEAR[opt.matmul](x, module.weight, module.bias, out=out)
+def labelled_layer_norm(form):
+    def layer_norm(x, module, out=None, ws=None):
+        with region("layernorm"):
+            return form(x, module.weight, module.bias, module.eps, out=out, ws=ws)
+    return layer_norm
 
 
-def embedding(opt, idx, weight):
-    return EMBEDDING[opt.embedding_backward](idx, weight)
+def labelled_linear(form):
+    def linear(x, module, out=None):
+        with region("linear"):
+            return form(x, module.weight, module.bias, out=out)
+    return linear

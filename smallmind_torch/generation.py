@@ -4,8 +4,16 @@ Without a cache every step is a full forward over the last block_size tokens (na
 With it, the prompt is prefilled once and each step decodes one token; when the sequence
 outgrows block_size, the positions of every kept token shift, so the cache is refilled
 from the cropped window: exactly what the no-cache path computes.
+
+Each step runs under `model.lock` (the cache and workspace are the model's state). A stream
+remembers `model.cache_epoch` after its step; if anything else wrote the cache or switched
+the phase before its next step, it stops with an error rather than continue from a cache
+that is no longer its own.
 """
 from __future__ import annotations
+
+import math
+import operator
 
 import torch
 
@@ -14,7 +22,8 @@ def sample(logits, temperature: float, top_k, generator):
     """Next token (B, 1) from logits (B, V): argmax if temperature == 0, else sampled."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # Shifted by the row max first: the same distribution, and no inf - inf at tiny temperatures.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
@@ -22,48 +31,80 @@ def sample(logits, temperature: float, top_k, generator):
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def _check_args(model, idx, max_new_tokens, temperature, top_k):
-    model._check_idx(idx, max_len=None)  # longer prompts are cropped to the last block_size
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0.0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+def _as_int(value, name: str, low: int) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}") from None
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _check_args(model, idx, max_new_tokens, temperature, top_k, generator):
+    model.check_idx(idx, max_len=None)  # longer prompts are cropped to the last block_size
+    max_new_tokens = _as_int(max_new_tokens, "max_new_tokens", 0)
+    if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+            or math.isnan(temperature) or temperature < 0):
+        raise ValueError(f"temperature must be a number >= 0 (0.0 = greedy, inf = uniform), "
+                         f"got {temperature!r}")
+    if top_k is not None:
+        top_k = _as_int(top_k, "top_k", 1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return max_new_tokens, float(temperature), top_k
+
+
+def _token_buffer(B, length, device):
+    try:
+        return torch.empty(B, length, dtype=torch.long, device=device)
+    except RuntimeError as exc:  # e.g. max_new_tokens = 10**13
+        raise ValueError(f"cannot allocate the token buffer for {B} x {length} tokens "
+                         f"({8 * B * length:.3g} bytes); ask for fewer new tokens") from exc
+
+
+def _interrupted():
+    return RuntimeError(
+        "generate_stream: the model was used by another call since this stream's last step "
+        "(another generate or stream, prefill, decode or set_phase wrote its KV cache or "
+        "switched its phase), so this stream cannot continue. Finish one stream before "
+        "starting the next on the same model, or use one model per stream.")
 
 
 @torch.no_grad()
 def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
-    _check_args(model, idx, max_new_tokens, temperature, top_k)
+    max_new_tokens, temperature, top_k = _check_args(model, idx, max_new_tokens, temperature,
+                                                     top_k, generator)
     if max_new_tokens == 0:
         return
     block_size = model.config.block_size
     B, T0 = idx.shape
     # All tokens of the run, written in place: no per-step concatenation.
-    tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
+    tokens = _token_buffer(B, T0 + max_new_tokens, idx.device)
     tokens[:, :T0] = idx
     use_cache = model.opt.kv_cache
-    if use_cache:
-        if model.kv_caches is None or model.kv_caches[0].max_batch < B:
-            model.setup_caches(max_batch=B)
-        logits = model.prefill(tokens[:, max(0, T0 - block_size):T0])
-    else:
-        logits = model._forward_any(tokens[:, max(0, T0 - block_size):T0], 0, True, False)[:, -1, :]
+    epoch = None
     for n in range(T0, T0 + max_new_tokens):
-        tokens[:, n:n + 1] = sample(logits, float(temperature), top_k, generator)
+        with model.lock:
+            if epoch is not None and model.cache_epoch != epoch:
+                raise _interrupted()
+            if use_cache and epoch is not None and model.cache_length < block_size:
+                logits = model.decode_step(tokens[:, n - 1:n])
+            elif use_cache:  # first step, or cache full (positions shift): fill it again
+                if model.kv_caches is None or model.kv_caches[0].max_batch < B:
+                    model.setup_caches(max_batch=B)
+                logits = model.prefill(tokens[:, max(0, n - block_size):n])
+            else:  # a full forward over the last block_size tokens
+                logits = model.forward_last(tokens[:, max(0, n - block_size):n])
+            tokens[:, n:n + 1] = sample(logits, temperature, top_k, generator)
+            epoch = model.cache_epoch
         yield tokens[:, n:n + 1]
-        if n + 1 == T0 + max_new_tokens:
-            break
-        window = tokens[:, max(0, n + 1 - block_size):n + 1]  # the last block_size tokens
-        if use_cache and model.cache_lengths[0] < block_size:
-            logits = model._decode_step(tokens[:, n:n + 1])
-        elif use_cache:  # cache full: positions shift, refill it from the cropped window
-            logits = model.prefill(window)
-        else:
-            logits = model._forward_any(window, 0, True, False)[:, -1, :]
 
 
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
-    new = list(generate_stream(model, idx, max_new_tokens, temperature, top_k, generator))
+    with model.lock:  # one whole generation at a time per model
+        new = list(generate_stream(model, idx, max_new_tokens, temperature, top_k, generator))
     return torch.cat([idx] + new, dim=1)

@@ -1,4 +1,4 @@
-"""Profiler labels for the STUDY.md time-split categories.
+"""Profiler labels for the time-split categories of the study (docs/study.md).
 
 `region(name)` is a `torch.profiler.record_function` while a profiler is recording and a
 no-op otherwise: a disabled record_function still costs microseconds, which is a visible

@@ -1,24 +1,27 @@
 """The reference GPT (GPT-2 architecture), nanoGPT style, with phase switches.
 
-The modules below are the readable reference. Each step that a STUDY.md switch covers
-(LayerNorm, the linear layers' matmul, attention scores / softmax / values) goes through
-the form that `self.opt` selects (forms.py, attention.py). The preallocated-buffer
-inference forward lives beside this file in workspace.py, and the KV cache in kv_cache.py,
-so that a reader can diff the reference against the fast paths.
+The modules below are the readable reference. Each step that a switch covers (LayerNorm,
+the linear layers' matmul, the token embedding, attention) calls the form the current phase
+selected: `set_phase` resolves the OptConfig once into a `Forms` bundle of callables
+(`resolve_forms`), so the hot path never reads a switch. The preallocated-buffer forward lives
+beside this file in workspace.py, the fused decode step in fused_decode.py and the KV cache in
+kv_cache.py, so that a reader can diff the reference against the fast paths.
 """
 from __future__ import annotations
 
 import math
-import warnings
+import threading
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import generation, workspace
-from .attention import causal_attention
-from .config import MAX_BY_DEVICE, ModelConfig, OptConfig, resolve_phase
-from .forms import embedding, layer_norm, linear
+from . import fused_decode, generation, phases, workspace
+from .attention import resolve as resolve_attention
+from .config import ModelConfig, OptConfig
+from .forms import EMBEDDING, LAYER_NORM, LINEAR, labelled_layer_norm, labelled_linear
 from .kv_cache import KVCache
 from .labels import region
 
@@ -31,18 +34,18 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
 
-    def forward(self, x, opt, future_mask, start=0, kv_cache=None):
+    def forward(self, x, forms, future_mask, start=0, kv_cache=None):
         B, T, C = x.size()
-        q, k, v = linear(opt, x, self.c_attn).split(self.n_embd, dim=2)
+        q, k, v = forms.linear(x, self.c_attn).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if kv_cache is not None:
             with region("kv_cache"):
                 k, v = kv_cache.update(start, k, v)  # (B, nh, start + T, hs)
-        y = causal_attention(opt, q, k, v, start, future_mask)  # (B, nh, T, hs)
+        y = forms.attention(q, k, v, start, future_mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return linear(opt, y, self.c_proj)
+        return forms.linear(y, self.c_proj)
 
 
 class MLP(nn.Module):
@@ -51,8 +54,8 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
 
-    def forward(self, x, opt):
-        return linear(opt, F.gelu(linear(opt, x, self.c_fc), approximate="tanh"), self.c_proj)
+    def forward(self, x, forms):
+        return forms.linear(F.gelu(forms.linear(x, self.c_fc), approximate="tanh"), self.c_proj)
 
 
 class Block(nn.Module):
@@ -63,9 +66,43 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, opt, future_mask, start=0, kv_cache=None):
-        x = x + self.attn(layer_norm(opt, x, self.ln_1), opt, future_mask, start, kv_cache)
-        return x + self.mlp(layer_norm(opt, x, self.ln_2), opt)
+    def forward(self, x, forms, future_mask, start=0, kv_cache=None):
+        x = x + self.attn(forms.layer_norm(x, self.ln_1), forms, future_mask, start, kv_cache)
+        return x + self.mlp(forms.layer_norm(x, self.ln_2), forms)
+
+
+# ---- a phase's forms, resolved once -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Forms:
+    """Every callable a phase runs. The modules, the workspace forward and the fused decode
+    step call these and never read a switch."""
+
+    layer_norm: Callable      # (x, ln_module, out=None, ws=None)
+    linear: Callable          # (x, linear_module, out=None)
+    embedding: Callable       # (idx, weight) -> (B, T, C)
+    attention: Callable       # (q, k, v, q_offset, future_mask) -> (B, nh, Tq, hs)
+    attention_into: Callable  # (q, k, v, q_offset, future_mask, out, ws) -> out
+    forward: Callable         # (model, idx, start, last_only, use_cache) -> (B, T or 1, V)
+    decode: Callable          # (model, token (B, 1), start) -> (B, 1, V), through the KV cache
+    reuses_buffers: bool      # forward / decode return views of the workspace
+
+
+def resolve_forms(opt: OptConfig) -> Forms:
+    """The one place an OptConfig's forms become callables (attention's cross-switch rule is in
+    attention.resolve)."""
+    attention, attention_into = resolve_attention(opt)
+    forward = workspace.inference_forward if opt.workspace else GPT.allocating_forward
+    if opt.fused_decode:
+        decode = fused_decode.decode_step
+    else:
+        def decode(model, token, start):
+            return forward(model, token, start, True, True)
+    return Forms(layer_norm=labelled_layer_norm(LAYER_NORM[opt.layernorm]),
+                 linear=labelled_linear(LINEAR[opt.matmul]),
+                 embedding=EMBEDDING[opt.embedding_backward],
+                 attention=attention, attention_into=attention_into,
+                 forward=forward, decode=decode, reuses_buffers=opt.workspace)
 
 
 class GPT(nn.Module):
@@ -74,7 +111,7 @@ class GPT(nn.Module):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"GPT needs a ModelConfig, got {type(config).__name__}")
         self.config = config
-        opt = resolve_phase(phase)
+        opt = phases.resolve(phase, device="cpu", dtype=torch.get_default_dtype()).opt
         # One draw from the global RNG seeds the init, so both init forms (bottleneck 8)
         # give identical parameters under the same torch.manual_seed.
         init_seed = int(torch.randint(0, 2**62, ()))
@@ -89,11 +126,22 @@ class GPT(nn.Module):
         # True where key j lies in the future of query i; not in the state_dict.
         future = torch.ones(config.block_size, config.block_size, dtype=torch.bool).triu(1)
         self.register_buffer("future_mask", future, persistent=False)
-        self.kv_caches: "nn.ModuleList | None" = None
-        self.cache_lengths: list[int] = []
-        self._workspace: "workspace.Workspace | None" = None
-        self._warned_workspace_grad = False
-        self.set_phase(opt)
+        # The KV cache and the workspace are state of the model object: every call that uses
+        # them holds this lock (two threads calling generate() are served one after the
+        # other), and `cache_epoch` changes whenever the cache is written or reset, so an open
+        # generate_stream notices that another call used the model in between and stops with
+        # an error instead of continuing from someone else's cache.
+        self.lock = threading.RLock()
+        self.cache_epoch = 0
+        self.set_phase(phase)
+
+    def __getstate__(self):  # copy.deepcopy / pickle: a lock is not copyable, make a new one
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state.items() if k != "lock"}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.lock = threading.RLock()
 
     def _build(self, config):
         self.transformer = nn.ModuleDict(dict(
@@ -130,53 +178,57 @@ class GPT(nn.Module):
     # ---- phases ---------------------------------------------------------------------------
 
     def set_phase(self, phase: "str | OptConfig") -> "GPT":
-        """Switch every form in place. Parameters are untouched; KV caches and the workspace
-        belong to the previous phase and are dropped (a safe reset). The `init` switch acts
-        at construction only: pass `phase=` to GPT(...) to build with fast init."""
-        if phase == "max":  # the first of this device's fastest combinations it can run
-            *faster, fallback = MAX_BY_DEVICE.get(self.transformer.wte.weight.device.type,
-                                                  MAX_BY_DEVICE["cuda"])
-            opt = next((o for o in faster if self._custom_ops_usable(o)), fallback)
-        else:
-            opt = resolve_phase(phase)
-            self._custom_ops_usable(opt, phase_name=phase)
-        self.opt = opt
-        self.reset_caches()
+        """Switch every form in place: a preset name (config.presets(): PHASES and "max") or an
+        OptConfig. Parameters are untouched; KV caches and the workspace belong to the previous
+        phase and are dropped. `self.phase` says what runs (for "max": which candidate). The
+        `init` switch acts at construction only: pass `phase=` to GPT(...) for fast init."""
+        param = self.transformer.wte.weight
+        resolved = phases.resolve(phase, device=param.device, dtype=param.dtype)
+        with self.lock:
+            self.phase, self.requested_phase = resolved, phase
+            self.opt = resolved.opt
+            self.forms = resolve_forms(self.opt)
+            self.reset_caches()
         return self
 
-    def _custom_ops_usable(self, opt, phase_name=None) -> bool:
-        """True if opt's custom forms (if any) can run here; with phase_name, raise instead."""
-        if not opt.needs_custom_ops:
-            return True
-        from . import ops
-
-        device = self.transformer.wte.weight.device
-        try:
-            if device.type != "cpu":
-                raise ops.CustomOpsUnavailable(f"the custom ops have CPU kernels only, the "
-                                               f"model is on {device}")
-            ops.load_all()
-        except ops.CustomOpsUnavailable as exc:
-            if phase_name is None:
-                return False
-            raise ops.CustomOpsUnavailable(
-                f"phase {phase_name!r} uses custom ops, which are unavailable: {exc}") from exc
-        return True
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device / dtype): "max" is chosen again for the new device and dtype, and the
+        # buffers of the previous phase are dropped.
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "phase"):
+            if self.requested_phase == "max":
+                self.set_phase("max")
+            self.reset_caches()
+        return self
 
     def reset_caches(self) -> None:
-        self.kv_caches = None
-        self.cache_lengths = []
-        self._workspace = None
+        self.cache_epoch += 1
+        self.kv_caches: "nn.ModuleList | None" = None
+        self.block_params: "list | None" = None  # fused_decode.block_params of each block
+        self.cache_length = 0                    # positions held by the KV cache
+        self.cache_batch = 0                     # sequences filled by the last prefill
+        self._workspace: "workspace.Workspace | None" = None
+
+    @property
+    def workspace(self) -> "workspace.Workspace":
+        """The phase's preallocated buffers (workspace phases), made on first use."""
+        if self._workspace is None:
+            param = self.transformer.wte.weight
+            self._workspace = workspace.Workspace(dtype=param.dtype, device=param.device)
+        return self._workspace
 
     # ---- forward ----------------------------------------------------------------------------
 
-    def _check_idx(self, idx, *, max_len):
+    def check_idx(self, idx, *, max_len):
+        """Raise ValueError unless idx is a (B, T) LongTensor of valid token ids, T <= max_len."""
         if not isinstance(idx, torch.Tensor) or idx.dtype != torch.long or idx.dim() != 2:
             raise ValueError(f"idx must be a LongTensor of shape (B, T); got "
                              f"{getattr(idx, 'dtype', type(idx).__name__)} {tuple(getattr(idx, 'shape', ()))}")
         B, T = idx.shape
         if B < 1 or T < 1:
             raise ValueError(f"idx must have B >= 1 and T >= 1; got shape {tuple(idx.shape)}")
+        if idx.device != self.future_mask.device:
+            raise ValueError(f"idx is on {idx.device} but the model is on {self.future_mask.device}")
         if max_len is not None and T > max_len:
             raise ValueError(f"sequence length {T} exceeds {max_len} (block_size is "
                              f"{self.config.block_size}); crop the prompt or use generate(), which crops")
@@ -186,64 +238,46 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab_size) of a full forward from position 0 (no KV cache)."""
-        self._check_idx(idx, max_len=self.config.block_size)
-        if self._workspace_active():
-            return self._forward_into(idx, start=0, last_only=False, use_cache=False).clone()
-        return self._forward(idx, start=0, last_only=False, use_cache=False)
+        self.check_idx(idx, max_len=self.config.block_size)
+        with self.lock:
+            logits = self.forms.forward(self, idx, 0, False, False)
+            return logits.clone() if self.forms.reuses_buffers else logits
 
-    def _workspace_active(self) -> bool:
-        if not self.opt.workspace:
-            return False
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            if not self._warned_workspace_grad:
-                warnings.warn("workspace=True applies to inference only (torch.no_grad / "
-                              "inference_mode); this forward records autograd, so it uses the "
-                              "allocating path", stacklevel=3)
-                self._warned_workspace_grad = True
-            return False
-        return True
-
-    def _forward(self, idx, start, last_only, use_cache):
-        """Allocating forward (autograd-capable) of tokens at positions start..start+T-1."""
+    def allocating_forward(self, idx, start=0, last_only=False, use_cache=False):
+        """The reference forward through the modules (autograd-capable): logits of tokens at
+        positions start..start+T-1, through the KV cache if use_cache."""
         B, T = idx.size()
-        opt = self.opt
-        tok_emb = embedding(opt, idx, self.transformer.wte.weight)  # (B, T, C)
+        forms = self.forms
+        tok_emb = forms.embedding(idx, self.transformer.wte.weight)  # (B, T, C)
         pos_emb = self.transformer.wpe.weight[start:start + T]  # (T, C)
         x = tok_emb + pos_emb
         for i, block in enumerate(self.transformer.h):
             kv_cache = self.kv_caches[i] if use_cache else None
-            x = block(x, opt, self.future_mask, start, kv_cache)
-        x = layer_norm(opt, x, self.transformer.ln_f)
+            x = block(x, forms, self.future_mask, start, kv_cache)
+        x = forms.layer_norm(x, self.transformer.ln_f)
         if last_only:  # generation needs only the next token's logits
             x = x[:, -1:, :]  # (B, 1, C)
-        return linear(opt, x, self.lm_head)  # (B, T or 1, vocab_size)
+        return forms.linear(x, self.lm_head)  # (B, T or 1, vocab_size)
 
-    def _forward_into(self, idx, start, last_only, use_cache):
-        """Workspace forward: the same computation, every intermediate in a reused buffer.
-        The result is a view of the workspace, valid until the next call."""
-        param = self.transformer.wte.weight
-        ws = self._workspace
-        if ws is None or ws.device != param.device or ws.dtype != param.dtype:
-            ws = self._workspace = workspace.Workspace(dtype=param.dtype, device=param.device)
-        if use_cache and self.opt.fused_decode and idx.size(1) == 1:  # one C++ op per block
-            return workspace.fused_decode_forward(self, ws, idx, start)
-        return workspace.workspace_forward(self, ws, idx, start, last_only, use_cache)
-
-    def _forward_any(self, idx, start, last_only, use_cache):
-        if self._workspace_active():
-            return self._forward_into(idx, start, last_only, use_cache)
-        return self._forward(idx, start, last_only, use_cache)
+    @torch.no_grad()
+    def forward_last(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) of the token after idx, from a full forward over idx (no cache).
+        No argument checks; on workspace phases a view valid until the next call on the model
+        (hold `model.lock` while using it from several threads): the no-cache generation step."""
+        with self.lock:
+            return self.forms.forward(self, idx, 0, True, False)[:, -1, :]
 
     def setup_workspace(self, max_batch: int = 1) -> "workspace.Workspace":
         """Size every workspace buffer for (max_batch, block_size) with one dry forward."""
         if not self.opt.workspace:
             raise ValueError("setup_workspace needs a phase with workspace=True; "
-                             f"the current OptConfig has workspace=False")
+                             "the current OptConfig has workspace=False")
+        _check_batch(max_batch)
         idx = torch.zeros(max_batch, self.config.block_size, dtype=torch.long,
                           device=self.transformer.wte.weight.device)
-        with torch.no_grad():
-            self._forward_into(idx, start=0, last_only=False, use_cache=False)
-        return self._workspace
+        with torch.no_grad(), self.lock:
+            workspace.workspace_forward(self, idx, 0, False, False)
+        return self.workspace
 
     # ---- KV cache: prefill once, then one token per step ---------------------------------
 
@@ -251,57 +285,66 @@ class GPT(nn.Module):
         """Allocate each layer's K and V buffers once, for up to max_batch sequences."""
         if not self.opt.kv_cache:
             raise ValueError("setup_caches needs a phase with kv_cache=True")
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        _check_batch(max_batch)
         c, param = self.config, self.transformer.wte.weight
-        self.kv_caches = nn.ModuleList([
-            KVCache(max_batch, c.n_head, c.block_size, c.head_dim, dtype=param.dtype, device=param.device)
-            for _ in range(c.n_layer)])
-        self.cache_lengths = [0] * max_batch
+        with self.lock:
+            self.kv_caches = nn.ModuleList([
+                KVCache(max_batch, c.n_head, c.block_size, c.head_dim, dtype=param.dtype,
+                        device=param.device)
+                for _ in range(c.n_layer)])
+            if self.opt.fused_decode:
+                self.block_params = [fused_decode.block_params(b) for b in self.transformer.h]
+            self.cache_length = self.cache_batch = 0
+            self.cache_epoch += 1
 
     @torch.no_grad()
     def prefill(self, idx: torch.Tensor) -> torch.Tensor:
         """Run the prompt (B, T <= block_size) into the cache; return next-token logits (B, V)."""
         if not self.opt.kv_cache:
             raise ValueError("prefill needs a phase with kv_cache=True")
-        self._check_idx(idx, max_len=self.config.block_size)
+        self.check_idx(idx, max_len=self.config.block_size)
         B, T = idx.shape
-        if self.kv_caches is None:
-            self.setup_caches(max_batch=B)
-        if B > self.kv_caches[0].max_batch:
-            raise ValueError(f"batch {B} exceeds the KV cache's max_batch "
-                             f"{self.kv_caches[0].max_batch}; call setup_caches(max_batch={B})")
-        logits = self._forward_any(idx, start=0, last_only=True, use_cache=True)
-        self.cache_lengths[:B] = [T] * B
-        return logits[:, -1, :]
+        with self.lock:
+            if self.kv_caches is None:
+                self.setup_caches(max_batch=B)
+            if B > self.kv_caches[0].max_batch:
+                raise ValueError(f"batch {B} exceeds the KV cache's max_batch "
+                                 f"{self.kv_caches[0].max_batch}; call setup_caches(max_batch={B})")
+            self.cache_epoch += 1
+            logits = self.forms.forward(self, idx, 0, True, True)[:, -1, :]
+            self.cache_length, self.cache_batch = T, B
+            return logits.clone() if self.forms.reuses_buffers else logits
 
     @torch.no_grad()
     def decode_one_token(self, token: torch.Tensor) -> torch.Tensor:
         """Append one token per sequence (B, 1) after what the cache holds; logits (B, V)."""
-        if self.kv_caches is None:
-            raise ValueError("decode_one_token needs a filled KV cache: call prefill first "
-                             "(switching phase resets the cache)")
         if not isinstance(token, torch.Tensor) or token.dim() != 2 or token.size(1) != 1:
             raise ValueError(f"token must have shape (B, 1); got {tuple(getattr(token, 'shape', ()))}")
-        self._check_idx(token, max_len=1)
-        B = token.size(0)
-        if B > len(self.cache_lengths):
-            raise ValueError(f"batch {B} exceeds the KV cache's max_batch {len(self.cache_lengths)}")
-        positions = set(self.cache_lengths[:B])
-        if len(positions) != 1 or 0 in positions:
-            raise ValueError(f"sequences 0..{B - 1} are at cache positions {self.cache_lengths[:B]}; "
-                             "decode needs all of them prefilled to the same position")
-        if self.cache_lengths[0] >= self.config.block_size:
-            raise ValueError(f"the KV cache is full (block_size = {self.config.block_size} tokens); "
-                             "re-prefill a cropped window (generate() does this)")
-        return self._decode_step(token)
+        self.check_idx(token, max_len=1)
+        with self.lock:
+            if self.kv_caches is None or self.cache_length == 0:
+                raise ValueError("decode_one_token needs a filled KV cache: call prefill first "
+                                 "(switching phase resets the cache)")
+            if token.size(0) > self.cache_batch:
+                raise ValueError(f"batch {token.size(0)} exceeds the {self.cache_batch} sequences of "
+                                 "the last prefill; decode needs every sequence prefilled to the "
+                                 "same position")
+            if self.cache_length >= self.config.block_size:
+                raise ValueError(f"the KV cache is full (block_size = {self.config.block_size} "
+                                 "tokens); re-prefill a cropped window (generate() does this)")
+            logits = self.decode_step(token)
+            return logits.clone() if self.forms.reuses_buffers else logits
 
-    def _decode_step(self, token):
-        """decode_one_token without the checks, for generation's own (valid) tokens."""
-        B, start = token.size(0), self.cache_lengths[0]
-        logits = self._forward_any(token, start=start, last_only=True, use_cache=True)
-        self.cache_lengths[:B] = [start + 1] * B
-        return logits[:, -1, :]
+    @torch.no_grad()
+    def decode_step(self, token: torch.Tensor) -> torch.Tensor:
+        """decode_one_token without the argument checks, for a generation loop's own tokens:
+        logits (B, V), on workspace phases a view valid until the next call on the model (hold
+        `model.lock` while using it from several threads)."""
+        with self.lock:
+            self.cache_epoch += 1
+            logits = self.forms.decode(self, token, self.cache_length)
+            self.cache_length += 1
+            return logits[:, -1, :]
 
     # ---- generation ---------------------------------------------------------------------
 
@@ -332,3 +375,8 @@ class GPT(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _check_batch(max_batch) -> None:
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")

@@ -10,6 +10,7 @@ tests can check that it stays put.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -42,16 +43,14 @@ class Workspace:
         return self.buffers[name]
 
 
-def workspace_forward(model, ws: Workspace, idx, start: int, last_only: bool, use_cache: bool):
-    """GPT._forward, written into `ws`'s buffers: same steps, same forms, no new tensors.
+def workspace_forward(model, idx, start: int, last_only: bool, use_cache: bool):
+    """GPT.allocating_forward, written into the model's workspace: same steps, same forms, no new
+    tensors. Logits (B, T or 1, V), a view of the workspace, valid until the next call.
 
     Buffers are shared across layers (layers run one after another), so the whole forward
     needs one residual stream, one LayerNorm output, one qkv, ... whatever n_layer is.
     """
-    from .attention import attention_into
-    from .forms import layer_norm, linear
-
-    opt, c = model.opt, model.config
+    forms, c, ws = model.forms, model.config, model.workspace
     B, T = idx.shape
     C, nh, hs = c.n_embd, c.n_head, c.head_dim
     wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
@@ -62,8 +61,8 @@ def workspace_forward(model, ws: Workspace, idx, start: int, last_only: bool, us
         x.add_(wpe[start:start + T])
     h = ws.take("layernorm.out", B, T, C)
     for i, block in enumerate(model.transformer.h):
-        layer_norm(opt, x, block.ln_1, out=h, ws=ws)
-        qkv = linear(opt, h, block.attn.c_attn, out=ws.take("qkv", B, T, 3 * C))
+        forms.layer_norm(x, block.ln_1, out=h, ws=ws)
+        qkv = forms.linear(h, block.attn.c_attn, out=ws.take("qkv", B, T, 3 * C))
         q, k, v = qkv.split(C, dim=2)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -76,46 +75,31 @@ def workspace_forward(model, ws: Workspace, idx, start: int, last_only: bool, us
                 k = ws.take("attention.k", B, nh, T, hs).copy_(k)
                 v = ws.take("attention.v", B, nh, T, hs).copy_(v)
         y = ws.take("attention.out", B, T, C)
-        attention_into(opt, q, k, v, start, model.future_mask,
-                       out=y.view(B, T, nh, hs).transpose(1, 2), ws=ws)  # (B, nh, T, hs) view
-        proj = linear(opt, y, block.attn.c_proj, out=ws.take("proj", B, T, C))
+        forms.attention_into(q, k, v, start, model.future_mask,
+                             out=y.view(B, T, nh, hs).transpose(1, 2), ws=ws)  # (B, nh, T, hs) view
+        proj = forms.linear(y, block.attn.c_proj, out=ws.take("proj", B, T, C))
         with region("other"):
             x.add_(proj)
-        layer_norm(opt, x, block.ln_2, out=h, ws=ws)
-        fc = linear(opt, h, block.mlp.c_fc, out=ws.take("mlp.fc", B, T, 4 * C))
+        forms.layer_norm(x, block.ln_2, out=h, ws=ws)
+        fc = forms.linear(h, block.mlp.c_fc, out=ws.take("mlp.fc", B, T, 4 * C))
         with region("other"):
             torch.ops.aten.gelu_(fc, approximate="tanh")
-        linear(opt, fc, block.mlp.c_proj, out=proj)
+        forms.linear(fc, block.mlp.c_proj, out=proj)
         with region("other"):
             x.add_(proj)
-    layer_norm(opt, x, model.transformer.ln_f, out=h, ws=ws)
+    forms.layer_norm(x, model.transformer.ln_f, out=h, ws=ws)
     if last_only:
         h, T = h[:, -1:, :], 1  # (B, 1, C)
-    return linear(opt, h, model.lm_head, out=ws.take("logits", B, T, c.vocab_size))
+    return forms.linear(h, model.lm_head, out=ws.take("logits", B, T, c.vocab_size))
 
 
-def fused_decode_forward(model, ws: Workspace, idx, start: int):
-    """A KV-cache decode step (one token per sequence, idx (B, 1) at position `start`) with
-    each block as one C++ op (`ops.decode_block_`, the fused_decode switch); embeddings,
-    ln_f and lm_head as in workspace_forward. Logits (B, 1, V), a view of the workspace."""
-    from . import ops
-    from .forms import layer_norm, linear
-
-    opt, c = model.opt, model.config
-    B = idx.size(0)
-    C = c.n_embd
-    wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
-    x = ws.take("residual", B, 1, C)
-    x2d = x.view(B, C)
-    with region("other"):
-        torch.index_select(wte, 0, idx.view(B), out=x2d)
-        x2d.add_(wpe[start])
-    op = torch.ops.smallmind.decode_block_.default
-    n_head = c.n_head
-    for block, cache in zip(model.transformer.h, model.kv_caches):
-        with region("decode_block"):
-            op(x2d, *ops.block_tensors(block), cache.k_cache, cache.v_cache, start, n_head,
-               block.ln_1.eps)
-    h = ws.take("layernorm.out", B, 1, C)
-    layer_norm(opt, x, model.transformer.ln_f, out=h, ws=ws)
-    return linear(opt, h, model.lm_head, out=ws.take("logits", B, 1, c.vocab_size))
+def inference_forward(model, idx, start: int, last_only: bool, use_cache: bool):
+    """The workspace phases' forward: workspace_forward for inference; the allocating forward
+    (with a warning, shown once per call site) while autograd records, since buffers reused across calls
+    cannot hold what a backward needs."""
+    if torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()):
+        warnings.warn("workspace=True applies to inference only (torch.no_grad / "
+                      "inference_mode); this forward records autograd, so it uses the "
+                      "allocating path", stacklevel=5)
+        return model.allocating_forward(idx, start, last_only, use_cache)
+    return workspace_forward(model, idx, start, last_only, use_cache)

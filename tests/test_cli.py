@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from smallmind_torch import cli
-from smallmind_torch.checkpoint import load_checkpoint, save_checkpoint
-from smallmind_torch.config import PHASES, ModelConfig
-from smallmind_torch.tokenizer import Tokenizer
+from smallmind_torch.cli import core
+from smallmind_torch.config import ModelConfig, presets
+from smallmind_torch.train.checkpoint import load_checkpoint, save_checkpoint
+from smallmind_torch.train.tokenizer import Tokenizer
 
 TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)
 TINY_ARGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32"]
@@ -31,9 +32,9 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_commands_registry():
-    assert {"train", "generate"} <= set(cli.COMMANDS)
+    assert {"train", "generate", "bench", "profile", "build-ops"} <= set(core.COMMANDS)
     with pytest.raises(ValueError):
-        cli.register(cli.Command("train", "dup", lambda p: None, lambda a: 0))
+        core.register(core.Command("train", "dup", lambda p: None, lambda a: 0))
     assert cli.main(["--help"]) == 0
     assert cli.main([]) == 2                      # a command is required
     assert cli.main(["no-such-command"]) == 2
@@ -88,7 +89,7 @@ def test_unknown_phase_is_a_clear_usage_error(tiny_ckpt, capsys):
     rc = cli.main(["generate", "--checkpoint", str(tiny_ckpt), "--phase", "warp9"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "unknown phase 'warp9'" in err and all(p in err for p in PHASES)
+    assert "unknown phase 'warp9'" in err and all(p in err for p in presets())
     assert "Traceback" not in err
 
 
@@ -122,3 +123,42 @@ def test_train_then_resume(tmp_path, capsys):
     assert cli.main(["generate", "--checkpoint", str(out), "--max-new-tokens", "4"]) == 0
     assert cli.main(["train", "--resume", "--out", str(tmp_path / "none"), "--no-progress"]) == 1
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--temperature", "nan"], 2, "--temperature must be a number >= 0"),
+    (["--prompt", "bad \udcff bytes"], 2, "lone surrogate"),
+    (["--max-new-tokens", "10000000000000"], 1, "cannot allocate the token buffer"),
+])
+def test_generate_errors_are_one_line(tiny_ckpt, capsys, args, code, message):
+    assert cli.main(["generate", "--checkpoint", str(tiny_ckpt), *args]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_with_another_shape_and_a_bad_logdir_are_one_line(tiny_ckpt, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, out)
+    assert cli.main(["train", "--resume", "--out", str(out), "--n-embd", "64", "--no-progress"]) == 2
+    assert "resume: checkpoint in" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert cli.main(["profile", "--tiny", "--phase", "reference", "--logdir",
+                     str(tmp_path / "file" / "runs"), "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write traces to" in err and "Traceback" not in err
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(tiny_ckpt, tmp_path, capsys):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_ckpt, bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["model_config"]["n_head"] = 4  # same tensor shapes
+    (bad / "config.json").write_text(json.dumps(meta))
+    assert cli.main(["generate", "--checkpoint", str(bad), "--max-new-tokens", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "does not match the hash" in err and "Traceback" not in err

@@ -2,7 +2,7 @@
 import torch
 
 from smallmind_torch import GPT
-from conftest import TINY
+from helpers import TINY
 
 
 def test_sampling_is_reproducible_with_a_seeded_generator():

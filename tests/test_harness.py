@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from smallmind_torch import GPT, PHASES, OptConfig, attention, harness
+from smallmind_torch import GPT, PHASES, OptConfig, attention
 from smallmind_torch.labels import CATEGORIES
+from smallmind_torch.study import harness, peers, profiling, run
 
-from conftest import TINY
+from helpers import TINY
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,7 @@ def _positive(x):
 
 
 def test_study_on_tiny_shape(model):
-    study = harness.run_study(model, ["reference", "phase1", "max"], ["hf"], SETTINGS)
+    study = run.run_study(model, ["reference", "phase1", "max"], ["hf"], SETTINGS)
     assert list(study.phases) == ["reference", "phase1", "max"]
     for name, r in study.phases.items():
         assert r.status == "ok", (name, r.reason)
@@ -66,7 +67,7 @@ def test_study_on_tiny_shape(model):
 
 
 def test_phase0_allocates_more_than_phase1(model):
-    study = harness.run_study(model, ["phase0", "phase1"], [], SETTINGS, machine=False)
+    study = run.run_study(model, ["phase0", "phase1"], [], SETTINGS, machine=False)
     p0, p1 = study.phases["phase0"], study.phases["phase1"]
     assert p0.ok and p1.ok
     assert p0.allocs_per_token > p1.allocs_per_token  # the workspace (3a) removes allocations
@@ -76,8 +77,9 @@ def test_phase0_allocates_more_than_phase1(model):
 def test_wrong_form_is_reported_failed_not_benchmarked(model, monkeypatch):
     wrong = OptConfig(softmax="naive")  # workspace off: the allocating SOFTMAX dispatch
     monkeypatch.setitem(attention.SOFTMAX, "naive",
-                        lambda scores, q_offset: torch.softmax(scores * 1.5, dim=-1))
-    study = harness.run_study(model, {"reference": "reference", "broken": wrong}, [], SETTINGS, machine=False)
+                        (lambda scores, q_offset: torch.softmax(scores * 1.5, dim=-1),
+                         attention.softmax_into_naive))
+    study = run.run_study(model, {"reference": "reference", "broken": wrong}, [], SETTINGS, machine=False)
     assert study.phases["reference"].ok
     r = study.phases["broken"]
     assert r.status == "FAILED"
@@ -102,7 +104,7 @@ def test_unavailable_custom_ops_are_reported_and_the_study_goes_on(model, monkey
         raise ops.CustomOpsUnavailable("no compiler (simulated)")
 
     monkeypatch.setattr(ops, "load_all", boom)
-    study = harness.run_study(model, ["phase2", "reference"], [], SETTINGS, machine=False)
+    study = run.run_study(model, ["phase2", "reference"], [], SETTINGS, machine=False)
     assert study.phases["phase2"].status == "unavailable"
     assert "simulated" in study.phases["phase2"].describe_status()
     assert study.phases["reference"].ok
@@ -112,13 +114,13 @@ def test_hf_not_installed(model, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "transformers", None)
-    r = harness.measure_hf(model, SETTINGS)
+    r = peers.measure_hf(model, SETTINGS)
     assert r.status == "not installed" and r.tokens_per_s is None
 
 
 def test_new_presets_are_picked_up(monkeypatch):
     monkeypatch.setitem(PHASES, "extra", PHASES["reference"].replace(workspace=True))
-    assert ("extra", "extra") in harness._phase_items(None)
+    assert ("extra", "extra") in run._phase_items(None)
 
 
 class _Ev:
@@ -142,17 +144,17 @@ class _Ev:
 
 
 def test_split_excludes_nested_labels_and_counts_allocations():
-    events = [_Ev(harness.STEP_LABEL, 0, 1000), _Ev("linear", 100, 300), _Ev("attention_scores", 300, 700),
+    events = [_Ev(profiling.STEP_LABEL, 0, 1000), _Ev("linear", 100, 300), _Ev("attention_scores", 300, 700),
               _Ev("softmax", 400, 500),  # nested in attention_scores
               _Ev("aten::mm", 120, 280), _Ev("linear", 5000, 6000, tid=2),  # another thread: ignored
               _Ev("[memory]", 150, 150, 64), _Ev("[memory]", 160, 160, -64), _Ev("[memory]", 170, 170, 32)]
-    total_ms, split = harness.split_from_events(events)
+    total_ms, split = profiling.split_from_events(events)
     assert total_ms == pytest.approx(1e-3)
     assert split["linear"] == pytest.approx(200e-6)
     assert split["attention_scores"] == pytest.approx(300e-6)
     assert split["softmax"] == pytest.approx(100e-6)
     assert split["other"] == pytest.approx(400e-6)
-    assert harness.allocations_from_events(events) == (96, 2)
+    assert profiling.allocations_from_events(events) == (96, 2)
 
 
 def test_settings_validate():

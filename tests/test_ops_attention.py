@@ -1,4 +1,4 @@
-"""Fused causal attention custom op (ops/attention.cpp) against its PyTorch reference."""
+"""Fused causal attention custom op (csrc/attention.cpp) against its PyTorch reference."""
 import math
 
 import pytest
@@ -6,10 +6,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from conftest import ops_binding_or_skip
+from helpers import ops_binding_or_skip
 
 _binding = ops_binding_or_skip("_attention")
 attention, attention_reference = _binding.attention, _binding.attention_reference
+ops = torch.ops.smallmind
+
+# every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
+INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 CASES = [  # (B, nh, Tq, Tk, hs, q_offset)
     (1, 8, 128, 128, 32, 0),   # seed prefill
@@ -113,12 +117,14 @@ def test_grads_through_cache_views():
 
 def test_opcheck():
     q, k, v = _qkv(2, 2, 3, 7, 5)
-    ops = torch.ops.smallmind
     torch.library.opcheck(ops.attention.default, (q, k, v, 4))
+    torch.library.opcheck(ops.attention_inference.default, (q, k, v, 4))
     torch.library.opcheck(ops.attention.default,
                           tuple(t.clone().requires_grad_() for t in (q, k, v)) + (4,))
     cache = torch.randn(3, 2, 10, 5)
     torch.library.opcheck(ops.attention.default, (q, cache[:2, :, :7], cache[1:, :, 2:9], 4))
+    torch.library.opcheck(ops.attention_inference.default,
+                          (q, cache[:2, :, :7], cache[1:, :, 2:9], 4))
     torch.library.opcheck(ops.attention_out.default, (q, k, v, 4, torch.empty(2, 2, 3, 5)))
     buf = torch.empty(2, 3, 10)
     torch.library.opcheck(ops.attention_out.default,
@@ -208,9 +214,14 @@ def test_bad_inputs():
         attention(q.clone().requires_grad_(), k, v, out=torch.empty(1, 2, 3, 4))
     with pytest.raises(TypeError, match="q_offset"):
         attention(q, k, v, 1.5)
+    with pytest.raises(TypeError, match="q_offset"):
+        attention(q, k, v, True)
+    with pytest.raises(TypeError, match="'k' must be a torch.Tensor"):
+        attention(q, k.tolist(), v)
+    with pytest.raises(RuntimeError, match="'out' must have dtype Float"):
+        attention(q, k, v, out=torch.empty(1, 2, 3, 4, dtype=torch.float64))
     # the C++ checks, reached without the Python wrapper
-    ops = torch.ops.smallmind
-    with pytest.raises(RuntimeError, match="q_offset"):
+    with pytest.raises(ValueError, match="q_offset"):
         ops.attention(q, k, v, 3)
     with pytest.raises(RuntimeError, match="Float|float32"):
         ops.attention(q.half(), k, v, 0)
@@ -220,6 +231,148 @@ def test_bad_inputs():
         ops.attention_out(q, k, v, 0, torch.empty(3, 4))
     with pytest.raises(RuntimeError, match="overlap"):
         ops.attention_out(q, k, v, 0, q)
+
+
+def test_out_sharing_memory_with_an_input_is_refused():
+    """Also strided views, whose overlap ATen calls too hard to tell (they were trusted)."""
+    buf = torch.randn(1, 3, 2, 8)            # (B, T, nh, hs): q read as a transposed view
+    q = buf.transpose(1, 2)                  # (B, nh, T, hs), strided
+    k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    for out in (q, buf.transpose(1, 2)[:, :, :, :], k[:, :, 1:4], v[:, :, :3]):
+        with pytest.raises(RuntimeError, match="must not overlap q, k or v"):
+            attention(q, k, v, 2, out=out.detach())
+    attention(q, k, v, 2, out=torch.empty(1, 3, 2, 8).transpose(1, 2))  # separate: fine
+
+
+# D1: `q_offset + Tq <= Tk` overflowed int64 near 2**63: out-of-bounds reads, a segfault.
+@pytest.mark.parametrize("q_offset", [2**63 - 3, 2**63 - 1, 2**62, -1, -2**63, 3])
+def test_q_offset_extremes_raise(q_offset):
+    q, k, v = _qkv(1, 2, 3, 5, 4)
+    g = torch.randn(1, 2, 3, 4)
+    for device in ("cpu", "meta"):  # the fakes reject what the kernel rejects (D13)
+        qd, kd, vd, gd = (t.to(device) for t in (q, k, v, g))
+        calls = [lambda: ops.attention(qd, kd, vd, q_offset),
+                 lambda: ops.attention_inference(qd, kd, vd, q_offset),
+                 lambda: ops.attention_out(qd, kd, vd, q_offset, torch.empty_like(qd)),
+                 lambda: ops.attention_backward(gd, qd, kd, vd, q_offset)]
+        for call in calls:
+            with pytest.raises(ValueError, match="q_offset must satisfy"):
+                call()
+    with pytest.raises(ValueError, match="q_offset must satisfy"):
+        attention(q, k, v, q_offset)
+
+
+def test_fakes_reject_what_the_kernel_rejects():
+    q, k, v = _qkv(1, 2, 3, 5, 4)
+    cases = [((q[:, :1], k, v, 0), "agree on B, nh"), ((torch.randn(1, 2, 3, 6), k, v, 0), "hs"),
+             ((q, k, v[:, :, :4], 0), "same shape"), ((q[0], k, v, 0), "4-D"),
+             ((q, k.double(), v, 0), "'k' must have dtype Float"),
+             ((torch.randn(1, 2, 6, 4), k, v, 0), "q_offset")]
+    for args, match in cases:
+        for op in (ops.attention, ops.attention_inference):
+            with pytest.raises((RuntimeError, ValueError), match=match):
+                op(*args)
+            with pytest.raises((RuntimeError, ValueError), match=match):
+                op(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args))
+    for out in (torch.empty(1, 2, 3, 5), torch.empty(1, 2, 3, 4, dtype=torch.float64)):
+        for device in ("cpu", "meta"):
+            with pytest.raises(RuntimeError, match="'out' must have"):
+                ops.attention_out(q.to(device), k.to(device), v.to(device), 2, out.to(device))
+    with pytest.raises(RuntimeError, match="'grad_out' must have shape"):
+        ops.attention_backward(torch.randn(1, 2, 3, 5, device="meta"), q.to("meta"),
+                               k.to("meta"), v.to("meta"), 2)
+
+
+# D7: a NaN key took all the probability mass (exp256 clamped NaN to e^88); torch gives NaN.
+# Keys 3 / 18 / 26 of 28: the 16-wide loop, the 8-wide loop and the scalar tail of the row
+# kernels; 300 keys cross the 256-key online-softmax block.
+@pytest.mark.parametrize("tk, pos", [(28, 3), (28, 18), (28, 26), (300, 280), (300, 5)])
+@pytest.mark.parametrize("where", ["k", "q", "v"])
+def test_nan_matches_reference(tk, pos, where):
+    q, k, v = _qkv(1, 2, 2, tk, 16, seed=pos)
+    t = {"q": q, "k": k, "v": v}[where]
+    t[0, 1, min(pos, t.shape[2] - 1), 5] = float("nan")
+    got = attention(q, k, v, tk - 2)
+    ref = attention_reference(q, k, v, tk - 2)
+    assert ref.isnan().any()
+    torch.testing.assert_close(got, ref, equal_nan=True)
+    q2, k2, v2 = (x.clone().requires_grad_() for x in (q, k, v))  # the backward kernel too
+    attention(q2, k2, v2, tk - 2).sum().backward()
+    assert q2.grad.isnan().any()
+
+
+def test_minus_inf_and_inf_scores_match_reference():
+    q, k, v = _qkv(1, 1, 1, 300, 8)
+    q[...] = 1.0
+    k[...] = 0.0
+    k[0, 0, :260, 0] = float("-inf")  # the whole first 256-key block is -inf
+    got, ref = attention(q, k, v, 299), attention_reference(q, k, v, 299)
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(got, ref)
+    k[0, 0, :, 0] = float("-inf")     # every key -inf: NaN, as torch
+    torch.testing.assert_close(attention(q, k, v, 299), attention_reference(q, k, v, 299),
+                               equal_nan=True)
+    k[0, 0, 7, 0] = float("inf")      # a +inf score: inf - inf = NaN, as torch
+    torch.testing.assert_close(attention(q, k, v, 299), attention_reference(q, k, v, 299),
+                               equal_nan=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tq=st.integers(1, 4), tk_extra=st.integers(0, 5), hs=st.integers(1, 9),
+       which=st.sampled_from(["q", "k", "v"]), start=st.integers(0, 200),
+       seed=st.integers(0, 2**16))
+def test_property_out_aliasing(tq, tk_extra, hs, which, start, seed):
+    """out anywhere in the buffer that holds q, k or v: the right answer or a clear refusal,
+    never a silently wrong one."""
+    tk, nh = tq + tk_extra, 2
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"q": (1, nh, tq, hs), "k": (1, nh, tk, hs), "v": (1, nh, tk, hs)}
+    n = 1 * nh * max(tq, tk) * hs
+    buf = torch.randn(3 * n + 200, generator=g)
+    t = {}
+    for i, name in enumerate("qkv"):
+        numel = torch.Size(shapes[name]).numel()
+        t[name] = buf[i * n:i * n + numel].view(shapes[name]) if name == which else \
+            torch.randn(shapes[name], generator=g)
+    expected = attention_reference(t["q"], t["k"], t["v"], tk - tq)
+    numel = nh * tq * hs
+    start = min(start, buf.numel() - numel)
+    out = buf[start:start + numel].view(1, nh, tq, hs)
+    try:
+        attention(t["q"], t["k"], t["v"], tk - tq, out=out)
+    except RuntimeError as exc:
+        assert "must not overlap q, k or v" in str(exc)
+        return
+    torch.testing.assert_close(out, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tq=st.integers(0, 5), tk=st.integers(0, 9),
+       q_offset=st.one_of(st.sampled_from(INT_EXTREMES), st.integers(-3, 12)),
+       use_out=st.booleans(), seed=st.integers(0, 2**16))
+def test_property_any_q_offset(tq, tk, q_offset, use_out, seed):
+    """Every int64 q_offset (and sizes 0): the reference's answer, or a ValueError."""
+    q, k, v = _qkv(1, 2, tq, tk, 8, seed=seed)
+    out = torch.empty(1, 2, tq, 8) if use_out else None
+    if not (tq <= tk and 0 <= q_offset <= tk - tq):
+        with pytest.raises(ValueError, match="q_offset"):
+            attention(q, k, v, q_offset, out=out)
+        with pytest.raises(ValueError, match="q_offset"):
+            ops.attention(q.to("meta"), k.to("meta"), v.to("meta"), q_offset)
+        return
+    got = attention(q, k, v, q_offset, out=out)
+    if tq > 0:
+        torch.testing.assert_close(got, attention_reference(q, k, v, q_offset))
+
+
+def test_cuda_fake_tensors_rejected_naming_the_argument():
+    """What torch.compile sees for CUDA inputs (FakeTensors on cuda, no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(1, 1, 2, 4)
+        with pytest.raises(RuntimeError, match="'v' is on cuda:0, .* CPU kernels only"):
+            attention(q, q, torch.empty(1, 1, 2, 4, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,41 +1,44 @@
-"""Fused decode block (ops/decode.cpp) against its PyTorch reference, and the fused_decode switch."""
+"""Fused decode block op (csrc/decode.cpp) against fused_decode.decode_block_reference."""
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from torch.testing import assert_close
 
-from smallmind_torch import GPT, PHASES, ModelConfig, OptConfig
-from smallmind_torch.config import MAX_BY_DEVICE
+from smallmind_torch import GPT, ModelConfig
+from smallmind_torch.fused_decode import BLOCK_PARAMS, block_params, decode_block_reference
 
-from conftest import ops_binding_or_skip
+from helpers import ops_binding_or_skip
 
-_binding = ops_binding_or_skip("_decode")
-block_tensors, decode_block_ = _binding.block_tensors, _binding.decode_block_
-decode_block_reference, decode_block_tensors_ = _binding.decode_block_reference, _binding.decode_block_tensors_
+decode_block_ = ops_binding_or_skip("_decode").decode_block_
+ops = torch.ops.smallmind
 
-from test_workspace import allocations
-
-FUSED = MAX_BY_DEVICE["cpu"][1].replace(fused_decode=True)
+# every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
+INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 
 def _params(C):
-    """Random block parameters, weights scaled 1/sqrt(fan_in) so activations stay O(1)."""
+    """Random block parameters in BLOCK_PARAMS order, weights scaled 1/sqrt(fan_in) so
+    activations stay O(1)."""
     g = torch.Generator().manual_seed(C)
     r = lambda *s: torch.randn(*s, generator=g) * (0.2 if len(s) == 1 else s[1] ** -0.5)  # noqa: E731
-    return (1.0 + r(C), r(C), r(3 * C, C), r(3 * C), r(C, C), r(C), 1.0 + r(C), r(C),
-            r(4 * C, C), r(4 * C), r(C, 4 * C), r(C))
+    return [1.0 + r(C), r(C), r(3 * C, C), r(3 * C), r(C, C), r(C), 1.0 + r(C), r(C),
+            r(4 * C, C), r(4 * C), r(C, 4 * C), r(C)]
 
 
-def _run_both(B, C, n_head, S, maxB, pos):
+def _run_both(B, C, n_head, S, maxB, pos, edit=None):
     torch.manual_seed(pos + 17 * B)
     hs = C // n_head
     params = _params(C)
     x = torch.randn(B, C)
     k = torch.randn(maxB, n_head, S, hs)
     v = torch.randn(maxB, n_head, S, hs)
+    if edit is not None:
+        edit(x, k, v)
     got = (x.clone(), k.clone(), v.clone())
     exp = (x.clone(), k.clone(), v.clone())
-    decode_block_tensors_(got[0], *params, got[1], got[2], pos, n_head, 1e-5)
-    decode_block_reference(exp[0], *params, exp[1], exp[2], pos, n_head, 1e-5)
+    with torch.no_grad():
+        assert decode_block_(got[0], params, got[1], got[2], pos, n_head, 1e-5) is got[0]
+        decode_block_reference(exp[0], params, exp[1], exp[2], pos, n_head, 1e-5)
     return (x, k, v), got, exp
 
 
@@ -57,15 +60,21 @@ def test_matches_reference(B, C, n_head, S, maxB):
         assert not torch.equal(got[1][:B, :, pos], k[:B, :, pos])
 
 
-def test_block_module_form_matches_explicit_tensors():
+def test_block_params_order_is_the_op_order():
+    """block_params(model block) feeds the op and the reference the same way."""
     model = GPT(ModelConfig(n_layer=1, n_head=4, n_embd=32, vocab_size=16, block_size=8)).eval()
     block = model.transformer.h[0]
+    with torch.no_grad():
+        for p in block.parameters():  # non-trivial LayerNorm affine and biases
+            p.add_(torch.randn_like(p) * 0.1)
+    params = block_params(block)
+    assert len(params) == len(BLOCK_PARAMS) == 12
     x = torch.randn(2, 32)
     k, v = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
     x2, k2, v2 = x.clone(), k.clone(), v.clone()
     with torch.no_grad():
-        decode_block_(x, block, k, v, 3, 4)
-        decode_block_reference(x2, *block_tensors(block), k2, v2, 3, 4, block.ln_1.eps)
+        decode_block_(x, params, k, v, 3, 4, block.ln_1.eps)
+        decode_block_reference(x2, params, k2, v2, 3, 4, block.ln_1.eps)
     assert_close(x, x2)
     assert_close(k, k2)
 
@@ -73,32 +82,36 @@ def test_block_module_form_matches_explicit_tensors():
 def test_requires_no_grad():
     params = [p.requires_grad_() for p in _params(16)]
     with pytest.raises(RuntimeError, match="inference only"):
-        decode_block_tensors_(torch.randn(1, 16), *params, torch.zeros(1, 2, 4, 8),
-                              torch.zeros(1, 2, 4, 8), 0, 2)
+        decode_block_(torch.randn(1, 16), params, torch.zeros(1, 2, 4, 8),
+                      torch.zeros(1, 2, 4, 8), 0, 2, 1e-5)
+    with torch.no_grad():
+        decode_block_(torch.randn(1, 16), params, torch.zeros(1, 2, 4, 8),
+                      torch.zeros(1, 2, 4, 8), 0, 2, 1e-5)
 
 
 def test_opcheck():
     C, nh, S = 32, 4, 6
-    args = (torch.randn(2, C), *_params(C), torch.randn(3, nh, S, C // nh),
+    args = (torch.randn(2, C), _params(C), torch.randn(3, nh, S, C // nh),
             torch.randn(3, nh, S, C // nh), 2, nh, 1e-5)
-    torch.library.opcheck(torch.ops.smallmind.decode_block_.default, args,
+    torch.library.opcheck(ops.decode_block_.default, args,
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def _bad_call(**changes):
+def _bad_call(device="cpu", **changes):
     C, nh, S, maxB, B = 32, 4, 6, 2, 2
-    kw = dict(x=torch.randn(B, C), params=list(_params(C)), k=torch.zeros(maxB, nh, S, C // nh),
-              v=torch.zeros(maxB, nh, S, C // nh), pos=1, n_head=nh)
+    kw = dict(x=torch.randn(B, C), params=_params(C), k=torch.zeros(maxB, nh, S, C // nh),
+              v=torch.zeros(maxB, nh, S, C // nh), pos=1, n_head=nh, eps=1e-5)
     for name, value in changes.items():
         if name.startswith("w"):
             kw["params"][int(name[1:])] = value
         else:
             kw[name] = value
-    torch.ops.smallmind.decode_block_.default(kw["x"], *kw["params"], kw["k"], kw["v"],
-                                              kw["pos"], kw["n_head"], 1e-5)
+    to = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    ops.decode_block_.default(to(kw["x"]), [to(p) for p in kw["params"]], to(kw["k"]),
+                              to(kw["v"]), kw["pos"], kw["n_head"], kw["eps"])
 
 
-@pytest.mark.parametrize("changes, match", [
+BAD = [
     (dict(x=torch.randn(2, 32, dtype=torch.float64)), "'x' must have dtype Float"),
     (dict(x=torch.randn(32, 2).t()), "'x' must be contiguous"),
     (dict(x=torch.randn(2, 1, 32)), "'x' must be 2-D"),
@@ -106,14 +119,119 @@ def _bad_call(**changes):
     (dict(pos=-1), r"pos must lie in \[0, 5\]"),
     (dict(x=torch.randn(3, 32)), "batch B = 3 exceeds the KV cache's max batch 2"),
     (dict(n_head=5), "n_head .5. must be positive and divide C"),
-    (dict(w2=torch.randn(96, 31)), r"'attn_w' must have shape \[96, 32\]"),
-    (dict(w10=torch.randn(32, 64)), r"'mlp_proj_w' must have shape \[32, 128\]"),
-    (dict(w0=torch.randn(33)), r"'ln1_w' must have shape \[32\]"),
-    (dict(w8=torch.randn(32, 128).t()), "'fc_w' must be contiguous"),
+    (dict(n_head=0), "n_head .0. must be positive"),
+    (dict(eps=float("nan")), "eps must be a finite number >= 0"),
+    (dict(eps=-1.0), "eps must be a finite number >= 0"),
+    (dict(w2=torch.randn(96, 31)),
+     r"'params\[2\] \(attn.c_attn.weight\)' must have shape \[96, 32\]"),
+    (dict(w10=torch.randn(32, 64)),
+     r"'params\[10\] \(mlp.c_proj.weight\)' must have shape \[32, 128\]"),
+    (dict(w0=torch.randn(33)), r"'params\[0\] \(ln_1.weight\)' must have shape \[32\]"),
+    (dict(w8=torch.randn(32, 128).t()), r"'params\[8\] \(mlp.c_fc.weight\)' must be contiguous"),
+    (dict(w3=torch.randn(96).int()), r"'params\[3\] \(attn.c_attn.bias\)' must have dtype Float"),
+    (dict(params=_params(32)[:11]), "'params' must hold the block's 12 tensors"),
     (dict(k=torch.zeros(2, 2, 6, 16)), "'k_cache' must be .maxB, n_head, S, head_dim."),
     (dict(v=torch.zeros(2, 4, 7, 8)), "same shape"),
     (dict(v=torch.zeros(2, 4, 6, 8, dtype=torch.float16)), "'v_cache' must have dtype Float"),
-])
+]
+
+
+@pytest.mark.parametrize("changes, match", BAD)
 def test_bad_input(changes, match):
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises((RuntimeError, ValueError), match=match):
         _bad_call(**changes)
+
+
+@pytest.mark.parametrize("changes, match", BAD)
+def test_fake_rejects_what_the_kernel_rejects(changes, match):
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        _bad_call(device="meta", **changes)
+
+
+def test_bad_argument_types():
+    x, k = torch.randn(1, 16), torch.zeros(1, 2, 4, 8)
+    with torch.no_grad():
+        with pytest.raises(TypeError, match="'pos' must be an int"):
+            decode_block_(x, _params(16), k, k.clone(), 1.0, 2, 1e-5)
+        with pytest.raises(TypeError, match=r"'params\[4\]' must be a torch.Tensor"):
+            decode_block_(x, _params(16)[:4] + [None] + _params(16)[5:], k, k.clone(), 0, 2, 1e-5)
+
+
+# D1: every int argument at the int64 extremes gives a clear error (or the right answer).
+@pytest.mark.parametrize("name", ["pos", "n_head"])
+@pytest.mark.parametrize("value", [v for v in INT_EXTREMES if v not in (0, 1)] + [0])
+def test_int_extremes_raise(name, value):
+    if name == "pos" and value == 0:
+        return  # valid
+    match = "pos must lie" if name == "pos" else "n_head"
+    for device in ("cpu", "meta"):
+        with pytest.raises(ValueError, match=match):
+            _bad_call(device=device, **{name: value})
+
+
+# D6: x aliasing a cache or a parameter, or k_cache being v_cache, wrote through the alias.
+def test_aliasing_is_refused():
+    C, nh, S = 32, 4, 6
+    params, k, v = _params(C), torch.zeros(2, nh, S, 8), torch.zeros(2, nh, S, 8)
+    cases = [
+        (k.view(-1)[:64].view(2, C), params, k, v, "must not share memory"),   # x inside k_cache
+        (torch.randn(2, C), params, k, k, "must not share memory"),            # k is v
+        (params[4][:2], params, k, v, r"params\[4\]"),                          # x is a weight row
+        (torch.randn(2, C), params[:1] + [k.view(-1)[:C]] + params[2:], k, v,  # a bias in the cache
+         r"'k_cache' must not share memory with params\[1\]"),
+    ]
+    for x, p, kc, vc, match in cases:
+        with pytest.raises(RuntimeError, match=match):
+            ops.decode_block_(x, p, kc, vc, 1, nh, 1e-5)
+
+
+# D7: a NaN in a cached key was swallowed (exp256 clamped NaN, row_max dropped it); torch
+# gives NaN for that sequence. Positions: the 16-wide loop, the 8-wide loop, the scalar tail.
+@pytest.mark.parametrize("key", [3, 18, 26])
+def test_nan_key_matches_reference(key):
+    def edit(x, k, v):
+        k[1, 2, key, 0] = float("nan")
+    (_, _, _), got, exp = _run_both(2, 32, 4, 30, 2, 27, edit)
+    assert exp[0][1].isnan().all() and torch.isfinite(exp[0][0]).all()
+    assert_close(got[0], exp[0], rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pos=st.one_of(st.sampled_from(INT_EXTREMES), st.integers(-2, 8)),
+       n_head=st.one_of(st.sampled_from(INT_EXTREMES), st.sampled_from([1, 2, 3, 4, 5, 8, 12])),
+       b=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_property_any_pos_and_n_head(pos, n_head, b, seed):
+    """Every int64 pos / n_head: the reference's answer, or a ValueError naming it."""
+    C, S, max_b = 24, 7, 3
+    g = torch.Generator().manual_seed(seed)
+    if not (n_head >= 1 and C % n_head == 0):
+        with pytest.raises(ValueError, match="n_head"):
+            ops.decode_block_(torch.randn(b, C), _params(C), torch.zeros(max_b, 1, S, C),
+                              torch.zeros(max_b, 1, S, C), 0, n_head, 1e-5)
+        return
+    hs = C // n_head
+    x = torch.randn(b, C, generator=g)
+    k, v = torch.randn(max_b, n_head, S, hs, generator=g), torch.randn(max_b, n_head, S, hs)
+    if not 0 <= pos < S:
+        for device in ("cpu", "meta"):
+            with pytest.raises(ValueError, match="pos must lie"):
+                ops.decode_block_(x.to(device), [p.to(device) for p in _params(C)],
+                                  k.to(device), v.to(device), pos, n_head, 1e-5)
+        return
+    got, exp = (x.clone(), k.clone(), v.clone()), (x.clone(), k.clone(), v.clone())
+    with torch.no_grad():
+        decode_block_(got[0], _params(C), got[1], got[2], pos, n_head, 1e-5)
+        decode_block_reference(exp[0], _params(C), exp[1], exp[2], pos, n_head, 1e-5)
+    for a, e in zip(got, exp):
+        assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_fake_tensors_rejected_naming_the_argument():
+    """What torch.compile sees for CUDA inputs (FakeTensors on cuda, no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        params = [torch.empty(p.shape) for p in _params(16)]
+        k = torch.empty(1, 2, 4, 8, device="cuda")
+        with pytest.raises(RuntimeError, match="'k_cache' is on cuda:0, .* CPU kernels only"):
+            decode_block_(torch.empty(1, 16), params, k, torch.empty(1, 2, 4, 8), 0, 2, 1e-5)

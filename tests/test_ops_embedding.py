@@ -1,16 +1,19 @@
-"""smallmind::embedding / embedding_backward custom ops (ops/embedding.cpp)."""
+"""smallmind::embedding / embedding_backward custom ops (csrc/embedding.cpp)."""
 import os
 
 import pytest
 import torch
 
-from conftest import ops_binding_or_skip
+from helpers import ops_binding_or_skip
 
 E = ops_binding_or_skip("_embedding")
 
 from hypothesis import given, settings, strategies as st
 
 ops = torch.ops.smallmind
+
+# every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
+INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 
 def index_add_path(grad, idx, num_weights):
@@ -96,6 +99,94 @@ def test_opcheck():
     torch.library.opcheck(ops.embedding.default, (idx, w))
     torch.library.opcheck(ops.embedding.default, (idx, w.clone().requires_grad_()))
     torch.library.opcheck(ops.embedding_backward.default, (torch.randn(2, 5, 6), idx, 11))
+    torch.library.opcheck(ops.embedding_inference.default, (idx, w))
+    torch.library.opcheck(ops.embedding_inference.default, (idx.t(), w[:, ::2]))
+
+
+def test_inference_twin_skips_autograd():
+    w, idx = torch.randn(6, 3, requires_grad=True), torch.tensor([[1, 5], [0, 0]])
+    assert E.embedding(idx, w).grad_fn is not None
+    with torch.no_grad():
+        assert not E.embedding(idx, w).requires_grad
+    assert torch.equal(ops.embedding_inference(idx, w.detach()), w.detach()[idx])
+
+
+# D13: an empty embedding dim skipped the id range check, and num_weights = 0 with ids
+# returned an empty gradient; every id is checked now, whatever the result's size.
+def test_ids_checked_even_when_the_result_is_empty():
+    with pytest.raises(RuntimeError, match=r"index out of range.*= 99"):
+        E.embedding(torch.tensor([99, -5]), torch.randn(4, 0))
+    with pytest.raises(RuntimeError, match=r"index out of range.*= -5"):
+        E.embedding(torch.tensor([0, -5]), torch.randn(4, 0))
+    with pytest.raises(RuntimeError, match=r"index out of range.*\[0, 0\)"):
+        E.embedding_backward(torch.randn(3, 4), torch.tensor([0, 1, 2]), 0)
+    with pytest.raises(RuntimeError, match=r"index out of range.*= 7"):
+        E.embedding_backward(torch.randn(2, 0), torch.tensor([0, 7]), 5)
+    assert E.embedding(torch.tensor([1, 3]), torch.randn(4, 0)).shape == (2, 0)
+    assert E.embedding_backward(torch.randn(0, 4), torch.zeros(0, dtype=torch.long), 0).shape \
+        == (0, 4)
+
+
+@pytest.mark.parametrize("num_weights", [-1, -2**63, 2**62, 2**63 - 3, 2**63 - 1])
+def test_num_weights_extremes_raise(num_weights):
+    grad, idx = torch.randn(2, 3), torch.tensor([0, 1])
+    match = "num_weights must be >= 0" if num_weights < 0 else "cannot be allocated"
+    with pytest.raises(ValueError, match=match):
+        E.embedding_backward(grad, idx, num_weights)
+    if num_weights < 0:  # the fake knows no D-independent limit above
+        with pytest.raises(ValueError, match=match):
+            ops.embedding_backward(grad.to("meta"), idx.to("meta"), num_weights)
+
+
+def test_fakes_reject_what_the_kernel_rejects():
+    w, idx = torch.randn(4, 3), torch.tensor([0, 1])
+    cases = [((idx.int(), w), "'indices' must have dtype Long"),
+             ((idx, w.double()), "'weight' must have dtype Float"),
+             ((idx, torch.randn(4)), "'weight' must be 2-D")]
+    for args, match in cases:
+        for op in (ops.embedding, ops.embedding_inference):
+            for device in ("cpu", "meta"):
+                with pytest.raises(RuntimeError, match=match):
+                    op(*(t.to(device) for t in args))
+    for device in ("cpu", "meta"):
+        with pytest.raises(RuntimeError, match="must have shape"):
+            ops.embedding_backward(torch.randn(3, 3, device=device), idx.to(device), 5)
+        with pytest.raises(RuntimeError, match="'grad_output' must have dtype Float"):
+            ops.embedding_backward(torch.randn(2, 3, device=device).double(), idx.to(device), 5)
+    with pytest.raises(TypeError, match="'num_weights' must be an int"):
+        E.embedding_backward(torch.randn(2, 3), idx, 5.0)
+
+
+@settings(deadline=None, max_examples=60)
+@given(n=st.integers(0, 6), d=st.integers(0, 5),
+       num_weights=st.one_of(st.sampled_from(INT_EXTREMES), st.integers(-2, 8)),
+       id_max=st.integers(-3, 9), seed=st.integers(0, 2**31 - 1))
+def test_property_any_num_weights_and_ids(n, d, num_weights, id_max, seed):
+    """Every int64 num_weights and any ids: the reference's answer or a clear error."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(min(id_max, 0), max(id_max, 0) + 1, (n,), generator=g)
+    grad = torch.randn(n, d, generator=g)
+    if num_weights < 0:
+        with pytest.raises(ValueError, match="num_weights must be >= 0"):
+            E.embedding_backward(grad, idx, num_weights)
+    elif d > 0 and num_weights * d * 4 >= 2**63:
+        with pytest.raises(ValueError, match="cannot be allocated"):
+            E.embedding_backward(grad, idx, num_weights)
+    elif n > 0 and (idx.min() < 0 or idx.max() >= num_weights):
+        with pytest.raises(RuntimeError, match="index out of range"):
+            E.embedding_backward(grad, idx, num_weights)
+    elif num_weights * max(d, 1) <= 10**6:  # (a valid 2**31 x d gradient is not allocated here)
+        torch.testing.assert_close(E.embedding_backward(grad, idx, num_weights),
+                                   index_add_path(grad, idx, num_weights) if d else
+                                   torch.zeros(num_weights, 0))
+    # the forward with a (num_weights, d) table, where it can exist
+    if 0 <= num_weights <= 64:
+        w = torch.randn(num_weights, d, generator=g)
+        if n > 0 and (idx.min() < 0 or idx.max() >= num_weights):
+            with pytest.raises(RuntimeError, match="index out of range"):
+                E.embedding(idx, w)
+        else:
+            assert torch.equal(E.embedding(idx, w), w[idx])
 
 
 @pytest.mark.slow
@@ -158,11 +249,20 @@ def test_embedding_bad_input(idx, w, match):
     (torch.randn(2, 3), torch.tensor([0.0, 1.0]), 5, "'indices' must have dtype Long"),
     (torch.randn(3, 3), torch.tensor([0, 1]), 5, "must have shape"),
     (torch.randn(2), torch.tensor([0, 1]), 5, "must have shape"),
-    (torch.randn(2, 3), torch.tensor([0, 1]), -1, "num_weights must be >= 0"),
 ])
 def test_embedding_backward_bad_input(grad, idx, v, match):
     with pytest.raises(RuntimeError, match=match):
         E.embedding_backward(grad, idx, v)
+    # num_weights = -1: a ValueError, in test_num_weights_extremes_raise
+
+
+def test_cuda_fake_tensors_rejected_naming_the_argument():
+    """What torch.compile sees for CUDA inputs (FakeTensors on cuda, no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        with pytest.raises(RuntimeError, match="'weight' is on cuda:0, .* CPU kernels only"):
+            E.embedding(torch.zeros(2, dtype=torch.long), torch.empty(3, 4, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,11 +1,11 @@
-"""smallmind::gemm / linear custom ops (ops/gemm.cpp) against their PyTorch references."""
+"""smallmind::gemm / linear custom ops (csrc/gemm.cpp) against their PyTorch references."""
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ops_binding_or_skip
+from helpers import ops_binding_or_skip
 
 G = ops_binding_or_skip("_gemm")
 
@@ -177,6 +177,78 @@ def test_opcheck():
     torch.library.opcheck(ops.linear.default, (torch.randn(1, 19), w.detach(), None))
     torch.library.opcheck(ops.linear_out.default, (x.detach(), w.detach(), bias.detach()),
                           {"out": torch.empty(2, 3, 11)})
+    torch.library.opcheck(ops.gemm_inference.default, (a, b))
+    torch.library.opcheck(ops.gemm_inference.default, (a.t(), torch.randn(7, 4)))
+    torch.library.opcheck(ops.linear_inference.default, (x.detach(), w.detach(), bias.detach()))
+    torch.library.opcheck(ops.linear_inference.default, (torch.randn(1, 19), w.detach(), None))
+
+
+def test_inference_twins_skip_autograd():
+    a, b = torch.randn(3, 4, requires_grad=True), torch.randn(4, 5)
+    assert G.gemm(a, b).grad_fn is not None and G.linear(a, b.t()).grad_fn is not None
+    with torch.no_grad():
+        assert not G.gemm(a, b).requires_grad and not G.linear(a, b.t()).requires_grad
+    close(ops.gemm_inference(a.detach(), b), a.detach() @ b, 4)
+    close(ops.linear_inference(a.detach(), b.t(), None), a.detach() @ b, 4)
+
+
+# D6: gemm_out / linear_out read inputs that they had already overwritten when `out` shared
+# memory with them (the small-M path and every K > 256); now they compute into a temporary.
+@pytest.mark.parametrize("m, k", [(3, 3), (4, 4), (300, 300), (7, 7)])
+def test_out_aliasing_an_input_is_computed_correctly(m, k):
+    a, b = torch.randn(m, k), torch.randn(k, k)
+    for alias in ("a", "b"):
+        x, y = a.clone(), b.clone()
+        out = x if alias == "a" else y
+        assert G.gemm(x, y, out=out) is out
+        close(out, a @ b, k)
+    x, w, bias = torch.randn(m, k), torch.randn(k, k), torch.randn(k)
+    for alias in ("x", "w"):
+        xx, ww = x.clone(), w.clone()
+        out = xx if alias == "x" else ww
+        G.linear(xx, ww, bias, out=out)
+        close(out, F.linear(x, w, bias), k)
+    bb = bias.clone()  # out over the bias (M = 1)
+    G.linear(x[:1], w, bb, out=bb.view(1, k))
+    close(bb.view(1, k), F.linear(x[:1], w, bias), k)
+
+
+def test_out_partially_overlapping_strided_views():
+    """Strided views whose overlap ATen reports as too hard to tell."""
+    buf = torch.randn(6, 40)
+    a = buf[:, :16]                  # rows strided by 40
+    b = torch.randn(16, 8)
+    expected = a @ b
+    out = buf.view(-1)[10:58].view(6, 8)  # contiguous, crossing a's rows
+    G.gemm(a, b, out=out)
+    close(out, expected, 16)
+    buf = torch.randn(5, 24)
+    x, w = buf[:, 4:20], torch.randn(8, 16)
+    expected = F.linear(x, w)
+    out = buf.view(-1)[30:70].view(5, 8)
+    G.linear(x, w, out=out)
+    close(out, expected, 16)
+
+
+def test_fakes_reject_what_the_kernel_rejects():
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    for out, match in ((torch.empty(3, 4), "'out' must have shape"),
+                       (torch.empty(5, 3).t(), "'out' must be contiguous"),
+                       (torch.empty(3, 5, dtype=torch.float64), "'out' must have dtype Float")):
+        for device in ("cpu", "meta"):
+            with pytest.raises(RuntimeError, match=match):
+                ops.gemm_out(a.to(device), b.to(device), out=out.to(device))
+            with pytest.raises(RuntimeError, match=match):
+                ops.linear_out(a.to(device), b.t().to(device), None, out=out.to(device))
+    for args, match in (((a, torch.randn(5, 6)), "size mismatch"), ((a[0], b), "'a' must be 2-D")):
+        for op in (ops.gemm, ops.gemm_inference):
+            for device in ("cpu", "meta"):
+                with pytest.raises(RuntimeError, match=match):
+                    op(*(t.to(device) for t in args))
+    for op in (ops.linear, ops.linear_inference):
+        for device in ("cpu", "meta"):
+            with pytest.raises(RuntimeError, match="'bias' must be 1-D of size N"):
+                op(a.to(device), b.t().to(device), torch.randn(4, device=device))
 
 
 def _compile_available():
@@ -261,6 +333,39 @@ def test_linear_bad_input(args, match):
         G.linear(*args)
 
 
+@settings(deadline=None, max_examples=40)
+@given(m=st.integers(1, 12), k=st.integers(1, 300), n=st.integers(1, 20),
+       alias=st.sampled_from(["a", "b", "x", "w", "bias", "window"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_property_out_aliasing(m, k, n, alias, seed):
+    """out sharing memory with an input, in every way the shapes allow: the right answer."""
+    g = torch.Generator().manual_seed(seed)
+    if alias in ("a", "b"):
+        n = k if alias == "a" else n
+        m = k if alias == "b" else m
+        a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+        expected = a @ b
+        out = a if alias == "a" else b
+        G.gemm(a, b, out=out)
+    elif alias in ("x", "w", "bias"):
+        n = k if alias in ("x", "w") else n
+        m = n if alias == "w" else (1 if alias == "bias" else m)
+        x, w, bias = (torch.randn(m, k, generator=g), torch.randn(n, k, generator=g),
+                      torch.randn(n, generator=g))
+        expected = F.linear(x, w, bias)
+        out = {"x": x, "w": w, "bias": bias.view(1, n)}[alias]
+        G.linear(x, w, bias, out=out)
+    else:  # out a window of the buffer that holds a's rows
+        buf = torch.randn(m * k + m * n, generator=g)
+        a, b = buf[: m * k].view(m, k), torch.randn(k, n, generator=g)
+        expected = a @ b
+        start = int(torch.randint(0, m * k + 1, (), generator=g))
+        out = buf[start:start + m * n].view(m, n) if start + m * n <= buf.numel() else \
+            buf[-m * n:].view(m, n)
+        G.gemm(a, b, out=out)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * k ** 0.5)
+
+
 def test_bad_out():
     a, b = torch.randn(3, 4), torch.randn(4, 5)
     with pytest.raises(RuntimeError, match="'out' must have shape"):
@@ -269,6 +374,21 @@ def test_bad_out():
         G.gemm(a, b, out=torch.empty(5, 3).t())
     with pytest.raises(RuntimeError, match="'out' must have dtype Float"):
         G.linear(a, b.t(), None, out=torch.empty(3, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="'b' must be a torch.Tensor"):
+        G.gemm(a, b.tolist())
+    with pytest.raises(TypeError, match="'bias' must be a torch.Tensor or None"):
+        G.linear(a, b.t(), [0.0] * 5)
+
+
+def test_cuda_fake_tensors_rejected_naming_the_argument():
+    """What torch.compile sees for CUDA inputs (FakeTensors on cuda, no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        with pytest.raises(RuntimeError, match="'a' is on cuda:0, .* CPU kernels only"):
+            G.gemm(torch.empty(3, 4, device="cuda"), torch.empty(4, 5, device="cuda"))
+        with pytest.raises(RuntimeError, match="'weight' is on cuda:0, .* CPU kernels only"):
+            G.linear(torch.empty(3, 4), torch.empty(5, 4, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,13 +1,14 @@
-"""Fused LayerNorm custom ops (ops/layer_norm.cpp) against F.layer_norm."""
+"""Fused LayerNorm custom ops (csrc/layer_norm.cpp) against F.layer_norm."""
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from conftest import ops_binding_or_skip
+from helpers import ops_binding_or_skip
 
 _binding = ops_binding_or_skip("_layer_norm")
 layer_norm, layer_norm_reference = _binding.layer_norm, _binding.layer_norm_reference
+ops = torch.ops.smallmind
 
 DIMS = [(1, 128, 256), (2, 3, 7), (5, 1), (3, 300), (1, 1), (4, 17, 33), (9,)]
 
@@ -124,8 +125,9 @@ def test_grads_plain_op_recomputes_stats_and_no_affine():
 def test_opcheck():
     x = torch.randn(3, 5, 7)
     w, b = _params(7)
-    ops = torch.ops.smallmind
     torch.library.opcheck(ops.layer_norm.default, (x, w, b, 1e-5))
+    torch.library.opcheck(ops.layer_norm_inference.default, (x, w, b, 1e-5))
+    torch.library.opcheck(ops.layer_norm_inference.default, (x, None, None, 1e-3))
     torch.library.opcheck(ops.layer_norm.default, (x.clone().requires_grad_(), w.clone().requires_grad_(), None, 1e-5))
     torch.library.opcheck(ops.layer_norm_with_stats.default,
                           (x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_(), 1e-5))
@@ -198,16 +200,20 @@ def test_bad_inputs():
         layer_norm(x, w, torch.randn(8, 1))
     with pytest.raises(RuntimeError, match="at least 1 dim"):
         layer_norm(torch.tensor(1.0), None, None)
-    with pytest.raises(RuntimeError, match="shape of x"):
+    with pytest.raises(RuntimeError, match=r"'out' must have shape \[3, 8\]"):
         layer_norm(x, w, b, out=torch.empty(3, 9))
     with pytest.raises(RuntimeError, match="contiguous"):
         layer_norm(x, w, b, out=torch.empty(8, 3).t())
     with pytest.raises(RuntimeError, match="autograd"):
         layer_norm(x.clone().requires_grad_(), w, b, out=torch.empty(3, 8))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="'x' must be a torch.Tensor"):
         layer_norm([1.0, 2.0], w, b)
+    with pytest.raises(TypeError, match="'weight' must be a torch.Tensor or None"):
+        layer_norm(x, [1.0] * 8, b)
+    for eps in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+            layer_norm(x, w, b, eps)
     # the C++ checks, reached without the Python wrapper
-    ops = torch.ops.smallmind
     with pytest.raises(RuntimeError, match="weight"):
         ops.layer_norm(x, torch.randn(3), None, 1e-5)
     with pytest.raises(RuntimeError, match="Float|float32"):
@@ -221,8 +227,91 @@ def test_bad_inputs():
         ops.layer_norm_out(big[:3], w, b, 1e-5, big[1:])
     with pytest.raises(RuntimeError, match="both"):
         ops.layer_norm_backward(x, x, w, torch.zeros(3), None, 1e-5)
-    with pytest.raises(RuntimeError, match="eps"):
+    with pytest.raises(ValueError, match="eps"):
         ops.layer_norm(x, w, b, -1.0)
+
+
+def test_fakes_reject_what_the_kernel_rejects():
+    x = torch.randn(3, 4)
+    w, b = _params(4)
+    cases = [((x, torch.randn(7), None, 1e-5), r"'weight' must have shape \(4,\)"),
+             ((x, None, torch.randn(4, 1), 1e-5), r"'bias' must have shape \(4,\)"),
+             ((torch.tensor(1.0), None, None, 1e-5), "at least 1"),
+             ((x.double(), None, None, 1e-5), "'x' must have dtype Float"),
+             ((x, w.half(), None, 1e-5), "'weight' must have dtype Float"),
+             ((x, w, b, -1.0), "eps"), ((x, w, b, float("nan")), "eps")]
+    for args, match in cases:
+        for op in (ops.layer_norm, ops.layer_norm_inference, ops.layer_norm_with_stats):
+            with pytest.raises((RuntimeError, ValueError), match=match):
+                op(*args)
+            with pytest.raises((RuntimeError, ValueError), match=match):
+                op(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args))
+    for out, match in ((torch.empty(3, 5), "'out' must have shape"),
+                       (torch.empty(4, 3).t(), "'out' must be contiguous")):
+        for device in ("cpu", "meta"):
+            with pytest.raises(RuntimeError, match=match):
+                ops.layer_norm_out(x.to(device), w.to(device), b.to(device), 1e-5, out.to(device))
+    with pytest.raises(RuntimeError, match="both"):
+        ops.layer_norm_backward(x.to("meta"), x.to("meta"), None, torch.zeros(3, device="meta"),
+                                None, 1e-5)
+
+
+def test_out_overlapping_inputs():
+    w, b = _params(8)
+    # out is x (same layout): allowed, each row is read before it is written
+    x = torch.randn(4, 8)
+    ref = layer_norm_reference(x, w, b)
+    layer_norm(x, w, b, out=x)
+    torch.testing.assert_close(x, ref)
+    # strided views of one buffer, which ATen cannot classify: refused, not miscomputed
+    big = torch.randn(4, 16)
+    with pytest.raises(RuntimeError, match="overlap"):
+        layer_norm(big[:, 2:10], w, b, out=big.view(-1)[4:36].view(4, 8))
+    # out over the weight or the bias: refused (later rows would read overwritten values)
+    buf = torch.randn(3, 8)
+    with pytest.raises(RuntimeError, match="must not overlap weight or bias"):
+        layer_norm(torch.randn(3, 8), buf[0], b, out=buf)
+    with pytest.raises(RuntimeError, match="must not overlap weight or bias"):
+        layer_norm(torch.randn(3, 8), w, buf[2], out=buf)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 5), c=st.integers(1, 20), stride=st.integers(0, 6),
+       start=st.integers(0, 120), seed=st.integers(0, 2**16))
+def test_property_out_aliasing(rows, c, stride, start, seed):
+    """out anywhere in the buffer that holds x (rows strided): the right answer or a clear
+    refusal, never a silently wrong one."""
+    g = torch.Generator().manual_seed(seed)
+    buf = torch.randn(rows * (c + stride) + rows * c + 130, generator=g)
+    x = buf.as_strided((rows, c), (c + stride, 1))
+    expected = layer_norm_reference(x, None, None)
+    start = min(start, buf.numel() - rows * c)
+    out = buf[start:start + rows * c].view(rows, c)
+    try:
+        layer_norm(x, None, None, out=out)
+    except RuntimeError as exc:
+        assert "overlap" in str(exc) or "shares memory" in str(exc)
+        return
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pos", [0, 3, 17, 33])
+def test_nan_row_matches_reference(pos):
+    x = torch.randn(3, 36)
+    x[1, pos] = float("nan")
+    w, b = _params(36)
+    ref = layer_norm_reference(x, w, b)
+    assert ref[1].isnan().all() and torch.isfinite(ref[[0, 2]]).all()
+    torch.testing.assert_close(layer_norm(x, w, b), ref, equal_nan=True)
+
+
+def test_cuda_fake_tensors_rejected_naming_the_argument():
+    """What torch.compile sees for CUDA inputs (FakeTensors on cuda, no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        with pytest.raises(RuntimeError, match="'bias' is on cuda:0, .* CPU kernels only"):
+            layer_norm(torch.empty(2, 4), None, torch.empty(4, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,13 +1,17 @@
-"""Fused causal softmax custom op (ops/softmax.cpp) against its PyTorch reference."""
+"""Fused causal softmax custom op (csrc/softmax.cpp) against its PyTorch reference."""
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import ops_binding_or_skip
+from helpers import ops_binding_or_skip
 
 _binding = ops_binding_or_skip("_softmax")
 causal_softmax, causal_softmax_ = _binding.causal_softmax, _binding.causal_softmax_
 causal_softmax_reference = _binding.causal_softmax_reference
+ops = torch.ops.smallmind
+
+# every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
+INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 CASES = [  # (dims, q_offset)
     ((1, 8, 128, 128), 0),   # seed prefill
@@ -99,10 +103,20 @@ def test_gradcheck_float32():
 
 def test_opcheck():
     x = torch.randn(2, 3, 5, 7)
-    torch.library.opcheck(torch.ops.smallmind.causal_softmax.default, (x, 2))
-    torch.library.opcheck(torch.ops.smallmind.causal_softmax.default,
-                          (torch.randn(3, 4, 4, requires_grad=True),))
-    torch.library.opcheck(torch.ops.smallmind.causal_softmax_.default, (x.clone(), 2))
+    torch.library.opcheck(ops.causal_softmax.default, (x, 2))
+    torch.library.opcheck(ops.causal_softmax.default, (torch.randn(3, 4, 4, requires_grad=True),))
+    torch.library.opcheck(ops.causal_softmax_inference.default, (x, 2))
+    torch.library.opcheck(ops.causal_softmax_inference.default, (torch.randn(3, 4, 4),))
+    torch.library.opcheck(ops.causal_softmax_.default, (x.clone(), 2))
+
+
+def test_inference_twin_skips_autograd():
+    x = torch.randn(2, 4, 4)
+    y = causal_softmax(x.clone().requires_grad_())
+    assert y.requires_grad and y.grad_fn is not None
+    with torch.no_grad():
+        assert not causal_softmax(x.clone().requires_grad_()).requires_grad
+    torch.testing.assert_close(ops.causal_softmax_inference(x, 0), causal_softmax_reference(x))
 
 
 def test_torch_compile_fullgraph():
@@ -137,6 +151,29 @@ def test_property_matches_reference(lead, tq, extra, off_frac, scale, seed):
     torch.testing.assert_close(sums, torch.ones_like(sums))
 
 
+@settings(max_examples=80, deadline=None)
+@given(tq=st.integers(0, 6), tk=st.integers(0, 9),
+       q_offset=st.one_of(st.sampled_from(INT_EXTREMES), st.integers(-3, 12)),
+       inplace=st.booleans(), nan_at=st.one_of(st.none(), st.integers(0, 8)),
+       seed=st.integers(0, 2**16))
+def test_property_any_q_offset_and_non_finite(tq, tk, q_offset, inplace, nan_at, seed):
+    """Every int64 q_offset (and sizes 0): the reference's answer, or a ValueError."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, tq, tk, generator=g)
+    if nan_at is not None and tk > 0:
+        x[..., min(nan_at, tk - 1)] = float("nan")
+    valid = 0 <= tq <= tk and 0 <= q_offset <= tk - tq
+    fn = causal_softmax_ if inplace else causal_softmax
+    if not valid:
+        with pytest.raises(ValueError, match="q_offset"):
+            fn(x.clone(), q_offset)
+        with pytest.raises(ValueError, match="q_offset"):
+            fn(x.to("meta"), q_offset)
+        return
+    got = fn(x.clone(), q_offset)
+    torch.testing.assert_close(got, causal_softmax_reference(x, q_offset), equal_nan=True)
+
+
 # ---- bad input: clear errors, never a crash ----
 
 def test_bad_inputs():
@@ -154,15 +191,81 @@ def test_bad_inputs():
         causal_softmax(torch.randn(5, 4))  # Tq > Tk
     with pytest.raises(RuntimeError, match="in-place"):
         causal_softmax_(torch.randn(3, 3, requires_grad=True))
+    for bad in (1.5, True, "1", torch.tensor(1)):
+        with pytest.raises(TypeError, match="'q_offset' must be an int"):
+            causal_softmax(torch.randn(3, 3), bad)
+        with pytest.raises(TypeError, match="'q_offset' must be an int"):
+            causal_softmax_(torch.randn(3, 3), bad)
+    with pytest.raises(TypeError, match="'scores' must be a torch.Tensor"):
+        causal_softmax([[1.0]])
     # the C++ checks, reached without the Python wrapper
     with pytest.raises(RuntimeError, match="float32|Float"):
-        torch.ops.smallmind.causal_softmax(torch.ones(3, 3, dtype=torch.int32))
-    with pytest.raises(RuntimeError, match="q_offset"):
-        torch.ops.smallmind.causal_softmax(torch.randn(3, 3), 1)
+        ops.causal_softmax(torch.ones(3, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="q_offset"):
+        ops.causal_softmax(torch.randn(3, 3), 1)
     with pytest.raises(RuntimeError, match="at least 2"):
-        torch.ops.smallmind.causal_softmax_(torch.randn(3), 0)
+        ops.causal_softmax_(torch.randn(3), 0)
     with pytest.raises(RuntimeError, match="overlap|more than one element"):
-        torch.ops.smallmind.causal_softmax_(torch.randn(1, 4).expand(4, 4), 0)
+        ops.causal_softmax_(torch.randn(1, 4).expand(4, 4), 0)
+
+
+# D1: `q_offset + Tq <= Tk` overflowed int64 for q_offset near 2**63 and the kernels read
+# (and memset) far out of bounds: a segfault. Each case runs in this process, so a crash
+# fails the whole run.
+@pytest.mark.parametrize("q_offset", [2**63 - 3, 2**63 - 1, 2**62, -1, -2**63, 2])
+@pytest.mark.parametrize("op", ["causal_softmax", "causal_softmax_inference", "causal_softmax_"])
+def test_q_offset_extremes_raise(op, q_offset):
+    for device in ("cpu", "meta"):  # the fakes reject what the kernel rejects (D13)
+        with pytest.raises(ValueError, match="q_offset must satisfy"):
+            getattr(ops, op)(torch.randn(1, 4, 5, device=device), q_offset)
+    with pytest.raises(ValueError, match="q_offset must satisfy"):
+        (causal_softmax_ if op.endswith("_") else causal_softmax)(torch.randn(1, 4, 5), q_offset)
+
+
+def test_fakes_reject_what_the_kernel_rejects():
+    cases = [((torch.randn(5),), "at least 2"), ((torch.randn(2, 4, 4).double(),), "Float"),
+             ((torch.randn(2, 5, 4),), "q_offset")]
+    for args, match in cases:
+        for op in (ops.causal_softmax, ops.causal_softmax_inference, ops.causal_softmax_):
+            with pytest.raises((RuntimeError, ValueError), match=match):
+                op(*args)
+            with pytest.raises((RuntimeError, ValueError), match=match):
+                op(*(a.to("meta") for a in args))
+
+
+# D7: exp256 clamped NaN to 88 and row_max dropped NaN, so a NaN score in the vectorized part
+# of a row gave a finite softmax. Positions: the 16-wide loop, the 8-wide loop, the scalar tail.
+@pytest.mark.parametrize("pos", [0, 3, 15, 17, 23, 26])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_scores_match_reference(pos, value):
+    x = torch.randn(2, 3, 28)
+    x[0, 2, pos] = value
+    ref = causal_softmax_reference(x, 25)
+    got = causal_softmax(x, 25)
+    assert ref[0, 2].isnan().all()  # torch: NaN for NaN, and inf - inf = NaN for +inf
+    torch.testing.assert_close(got, ref, equal_nan=True)
+    y = x.clone()
+    causal_softmax_(y, 25)
+    torch.testing.assert_close(y, ref, equal_nan=True)
+
+
+def test_minus_inf_scores_match_reference():
+    x = torch.randn(2, 20)
+    x[0, :] = float("-inf")          # every valid score -inf: 0 / 0 = NaN, as torch
+    x[1, [0, 9, 17]] = float("-inf")  # some -inf: probability 0 there
+    ref = causal_softmax_reference(x, 18)
+    torch.testing.assert_close(causal_softmax(x, 18), ref, equal_nan=True)
+    assert ref[0].isnan().all() and (ref[1, [0, 9, 17]] == 0).all()
+
+
+def test_cuda_fake_tensors_rejected_naming_the_argument():
+    """What torch.compile sees for CUDA inputs (FakeTensors on cuda, no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        for fn in (causal_softmax, causal_softmax_):
+            with pytest.raises(RuntimeError, match="'scores' is on cuda:0, .* CPU kernels only"):
+                fn(torch.empty(4, 4, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from smallmind_torch import FORMS, GPT, PHASES, OptConfig
+from smallmind_torch import FORMS, GPT, OptConfig, presets
 from smallmind_torch.config import REQUIRES
-from conftest import SHAPES, TINY, set_phase_or_skip
+from helpers import SHAPES, TINY, set_phase_or_skip
 
-each_phase = pytest.mark.parametrize("phase", list(PHASES))
+each_phase = pytest.mark.parametrize("phase", presets())
 each_shape = pytest.mark.parametrize("shape", list(SHAPES))
 
 
@@ -76,7 +76,7 @@ def test_every_single_switch_matches_reference():
 def test_switching_phase_keeps_state_dict():
     model = GPT(TINY)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for phase in PHASES:
+    for phase in presets():
         try:
             model.set_phase(phase)
         except RuntimeError:

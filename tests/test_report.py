@@ -4,7 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-from smallmind_torch import harness, report
+from smallmind_torch.study import report
+from smallmind_torch.study.harness import BenchSettings
+from smallmind_torch.study.results import Check, PeerResult, PhaseResult, StudyResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,15 +41,15 @@ def test_run_all_tiny(tmp_path):
 
 
 def test_tables_render_failed_and_unavailable_rows(tmp_path):
-    ok = harness.PhaseResult("reference", "ok", check=harness.Check(0.0, True, 1e-4), tokens_per_s=100.0,
+    ok = PhaseResult("reference", "ok", check=Check(0.0, True, 1e-4), tokens_per_s=100.0,
                              decode_ms=1.0, prefill_ms=2.0, bytes_per_token=1000.0, allocs_per_token=3.0,
                              gflops={512: 20.0}, time_split={"linear": 60.0, "other": 40.0})
-    failed = harness.PhaseResult("phase1", "FAILED", "greedy tokens differ",
-                                 check=harness.Check(1.0, False, 1e-4, 3))
-    unavailable = harness.PhaseResult("phase2", "unavailable", "no C++ compiler")
-    peer = harness.PeerResult("hf", "not installed", "transformers is not installed")
-    study = harness.StudyResult({"n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 8, "block_size": 8},
-                                100, harness.BenchSettings().to_dict(), {"torch": "x"}, None,
+    failed = PhaseResult("phase1", "FAILED", "greedy tokens differ",
+                                 check=Check(1.0, False, 1e-4, 3))
+    unavailable = PhaseResult("phase2", "unavailable", "no C++ compiler")
+    peer = PeerResult("hf", "not installed", "transformers is not installed")
+    study = StudyResult({"n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 8, "block_size": 8},
+                                100, BenchSettings().to_dict(), {"torch": "x"}, None,
                                 {"reference": ok, "phase1": failed, "phase2": unavailable}, {"hf": peer})
     table = report.format_table(study)
     assert "FAILED" in table and "unavailable: no C++ compiler" in table and "not installed" in table

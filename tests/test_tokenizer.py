@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smallmind_torch.data import corpus_documents, default_corpus, get_batch, train_val_split
-from smallmind_torch.tokenizer import DEFAULT_PATH, EOT, Tokenizer
+from smallmind_torch.train.corpus import corpus_documents, default_corpus, get_batch, train_val_split
+from smallmind_torch.train.tokenizer import DEFAULT_PATH, EOT, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,29 @@ def test_lone_surrogates_are_a_clear_error():
     """Lone surrogates are not UTF-8 text: a ValueError that says so, not a crash inside tokenizers."""
     with pytest.raises(ValueError, match="lone surrogate"):
         Tokenizer.default().encode("ok \ud800")
+
+
+@pytest.mark.parametrize("ids", [[-1], [-512], [512], [2**70], [1.9], ["65"], [True]])
+def test_decode_rejects_what_is_not_a_token_id(ids):
+    with pytest.raises(ValueError, match="token id"):
+        Tokenizer.default().decode(ids)
+
+
+def test_stream_decoder_takes_any_integer():
+    import numpy as np
+    import torch
+
+    tok = Tokenizer.default()
+    ids = tok.encode("héllo")
+    for convert in (int, np.int64, torch.tensor):
+        dec = tok.stream_decoder()
+        assert "".join(dec.feed(convert(i)) for i in ids) + dec.flush() == "héllo"
+
+
+def test_encode_batch_names_a_lone_surrogate():
+    tok = Tokenizer.default()
+    with pytest.raises(ValueError, match=r"text 1 holds the lone surrogate '\\ud800' at index 2"):
+        tok.encode_batch(["fine", "ab\ud800"])
+    with pytest.raises(TypeError, match="list of str"):
+        tok.encode_batch([None])
+    assert tok.encode_batch(["a b", "c"]) == [tok.encode("a b"), tok.encode("c")]

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from smallmind_torch import GPT, traces
+from smallmind_torch import GPT
+from smallmind_torch.study import traces
 
-from conftest import TINY
+from helpers import TINY
 
 
 @pytest.fixture(scope="module")

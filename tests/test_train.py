@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from smallmind_torch.checkpoint import (CheckpointError, CheckpointNotFoundError, load_checkpoint,
-                                        load_train_state, save_checkpoint)
+from smallmind_torch.train.checkpoint import (CheckpointError, CheckpointNotFoundError, load_checkpoint,
+                                              load_train_state, read_meta, save_checkpoint)
 from smallmind_torch.config import ModelConfig
-from smallmind_torch.tokenizer import Tokenizer
+from smallmind_torch.train.tokenizer import Tokenizer
 from smallmind_torch.train import TrainConfig, lr_at, make_optimizer, train
 
 TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)
@@ -111,7 +111,7 @@ def test_checkpoint_errors(tmp_path, trained):
     bad = save_checkpoint(tmp_path / "bad", model, tok, step=3)
     with pytest.raises(CheckpointError, match="no training state"):
         load_train_state(bad)
-    (bad / "model.safetensors").write_bytes(b"garbage")
+    read_meta(bad)["files"]["weights"].write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt checkpoint"):
         load_checkpoint(bad)
     (bad / "config.json").write_text("{oops")

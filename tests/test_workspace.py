@@ -1,19 +1,10 @@
 """Preallocated workspace: after warm-up a forward allocates nothing for its intermediates."""
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from smallmind_torch import GPT, PHASES, ModelConfig
-from smallmind_torch.harness import allocations_from_events
-from conftest import TINY
-
-
-def allocations(fn):
-    """(count, bytes) of allocations during fn(), read as the harness reads them."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    nbytes, count = allocations_from_events(prof.profiler.kineto_results.events())
-    return count, nbytes
+from smallmind_torch.workspace import workspace_forward
+from helpers import TINY, allocations
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -23,9 +14,9 @@ def test_phase1_forward_allocates_nothing_after_warm_up(batch):
     idx = torch.randint(0, 512, (batch, 128))
     buffers = {name: b.data_ptr() for name, b in ws.buffers.items()}
     with torch.no_grad():
-        count, nbytes = allocations(lambda: model._forward_into(idx, 0, False, False))
+        count, nbytes = allocations(lambda: workspace_forward(model, idx, 0, False, False))
         short = idx[:, :17]
-        short_count, _ = allocations(lambda: model._forward_into(short, 0, False, False))
+        short_count, _ = allocations(lambda: workspace_forward(model, short, 0, False, False))
     assert (count, nbytes) == (0, 0)
     assert short_count == 0
     assert {name: b.data_ptr() for name, b in ws.buffers.items()} == buffers
@@ -49,7 +40,7 @@ def test_phase1_decode_with_cache_allocates_nothing():
     idx = torch.randint(0, TINY.vocab_size, (1, 8))
     model.prefill(idx)
     with torch.no_grad():
-        count, _ = allocations(lambda: model._decode_step(idx[:, -1:]))
+        count, _ = allocations(lambda: model.decode_step(idx[:, -1:]))
     assert count == 0
 
 

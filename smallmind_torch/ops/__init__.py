@@ -1,27 +1,29 @@
-"""Custom C++ ops (sources in `ops/`), registered as `torch.ops.smallmind.*`.
+"""Custom C++ ops (sources in `smallmind_torch/csrc/`), registered as `torch.ops.smallmind.*`.
 
-Nothing is built at import: the first use of an op (or `load_all()`, which `set_phase`
-calls for presets with custom forms) builds the extension (see `_build`) and imports the
-Python bindings. Each binding module has a pure-PyTorch reference beside the op, a
+Nothing is built at import: the first use of an op (or `load_all()`, which `set_phase` calls
+for presets with custom forms, or `build()`) builds the extension (see `_build`) and imports
+the Python bindings. Each binding module has a plain-PyTorch reference beside the op, a
 `register_fake` (so `torch.compile` traces through it) and, where training uses it, a
-`register_autograd`.
+`register_autograd`; `_common` holds what they share.
 """
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
-from ._build import CustomOpsUnavailable, available, load
+from ._build import CustomOpsUnavailable, available, build_directory, load
 
 # public name -> binding module (private names, so that no module shadows its function)
 _EXPORTS = {
     "attention": "_attention", "attention_reference": "_attention",
-    "decode_block_": "_decode", "decode_block_tensors_": "_decode",
-    "decode_block_reference": "_decode", "block_tensors": "_decode",
-    "embedding": "_embedding", "embedding_backward": "_embedding",
-    "embedding_backward_reference": "_embedding",
+    "causal_softmax": "_softmax", "causal_softmax_": "_softmax",
+    "causal_softmax_reference": "_softmax",
+    "decode_block_": "_decode",
+    "embedding": "_embedding", "embedding_reference": "_embedding",
+    "embedding_backward": "_embedding", "embedding_backward_reference": "_embedding",
     "gemm": "_gemm", "gemm_reference": "_gemm", "linear": "_gemm", "linear_reference": "_gemm",
+    "kernel_name": "_gemm",
     "layer_norm": "_layer_norm", "layer_norm_reference": "_layer_norm",
-    "causal_softmax": "_softmax", "causal_softmax_": "_softmax", "causal_softmax_reference": "_softmax",
 }
 
 
@@ -30,13 +32,21 @@ def _import_binding(module: str):
     try:
         return importlib.import_module(f"{__name__}.{module}")
     except ImportError as exc:
-        raise CustomOpsUnavailable(f"the Python bindings of op module {module!r} failed to import: {exc}") from exc
+        raise CustomOpsUnavailable(
+            f"the Python bindings of op module {module!r} failed to import: {exc}") from exc
 
 
 def load_all() -> None:
     """Build the extension and import every binding; raise CustomOpsUnavailable if any fails."""
     for module in sorted(set(_EXPORTS.values())):
         _import_binding(module)
+
+
+def build(verbose: bool = False) -> Path:
+    """Build the ops ahead of use (silent when up to date) and load them; the build directory."""
+    load(verbose=verbose)
+    load_all()
+    return build_directory()
 
 
 def __getattr__(name: str):
@@ -48,4 +58,5 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["CustomOpsUnavailable", "available", "load", "load_all", *_EXPORTS]
+__all__ = ["CustomOpsUnavailable", "available", "build", "build_directory", "load", "load_all",
+           *_EXPORTS]

@@ -1,89 +1,92 @@
-"""Fused decode step of one transformer block: `torch.ops.smallmind.decode_block_`.
+"""Binding of csrc/decode.cpp: one whole GPT-2 block for one decode token, in one C++ call.
 
-Kernel in `ops/decode.cpp`. One C++ call runs a whole pre-LN GPT-2 block for one new token
-per sequence (LN1, qkv, KV-cache write, attention over positions 0..pos, projection,
-residual, LN2, MLP with tanh GELU, residual), instead of ~35 small op calls whose dispatch
-overhead dominates a decode step. Inference only (no autograd formula).
-
-    decode_block_(x, block, k_cache, v_cache, pos, n_head)       x (B, C) updated in place
-    decode_block_tensors_(x, ln1_w, ln1_b, attn_w, attn_b, attn_proj_w, attn_proj_b,
-                          ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b,
-                          k_cache, v_cache, pos, n_head, eps)
-    decode_block_reference(...same arguments as decode_block_tensors_...)   plain PyTorch
-
-k_cache / v_cache: (maxB, n_head, S, head_dim), B <= maxB, 0 <= pos < S; row `pos` of
-sequences 0..B-1 is written. All tensors float32, CPU, contiguous.
+The parameter order (`BLOCK_PARAMS`), the mapping from a model Block and the plain-PyTorch
+reference live with the model, in `smallmind_torch/fused_decode.py`.
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from ._build import load
+from ._common import CALL_ERRORS, check_contiguous, check_dim, check_eps, check_shape, \
+    check_tensor, diagnose
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
-_op = torch.ops.smallmind.decode_block_.default
+_decode_block_ = torch.ops.smallmind.decode_block_.default
 
-__all__ = ["decode_block_", "decode_block_tensors_", "decode_block_reference", "block_tensors"]
-
-
-def block_tensors(block) -> tuple:
-    """The 12 parameter tensors of a smallmind_torch.model.Block, in the op's order."""
-    attn, mlp = block.attn, block.mlp
-    return (block.ln_1.weight, block.ln_1.bias, attn.c_attn.weight, attn.c_attn.bias,
-            attn.c_proj.weight, attn.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
-            mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias)
+__all__ = ["decode_block_"]
 
 
-def _check_no_grad(tensors):
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise RuntimeError("decode_block_ is inference only (no autograd); call it under "
-                           "torch.no_grad() or torch.inference_mode()")
+def decode_block_(x, params, k_cache, v_cache, pos: int, n_head: int, eps: float):
+    """Run one block (params in BLOCK_PARAMS order) for x (B, C) at `pos`, in place; returns x."""
+    try:
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            raise RuntimeError("smallmind::decode_block_ is inference only (no autograd); call "
+                               "it under torch.no_grad() or torch.inference_mode()")
+        _decode_block_(x, params, k_cache, v_cache, pos, n_head, eps)
+        return x
+    except CALL_ERRORS as exc:
+        tensors = [("x", x), ("k_cache", k_cache), ("v_cache", v_cache)]
+        if isinstance(params, (list, tuple)):
+            tensors += [(f"params[{i}]", p) for i, p in enumerate(params)]
+        diagnose("decode_block_", exc, tensors=tensors,
+                 ints=(("pos", pos), ("n_head", n_head)))
+        raise
 
 
-def decode_block_tensors_(x, ln1_w, ln1_b, attn_w, attn_b, attn_proj_w, attn_proj_b,
-                          ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b,
-                          k_cache, v_cache, pos: int, n_head: int, eps: float = 1e-5):
-    """The op with explicit tensors; updates x, k_cache, v_cache in place and returns x."""
-    params = (ln1_w, ln1_b, attn_w, attn_b, attn_proj_w, attn_proj_b,
-              ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b)
-    _check_no_grad((x, *params))
-    _op(x, *params, k_cache, v_cache, int(pos), int(n_head), float(eps))
-    return x
+# ---- fake: check_decode_args of decode.cpp, in Python ----
+
+def _param_shapes(c: int) -> list:
+    """Expected shapes in BLOCK_PARAMS order (nn.Linear weights are (out, in))."""
+    return [(c,), (c,), (3 * c, c), (3 * c,), (c, c), (c,),
+            (c,), (c,), (4 * c, c), (4 * c,), (c, 4 * c), (c,)]
 
 
-def decode_block_(x, block, k_cache, v_cache, pos: int, n_head: int):
-    """Run `block` (a model.Block) for one token per sequence at position `pos`, in place."""
-    params = block_tensors(block)
-    _check_no_grad((x, *params))
-    _op(x, *params, k_cache, v_cache, int(pos), int(n_head), float(block.ln_1.eps))
-    return x
+_PARAM_NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
 
 
-def decode_block_reference(x, ln1_w, ln1_b, attn_w, attn_b, attn_proj_w, attn_proj_b,
-                           ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b,
-                           k_cache, v_cache, pos: int, n_head: int, eps: float = 1e-5):
-    """Plain PyTorch, same in-place contract as decode_block_tensors_."""
-    B, C = x.shape
-    hs = C // n_head
-    h = F.layer_norm(x, (C,), ln1_w, ln1_b, eps)
-    q, k, v = F.linear(h, attn_w, attn_b).split(C, dim=1)
-    k_cache[:B, :, pos] = k.view(B, n_head, hs)
-    v_cache[:B, :, pos] = v.view(B, n_head, hs)
-    keys, values = k_cache[:B, :, :pos + 1], v_cache[:B, :, :pos + 1]  # (B, nh, L, hs)
-    att = (q.view(B, n_head, 1, hs) @ keys.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
-    y = (torch.softmax(att, dim=-1) @ values).view(B, C)
-    x.add_(F.linear(y, attn_proj_w, attn_proj_b))
-    h = F.layer_norm(x, (C,), ln2_w, ln2_b, eps)
-    f = F.gelu(F.linear(h, fc_w, fc_b), approximate="tanh")
-    x.add_(F.linear(f, mlp_proj_w, mlp_proj_b))
-    return x
+def _check_decode_args(x, params, k_cache, v_cache, pos, n_head, eps):
+    op = "decode_block_"
+    for name, t in (("x", x), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(op, name, t)
+        check_contiguous(op, name, t)
+    check_dim(op, "x", x, 2)
+    b, c = x.shape
+    torch._check(b >= 1 and c >= 1,
+                 lambda: f"smallmind::{op}: 'x' must be (B, C) with B, C >= 1, got {list(x.shape)}")
+    torch._check_value(n_head >= 1 and c % n_head == 0,
+                       lambda: f"smallmind::{op}: n_head ({n_head}) must be positive and "
+                               f"divide C = x.size(1) = {c}")
+    check_eps(op, eps)
+    if len(params) != len(_PARAM_NAMES):
+        raise RuntimeError(f"smallmind::{op}: 'params' must hold the block's {len(_PARAM_NAMES)} "
+                           f"tensors in fused_decode.BLOCK_PARAMS order (ln_1.weight, ln_1.bias, "
+                           f"attn.c_attn.weight, ...), got {len(params)}")
+    for i, (p, name, shape) in enumerate(zip(params, _PARAM_NAMES, _param_shapes(c))):
+        label = f"params[{i}] ({name})"
+        check_tensor(op, label, p)
+        check_contiguous(op, label, p)
+        check_shape(op, label, p, shape)
+    hs = c // n_head
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_dim(op, name, t, 4)
+        torch._check(t.shape[1] == n_head and t.shape[3] == hs,
+                     lambda: f"smallmind::{op}: '{name}' must be (maxB, n_head, S, head_dim) = "
+                             f"(maxB, {n_head}, S, {hs}), got {list(t.shape)}")
+    torch._check(k_cache.shape == v_cache.shape,
+                 lambda: f"smallmind::{op}: k_cache and v_cache must have the same shape, got "
+                         f"{list(k_cache.shape)} and {list(v_cache.shape)}")
+    max_b, s = k_cache.shape[0], k_cache.shape[2]
+    torch._check(b <= max_b,
+                 lambda: f"smallmind::{op}: batch B = {b} exceeds the KV cache's max batch {max_b}")
+    torch._check_value(0 <= pos < s,
+                       lambda: f"smallmind::{op}: pos must lie in [0, {s - 1}] (the cache holds "
+                               f"S = {s} positions), got {pos}")
 
 
 @torch.library.register_fake("smallmind::decode_block_")
-def _decode_block_fake(x, ln1_w, ln1_b, attn_w, attn_b, attn_proj_w, attn_proj_b, ln2_w, ln2_b,
-                       fc_w, fc_b, mlp_proj_w, mlp_proj_b, k_cache, v_cache, pos, n_head, eps):
-    return None
+def _decode_block_fake(x, params, k_cache, v_cache, pos, n_head, eps):
+    _check_decode_args(x, params, k_cache, v_cache, pos, n_head, eps)

@@ -1,14 +1,4 @@
-"""`gemm` and `linear` on the packed AVX2/FMA GEMM custom op (`ops/gemm.cpp`).
-
-    gemm(a, b, out=None)                  (M, K) @ (K, N) -> (M, N), float32 CPU
-    linear(x, weight, bias=None, out=None) x (..., K) @ weight(N, K)^T + bias(N) -> (..., N)
-
-Both are `torch.ops.smallmind.*` custom ops with schemas defined in C++; this module adds
-the fake (meta) implementations, so `torch.compile(fullgraph=True)` traces through them,
-and the autograd formulas (the backward calls the same GEMM). With `out=` the result is
-written into the caller's contiguous buffer through the `*_out` op, which allocates
-nothing of size M*N (the preallocated-workspace path of the model).
-"""
+"""Bindings of csrc/gemm.cpp: `gemm` and `linear` on the packed AVX2/FMA GEMM."""
 from __future__ import annotations
 
 from typing import Optional
@@ -17,17 +7,21 @@ import torch
 from torch import Tensor
 
 from ._build import load
+from ._common import CALL_ERRORS, check_dim, check_min_dim, check_out, check_tensor, diagnose, \
+    needs_grad
 
-load()
+load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
 _ops = torch.ops.smallmind
+_gemm, _gemm_inference, _gemm_out = (_ops.gemm.default, _ops.gemm_inference.default,
+                                     _ops.gemm_out.default)
+_linear, _linear_inference, _linear_out = (_ops.linear.default, _ops.linear_inference.default,
+                                           _ops.linear_out.default)
 
 __all__ = ["gemm", "gemm_reference", "linear", "linear_reference", "kernel_name"]
 
 
-# ---------------------------------------------------------------------------------------
-# references (pure PyTorch)
-# ---------------------------------------------------------------------------------------
+# ---- references (plain PyTorch) ----
 
 def gemm_reference(a: Tensor, b: Tensor) -> Tensor:
     """(M, K) @ (K, N) with torch.mm."""
@@ -45,73 +39,47 @@ def kernel_name() -> str:
     return _ops.gemm_kernel_name()
 
 
-# ---------------------------------------------------------------------------------------
-# public wrappers
-# ---------------------------------------------------------------------------------------
-
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _eager_no_grad(*tensors: Optional[Tensor]) -> bool:
-    """True where the functional op can go through its out-variant instead: the
-    register_autograd kernel is Python and costs ~15 us a call even when nothing needs a
-    gradient, which matters for decode-sized GEMMs. Never while torch.compile traces."""
-    return not _needs_grad(*tensors) and not torch.compiler.is_compiling()
-
+# ---- public wrappers ----
 
 def gemm(a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """a (M, K) @ b (K, N) -> (M, N), float32 on the CPU. Strided (e.g. transposed) views
-    are read in place. With `out` ((M, N), contiguous float32) the result goes there."""
-    if out is None:
-        if a.dim() == 2 and b.dim() == 2 and _eager_no_grad(a, b):
-            out = a.new_empty((a.shape[0], b.shape[1]))
-            _ops.gemm_out.default(a, b, out=out)
-            return out
-        return _ops.gemm.default(a, b)
-    if _needs_grad(a, b):
-        # the out-variant is not differentiable: compute with autograd, record the copy
-        return out.copy_(_ops.gemm.default(a, b))
-    _ops.gemm_out.default(a, b, out=out)
-    return out
+    """a (M, K) @ b (K, N), strided views read in place; with `out` ((M, N)), written there."""
+    try:
+        grad = needs_grad(a, b)
+        if out is None:
+            return (_gemm if grad else _gemm_inference)(a, b)
+        if grad:  # the out-variant records no gradient: compute with autograd, record the copy
+            return out.copy_(_gemm(a, b))
+        _gemm_out(a, b, out=out)
+        return out
+    except CALL_ERRORS as exc:
+        diagnose("gemm", exc, tensors=(("a", a), ("b", b)), optional=(("out", out),))
+        raise
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
            out: Optional[Tensor] = None) -> Tensor:
-    """x (..., K) @ weight (N, K)^T + bias (N,) -> (..., N), float32 on the CPU.
+    """x (..., K) @ weight (N, K)^T + bias (N,); with `out` ((..., N)), written there."""
+    try:
+        grad = needs_grad(x, weight, bias)
+        if out is None:
+            return (_linear if grad else _linear_inference)(x, weight, bias)
+        if grad:
+            return out.copy_(_linear(x, weight, bias))
+        _linear_out(x, weight, bias, out=out)
+        return out
+    except CALL_ERRORS as exc:
+        diagnose("linear", exc, tensors=(("x", x), ("weight", weight)),
+                 optional=(("bias", bias), ("out", out)))
+        raise
 
-    With `out` ((..., N), contiguous float32) the result is written there and `out` is
-    returned; nothing else of size M*N is allocated (when no gradient is recorded)."""
-    if out is None:
-        if x.dim() >= 1 and weight.dim() == 2 and _eager_no_grad(x, weight, bias):
-            out = x.new_empty((*x.shape[:-1], weight.shape[0]))
-            _ops.linear_out.default(x, weight, bias, out=out)
-            return out
-        return _ops.linear.default(x, weight, bias)
-    if _needs_grad(x, weight, bias):
-        return out.copy_(_ops.linear.default(x, weight, bias))
-    _ops.linear_out.default(x, weight, bias, out=out)
-    return out
 
-
-# ---------------------------------------------------------------------------------------
-# fakes (shape inference for torch.compile / FakeTensor), mirroring the C++ checks
-# ---------------------------------------------------------------------------------------
-
-def _check_float32_cpu(t: Tensor, op: str, name: str) -> None:
-    if t.dtype != torch.float32:
-        raise RuntimeError(f"smallmind::{op}: '{name}' must have dtype Float, got {t.dtype}")
-    if t.device.type not in ("cpu", "meta"):
-        raise RuntimeError(f"smallmind::{op}: '{name}' must be a CPU tensor (only a CPU "
-                           f"kernel is registered), got a tensor on {t.device}")
-
+# ---- fakes: the kernels' checks (gemm_check / linear_check in gemm.cpp), then the shape ----
 
 def _gemm_shape(a: Tensor, b: Tensor) -> tuple:
-    _check_float32_cpu(a, "gemm", "a")
-    _check_float32_cpu(b, "gemm", "b")
-    if a.dim() != 2 or b.dim() != 2:
-        raise RuntimeError(f"smallmind::gemm: 'a' and 'b' must be 2-D, got shapes "
-                           f"{tuple(a.shape)} and {tuple(b.shape)}")
+    check_tensor("gemm", "a", a)
+    check_tensor("gemm", "b", b)
+    check_dim("gemm", "a", a, 2)
+    check_dim("gemm", "b", b, 2)
     torch._check(a.shape[1] == b.shape[0],
                  lambda: f"smallmind::gemm: size mismatch, a.size(1) (K) = {a.shape[1]} but "
                          f"b.size(0) (K) = {b.shape[0]} (they must be equal)")
@@ -119,23 +87,20 @@ def _gemm_shape(a: Tensor, b: Tensor) -> tuple:
 
 
 def _linear_shape(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple:
-    _check_float32_cpu(x, "linear", "x")
-    _check_float32_cpu(weight, "linear", "weight")
-    if x.dim() < 1:
-        raise RuntimeError("smallmind::linear: 'x' must have at least 1 dimension(s)")
+    check_tensor("linear", "x", x)
+    check_tensor("linear", "weight", weight)
+    check_min_dim("linear", "x", x, 1)
     if weight.dim() != 2:
-        raise RuntimeError(f"smallmind::linear: 'weight' must be 2-D (N, K), got shape "
-                           f"{tuple(weight.shape)}")
+        raise RuntimeError(f"smallmind::linear: 'weight' must be 2-D (N, K) as nn.Linear "
+                           f"stores it, got shape {list(weight.shape)}")
     torch._check(x.shape[-1] == weight.shape[1],
                  lambda: f"smallmind::linear: size mismatch, x.size(-1) (K) = {x.shape[-1]} "
                          f"but weight.size(1) (K) = {weight.shape[1]} (they must be equal)")
     if bias is not None:
-        _check_float32_cpu(bias, "linear", "bias")
-        if bias.dim() != 1:
-            raise RuntimeError(f"smallmind::linear: 'bias' must be 1-D of size N, got shape "
-                               f"{tuple(bias.shape)}")
-        torch._check(bias.shape[0] == weight.shape[0],
-                     lambda: "smallmind::linear: 'bias' must have size N = weight.size(0)")
+        check_tensor("linear", "bias", bias)
+        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+                     lambda: f"smallmind::linear: 'bias' must be 1-D of size N = "
+                             f"weight.size(0) = {weight.shape[0]}, got shape {list(bias.shape)}")
     return (*x.shape[:-1], weight.shape[0])
 
 
@@ -144,10 +109,14 @@ def _gemm_fake(a, b):
     return a.new_empty(_gemm_shape(a, b))
 
 
+@torch.library.register_fake("smallmind::gemm_inference")
+def _gemm_inference_fake(a, b):
+    return a.new_empty(_gemm_shape(a, b))
+
+
 @torch.library.register_fake("smallmind::gemm_out")
 def _gemm_out_fake(a, b, *, out):
-    _gemm_shape(a, b)
-    return None
+    check_out("gemm", out, _gemm_shape(a, b))
 
 
 @torch.library.register_fake("smallmind::linear")
@@ -155,15 +124,17 @@ def _linear_fake(x, weight, bias):
     return x.new_empty(_linear_shape(x, weight, bias))
 
 
+@torch.library.register_fake("smallmind::linear_inference")
+def _linear_inference_fake(x, weight, bias):
+    return x.new_empty(_linear_shape(x, weight, bias))
+
+
 @torch.library.register_fake("smallmind::linear_out")
 def _linear_out_fake(x, weight, bias, *, out):
-    _linear_shape(x, weight, bias)
-    return None
+    check_out("linear", out, _linear_shape(x, weight, bias))
 
 
-# ---------------------------------------------------------------------------------------
-# autograd: dA = dC @ B^T, dB = A^T @ dC (both on our GEMM; transposes are free views)
-# ---------------------------------------------------------------------------------------
+# ---- autograd: dA = dC @ B^T, dB = A^T @ dC (both on our GEMM; transposes are free views) ----
 
 def _gemm_setup_context(ctx, inputs, output):
     a, b = inputs
@@ -172,8 +143,8 @@ def _gemm_setup_context(ctx, inputs, output):
 
 def _gemm_backward(ctx, grad):
     a, b = ctx.saved_tensors
-    grad_a = _ops.gemm.default(grad, b.t()) if ctx.needs_input_grad[0] else None
-    grad_b = _ops.gemm.default(a.t(), grad) if ctx.needs_input_grad[1] else None
+    grad_a = _gemm(grad, b.t()) if ctx.needs_input_grad[0] else None
+    grad_b = _gemm(a.t(), grad) if ctx.needs_input_grad[1] else None
     return grad_a, grad_b
 
 
@@ -193,9 +164,9 @@ def _linear_backward(ctx, grad):
     g2 = grad.reshape(-1, n)
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_x = _ops.gemm.default(g2, weight).reshape(x.shape)          # (M,N) @ (N,K)
+        grad_x = _gemm(g2, weight).reshape(x.shape)          # (M,N) @ (N,K)
     if ctx.needs_input_grad[1]:
-        grad_w = _ops.gemm.default(g2.t(), x.reshape(-1, k))             # (N,M) @ (M,K)
+        grad_w = _gemm(g2.t(), x.reshape(-1, k))             # (N,M) @ (M,K)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = g2.sum(0)
     return grad_x, grad_w, grad_b

@@ -1,17 +1,4 @@
-"""Fused LayerNorm over the last dim (seed bottleneck #6): `torch.ops.smallmind.layer_norm*`.
-
-Kernels in `ops/layer_norm.cpp`. The Python entry point picks the variant:
-
-* gradients needed  -> `layer_norm_with_stats` (saves mean/rstd; C++ `layer_norm_backward`)
-* no gradients      -> `layer_norm_inference` (no statistics, no autograd kernel in the path)
-* `out=` given      -> `layer_norm_out` (writes into the buffer, allocates nothing)
-
-    layer_norm(x, weight, bias, eps=1e-5, out=None)
-    layer_norm_reference(x, weight, bias, eps=1e-5)     = F.layer_norm
-
-`weight` / `bias` may be None (no affine part), as in F.layer_norm.
-`torch.ops.smallmind.layer_norm` itself is differentiable too (its backward recomputes mean/rstd).
-"""
+"""Bindings of csrc/layer_norm.cpp: fused LayerNorm over the last dim (seed bottleneck #6)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -20,82 +7,40 @@ import torch
 import torch.nn.functional as F
 
 from ._build import load
+from ._common import CALL_ERRORS, check_eps, check_min_dim, check_out, check_shape, \
+    check_tensor, diagnose, needs_grad
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
-# OpOverloads (`.default`): calling the OpOverloadPacket resolves the overload in Python on
-# every call (~8 us); the overload itself goes straight to the dispatcher.
-_ops = torch.ops.smallmind
+_layer_norm = torch.ops.smallmind.layer_norm.default
+_layer_norm_inference = torch.ops.smallmind.layer_norm_inference.default
+_layer_norm_with_stats = torch.ops.smallmind.layer_norm_with_stats.default
+_layer_norm_out = torch.ops.smallmind.layer_norm_out.default
+_layer_norm_backward = torch.ops.smallmind.layer_norm_backward.default
 
 __all__ = ["layer_norm", "layer_norm_reference"]
 
 
-_F32 = torch.float32
-
-
-def _check(x, weight, bias, out, name="layer_norm"):
-    """Cheap test of the common case; the full diagnosis only runs when it fails."""
-    try:
-        if (x.is_cpu and x.dtype is _F32 and x.dim() >= 1
-                and (weight is None or (weight.is_cpu and weight.dtype is _F32))
-                and (bias is None or (bias.is_cpu and bias.dtype is _F32))
-                and (out is None or (out.is_cpu and out.dtype is _F32 and out.shape == x.shape
-                                     and out.is_contiguous()))):
-            return  # weight / bias shapes: checked in C++ (same clear messages)
-    except AttributeError:
-        pass
-    _diagnose(x, weight, bias, out, name)
-
-
-def _diagnose(x, weight, bias, out, name):
-    for arg, t in (("x", x), ("weight", weight), ("bias", bias), ("out", out)):
-        if t is None:
-            if arg == "x":
-                raise TypeError(f"{name}: x must be a tensor, got None")
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: {arg} must be a torch.Tensor or None, got {type(t).__name__}")
-        if t.device.type not in ("cpu", "meta"):
-            raise RuntimeError(
-                f"{name}: {arg} is on {t.device}, but smallmind ops have only a CPU kernel; move "
-                "it to the CPU or use layer_norm_reference")
-        if t.dtype != torch.float32:
-            raise RuntimeError(f"{name}: {arg} must be float32, got {t.dtype}")
-    if x.dim() < 1:
-        raise RuntimeError(f"{name}: x must have at least 1 dim (normalized over the last), got a scalar")
-    c = x.shape[-1]
-    for arg, t in (("weight", weight), ("bias", bias)):
-        if t is not None and tuple(t.shape) != (c,):
-            raise RuntimeError(
-                f"{name}: {arg} must have shape ({c},) (the last dim of x {tuple(x.shape)}), got "
-                f"{tuple(t.shape)}")
-    if out is not None:
-        if tuple(out.shape) != tuple(x.shape):
-            raise RuntimeError(
-                f"{name}: out must have the shape of x {tuple(x.shape)}, got {tuple(out.shape)}")
-        if not out.is_contiguous():
-            raise RuntimeError(f"{name}: out must be contiguous, got strides {out.stride()}")
-
-
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
-
-
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                eps: float = 1e-5, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """LayerNorm over the last dim of x (float32, CPU), fused and vectorized."""
-    _check(x, weight, bias, out)
-    eps = float(eps)
-    if out is not None:
-        if _needs_grad(x, weight, bias):
+    """F.layer_norm over the last dim of x; weight / bias may be None; with `out`, written there."""
+    try:
+        grad = needs_grad(x, weight, bias)
+        if out is None:
+            if grad:  # the training form saves mean / rstd for the backward
+                return _layer_norm_with_stats(x, weight, bias, eps)[0]
+            return _layer_norm_inference(x, weight, bias, eps)
+        if grad:
             raise RuntimeError(
-                "layer_norm: out= does not support autograd (like torch's out= functions); call "
-                "without out= when gradients are needed, or under torch.no_grad()")
-        _ops.layer_norm_out.default(x, weight, bias, eps, out)
+                "smallmind::layer_norm: out= does not support autograd (like torch's out= "
+                "functions); call without out= when gradients are needed, or under "
+                "torch.no_grad()")
+        _layer_norm_out(x, weight, bias, eps, out)
         return out
-    if _needs_grad(x, weight, bias):
-        return _ops.layer_norm_with_stats.default(x, weight, bias, eps)[0]
-    return _ops.layer_norm_inference.default(x, weight, bias, eps)
+    except CALL_ERRORS as exc:
+        diagnose("layer_norm", exc, tensors=(("x", x),),
+                 optional=(("weight", weight), ("bias", bias), ("out", out)))
+        raise
 
 
 def layer_norm_reference(x: torch.Tensor, weight: Optional[torch.Tensor],
@@ -104,42 +49,71 @@ def layer_norm_reference(x: torch.Tensor, weight: Optional[torch.Tensor],
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-# ---- fakes (shapes only; used by torch.compile / FakeTensor) ----
+# ---- fakes: the kernel's checks (check_inputs in layer_norm.cpp), then the shapes ----
+
+def _check_inputs(op, x, weight, bias, eps):
+    check_tensor(op, "x", x)
+    check_min_dim(op, "x", x, 1)
+    check_eps(op, eps)
+    c = x.shape[-1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            check_tensor(op, name, t)
+            torch._check(t.dim() == 1 and t.shape[0] == c,
+                         lambda: f"smallmind::{op}: '{name}' must have shape ({c},) (the "
+                                 f"normalized last dim of x), got {list(t.shape)}")
+
 
 @torch.library.register_fake("smallmind::layer_norm")
 def _layer_norm_fake(x, weight, bias, eps=1e-5):
+    _check_inputs("layer_norm", x, weight, bias, eps)
     return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("smallmind::layer_norm_inference")
 def _layer_norm_inference_fake(x, weight, bias, eps=1e-5):
+    _check_inputs("layer_norm", x, weight, bias, eps)  # the same kernel as layer_norm
     return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("smallmind::layer_norm_with_stats")
 def _layer_norm_with_stats_fake(x, weight, bias, eps=1e-5):
+    _check_inputs("layer_norm_with_stats", x, weight, bias, eps)
     stat = x.shape[:-1]
     return x.new_empty(x.shape), x.new_empty(stat), x.new_empty(stat)
 
 
 @torch.library.register_fake("smallmind::layer_norm_out")
 def _layer_norm_out_fake(x, weight, bias, eps, out):
-    return None
+    _check_inputs("layer_norm_out", x, weight, bias, eps)
+    check_out("layer_norm_out", out, x.shape)
 
 
 @torch.library.register_fake("smallmind::layer_norm_backward")
 def _layer_norm_backward_fake(grad_out, x, weight, mean, rstd, eps):
+    op = "layer_norm_backward"
+    _check_inputs(op, x, weight, None, eps)
+    check_tensor(op, "grad_out", grad_out)
+    check_shape(op, "grad_out", grad_out, x.shape)
+    if (mean is None) != (rstd is None):
+        raise RuntimeError(f"smallmind::{op}: give both 'mean' and 'rstd' or neither")
+    if mean is not None:
+        check_tensor(op, "mean", mean)
+        check_tensor(op, "rstd", rstd)
+        rows = x.numel() // x.shape[-1] if x.shape[-1] != 0 else 0
+        torch._check(mean.numel() == rows and rstd.numel() == rows,
+                     lambda: f"smallmind::{op}: 'mean' and 'rstd' must have one value per row "
+                             f"({rows}), got {mean.numel()} and {rstd.numel()}")
     c = x.shape[-1]
     return x.new_empty(x.shape), x.new_empty((c,)), x.new_empty((c,))
 
 
-# ---- autograd ----
+# ---- autograd: the C++ backward, with saved statistics or recomputing them ----
 
 def _grads(ctx, grad_out, mean, rstd):
     x, weight = ctx.saved_tensors[:2]
     weight = weight if ctx.has_weight else None
-    dx, dw, db = _ops.layer_norm_backward.default(
-        grad_out, x, weight, mean, rstd, ctx.eps)
+    dx, dw, db = _layer_norm_backward(grad_out, x, weight, mean, rstd, ctx.eps)
     needs = ctx.needs_input_grad
     return (dx if needs[0] else None,
             dw if (ctx.has_weight and needs[1]) else None,

@@ -1,0 +1,42 @@
+"""`smallmind bench`: measure presets, the peers and the machine's limits (docs/study.md)."""
+from __future__ import annotations
+
+import argparse
+
+from .core import (Command, UsageError, add_model_arguments, add_settings_arguments, build_model,
+                   check_presets, register, settings_from_args, threads_from_args)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--phases", nargs="+", default=None, metavar="PHASE",
+                   help="presets to measure (default: every preset and max)")
+    p.add_argument("--peers", nargs="*", default=["hf"], metavar="PEER",
+                   help="peers measured in the same run (default: hf; none: --peers)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--no-machine", action="store_true", help="skip the machine limits")
+    add_settings_arguments(p)
+    add_model_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..study.peers import PEERS
+    from ..study.report import print_study, write_json
+    from ..study.run import run_study
+
+    phases = check_presets(args.phases)
+    bad = [p for p in args.peers if p not in PEERS]
+    if bad:
+        raise UsageError(f"unknown peer(s) {', '.join(bad)}; known: {', '.join(PEERS)}")
+    settings = settings_from_args(args)
+    with threads_from_args(args):
+        model, prompt, weights = build_model(args)
+        study = run_study(model, phases, args.peers, settings, machine=not args.no_machine,
+                          progress=not args.no_progress, weights=weights, prompt=prompt)
+        print_study(study)
+    if args.json:
+        print(f"results: {write_json(study, args.json)}")
+    return 0
+
+
+register(Command("bench", "measure presets, the HF peer and machine limits (docs/study.md)",
+                 add_arguments, run))

@@ -1,0 +1,169 @@
+"""What every `smallmind` command shares: the command registry, the two error types, the
+common arguments (model shape, threads, checkpoint, presets) and model loading.
+
+Each command is one `Command` (a name, a one-line help, a function that adds its arguments to
+an argparse parser, and a function that runs it and returns an exit code), defined in its own
+module of this package and registered with `register`. Heavy modules are imported inside the
+run functions, so `smallmind --help` stays fast. This module imports no command module.
+
+Exit codes: 0 ok, 1 runtime error (bad checkpoint, failed op build...), 2 usage error,
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+TINY_SHAPE = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=32)
+PROMPT_TEXT = "The quick brown fox jumps over the lazy dog. "  # benchmark prompt with a checkpoint
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing: reported without a traceback, exit code 2."""
+
+
+class CommandError(Exception):
+    """A runtime failure worth a one-line message: reported without a traceback, exit code 1."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register(cmd: Command) -> Command:
+    if cmd.name in COMMANDS:
+        raise ValueError(f"command {cmd.name!r} is already registered")
+    COMMANDS[cmd.name] = cmd
+    return cmd
+
+
+def error(msg: str) -> None:
+    print(f"smallmind: error: {msg}", file=sys.stderr)
+
+
+# ---- shared arguments --------------------------------------------------------------------
+
+def add_shape_arguments(p: argparse.ArgumentParser, title: str, fields=SHAPE_FIELDS) -> None:
+    g = p.add_argument_group(title)
+    for name in fields:
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+
+
+def model_config_from_args(args: argparse.Namespace, base: "dict | None" = None):
+    """A ModelConfig from the shape arguments over `base` (None if neither sets anything)."""
+    from ..config import ModelConfig
+
+    shape = dict(base or {})
+    shape.update({k: getattr(args, k) for k in SHAPE_FIELDS if getattr(args, k, None) is not None})
+    if not shape:
+        return None
+    try:
+        return ModelConfig(**shape)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the run")
+
+
+def threads_from_args(args: argparse.Namespace):
+    """The `with` block that runs a command with --threads threads."""
+    from ..study.timing import threads
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    return threads(args.threads)
+
+
+def check_presets(names) -> list:
+    """Preset names (config.presets()) from the command line; none given = all."""
+    from ..config import presets
+
+    if not names:
+        return list(presets())
+    unknown = [p for p in names if p not in presets()]
+    if unknown:
+        raise UsageError(f"unknown phase{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(p) for p in unknown)}; choose from: {', '.join(presets())}")
+    return list(names)
+
+
+# ---- models ------------------------------------------------------------------------------
+
+def load_checkpoint_or_fail(path):
+    """(model, tokenizer, meta) from a checkpoint directory; a bad one is a CommandError."""
+    from ..train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def random_model(config, seed: int):
+    """A GPT with random weights drawn under `seed`, in eval mode."""
+    import torch
+
+    from ..model import GPT
+
+    torch.manual_seed(seed)
+    return GPT(config).eval()
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint / --seed / --tiny / the shape: the model a study command measures."""
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint directory (smallmind train); default: random weights, fixed seed")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the random weights and the prompt")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny shape and few tokens (seconds; for tests and smoke runs)")
+    add_threads_argument(p)
+    add_shape_arguments(p, "model shape for random weights (default: the seed shape)")
+
+
+def build_model(args: argparse.Namespace) -> tuple:
+    """(model, prompt or None, weights description) from add_model_arguments' arguments:
+    the checkpoint (with a prompt encoded from PROMPT_TEXT) or random weights."""
+    import torch
+
+    from ..config import ModelConfig
+
+    if args.checkpoint:
+        model, tok, _ = load_checkpoint_or_fail(args.checkpoint)
+        ids = tok.encode(PROMPT_TEXT)[:args.prompt_len or (4 if args.tiny else 16)]
+        return model.eval(), torch.tensor([ids], dtype=torch.long), f"checkpoint {args.checkpoint}"
+    config = model_config_from_args(args, TINY_SHAPE if args.tiny else None) or ModelConfig()
+    return random_model(config, args.seed), None, f"random (seed {args.seed})"
+
+
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The protocol's knobs (study.harness.BenchSettings) that the command line exposes."""
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens per generation (50)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs after one warm-up (3)")
+    p.add_argument("--prompt-len", type=int, default=None, help="fixed prompt length (16)")
+    p.add_argument("--no-profile", action="store_true", help="skip memory/time-split profiling")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def settings_from_args(args: argparse.Namespace):
+    from ..study.harness import BenchSettings
+
+    over = {k: getattr(args, k) for k in ("new_tokens", "runs", "prompt_len")
+            if getattr(args, k, None) is not None}
+    if getattr(args, "no_profile", False):
+        over["profile"] = False
+    try:
+        return BenchSettings.tiny(**over) if args.tiny else BenchSettings(**over)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc

@@ -1,0 +1,88 @@
+"""`smallmind generate`: generate text, streamed token by token."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .core import (Command, CommandError, UsageError, add_threads_argument, check_presets,
+                   load_checkpoint_or_fail, random_model, register, threads_from_args)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..train.checkpoint import DEFAULT_CHECKPOINT
+
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--phase", default="reference", help="optimization preset (a PHASES preset or max)")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"checkpoint directory (default {DEFAULT_CHECKPOINT}; random weights "
+                        f"if that does not exist)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    add_threads_argument(p)
+
+
+def load_for_generation(checkpoint: "str | None", seed: int) -> tuple:
+    """(model, tokenizer): from `checkpoint`, else the default checkpoint if it exists, else
+    random weights and the shipped tokenizer (saying so on stderr)."""
+    from ..config import ModelConfig
+    from ..train.checkpoint import DEFAULT_CHECKPOINT
+    from ..train.tokenizer import Tokenizer
+
+    path = Path(checkpoint or DEFAULT_CHECKPOINT)
+    if checkpoint is None and not path.exists():
+        print(f"smallmind: no checkpoint at {path} (train one with `smallmind train`); "
+              f"using random weights and the default tokenizer", file=sys.stderr)
+        return random_model(ModelConfig(), seed), Tokenizer.default()
+    model, tok, _ = load_checkpoint_or_fail(path)
+    return model, tok
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..ops import CustomOpsUnavailable
+
+    check_presets([args.phase])
+    if args.max_new_tokens < 0:
+        raise UsageError("--max-new-tokens must be >= 0")
+    if not args.temperature >= 0:  # NaN too
+        raise UsageError(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError("--top-k must be >= 1")
+    with threads_from_args(args):
+        model, tok = load_for_generation(args.checkpoint, args.seed)
+        try:
+            model.set_phase(args.phase)
+        except CustomOpsUnavailable as e:
+            raise CommandError(f"cannot switch to phase {args.phase!r}: {e}") from e
+        try:
+            ids = tok.encode(args.prompt)
+        except ValueError as e:  # e.g. bytes that are not UTF-8 reach argv as lone surrogates
+            raise UsageError(f"--prompt: {e}") from e
+        if not ids:  # empty prompt: start as at a document boundary
+            ids = [tok.eot_id if tok.eot_id is not None else tok.encode("\n")[0]]
+        idx = torch.tensor([ids], dtype=torch.long)
+        g = torch.Generator().manual_seed(args.seed)
+        out = sys.stdout
+        out.write(args.prompt)
+        out.flush()
+        dec = tok.stream_decoder()
+        stream = model.generate_stream(idx, max_new_tokens=args.max_new_tokens,
+                                       temperature=args.temperature, top_k=args.top_k, generator=g)
+        try:
+            for token in stream:
+                piece = dec.feed(int(token.reshape(-1)[0]))
+                if piece:
+                    out.write(piece)
+                    out.flush()
+        except ValueError as e:  # e.g. a token buffer for --max-new-tokens that cannot exist
+            raise CommandError(str(e)) from e
+        out.write(dec.flush() + "\n")
+        out.flush()
+    return 0
+
+
+register(Command("generate", "generate text, streamed token by token", add_arguments, run))

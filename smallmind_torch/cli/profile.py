@@ -1,0 +1,41 @@
+"""`smallmind profile`: write profiler traces of one preset for TensorBoard / Perfetto."""
+from __future__ import annotations
+
+import argparse
+
+from .core import (Command, CommandError, add_model_arguments, build_model, check_presets,
+                   register, threads_from_args)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--phase", default="reference", help="preset to profile (a PHASES preset or max)")
+    p.add_argument("--logdir", default="runs", help="TensorBoard log directory (runs)")
+    p.add_argument("--step", choices=("token", "generate"), default="token",
+                   help="what one profiler step is: one generated token (default) or one generate call")
+    p.add_argument("--tokens", type=int, default=8, help="tokens per generate call with --step generate")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--row-limit", type=int, default=15, help="rows of the top-ops table")
+    add_model_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..study.traces import print_trace_summary, write_traces
+
+    check_presets([args.phase])
+    with threads_from_args(args):
+        model, _, _ = build_model(args)
+        try:
+            result = write_traces(model, args.phase, args.logdir, prompt_len=args.prompt_len,
+                                  seed=args.seed, step=args.step, tokens=args.tokens,
+                                  row_limit=args.row_limit)
+        except OSError as e:
+            raise CommandError(f"cannot write traces to {args.logdir}: {e}") from e
+    print_trace_summary(result)
+    if result.status != "ok":
+        raise CommandError(f"phase {args.phase!r} is {result.status}: {result.reason}")
+    print(f"view: tensorboard --logdir {args.logdir}   (PYTORCH_PROFILER tab, run {args.phase!r})")
+    return 0
+
+
+register(Command("profile", "write profiler traces of one preset for TensorBoard / Perfetto",
+                 add_arguments, run))

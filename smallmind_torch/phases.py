@@ -1,0 +1,74 @@
+"""A phase, given by name or as an OptConfig, resolved for one model: the only place where
+"max" is decided.
+
+`resolve(phase, device=..., dtype=...)` returns a `Phase`: the concrete OptConfig, the name it
+was asked by and a one-line description of what it is. The model (`GPT.set_phase`), the
+study, the traces, the CLI and the experiments all go through it, so `smallmind bench
+--phases max` and `smallmind profile --phase max` run the same configuration and say which.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+from .config import MAX_CANDIDATES, PHASES, OptConfig, presets
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str            # what it was asked by: a preset name, or "custom" for an OptConfig
+    opt: OptConfig       # what runs
+    description: str     # e.g. "max = fused decode (custom ops, CPU float32)"
+
+
+def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
+    """Why `opt` cannot run for a model on `device` with `dtype` parameters (None: it can).
+    The custom ops are CPU float32 kernels, built on first use."""
+    if not opt.needs_custom_ops:
+        return None
+    if torch.device(device).type != "cpu":
+        return f"the custom ops have CPU kernels only; the model is on {device}"
+    if dtype != torch.float32:
+        return f"the custom ops are float32 kernels; the model's parameters are {dtype}"
+    try:
+        ops.load_all()
+    except ops.CustomOpsUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def choose_max(device, dtype) -> Phase:
+    """The first of MAX_CANDIDATES that runs for this device and dtype."""
+    skipped = []
+    for label, opt in MAX_CANDIDATES.items():
+        problem = custom_ops_problem(opt, device, dtype)
+        if problem is None:
+            note = f" ({'; '.join(skipped)})" if skipped else ""
+            return Phase("max", opt, f"max = {label}{note}")
+        skipped.append(f"not {label}: {problem}")
+    raise AssertionError("the last max candidate needs no custom op")  # pragma: no cover
+
+
+def resolve(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32) -> Phase:
+    """The concrete phase a model on `device` with `dtype` parameters runs for `phase`.
+
+    Raises ValueError for an unknown name and ops.CustomOpsUnavailable when a fixed preset or
+    an OptConfig needs custom ops that cannot run here ("max" never raises: it falls back)."""
+    if isinstance(phase, OptConfig):
+        name, opt = "custom", phase
+    elif isinstance(phase, str) and phase == "max":
+        return choose_max(device, dtype)
+    elif isinstance(phase, str) and phase in PHASES:
+        name, opt = phase, PHASES[phase]
+    else:
+        raise ValueError(f"unknown phase {phase!r}; allowed: {list(presets())} or an OptConfig")
+    problem = custom_ops_problem(opt, device, dtype)
+    if problem is not None:
+        raise ops.CustomOpsUnavailable(
+            f"phase {name!r} uses custom ops ({', '.join(opt.custom_op_forms)}), which cannot "
+            f"run here: {problem}. Presets without custom forms (reference, phase0, phase1) "
+            f"and 'max' run anywhere.")
+    forms = opt.custom_op_forms
+    return Phase(name, opt, f"{name} ({'custom ops: ' + ', '.join(forms) if forms else 'PyTorch only'})")

@@ -1,0 +1,106 @@
+"""Profiler events -> the study's figures: allocations and the labelled time split.
+
+- memory / token: `[memory]` events with `nbytes() > 0` in `prof.profiler.kineto_results.events()`
+  (`prof.events()` attributes allocations to ops and lists only unattributed frees, so it
+  undercounts);
+- time split: self time of each `record_function` label (labels.CATEGORIES) inside the root
+  step regions, nested labels excluded; "other" = total - labelled.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterator
+
+import torch
+
+from ..labels import CATEGORIES
+from .results import Profiled
+
+STEP_LABEL = "smallmind.step"  # root record_function around each profiled step
+
+
+def _label_self_ns(events, categories=CATEGORIES) -> tuple:
+    """(total ns of the root step regions, {label: self ns excluding nested labels})."""
+    roots = [e for e in events if e.name() == STEP_LABEL]
+    total = sum(e.end_ns() - e.start_ns() for e in roots)
+    threads = {e.start_thread_id() for e in roots}
+    labels = sorted(((e.start_ns(), e.end_ns(), e.name()) for e in events
+                     if e.name() in categories and e.start_thread_id() in threads),
+                    key=lambda t: (t[0], -t[1]))
+    self_ns = {}
+    stack = []
+    for start, end, name in labels:
+        while stack and stack[-1][1] <= start:
+            stack.pop()
+        self_ns[name] = self_ns.get(name, 0) + (end - start)
+        if stack:  # nested in another label: not that label's own time
+            parent = stack[-1][2]
+            self_ns[parent] = self_ns.get(parent, 0) - (end - start)
+        stack.append((start, end, name))
+    return total, self_ns
+
+
+def split_from_events(events) -> tuple:
+    """(total ms, {category: ms}) with "other" = total - labelled; every category present."""
+    total_ns, self_ns = _label_self_ns(events)
+    split = {c: 0.0 for c in CATEGORIES}
+    labelled = 0
+    for name, ns in self_ns.items():
+        if name != "other":
+            split[name] = ns / 1e6
+            labelled += ns
+    split["other"] = max(0.0, (total_ns - labelled) / 1e6)
+    return total_ns / 1e6, split
+
+
+def allocations_from_events(events) -> tuple:
+    """(bytes, count) of the allocations: `[memory]` events with positive nbytes."""
+    nbytes = count = 0
+    for e in events:
+        if e.name() == "[memory]":
+            n = e.nbytes()
+            if n > 0:
+                nbytes += n
+                count += 1
+    return nbytes, count
+
+
+def profile_steps(steps: Iterator, n_tokens: int, *, record_shapes=False) -> Profiled:
+    """Run the iterator `steps` to its end under the profiler (profile_memory=True), each
+    `next()` in a `smallmind.step` region. The profile is cut into one cycle per step and each
+    cycle is read and dropped as it ends, so that millions of events (phase 0's loops) never
+    accumulate in memory."""
+    from torch.profiler import ProfilerActivity, profile, record_function, schedule
+
+    acc = {"bytes": 0, "count": 0, "total": 0.0, "split": {c: 0.0 for c in CATEGORIES}}
+
+    def ready(prof):
+        events = prof.profiler.kineto_results.events()
+        nbytes, count = allocations_from_events(events)
+        total, split = split_from_events(events)
+        acc["bytes"] += nbytes
+        acc["count"] += count
+        acc["total"] += total
+        for k, v in split.items():
+            acc["split"][k] += v
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "won't be using warmup", "clears events each cycle"
+        with profile(activities=activities, profile_memory=True, record_shapes=record_shapes,
+                     schedule=schedule(wait=0, warmup=0, active=1), on_trace_ready=ready) as prof:
+            done = False
+            while not done:
+                with record_function(STEP_LABEL):
+                    done = next(steps, StopIteration) is StopIteration
+                prof.step()
+    return Profiled(acc["bytes"], acc["count"], acc["total"], acc["split"], n_tokens)
+
+
+def profile_generation(model, prompt, new_tokens: int) -> Profiled:
+    """Allocations and time split of one greedy generation of `new_tokens` (prefill included)."""
+    with torch.no_grad():
+        return profile_steps(iter(model.generate_stream(prompt, new_tokens, temperature=0.0)), new_tokens)
+

@@ -1,0 +1,57 @@
+"""Timing helpers shared by the benchmarks, the harness and the experiments.
+
+One way to time a thing: `median_time(fn)`. GPU work is synchronized with `device_sync`
+instead of bare `torch.cuda` calls, so the same code times CPU and CUDA. One way to run with a
+given number of threads: `with threads(n):`.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Callable, Iterator
+
+import torch
+
+
+def device_sync(device: "torch.device | str | None" = None) -> None:
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 3,
+                device: "torch.device | str | None" = None) -> float:
+    """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    for _ in range(warmup):
+        fn()
+    device_sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        device_sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gflops(flops: float, seconds: float) -> float:
+    return flops / seconds / 1e9
+
+
+@contextlib.contextmanager
+def threads(n: "int | None") -> Iterator[None]:
+    """torch.set_num_threads(n) inside the block (n=None: leave it), restored after."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"the thread count must be an int >= 1, got {n!r}")
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

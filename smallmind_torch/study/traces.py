@@ -1,0 +1,210 @@
+"""Profiler traces per preset, for TensorBoard (torch-tb-profiler) and Chrome / Perfetto.
+
+`write_traces(model, "phase1", logdir="runs")` runs a `torch.profiler.profile` with a schedule
+(wait=1, warmup=1, active=2), `record_shapes`, `profile_memory`, `with_flops` and the model's
+`record_function` labels, and writes
+
+    runs/phase1/<worker>.<span>.pt.trace.json      tensorboard_trace_handler: one run per preset
+    runs/phase1/phase1.chrome_trace.json           the same trace (the handler writes it with
+                                                   prof.export_chrome_trace) under a name that
+                                                   chrome://tracing / ui.perfetto.dev users find
+
+so `tensorboard --logdir runs` shows one run per phase (PYTORCH_PROFILER tab). A profiler step
+is one token of the generation stream by default (`step="token"`: wait = prefill + first token,
+then decode steps), or one whole `generate` call of `tokens` tokens (`step="generate"`).
+Phase 0's loops emit ~10^5 events per token at the seed shape, hence the small defaults.
+
+`load_tensorboard_run(run_dir)` parses a written run headless with torch-tb-profiler's own
+loader (RunProfileData + RunGenerator, what TensorBoard's plugin runs) and returns its
+profiles, whose `views` name the overview, operator, trace and memory views.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import OptConfig
+from ..labels import CATEGORIES
+from ..ops import CustomOpsUnavailable
+from .harness import fixed_prompt
+from .profiling import STEP_LABEL, split_from_events
+
+TRACE_SUFFIX = ".pt.trace.json"
+
+
+@dataclass
+class TraceResult:
+    name: str
+    status: str                              # "ok" | "unavailable" | "error"
+    reason: str = ""
+    phase: str = ""                          # what ran, e.g. "max = fused decode"
+    run_dir: str = ""
+    trace_files: list = field(default_factory=list)   # TensorBoard traces (*.pt.trace.json)
+    chrome_trace: str = ""
+    table: str = ""                          # key_averages().table(...) of the last active cycle
+    time_split: dict = field(default_factory=dict)    # category -> percent over the active steps
+    top_ops: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("name", "status", "reason", "phase", "run_dir", "trace_files",
+                                              "chrome_trace", "time_split", "top_ops")}
+
+    def describe_split(self) -> str:
+        return "  ".join(f"{k} {v:.1f}%" for k, v in self.time_split.items() if v >= 0.05)
+
+
+def _steps(model, prompt, n_steps, step, tokens):
+    """A list of callables, one per profiler step."""
+    if step == "generate":
+        return [lambda: model.generate(prompt, tokens, temperature=0.0) for _ in range(n_steps)]
+    if step != "token":
+        raise ValueError(f"step must be 'token' or 'generate', got {step!r}")
+    stream = iter(model.generate_stream(prompt, n_steps, temperature=0.0))
+    return [lambda: next(stream) for _ in range(n_steps)]
+
+
+def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.PathLike" = "runs", *,
+                 name: "str | None" = None, prompt_len: int = 16, seed: int = 1234,
+                 step: str = "token", tokens: int = 8, wait: int = 1, warmup: int = 1,
+                 active: int = 2, row_limit: int = 15, sort_by: str = "self_cpu_time_total",
+                 verbose: bool = False) -> TraceResult:
+    """Profile `preset` on `model` and write its TensorBoard run and Chrome trace under logdir.
+    `preset=None` keeps the model's current phase. Custom-op presets that cannot be built
+    give status "unavailable"; `result.phase` says what ran (for "max", which candidate)."""
+    from torch.profiler import (ProfilerActivity, profile, record_function, schedule,
+                                tensorboard_trace_handler)
+
+    name = name or (preset if isinstance(preset, str) else "custom")
+    result = TraceResult(name, "ok")
+    try:
+        if preset is not None:
+            model.set_phase(preset)
+    except CustomOpsUnavailable as exc:
+        result.status, result.reason = "unavailable", str(exc)
+        return result
+    result.phase = model.phase.description
+    run_dir = Path(logdir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for old in run_dir.glob(f"*{TRACE_SUFFIX}*"):  # one trace per run dir: the latest
+        old.unlink()
+    result.run_dir = str(run_dir)
+    chrome = run_dir / f"{name}.chrome_trace.json"
+    device = next(model.parameters()).device
+    prompt = fixed_prompt(model.config, prompt_len, seed, device)
+    handler = tensorboard_trace_handler(str(run_dir), worker_name=name)
+    split_ms = {c: 0.0 for c in CATEGORIES}
+
+    def ready(prof):
+        # The handler writes the trace with prof.export_chrome_trace (kineto saves a result
+        # once), so the Chrome/Perfetto copy is that same file.
+        handler(prof)
+        written = sorted(run_dir.glob(f"*{TRACE_SUFFIX}"), key=lambda p: p.stat().st_mtime)
+        if written:
+            chrome.unlink(missing_ok=True)
+            try:
+                os.link(written[-1], chrome)  # phase 0's traces are tens of MB: no second copy
+            except OSError:
+                shutil.copyfile(written[-1], chrome)
+        _, split = split_from_events(prof.profiler.kineto_results.events())
+        for k, v in split.items():
+            split_ms[k] += v
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    n_steps = wait + warmup + active
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            steps = _steps(model, prompt, n_steps, step, tokens)
+            with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active),
+                         on_trace_ready=ready, record_shapes=True, profile_memory=True,
+                         with_flops=True) as prof:
+                for fn in steps:
+                    with record_function(STEP_LABEL):
+                        fn()
+                    prof.step()
+            result.table = prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+            result.top_ops = [
+                {"name": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                 "cpu_total_ms": e.cpu_time_total / 1e3, "flops": e.flops,
+                 "self_cpu_memory_bytes": e.self_cpu_memory_usage}
+                for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:row_limit]]
+    except CustomOpsUnavailable as exc:
+        result.status, result.reason = "unavailable", str(exc)
+        return result
+    total = sum(split_ms.values())
+    result.time_split = {k: (100.0 * v / total if total else 0.0) for k, v in split_ms.items()}
+    result.trace_files = sorted(str(p) for p in run_dir.glob(f"*{TRACE_SUFFIX}"))
+    result.chrome_trace = str(chrome) if chrome.exists() else ""
+    if verbose:
+        print_trace_summary(result)
+    return result
+
+
+def print_trace_summary(result: TraceResult) -> None:
+    if result.status != "ok":
+        print(f"[{result.name}] {result.status}: {result.reason}")
+        return
+    print(f"[{result.name}] {result.phase}")
+    print(f"[{result.name}] TensorBoard run: {result.run_dir}   Chrome/Perfetto trace: {result.chrome_trace}")
+    print(result.table)
+    print(f"[{result.name}] time split: {result.describe_split()}")
+
+
+def validate_trace_json(path: "str | os.PathLike") -> dict:
+    """Parse a trace file; raise ValueError unless it is a Chrome trace with events."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list) or not data["traceEvents"]:
+        raise ValueError(f"{path}: not a Chrome trace (no traceEvents)")
+    return data
+
+
+def load_tensorboard_run(run_dir: "str | os.PathLike", *, use_loader: bool = False) -> list:
+    """Parse one run directory with torch-tb-profiler, headless: the `RunProfile`s TensorBoard
+    would show (one per worker/span). Each has `.views` (names: overall, operator, trace,
+    memory, ...), `.overview`, `.operation_table_by_name`, `.memory_snapshot`.
+
+    `use_loader=True` goes through the plugin's `RunLoader` (one worker process per trace file,
+    as TensorBoard does); the default does the same parse in this process."""
+    from torch_tb_profiler import consts
+
+    run_dir = str(run_dir)
+    if use_loader:
+        from torch_tb_profiler import io as tb_io
+        from torch_tb_profiler.profiler.loader import RunLoader
+
+        run = RunLoader(os.path.basename(run_dir.rstrip("/")), run_dir, tb_io.Cache()).load()
+        return [p for p in run.get_profiles() if p is not None]
+    import tempfile
+
+    from torch_tb_profiler.profiler.data import RunProfileData
+    from torch_tb_profiler.profiler.run_generator import RunGenerator
+
+    profiles = []
+    spans: dict = {}
+    files = []
+    for entry in sorted(os.listdir(run_dir)):
+        match = consts.WORKER_PATTERN.match(entry)
+        if match and not os.path.isdir(os.path.join(run_dir, entry)):
+            worker, span = match.group(1), match.group(2)
+            files.append((worker, span[1:] if span else None, entry))
+            if span:
+                spans.setdefault(worker, []).append(span[1:])
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for worker, span, entry in files:
+            span_index = None if span is None else sorted(spans[worker]).index(span) + 1
+            data = RunProfileData.parse(worker, span_index, os.path.join(run_dir, entry), cache_dir)
+            profiles.append(RunGenerator(worker, span_index, data).generate_run_profile())
+    return profiles
+
+
+def view_names(profile) -> list:
+    return [v.name for v in profile.views]

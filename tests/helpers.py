@@ -1,0 +1,43 @@
+"""What several test modules share: shapes, a skip for unbuildable custom ops, allocation counts."""
+import importlib
+
+import pytest
+from torch.profiler import ProfilerActivity, profile
+
+from smallmind_torch import ModelConfig
+from smallmind_torch.ops import CustomOpsUnavailable
+from smallmind_torch.study.profiling import allocations_from_events
+
+# The seed shape and two others (odd head size, a single head) that every preset must match.
+SHAPES = {
+    "seed": ModelConfig(),
+    "odd": ModelConfig(n_layer=2, n_head=3, n_embd=48, vocab_size=97, block_size=40),
+    "one_head": ModelConfig(n_layer=1, n_head=1, n_embd=16, vocab_size=33, block_size=16),
+}
+TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=32)
+
+
+def set_phase_or_skip(model, phase):
+    """Custom-op presets skip, with the reason, where the C++ ops cannot be built."""
+    try:
+        model.set_phase(phase)
+    except CustomOpsUnavailable as exc:
+        pytest.skip(f"custom ops unavailable: {exc}")
+    return model
+
+
+def ops_binding_or_skip(module: str):
+    """An op binding module (`smallmind_torch.ops._<name>`): importing it builds / loads the
+    C++ extension. Only a failed build is a reason to skip the whole test module."""
+    try:
+        return importlib.import_module(f"smallmind_torch.ops.{module}")
+    except CustomOpsUnavailable as exc:
+        pytest.skip(f"smallmind C++ ops unavailable: {exc}", allow_module_level=True)
+
+
+def allocations(fn):
+    """(count, bytes) of allocations during fn(), read as the study reads them."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    nbytes, count = allocations_from_events(prof.profiler.kineto_results.events())
+    return count, nbytes

@@ -1,0 +1,99 @@
+"""The package's layout: no import cycle anywhere (function-level imports included), no module
+much longer than 400 lines, switches resolved once (the hot path reads no switch)."""
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import smallmind_torch
+from smallmind_torch import GPT, OptConfig
+from smallmind_torch.config import MAX_CANDIDATES
+
+from helpers import TINY, set_phase_or_skip
+
+PACKAGE = Path(smallmind_torch.__file__).resolve().parent
+MAX_LINES = 420
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph() -> dict:
+    """module -> the package modules it imports anywhere in its source (top level or inside a
+    function). `from . import x` is an edge to the submodule x, not to the package."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                submodules = {f"{base}.{a.name}" for a in node.names} & modules.keys()
+                edges |= submodules if submodules else {base}
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert "smallmind_torch.fused_decode" in graph["smallmind_torch.model"]
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_module_is_much_longer_than_400_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+class _NoSwitchReads:
+    """Stands in for model.opt: any read of a switch fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the hot path read opt.{name}")
+
+
+@pytest.mark.parametrize("phase", ["reference", "phase0", "phase1", "phase2", "phase3",
+                                   *MAX_CANDIDATES.values(),
+                                   OptConfig(kv_cache=True)],
+                         ids=lambda p: p if isinstance(p, str) else "opt")
+def test_the_hot_path_reads_no_switch(phase):
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (2, 6))
+    with torch.no_grad():
+        expected = model(idx)
+    set_phase_or_skip(model, phase)
+    use_cache = model.opt.kv_cache
+    if use_cache:
+        model.prefill(idx[:, :5])
+    model.opt = _NoSwitchReads()
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), expected)
+        torch.testing.assert_close(model.forward_last(idx), expected[:, -1])
+        if use_cache:
+            torch.testing.assert_close(model.decode_step(idx[:, 5:6]), expected[:, -1])

@@ -1,0 +1,71 @@
+"""One `max`: phases.resolve decides it for every caller, by device, dtype and whether the
+custom ops build, and every caller says which configuration it was."""
+import pytest
+import torch
+
+from smallmind_torch import GPT, cli, ops, phases
+from smallmind_torch.config import MAX_CANDIDATES
+
+from helpers import TINY
+
+
+@pytest.fixture
+def no_custom_ops(monkeypatch):
+    def boom():
+        raise ops.CustomOpsUnavailable("no compiler (simulated)")
+
+    monkeypatch.setattr(ops, "load_all", boom)
+
+
+def test_max_without_custom_ops_falls_back_and_says_why(no_custom_ops):
+    phase = phases.resolve("max")
+    assert phase.opt == MAX_CANDIDATES["sdpa + kv cache"]
+    assert phase.description.startswith("max = sdpa + kv cache")
+    assert "simulated" in phase.description
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_max_picks_what_runs_for_the_dtype(dtype):
+    model = GPT(TINY).to(dtype).eval()
+    model.set_phase("max")
+    assert not model.opt.needs_custom_ops
+    assert f"parameters are {dtype}" in model.phase.description
+    idx = torch.randint(0, TINY.vocab_size, (1, 5))
+    reference = GPT(TINY).to(dtype).eval()
+    reference.load_state_dict(model.state_dict())
+    assert torch.equal(model.generate(idx, 8), reference.generate(idx, 8))
+
+
+def test_max_follows_to():
+    model = GPT(TINY).eval().set_phase("max")
+    model.to(torch.float64)
+    assert not model.opt.needs_custom_ops  # chosen again for the new dtype
+    with torch.no_grad():
+        model(torch.zeros(1, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("phase", ["phase2", "phase3"])
+def test_custom_presets_on_another_dtype_fail_at_set_phase(phase):
+    with pytest.raises(ops.CustomOpsUnavailable, match="float32 kernels"):
+        GPT(TINY).to(torch.float64).set_phase(phase)
+
+
+def _max_line(text):
+    return next(line for line in text.splitlines() if "max = " in line).split("max = ", 1)[1]
+
+
+@pytest.mark.parametrize("ops_built", [True, False], ids=["ops", "no-ops"])
+def test_bench_and_profile_run_the_same_max(ops_built, request, tmp_path, capsys):
+    if not ops_built:
+        request.getfixturevalue("no_custom_ops")
+    elif not ops.available():
+        pytest.skip("custom ops unavailable here")
+    common = ["--tiny", "--threads", "1"]
+    assert cli.main(["bench", "--phases", "max", "--peers", "--no-machine", "--no-profile",
+                     "--no-progress", *common]) == 0
+    bench = _max_line(capsys.readouterr().out)
+    assert cli.main(["profile", "--phase", "max", "--logdir", str(tmp_path), "--prompt-len", "4",
+                     *common]) == 0
+    profile = _max_line(capsys.readouterr().out)
+    assert bench == profile
+    assert bench.startswith("fused decode" if ops_built else "sdpa + kv cache")
