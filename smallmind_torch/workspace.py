@@ -23,15 +23,23 @@ class Workspace:
         self.device = device
         self.buffers: dict[str, torch.Tensor] = {}
         self.allocations = 0
+        # (name, shape) -> the view handed out last time: a decode step asks for the same
+        # shapes every time, and making a view costs more than a dict lookup
+        self._views: dict[tuple, torch.Tensor] = {}
 
     def take(self, name: str, *shape: int) -> torch.Tensor:
+        view = self._views.get((name, shape))
+        if view is not None:
+            return view
         numel = math.prod(shape)
         buffer = self.buffers.get(name)
         if buffer is None or buffer.numel() < numel:
             buffer = torch.empty(numel, dtype=self.dtype, device=self.device)
             self.buffers[name] = buffer
             self.allocations += 1
-        return buffer[:numel].view(shape)
+            self._views = {key: v for key, v in self._views.items() if key[0] != name}
+        view = self._views[(name, shape)] = buffer[:numel].view(shape)
+        return view
 
     def scalar(self, value: float) -> torch.Tensor:
         """A 0-dim tensor holding `value`: in-place ops with a Python number wrap it in a

@@ -81,3 +81,9 @@ def test_wheel_installs_and_runs_the_custom_ops(tmp_path):
     assert (build_dir / "smallmind_ops.so").exists()
     again = _run([str(python), "-c", CHECK], cwd=run_dir, env=env, timeout=120)
     assert again.stderr == ""  # up to date: silent
+    # the command a user runs: max is the custom-op combination, built from the wheel's sources
+    cli = _run([str(venv / "bin" / "smallmind"), "generate", "--phase", "max", "--prompt", "The",
+                "--max-new-tokens", "5", "--temperature", "0", "--threads", "1"],
+               cwd=run_dir, env=env, timeout=120)
+    assert "max = fused decode" in cli.stderr, cli.stderr
+    assert cli.stdout.startswith("The") and len(cli.stdout) > len("The\n")

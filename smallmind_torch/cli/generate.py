@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             model.set_phase(args.phase)
         except CustomOpsUnavailable as e:
             raise CommandError(f"cannot switch to phase {args.phase!r}: {e}") from e
+        if args.phase == "max":  # which candidate: it depends on this machine
+            print(f"smallmind: {model.phase.description}", file=sys.stderr)
         try:
             ids = tok.encode(args.prompt)
         except ValueError as e:  # e.g. bytes that are not UTF-8 reach argv as lone surrogates
