@@ -152,19 +152,23 @@ PHASES: dict[str, OptConfig] = {
     "phase3": _PHASE3,        # + fused LayerNorm (6), embedding backward (7), fast init (8)
 }
 
-# "max" names the fastest correct combination for a model, not one fixed OptConfig: the
-# candidates below, fastest first on a CPU where they all run; `phases.resolve` takes the
-# first one the model's device and dtype can run (the custom ops are CPU float32 kernels and
-# may fail to build), and says which. experiments/max_fastest.py measures them side by side.
+# "max" names the fastest correct combination for a model, not one fixed OptConfig: these
+# are the candidates, in order of preference where nothing was measured. `phases.resolve`
+# keeps those the model's device and dtype can run (the custom ops are CPU float32 kernels
+# and must build) and, when several run, takes the fastest measured on this machine
+# (tuning.py); it says which. experiments/max_fastest.py measures them side by side.
+_CUSTOM = _PHASE3.replace(fused_attention="custom")
 MAX_CANDIDATES: dict[str, OptConfig] = {
-    # one C++ op per block in a decode step (fused LayerNorm, GEMV, attention, MLP)
-    "fused decode": _PHASE3.replace(fused_attention="custom", fused_decode=True),
+    # a decode step = one C++ op per block; prefill on our GEMM, LayerNorm and attention
+    "fused decode": _CUSTOM.replace(fused_decode=True),
+    # the same decode step; prefill on the library's GEMM, LayerNorm and SDPA
+    "fused decode + library prefill": _CUSTOM.replace(fused_decode=True, matmul="torch",
+                                                      layernorm="torch", fused_attention="sdpa"),
     # every custom form, each op called on its own
-    "custom ops": _PHASE3.replace(fused_attention="custom"),
+    "custom ops": _CUSTOM,
     # no custom op: PyTorch SDPA with the KV cache and the workspace (any device and dtype)
     "sdpa + kv cache": _REFERENCE.replace(fused_attention="sdpa", workspace=True, kv_cache=True),
 }
-
 
 def presets() -> tuple:
     """Every name a phase can be given by: the presets of PHASES (read at call time, so one

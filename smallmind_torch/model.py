@@ -183,7 +183,7 @@ class GPT(nn.Module):
         phase and are dropped. `self.phase` says what runs (for "max": which candidate). The
         `init` switch acts at construction only: pass `phase=` to GPT(...) for fast init."""
         param = self.transformer.wte.weight
-        resolved = phases.resolve(phase, device=param.device, dtype=param.dtype)
+        resolved = phases.resolve(phase, device=param.device, dtype=param.dtype, model=self)
         with self.lock:
             self.phase, self.requested_phase = resolved, phase
             self.opt = resolved.opt

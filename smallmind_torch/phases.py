@@ -1,10 +1,12 @@
 """A phase, given by name or as an OptConfig, resolved for one model: the only place where
 "max" is decided.
 
-`resolve(phase, device=..., dtype=...)` returns a `Phase`: the concrete OptConfig, the name it
-was asked by and a one-line description of what it is. The model (`GPT.set_phase`), the
-study, the traces, the CLI and the experiments all go through it, so `smallmind bench
---phases max` and `smallmind profile --phase max` run the same configuration and say which.
+`resolve(phase, device=..., dtype=..., model=...)` returns a `Phase`: the concrete OptConfig,
+the name it was asked by and a one-line description of what it is. The model
+(`GPT.set_phase`), the study, the traces, the CLI and the experiments all go through it, so
+`smallmind bench --phases max` and `smallmind profile --phase max` run the same configuration
+and say which. "max" is the fastest of the MAX_CANDIDATES that run for the model's device and
+dtype, measured on this machine (tuning.py) when more than one runs.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
+from . import ops, tuning
 from .config import MAX_CANDIDATES, PHASES, OptConfig, presets
 
 
@@ -39,27 +41,35 @@ def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
     return None
 
 
-def choose_max(device, dtype) -> Phase:
-    """The first of MAX_CANDIDATES that runs for this device and dtype."""
-    skipped = []
+def choose_max(device, dtype, model=None) -> Phase:
+    """The fastest of MAX_CANDIDATES that runs for this device and dtype: measured on `model`
+    when several run (tuning.choose), else the first that runs."""
+    runnable, skipped = {}, []
     for label, opt in MAX_CANDIDATES.items():
         problem = custom_ops_problem(opt, device, dtype)
         if problem is None:
-            note = f" ({'; '.join(skipped)})" if skipped else ""
-            return Phase("max", opt, f"max = {label}{note}")
-        skipped.append(f"not {label}: {problem}")
-    raise AssertionError("the last max candidate needs no custom op")  # pragma: no cover
+            runnable[label] = opt
+        elif not skipped or problem != skipped[-1][1]:
+            skipped.append((label, problem))
+    if model is not None and torch.device(device).type == "cpu" and len(runnable) > 1:
+        choice = tuning.choose(model, runnable)
+        label, how = choice.label, choice.describe()
+    else:
+        label, how = next(iter(runnable)), "the first that runs here"
+    notes = [how] + [f"not {label}: {problem}" for label, problem in skipped]
+    return Phase("max", runnable[label], f"max = {label} ({'; '.join(notes)})")
 
 
-def resolve(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32) -> Phase:
-    """The concrete phase a model on `device` with `dtype` parameters runs for `phase`.
+def resolve(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, model=None) -> Phase:
+    """The concrete phase a model on `device` with `dtype` parameters runs for `phase` (for
+    "max", measured on `model` when given).
 
     Raises ValueError for an unknown name and ops.CustomOpsUnavailable when a fixed preset or
     an OptConfig needs custom ops that cannot run here ("max" never raises: it falls back)."""
     if isinstance(phase, OptConfig):
         name, opt = "custom", phase
     elif isinstance(phase, str) and phase == "max":
-        return choose_max(device, dtype)
+        return choose_max(device, dtype, model)
     elif isinstance(phase, str) and phase in PHASES:
         name, opt = phase, PHASES[phase]
     else:

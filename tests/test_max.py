@@ -1,5 +1,7 @@
 """One `max`: phases.resolve decides it for every caller, by device, dtype and whether the
 custom ops build, and every caller says which configuration it was."""
+import json
+
 import pytest
 import torch
 
@@ -69,3 +71,46 @@ def test_bench_and_profile_run_the_same_max(ops_built, request, tmp_path, capsys
     profile = _max_line(capsys.readouterr().out)
     assert bench == profile
     assert bench.startswith("fused decode" if ops_built else "sdpa + kv cache")
+
+
+def test_max_is_measured_once_then_cached(monkeypatch, tmp_path, capsys):
+    from smallmind_torch import tuning
+
+    if not ops.available():
+        pytest.skip("custom ops unavailable here: only one candidate runs")
+    monkeypatch.delenv("SMALLMIND_MAX")
+    monkeypatch.setattr(tuning, "_cache_file", lambda: tmp_path / "max.json")
+    model = GPT(TINY).eval()
+    model.set_phase("max")
+    assert "choosing max for this machine" in capsys.readouterr().err
+    measured = model.phase
+    assert "measured now" in measured.description
+    times = json.loads((tmp_path / "max.json").read_text())
+    (entry,) = times.values()
+    assert set(entry["times_ms"]) == set(MAX_CANDIDATES)
+    fastest = min((v, k) for k, v in entry["times_ms"].items() if v is not None)[1]
+    assert entry["chosen"] == fastest and measured.opt == MAX_CANDIDATES[fastest]
+    model.set_phase("max")  # the second time: from the cache, silently
+    assert "cached" in model.phase.description and model.phase.opt == measured.opt
+    assert capsys.readouterr().err == ""
+    idx = torch.randint(0, TINY.vocab_size, (1, 5))
+    assert torch.equal(model.generate(idx, 10), GPT.generate(model.set_phase("reference"), idx, 10))
+
+
+def test_a_candidate_that_is_wrong_here_is_never_chosen(monkeypatch, tmp_path):
+    from smallmind_torch import tuning
+
+    if not ops.available():
+        pytest.skip("custom ops unavailable here: only one candidate runs")
+    monkeypatch.delenv("SMALLMIND_MAX")
+    monkeypatch.setattr(tuning, "_cache_file", lambda: tmp_path / "max.json")
+    real = tuning.measure
+
+    def fused_is_wrong(model, candidates):
+        times = real(model, candidates)
+        return {k: (None if k == "fused decode" else v) for k, v in times.items()}
+
+    monkeypatch.setattr(tuning, "measure", fused_is_wrong)
+    model = GPT(TINY).eval().set_phase("max")
+    assert model.phase.opt != MAX_CANDIDATES["fused decode"]
+    assert "fused decode wrong" in model.phase.description

@@ -23,8 +23,8 @@ from ..forms import LINEAR
 from ..ops import CustomOpsUnavailable
 from .machine import environment, last_level_cache_bytes, memory_bandwidth_gbs, mm_gflops
 from .profiling import profile_generation
-from .results import Check, MachineLimits, PhaseResult
-from .timing import device_sync, gflops, median_time
+from .results import Check, MachineLimits, PhaseResult, spread
+from .timing import device_sync, gflops, median_time, sample_times
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,12 @@ class BenchSettings:
     seed: int = 1234              # fixed prompt and check input
     tolerance: float = 1e-4       # max |logit difference| against reference
     profile: bool = True          # memory and time split (one profiled generation)
+    machine_samples: int = 5      # interleaved samples of each machine limit; the best is kept
+    tiny: bool = False            # a smoke run: too small for any figure or ratio to mean much
 
     def __post_init__(self):
-        for name in ("new_tokens", "runs", "prompt_len", "prefill_repeat", "gemm_repeat"):
+        for name in ("new_tokens", "runs", "prompt_len", "prefill_repeat", "gemm_repeat",
+                     "machine_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BenchSettings.{name} must be >= 1")
         object.__setattr__(self, "gemm_sizes", tuple(int(n) for n in self.gemm_sizes))
@@ -54,7 +57,8 @@ class BenchSettings:
     def tiny(cls, **overrides) -> "BenchSettings":
         """A few tokens, small GEMMs and buffers: seconds, for tests and smoke runs."""
         base = dict(new_tokens=6, runs=2, prompt_len=4, prefill_repeat=1, gemm_sizes=(32, 64),
-                    gemm_repeat=1, peak_mm_sizes=(32, 64), bandwidth_large_bytes=8 * 2**20)
+                    gemm_repeat=1, peak_mm_sizes=(32, 64), bandwidth_large_bytes=8 * 2**20,
+                    machine_samples=2, tiny=True)
         base.update(overrides)
         return cls(**base)
 
@@ -130,22 +134,23 @@ def _progress(total, desc, enabled):
 def measure_generation(model, prompt, new_tokens: int, runs: int, *, warmup: bool = True,
                        progress=False, desc="generate"):
     """Warm-up run (returned tokens; None with warmup=False) + `runs` timed runs: (tokens,
-    tokens/s median, decode-step median seconds or None when new_tokens < 2)."""
+    {"tokens_per_s": [per run], "decode_ms": [median decode step of each run]}; no decode_ms
+    when new_tokens < 2)."""
     tokens = None
+    runs_of = {"tokens_per_s": [], "decode_ms": []}
     with _progress(runs + int(warmup), desc, progress) as bar:
         if warmup:
             tokens, _, _ = timed_stream(model, prompt, new_tokens)
             if bar is not None:
                 bar.update()
-        totals, steps = [], []
         for _ in range(runs):
             _, total, intervals = timed_stream(model, prompt, new_tokens)
-            totals.append(total)
-            steps.extend(intervals[1:])
+            runs_of["tokens_per_s"].append(new_tokens / total)
+            if len(intervals) > 1:
+                runs_of["decode_ms"].append(1e3 * statistics.median(intervals[1:]))
             if bar is not None:
                 bar.update()
-    tps = new_tokens / statistics.median(totals)
-    return tokens, tps, (statistics.median(steps) if steps else None)
+    return tokens, {k: v for k, v in runs_of.items() if v}
 
 
 
@@ -179,11 +184,22 @@ def measure_machine(model=None, settings: BenchSettings = BenchSettings(), *, de
     weight_bytes = weight_bytes_per_decode(model) if model is not None else 64 * 2**20
     llc = last_level_cache_bytes()
     large = settings.bandwidth_large_bytes or max(64 * 2**20, 4 * (llc or 0))
-    bw_weights = memory_bandwidth_gbs(weight_bytes, device=device)
-    bw_large = memory_bandwidth_gbs(large, device=device)
-    mm = {n: mm_gflops(n, device=device, repeat=settings.gemm_repeat)
-          for n in sorted(set(settings.peak_mm_sizes) | set(settings.gemm_sizes))}
-    return MachineLimits(weight_bytes, bw_weights, large, bw_large, llc, mm, environment(device))
+    sizes = sorted(set(settings.peak_mm_sizes) | set(settings.gemm_sizes))
+    probes = {"bandwidth_weights_gbs": lambda: memory_bandwidth_gbs(weight_bytes, device=device, repeat=3),
+              "bandwidth_large_gbs": lambda: memory_bandwidth_gbs(large, device=device, repeat=3),
+              **{f"mm_{n}_gflops": (lambda n=n: mm_gflops(n, device=device, repeat=settings.gemm_repeat))
+                 for n in sizes}}
+    samples = {name: [] for name in probes}
+    # Interleaved: a burst of load from elsewhere spoils one sample of each limit, not every
+    # sample of one; a limit is the best sample (the machine can do at least that).
+    for _ in range(settings.machine_samples):
+        for name, probe in probes.items():
+            samples[name].append(probe())
+    best = {name: max(v) for name, v in samples.items()}
+    return MachineLimits(weight_bytes, best["bandwidth_weights_gbs"], large,
+                         best["bandwidth_large_gbs"], llc,
+                         {n: best[f"mm_{n}_gflops"] for n in sizes}, environment(device),
+                         spread={name: spread(v) for name, v in samples.items()})
 
 
 # ---- one preset ------------------------------------------------------------------------------
@@ -250,15 +266,16 @@ def measure_preset(model, preset: "str | OptConfig", settings: BenchSettings = B
         if not result.check.passed:
             result.status, result.reason = "FAILED", result.check.describe()
             return result
-        _, tps, decode_s = measure_generation(model, prompt, n, settings.runs, warmup=False,
-                                              progress=progress, desc=f"{name}: generate")
-        result.tokens_per_s = tps
-        result.decode_ms = None if decode_s is None else decode_s * 1e3
-
+        _, runs_of = measure_generation(model, prompt, n, settings.runs, warmup=False,
+                                        progress=progress, desc=f"{name}: generate")
         with torch.no_grad():
             x = reference.check_x
-            result.prefill_ms = median_time(lambda: model(x), warmup=1, repeat=settings.prefill_repeat,
-                                            device=device) * 1e3
+            runs_of["prefill_ms"] = [1e3 * t for t in sample_times(
+                lambda: model(x), warmup=1, repeat=settings.prefill_repeat, device=device)]
+        result.spread = {k: spread(v) for k, v in runs_of.items()}
+        result.tokens_per_s = result.spread["tokens_per_s"]["median"]
+        result.decode_ms = result.spread["decode_ms"]["median"] if "decode_ms" in runs_of else None
+        result.prefill_ms = result.spread["prefill_ms"]["median"]
         if settings.profile:
             prof = profile_generation(model, prompt, n)
             result.bytes_per_token = prof.bytes_per_token
@@ -282,6 +299,7 @@ def roofline(result: PhaseResult, machine: MachineLimits, mm_gflops_now: "dict |
     out = {"ideal_decode_ms": machine.ideal_decode_ms, "ideal_decode_ms_dram": machine.ideal_decode_ms_dram}
     if result.decode_ms:
         out["decode_fraction_of_roofline"] = machine.ideal_decode_ms / result.decode_ms
+        out["decode_gbs"] = machine.weight_bytes / (result.decode_ms * 1e-3) / 1e9  # weights read
     reference_mm = mm_gflops_now or machine.mm_gflops
     for n, g in result.gflops.items():
         if n in reference_mm:

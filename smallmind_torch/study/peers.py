@@ -13,7 +13,7 @@ import torch
 from .harness import BenchSettings, ReferenceRun, _device_of, _first_mismatch, _progress
 from .machine import environment
 from .profiling import profile_steps
-from .results import PeerResult
+from .results import PeerResult, spread
 from .timing import device_sync
 
 
@@ -64,7 +64,7 @@ def measure_hf(model, settings: BenchSettings = BenchSettings(), *,
                 result.status = "FAILED"
                 result.reason = "greedy tokens differ from reference's"
                 return result
-            totals, steps = [], []
+            rates, steps = [], []
             with _progress(settings.runs, "hf: generate", progress) as bar:
                 for _ in range(settings.runs):
                     streamer = _TimingStreamer(device)
@@ -72,13 +72,16 @@ def measure_hf(model, settings: BenchSettings = BenchSettings(), *,
                     start = time.perf_counter()
                     generate(streamer)
                     device_sync(device)
-                    totals.append(time.perf_counter() - start)
+                    rates.append(n / (time.perf_counter() - start))
                     # stamps: [prompt, token 1, ..., token n]; decode steps between tokens
-                    steps.extend(b - a for a, b in zip(streamer.stamps[1:-1], streamer.stamps[2:]))
+                    intervals = [b - a for a, b in zip(streamer.stamps[1:-1], streamer.stamps[2:])]
+                    if intervals:
+                        steps.append(1e3 * statistics.median(intervals))
                     if bar is not None:
                         bar.update()
-            result.tokens_per_s = n / statistics.median(totals)
-            result.decode_ms = statistics.median(steps) * 1e3 if steps else None
+            result.spread = {"tokens_per_s": spread(rates), **({"decode_ms": spread(steps)} if steps else {})}
+            result.tokens_per_s = result.spread["tokens_per_s"]["median"]
+            result.decode_ms = result.spread["decode_ms"]["median"] if steps else None
             if settings.profile:
                 def one_step():
                     yield generate()

@@ -8,6 +8,11 @@
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import threading
 import warnings
 from typing import Iterator
 
@@ -17,6 +22,47 @@ from ..labels import CATEGORIES
 from .results import Profiled
 
 STEP_LABEL = "smallmind.step"  # root record_function around each profiled step
+
+# What the profiler's C++ side prints on every session, to the process's stderr: Kineto's
+# "USDT:... SyncActivityProfilerHandler.cpp:52] profiler_start" / "...:59] profiler_stop"
+# (KINETO_LOG_LEVEL and TORCH_CPP_LOG_LEVEL do not silence them), and the allocator's note
+# about blocks allocated before profiling started. Nothing else is dropped.
+PROFILER_NOISE = re.compile(r"SyncActivityProfilerHandler\.cpp:\d+\] profiler_(start|stop)"
+                            r"|Memory block of unknown size was allocated before the profiling")
+
+
+@contextlib.contextmanager
+def quiet_profiler() -> Iterator[None]:
+    """Inside the block, the process's stderr (file descriptor 2, where C++ writes) goes
+    through a filter that drops PROFILER_NOISE lines and passes every other line on, so real
+    errors and warnings still show, in a terminal as in a notebook."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to filter
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not PROFILER_NOISE.search(line.decode("utf-8", "replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="smallmind-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os.dup2(saved, 2)  # closes the pipe's last write end: the thread sees EOF
+            thread.join(timeout=5)
+            os.close(saved)
 
 
 def _label_self_ns(events, categories=CATEGORIES) -> tuple:
@@ -87,7 +133,7 @@ def profile_steps(steps: Iterator, n_tokens: int, *, record_shapes=False) -> Pro
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_profiler():
         warnings.simplefilter("ignore")  # "won't be using warmup", "clears events each cycle"
         with profile(activities=activities, profile_memory=True, record_shapes=record_shapes,
                      schedule=schedule(wait=0, warmup=0, active=1), on_trace_ready=ready) as prof:

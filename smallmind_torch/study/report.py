@@ -35,6 +35,24 @@ def _fmt(value, digits=1, unit=""):
     return f"{value:.{digits}f}{unit}"
 
 
+def _spread(value, result, figure, digits=1):
+    """A figure with its spread: "912 ±6%" (half the min-max range of its runs, relative to the
+    median); a trailing "!" when the runs differ by more than results.DISTURBED_RATIO."""
+    text = _fmt(value, digits)
+    s = result.spread.get(figure)
+    if value is None or not s or s["runs"] < 2 or not s["median"]:
+        return text
+    half_range = 50 * (s["max"] - s["min"]) / s["median"]
+    return f"{text} ±{half_range:.0f}%{'!' if s['disturbed'] else ''}"
+
+
+SPREAD_NOTE = ("`±` is half the range of a figure's runs relative to their median; `!` marks "
+               "runs that differ by more than 1.5x: the machine was disturbed during them, so "
+               "compare those figures with care.")
+TINY_NOTE = ("TINY MODE: a smoke run on a tiny shape with a few tokens. Its figures and ratios "
+             "say nothing about performance; run without --tiny for the study.")
+
+
 def _largest_gemm(result):
     if not result.gflops:
         return None, None
@@ -62,7 +80,8 @@ def table_rows(study: StudyResult) -> tuple:
         if r.ok:
             g = r.gflops.get(gemm_n, r.gflops.get(str(gemm_n)))
             ra = ratios.get(name, {})
-            rows.append([name, _fmt(r.tokens_per_s), _fmt(r.decode_ms, 2), _fmt(r.prefill_ms, 2),
+            rows.append([name, _spread(r.tokens_per_s, r, "tokens_per_s"),
+                         _spread(r.decode_ms, r, "decode_ms", 2), _spread(r.prefill_ms, r, "prefill_ms", 2),
                          _fmt(r.mb_per_token, 3), _fmt(r.allocs_per_token), _fmt(g),
                          _fmt(ra.get("speedup_vs_phase0"), 2, "x"),
                          *[_fmt(ra.get(f"speedup_vs_{p}"), 2, "x") for p in study.peers],
@@ -74,7 +93,8 @@ def table_rows(study: StudyResult) -> tuple:
         if p.ok:
             base = study.phases.get("phase0")
             x0 = (p.tokens_per_s / base.tokens_per_s) if base is not None and base.ok else None
-            rows.append([label, _fmt(p.tokens_per_s), _fmt(p.decode_ms, 2), "-", _fmt(p.mb_per_token, 3),
+            rows.append([label, _spread(p.tokens_per_s, p, "tokens_per_s"),
+                         _spread(p.decode_ms, p, "decode_ms", 2), "-", _fmt(p.mb_per_token, 3),
                          _fmt(p.allocs_per_token), "-", _fmt(x0, 2, "x"),
                          *["1.00x" if q == name else "-" for q in study.peers], p.describe_status()])
         else:
@@ -126,6 +146,8 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
     c = study.model_config
     env = study.env
     lines = ["# smallmind-torch: the study's results", ""]
+    if s.get("tiny"):
+        lines += [f"**{TINY_NOTE}**", ""]
     lines.append(f"Model: n_layer={c['n_layer']}, n_head={c['n_head']}, n_embd={c['n_embd']}, "
                  f"vocab_size={c['vocab_size']}, block_size={c['block_size']} "
                  f"({study.num_parameters / 1e6:.2f} M parameters), {study.weights} weights. "
@@ -141,7 +163,8 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
                   f"{study.phases['max'].phase}.", ""]
     lines.append("Speed-ups are ratios measured in the same run (absolute times drift on a shared "
                  "machine). The seed's figures were measured on a 4-core x64 machine with .NET 10; "
-                 "its allocation count is GC gen0 collections, ours the allocator calls.")
+                 "its allocation count is GC gen0 collections, ours the allocator calls. "
+                 + SPREAD_NOTE)
     lines += ["", "## Against the seed", ""]
     seed_rows = []
     b, f = SEED["baseline"], SEED["final_target"]
@@ -171,6 +194,9 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
                   f"of the weights ({m.weight_bytes / 1e6:.1f} MB), {m.bandwidth_large_gbs:.1f} GB/s over "
                   f"{m.large_bytes / 2**20:.0f} MiB (last-level cache: {llc})",
                   f"- torch.mm GFLOPS by size: {mm}; peak {m.mm_peak_gflops:.1f}",
+                  f"- each limit is the best of {s.get('machine_samples', 1)} interleaved samples"
+                  + (f"; DISTURBED (samples differ by more than 1.5x): {', '.join(m.disturbed)}"
+                     if m.disturbed else "; no sample set was disturbed"),
                   f"- ideal decode step (weights read once at the weights-sized bandwidth): "
                   f"{m.ideal_decode_ms:.3f} ms ({m.ideal_decode_ms_dram:.3f} ms at DRAM bandwidth)", ""]
         rows = []
@@ -179,11 +205,12 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
                 ro = r.roofline
                 gk = [k for k in ro if k.startswith("gemm_")]
                 rows.append([name, _fmt(r.decode_ms, 3), _fmt(ro.get("ideal_decode_ms"), 3),
+                             _fmt(ro.get("decode_gbs"), 1),
                              f"{100 * ro['decode_fraction_of_roofline']:.1f} %" if "decode_fraction_of_roofline" in ro else "-",
                              *[f"{100 * ro[k]:.0f} %" for k in gk]])
         gsizes = [k.split("_")[1] for k in next((r.roofline for r in study.phases.values() if r.ok and r.roofline), {})
                   if k.startswith("gemm_")]
-        lines.append(_md_table(["phase", "decode ms", "ideal ms", "decode / roofline",
+        lines.append(_md_table(["phase", "decode ms", "ideal ms", "weights GB/s", "decode / roofline",
                                 *[f"GEMM {n} / torch.mm" for n in gsizes]], rows))
     if traces:
         lines += ["", "## Profiler traces", "",
@@ -312,7 +339,10 @@ def print_study(study: StudyResult, out=None) -> None:
           f"{c['vocab_size']}, block {c['block_size']} ({study.num_parameters / 1e6:.2f} M params, "
           f"{study.weights}); {study.settings['new_tokens']} new tokens, {study.settings['runs']} runs",
           file=out)
+    if study.settings.get("tiny"):
+        print(f"\n{TINY_NOTE}", file=out)
     print(format_table(study), file=out)
+    print(SPREAD_NOTE.replace("`", ""), file=out)
     if "max" in study.phases and study.phases["max"].phase:
         print(f"\n{study.phases['max'].phase}", file=out)
     if any(r.ok and r.time_split for r in study.phases.values()):
@@ -323,13 +353,18 @@ def print_study(study: StudyResult, out=None) -> None:
         print(f"\nmachine: read bandwidth {m.bandwidth_weights_gbs:.1f} GB/s (weights-sized "
               f"{m.weight_bytes / 1e6:.2f} MB buffer), {m.bandwidth_large_gbs:.1f} GB/s "
               f"({m.large_bytes / 2**20:.0f} MiB buffer); torch.mm peak {m.mm_peak_gflops:.1f} GFLOPS; "
-              f"ideal decode step {m.ideal_decode_ms:.3f} ms", file=out)
+              f"ideal decode step {m.ideal_decode_ms:.3f} ms; best of {study.settings.get('machine_samples', 1)} "
+              f"interleaved samples", file=out)
+        if m.disturbed:
+            print(f"  DISTURBED: the samples of {', '.join(m.disturbed)} differ by more than 1.5x; "
+                  f"these limits are unreliable in this run", file=out)
         for name, r in study.phases.items():
             if r.ok and r.roofline.get("decode_fraction_of_roofline") is not None:
                 gemm = {k.split("_")[1]: v for k, v in r.roofline.items() if k.startswith("gemm_")}
                 gtxt = ", ".join(f"GEMM{n} {100 * v:.0f}% of torch.mm" for n, v in gemm.items())
-                print(f"  {name:10s} decode {r.decode_ms:.3f} ms = "
-                      f"{100 * r.roofline['decode_fraction_of_roofline']:.1f}% of roofline; {gtxt}", file=out)
+                print(f"  {name:10s} decode {r.decode_ms:.3f} ms ({r.roofline['decode_gbs']:.1f} GB/s "
+                      f"of weights) = {100 * r.roofline['decode_fraction_of_roofline']:.1f}% of "
+                      f"roofline; {gtxt}", file=out)
     e = study.env
     print(f"\nenvironment: torch {e['torch']}, {e['threads']} threads, {e['cpu']} "
           f"({e.get('cpu_capability', '?')}), device {e['device']}", file=out)

@@ -2,9 +2,24 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 
 from .seed import SEED
+
+# Runs of one figure whose slowest and fastest differ by more than this factor are flagged as
+# disturbed: on a shared machine the figure says more about the neighbours than the code.
+DISTURBED_RATIO = 1.5
+
+
+def spread(values) -> dict:
+    """min / median / max of a figure's runs, and whether they differ by more than
+    DISTURBED_RATIO."""
+    values = sorted(values)
+    lo, hi = values[0], values[-1]
+    return {"min": lo, "median": statistics.median(values), "max": hi, "runs": len(values),
+            "disturbed": bool(lo > 0 and hi / lo > DISTURBED_RATIO)}
+
 
 @dataclass
 class Check:
@@ -90,6 +105,7 @@ class PhaseResult(_StatusAndMemory):
     prefill_ms: "float | None" = None
     bytes_per_token: "float | None" = None
     allocs_per_token: "float | None" = None
+    spread: dict = field(default_factory=dict)       # figure -> spread() of its runs
     gflops: dict = field(default_factory=dict)       # size -> GFLOPS with the preset's matmul
     time_split: dict = field(default_factory=dict)   # category -> percent (sums to 100)
     time_split_ms: dict = field(default_factory=dict)
@@ -118,6 +134,7 @@ class PeerResult(_StatusAndMemory):
     bytes_per_token: "float | None" = None
     allocs_per_token: "float | None" = None
     tokens_equal: "bool | None" = None
+    spread: dict = field(default_factory=dict)       # figure -> spread() of its runs
     env: dict = field(default_factory=dict)
 
     def describe_ok(self) -> str:
@@ -136,6 +153,12 @@ class MachineLimits:
     llc_bytes: "int | None"
     mm_gflops: dict                      # size -> torch.mm GFLOPS
     env: dict = field(default_factory=dict)
+    spread: dict = field(default_factory=dict)  # figure -> spread() of its samples (best is kept)
+
+    @property
+    def disturbed(self) -> list:
+        """The figures whose samples differ by more than DISTURBED_RATIO."""
+        return [name for name, s in self.spread.items() if s["disturbed"]]
 
     @property
     def mm_peak_gflops(self) -> float:
@@ -154,7 +177,7 @@ class MachineLimits:
         d = asdict(self)
         d["mm_gflops"] = {str(k): v for k, v in self.mm_gflops.items()}
         d.update(mm_peak_gflops=self.mm_peak_gflops, ideal_decode_ms=self.ideal_decode_ms,
-                 ideal_decode_ms_dram=self.ideal_decode_ms_dram)
+                 ideal_decode_ms_dram=self.ideal_decode_ms_dram, disturbed=self.disturbed)
         return d
 
 

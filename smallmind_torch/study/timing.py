@@ -22,9 +22,9 @@ def device_sync(device: "torch.device | str | None" = None) -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 3,
-                device: "torch.device | str | None" = None) -> float:
-    """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
+def sample_times(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 3,
+                 device: "torch.device | str | None" = None) -> list:
+    """Wall times of `repeat` calls of `fn()` in seconds, after `warmup` untimed calls."""
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     for _ in range(warmup):
@@ -36,7 +36,13 @@ def median_time(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 3,
         fn()
         device_sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 3,
+                device: "torch.device | str | None" = None) -> float:
+    """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
+    return statistics.median(sample_times(fn, warmup=warmup, repeat=repeat, device=device))
 
 
 def gflops(flops: float, seconds: float) -> float:

@@ -33,7 +33,7 @@ from ..config import OptConfig
 from ..labels import CATEGORIES
 from ..ops import CustomOpsUnavailable
 from .harness import fixed_prompt
-from .profiling import STEP_LABEL, split_from_events
+from .profiling import STEP_LABEL, quiet_profiler, split_from_events
 
 TRACE_SUFFIX = ".pt.trace.json"
 
@@ -120,7 +120,7 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
         activities.append(ProfilerActivity.CUDA)
     n_steps = wait + warmup + active
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), quiet_profiler():
             warnings.simplefilter("ignore")
             steps = _steps(model, prompt, n_steps, step, tokens)
             with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active),

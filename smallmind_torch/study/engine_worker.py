@@ -1,0 +1,97 @@
+"""One engine in its own process: `python -m smallmind_torch.study.engine_worker --engine NAME
+--weights FILE --workdir DIR --threads N` (started by peer_bench.py, one per engine).
+
+It prepares the engine from the weights file (engines.py; artifacts such as the ONNX file or
+the converted CTranslate2 model go to DIR, where a later worker for the same weights finds
+them), prints one JSON line saying it is ready (or why not), then answers each JSON line read
+on stdin, `{"prompt": [ids...], "new_tokens": n}`, with one JSON line: a timed greedy
+generation (engines.RunTiming) or `{"ok": false, "error": ...}`. EOF or `{"op": "quit"}` ends
+it. Everything the engines print goes to stderr, so stdout carries only these lines; try it
+by hand with `echo '{"prompt": [1, 2, 3], "new_tokens": 5}' | python -m ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .engines import make_engine, missing_packages, timed_run
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m smallmind_torch.study.engine_worker",
+                                description="one engine of `smallmind peers` in its own process")
+    p.add_argument("--engine", required=True, help="engines.ENGINES name (or smallmind:PRESET)")
+    p.add_argument("--weights", required=True, help="file written by engines.save_weights")
+    p.add_argument("--workdir", required=True, help="directory for exported / converted models")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of the engine")
+    p.add_argument("--phase", default="max", help="preset of the plain `smallmind` engine")
+    return p
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def serve(engine, lines, send) -> None:
+    """Answer each command line with one timed generation."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+        except json.JSONDecodeError as exc:
+            send({"ok": False, "error": f"bad command line: {exc}"})
+            continue
+        if cmd.get("op") == "quit":
+            return
+        try:
+            prompt, n = [int(t) for t in cmd["prompt"]], int(cmd["new_tokens"])
+            run = timed_run(engine, prompt, n)
+            extra = engine.compile_counters() if hasattr(engine, "compile_counters") else {}
+            send({"ok": True, **run.to_dict(), "counters": extra})
+        except Exception as exc:
+            send({"ok": False, "error": _reason(exc)})
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    args = _parser().parse_args(argv)
+    # stdout is the protocol: keep a private copy of it and send every library print to stderr
+    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(obj: dict) -> None:
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    try:
+        engine = make_engine(args.engine, args.threads, args.phase)
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+    except ValueError as exc:
+        send({"ok": False, "status": "error", "error": str(exc)})
+        return 2
+    missing = missing_packages(args.engine)
+    if missing:
+        send({"ok": False, "status": "not installed",
+              "error": f"{', '.join(missing)} not installed (pip install 'smallmind-torch[peers]')"})
+        return 0
+    try:
+        costs = engine.prepare(Path(args.weights), Path(args.workdir))
+    except Exception as exc:
+        send({"ok": False, "status": "error", "error": _reason(exc)})
+        return 1
+    send({"ok": True, "ready": True, "label": engine.label, "version": engine.version(),
+          "prepare": costs, "pid": os.getpid()})
+    serve(engine, sys.stdin, send)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

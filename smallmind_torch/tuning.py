@@ -1,0 +1,147 @@
+"""`max` measured on this machine: which of the runnable MAX_CANDIDATES is fastest, timed once
+and cached.
+
+A kernel tuned on one CPU can lose to the library on another, so a fixed list cannot say what
+is fastest everywhere. On first use for a model shape and thread count, each candidate runs
+the study's generation in miniature on the model itself: a prefill of a 16-token prompt and a
+few decode steps, candidates alternating round by round after one warm-up round, the score
+being the median prefill plus 49 median decode steps (the protocol's 50 tokens). A candidate
+whose logits or greedy tokens differ from `reference` is never chosen. The choice and its times go into
+`max.json` in the ops build directory, which is keyed by everything the kernels depend on
+(torch installation, compiler, CPU, sources), so a new machine or a rebuilt library measures
+again. `SMALLMIND_MAX=first` skips the measurement (the first runnable candidate, in list
+order), as the tests do for speed and determinism.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import ops
+from .config import OptConfig
+
+PROMPT_LEN = 16      # as the study's protocol
+NEW_TOKENS = 50
+DECODE_STEPS = 8     # timed per round; the score extrapolates to NEW_TOKENS - 1
+ROUNDS = 3
+TOLERANCE = 1e-4     # max |logit difference| against reference, as the study checks
+
+
+@dataclass(frozen=True)
+class Choice:
+    label: str
+    times_ms: dict      # label -> estimated ms for the protocol's 50 tokens (None: incorrect)
+    source: str         # "measured now" | "cached" | "fixed order"
+
+    def describe(self) -> str:
+        if not self.times_ms:
+            return self.source
+        times = ", ".join(f"{k} {'wrong' if v is None else f'{v:.1f} ms'}"
+                          for k, v in self.times_ms.items())
+        return f"{self.source}: {times} for {NEW_TOKENS} tokens"
+
+
+def _cache_file() -> Path:
+    return ops.build_directory() / "max.json"
+
+
+def _key(model) -> str:
+    c = model.config
+    return (f"n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} vocab={c.vocab_size} "
+            f"block={c.block_size} threads={torch.get_num_threads()}")
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(_cache_file().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    path = _cache_file()
+    data = _read_cache()
+    data[key] = entry
+    tmp = path.with_name(f".max.json.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs a measurement next time
+        tmp.unlink(missing_ok=True)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(model, candidates: dict) -> dict:
+    """label -> estimated ms for the protocol's generation on `model` (None: incorrect).
+    Leaves the model in the reference phase."""
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_LEN), generator=g)
+    steps = min(DECODE_STEPS, model.config.block_size - PROMPT_LEN)
+    model.set_phase("reference")
+    with torch.no_grad():
+        expected = model(prompt)[:, -1]
+        tokens = model.generate(prompt, steps + 1)[0, PROMPT_LEN:]
+    times = {label: ([], []) for label in candidates}
+    wrong = set()
+    for round_ in range(ROUNDS + 1):  # round 0 warms up (first calls allocate, build views)
+        for label, opt in candidates.items():
+            if label in wrong:
+                continue
+            model.set_phase(opt)
+            prefill_s = _timed(lambda: model.prefill(prompt))
+            logits = model.prefill(prompt)
+            decode = []
+            ok = float((logits - expected).abs().max()) <= TOLERANCE
+            for i in range(steps):
+                ok = ok and int(logits.argmax()) == int(tokens[i])
+                token = tokens[i].view(1, 1)
+                start = time.perf_counter()
+                logits = model.decode_step(token)
+                decode.append(time.perf_counter() - start)
+            if not ok:
+                wrong.add(label)
+                continue
+            if round_ == 0:
+                continue
+            times[label][0].append(prefill_s)
+            times[label][1].append(statistics.median(decode) if decode else 0.0)
+    model.set_phase("reference")
+    return {label: None if label in wrong else
+            1e3 * (statistics.median(p) + (NEW_TOKENS - 1) * statistics.median(d))
+            for label, (p, d) in times.items()}
+
+
+def choose(model, candidates: "dict[str, OptConfig]") -> Choice:
+    """The fastest correct candidate for `model` on this machine (cached after the first time);
+    `candidates` are the runnable ones, in MAX_CANDIDATES order."""
+    if len(candidates) == 1 or os.environ.get("SMALLMIND_MAX") == "first":
+        return Choice(next(iter(candidates)), {}, "fixed order")
+    key = _key(model)
+    entry = _read_cache().get(key)
+    if isinstance(entry, dict) and entry.get("chosen") in candidates \
+            and set(entry.get("times_ms", {})) == set(candidates):
+        return Choice(entry["chosen"], entry["times_ms"], "cached")
+    print(f"smallmind: choosing max for this machine ({len(candidates)} candidates, "
+          f"{model.config.n_layer} layers x {model.config.n_embd}, "
+          f"{torch.get_num_threads()} threads; a few seconds, once)", file=sys.stderr)
+    times = measure(model, candidates)
+    correct = {k: v for k, v in times.items() if v is not None}
+    if not correct:  # cannot happen while the last candidate is plain PyTorch
+        return Choice(next(iter(candidates)), times, "fixed order (none measured correct)")
+    chosen = min(correct, key=correct.get)
+    _write_cache(key, {"chosen": chosen, "times_ms": times,
+                       "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return Choice(chosen, times, "measured now")
