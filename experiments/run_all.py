@@ -10,13 +10,26 @@ results/results.json and the PNG plots.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
+from pathlib import Path
 
 from smallmind_torch.cli.core import (add_model_arguments, add_settings_arguments, build_model,
                                       check_presets, settings_from_args, threads_from_args)
 from smallmind_torch.study.report import print_study, write_report
-from smallmind_torch.study.run import run_study
+from smallmind_torch.study.run import PARTS, extend_study, run_study
 from smallmind_torch.study.traces import write_traces
+
+
+def keep_pictures(trace, out: Path) -> None:
+    """Copy a trace's offline pictures (small) beside the report, as paths relative to it."""
+    kept = []
+    for picture in trace.pictures:
+        target = out / "traces" / trace.name / Path(picture).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(picture, target)
+        kept.append(str(target.relative_to(out)))
+    trace.pictures = kept
 
 
 def main(argv=None) -> int:
@@ -27,6 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--phases", nargs="+", default=None, help="presets (default: all, and max)")
     p.add_argument("--peers", nargs="*", default=["hf"], help="peers (default: hf)")
     p.add_argument("--no-traces", action="store_true", help="skip the profiler traces")
+    p.add_argument("--parts", nargs="*", default=list(PARTS), choices=PARTS,
+                   help=f"parts beyond the presets' table (default: all of {', '.join(PARTS)})")
     add_settings_arguments(p)
     add_model_arguments(p)
     args = p.parse_args(argv)
@@ -38,15 +53,21 @@ def main(argv=None) -> int:
         study = run_study(model, phases, args.peers, settings, progress=not args.no_progress,
                           weights=weights, prompt=prompt)
         print_study(study)
+        extend_study(study, model, settings, args.parts, progress=not args.no_progress)
         traces = {}
         if not args.no_traces:
+            begin = time.perf_counter()
             for name in phases:
+                # phase0's per-element loops make a trace of tens of MB per step: profile one
                 traces[name] = t = write_traces(model, name, args.logdir,
-                                                prompt_len=settings.prompt_len, seed=settings.seed)
+                                                prompt_len=settings.prompt_len, seed=settings.seed,
+                                                active=1 if name == "phase0" else 2)
+                keep_pictures(t, Path(args.out))
                 if t.status == "ok":
                     print(f"trace {name}: {t.run_dir}  split: {t.describe_split()}")
                 else:
                     print(f"trace {name}: {t.status}: {t.reason}")
+            study.durations["traces"] = time.perf_counter() - begin
     paths = write_report(study, args.out, traces)
     print(f"\nreport: {paths['report']}\njson:   {paths['json']}\nplots:  "
           + ", ".join(v for k, v in paths.items() if k not in ("report", "json")))

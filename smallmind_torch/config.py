@@ -74,11 +74,17 @@ FORMS: dict[str, tuple] = {
     "embedding_backward": ("torch", "custom"),
     # 8: "default" = per-module init; "fast" = one vectorized pass over all parameters
     "init": ("default", "fast"),
+    # beyond the seed: torch.compile of the forward and of a static-shape decode step
+    # (compiled.py), instead of hand-written ops; "max-autotune" also tunes Inductor's kernels
+    "compile": ("off", "inductor", "max-autotune"),
 }
 
 # Forms that only make sense on top of others: (switch, form) -> the switches it needs.
 REQUIRES = {
     ("fused_decode", True): {"kv_cache": True, "workspace": True},
+    # compiled code allocates its own intermediates and runs its own decode step
+    ("compile", "inductor"): {"workspace": False, "fused_decode": False},
+    ("compile", "max-autotune"): {"workspace": False, "fused_decode": False},
 }
 
 # Forms that need the C++ extension from ops/.
@@ -103,6 +109,7 @@ class OptConfig:
     layernorm: str = "torch"
     embedding_backward: str = "torch"
     init: str = "default"
+    compile: str = "off"
 
     def __post_init__(self):
         for f in fields(self):
@@ -150,6 +157,8 @@ PHASES: dict[str, OptConfig] = {
     "phase1": _PHASE1,        # + batched attention (1, 2) + preallocated workspace (3a)
     "phase2": _PHASE2,        # + static KV cache (3b), fused causal softmax (4), custom GEMM (5)
     "phase3": _PHASE3,        # + fused LayerNorm (6), embedding backward (7), fast init (8)
+    # torch.compile (Inductor) of the reference forms with the static KV cache, gpt-fast style
+    "compiled": _REFERENCE.replace(kv_cache=True, compile="inductor"),
 }
 
 # "max" names the fastest correct combination for a model, not one fixed OptConfig: these

@@ -98,3 +98,10 @@ def labelled_linear(form):
         with region("linear"):
             return form(x, module.weight, module.bias, out=out)
     return linear
+
+
+def labelled_embedding(form):
+    def embedding(idx, weight):
+        with region("embedding"):
+            return form(idx, weight)
+    return embedding

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused_decode, generation, phases, workspace
+from . import compiled, fused_decode, generation, phases, workspace
 from .attention import resolve as resolve_attention
 from .config import ModelConfig, OptConfig
-from .forms import EMBEDDING, LAYER_NORM, LINEAR, labelled_layer_norm, labelled_linear
+from .forms import (EMBEDDING, LAYER_NORM, LINEAR, labelled_embedding, labelled_layer_norm,
+                    labelled_linear)
 from .kv_cache import KVCache
 from .labels import region
 
@@ -93,14 +94,18 @@ def resolve_forms(opt: OptConfig) -> Forms:
     attention.resolve)."""
     attention, attention_into = resolve_attention(opt)
     forward = workspace.inference_forward if opt.workspace else GPT.allocating_forward
+    if opt.compile != "off":
+        forward = compiled.compile_forward(forward, opt.compile)
     if opt.fused_decode:
         decode = fused_decode.decode_step
+    elif opt.compile != "off" and opt.kv_cache:
+        decode = compiled.compile_decode(opt.compile)
     else:
         def decode(model, token, start):
             return forward(model, token, start, True, True)
     return Forms(layer_norm=labelled_layer_norm(LAYER_NORM[opt.layernorm]),
                  linear=labelled_linear(LINEAR[opt.matmul]),
-                 embedding=EMBEDDING[opt.embedding_backward],
+                 embedding=labelled_embedding(EMBEDDING[opt.embedding_backward]),
                  attention=attention, attention_into=attention_into,
                  forward=forward, decode=decode, reuses_buffers=opt.workspace)
 
@@ -126,6 +131,10 @@ class GPT(nn.Module):
         # True where key j lies in the future of query i; not in the state_dict.
         future = torch.ones(config.block_size, config.block_size, dtype=torch.bool).triu(1)
         self.register_buffer("future_mask", future, persistent=False)
+        # 0..block_size-1 and the position of a decode step, as tensors: compiled code masks
+        # and indexes with them, so a new position is new data, not a new graph
+        self.register_buffer("positions", torch.arange(config.block_size), persistent=False)
+        self.register_buffer("input_pos", torch.zeros(1, dtype=torch.long), persistent=False)
         # The KV cache and the workspace are state of the model object: every call that uses
         # them holds this lock (two threads calling generate() are served one after the
         # other), and `cache_epoch` changes whenever the cache is written or reset, so an open

@@ -63,7 +63,7 @@ def workspace_forward(model, idx, start: int, last_only: bool, use_cache: bool):
     C, nh, hs = c.n_embd, c.n_head, c.head_dim
     wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
     x = ws.take("residual", B, T, C)
-    with region("other"):
+    with region("embedding"):
         for b in range(B):  # row by row: a window of a (B, L) token buffer is not contiguous
             torch.index_select(wte, 0, idx[b], out=x[b])
         x.add_(wpe[start:start + T])

@@ -187,3 +187,30 @@ def test_experiment_script_main(capsys):
     assert mod.main(["--tiny", "--no-progress", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "phase1" in out and "tokens/s" in out
+
+
+def test_quiet_profiler_drops_only_the_noise(capfd):
+    import os
+
+    with profiling.quiet_profiler():
+        os.write(2, b"USDT:2026-11-25 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"[W CPUAllocator.cpp:245] Memory block of unknown size was allocated before "
+                    b"the profiling started, profiler results will not include the deallocation event\n")
+        os.write(2, b"a real error\n")
+    err = capfd.readouterr().err
+    assert err == "a real error\n"
+
+
+def test_every_figure_has_its_spread_and_tiny_mode_says_so(model, capsys):
+    from smallmind_torch.study.report import print_study
+
+    study = run.run_study(model, ["reference"], [], SETTINGS)
+    r = study.phases["reference"]
+    for figure in ("tokens_per_s", "decode_ms", "prefill_ms"):
+        s = r.spread[figure]
+        assert s["min"] <= s["median"] <= s["max"] and s["runs"] >= 1
+    assert set(study.machine.spread) >= {"bandwidth_weights_gbs", "bandwidth_large_gbs"}
+    assert all(v["runs"] == SETTINGS.machine_samples for v in study.machine.spread.values())
+    print_study(study)
+    out = capsys.readouterr().out
+    assert "TINY MODE" in out and "±" in out

@@ -4,7 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from smallmind_torch.study import report
+from smallmind_torch.study import plots, report, tables
 from smallmind_torch.study.harness import BenchSettings
 from smallmind_torch.study.results import Check, PeerResult, PhaseResult, StudyResult
 
@@ -24,9 +24,12 @@ def test_run_all_tiny(tmp_path):
                                 "--threads", "1", "--phases", "reference", "phase0", "phase1", "max"])
     assert rc == 0
     text = (out / "REPORT.md").read_text()
-    for heading in ("## Main table", "## Against the seed", "## Time split per phase",
-                    "## Machine limits and roofline", "## Profiler traces", "## Environment"):
-        assert heading in text
+    for heading in ("## The story", "## Main table", "## Where a token's time goes",
+                    "## What each switch bought", "## The machine's limits and the roofline",
+                    "## Training: one optimizer step", "## Initialization", "## Batches and context",
+                    "## Profiler traces", "## How long each part took", "## Environment"):
+        assert heading in text, heading
+    assert "TINY MODE" in text
     assert "seed baseline" in text and "HF transformers generate" in text
     data = json.loads((out / "results.json").read_text())
     assert set(data["phases"]) == {"reference", "phase0", "phase1", "max"}
@@ -34,8 +37,9 @@ def test_run_all_tiny(tmp_path):
     assert data["peers"]["hf"]["status"] in ("ok", "not installed")
     assert data["machine"]["bandwidth_large_gbs"] > 0
     assert data["ratios"]["max"]["speedup_vs_phase0"] > 0
-    for png in report.PLOTS.values():
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind in ("tokens_per_s", "decode_split", "waterfall", "roofline", "positions", "batches",
+                 "memory"):
+        assert (out / plots.FILES[kind]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("reference", "phase0", "phase1", "max"):
         assert list((logdir / name).glob("*.pt.trace.json"))
 
@@ -51,7 +55,7 @@ def test_tables_render_failed_and_unavailable_rows(tmp_path):
     study = StudyResult({"n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 8, "block_size": 8},
                                 100, BenchSettings().to_dict(), {"torch": "x"}, None,
                                 {"reference": ok, "phase1": failed, "phase2": unavailable}, {"hf": peer})
-    table = report.format_table(study)
+    table = tables.format_table(study)
     assert "FAILED" in table and "unavailable: no C++ compiler" in table and "not installed" in table
     paths = report.write_report(study, tmp_path)
     text = Path(paths["report"]).read_text()

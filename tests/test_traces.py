@@ -34,6 +34,16 @@ def test_trace_files_exist_and_are_json(written):
     assert sum(r.time_split.values()) == pytest.approx(100.0, abs=0.5)
 
 
+def test_offline_pictures(written):
+    _, r = written
+    step, flame, memory = r.pictures
+    assert step.endswith(".step.png") and open(step, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    svg = open(flame, encoding="utf-8").read()
+    assert flame.endswith(".flame.svg") and "<svg" in svg and "generate_stream" in svg
+    assert "workspace_forward" in svg  # the model's frames are in the stacks (with_stack)
+    assert memory.endswith(".memory.html") and "<html" in open(memory, encoding="utf-8").read().lower()
+
+
 def test_torch_tb_profiler_parses_the_run(written):
     pytest.importorskip("torch_tb_profiler")
     _, r = written
@@ -56,13 +66,14 @@ def test_torch_tb_profiler_run_loader(written):
     assert profiles and "operator" in traces.view_names(profiles[0])
 
 
-def test_profile_cli(tmp_path, capsys):
+def test_profile_cli(tmp_path, capfd):
     from smallmind_torch import cli
 
     rc = cli.main(["profile", "--tiny", "--phase", "max", "--logdir", str(tmp_path), "--prompt-len", "4",
                    "--threads", "1"])
     assert rc == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert "profiler_start" not in err and "SyncActivityProfilerHandler" not in err  # quiet
     assert "time split" in out and "tensorboard --logdir" in out
     assert list((tmp_path / "max").glob("*.pt.trace.json"))
 

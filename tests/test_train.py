@@ -37,6 +37,7 @@ def test_short_run_lowers_the_loss(trained):
     assert r["val_loss"] < math.log(512) - 0.3          # better than uniform guessing
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert r["val_loss"] == hist[-1]["val_loss"] and r["time_s"] > 0
+    assert r["world_size"] == 1 and r["rank"] == 0           # not under torchrun: no group
 
 
 def test_checkpoint_loads_with_same_logits(trained):
@@ -121,3 +122,23 @@ def test_checkpoint_errors(tmp_path, trained):
     save_checkpoint(ok, model, tok, step=4)
     assert load_checkpoint(ok)[2]["step"] == 4
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_rank_shards_tile_the_global_batch(world):
+    """Each data-parallel rank cuts its rows from the one global batch, and the batch RNG
+    advances as in one process: the batches do not depend on the number of processes."""
+    from smallmind_torch.train.corpus import get_batch
+    from smallmind_torch.train.distributed import DistContext
+
+    data = torch.arange(1000)
+    g_one = torch.Generator().manual_seed(3)
+    full = [get_batch(data, 8, 16, g_one) for _ in range(3)]
+    gens = [torch.Generator().manual_seed(3) for _ in range(world)]
+    for x, y in full:
+        shards = [get_batch(data, 8, 16, g, rows=DistContext(rank=r, world_size=world).rows(8))
+                  for r, g in enumerate(gens)]
+        assert all(s[0].shape == (8 // world, 16) for s in shards)
+        assert torch.equal(torch.cat([s[0] for s in shards]), x)
+        assert torch.equal(torch.cat([s[1] for s in shards]), y)
+    assert all(torch.equal(g.get_state(), g_one.get_state()) for g in gens)

@@ -1,4 +1,10 @@
-"""`smallmind train`: train the model on the default corpus (pydoc topics), resumably."""
+"""`smallmind train`: train the model on the default corpus (pydoc topics), resumably.
+
+The same command trains data-parallel under torchrun (README, "Distributed training"):
+`torchrun --nproc_per_node=N -m smallmind_torch.cli train ...`. Rank 0 alone prints; the
+other ranks stay silent, also about errors that every rank meets alike (a bad argument, a
+set-up failure they agree on), so a job prints each message once.
+"""
 from __future__ import annotations
 
 import argparse
@@ -22,9 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out_dir, help=f"checkpoint directory ({d.out_dir})")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="stop after STEP as if interrupted (checkpoint written), the schedule "
+                        "still spanning --steps; continue with --resume")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing if --out already holds a checkpoint (for `make study`)")
     add_threads_argument(p)
+    p.add_argument("--device", default=d.device,
+                   help=f"cpu or cuda ({d.device}); under torchrun each process takes "
+                        "cuda:LOCAL_RANK")
+    p.add_argument("--dist-timeout", type=float, default=d.dist_timeout, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others before it stops "
+                        f"with an error ({d.dist_timeout:g})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--sample-tokens", type=int, default=200,
                    help="tokens of sample text printed at the end (0: none)")
@@ -33,9 +48,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train import distributed
+
+    try:
+        rank = distributed.launch_rank()
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    try:
+        return _run(args, rank)
+    except (UsageError, CommandError) as e:
+        if rank == 0 or isinstance(e.__cause__, distributed.CommLost):
+            raise  # printed; a lost peer is news from every rank (rank 0 may be the lost one)
+        return 2 if isinstance(e, UsageError) else 1  # rank 0 prints the same message
+
+
+def _run(args: argparse.Namespace, rank: int) -> int:
     import torch
 
-    from ..train import TrainConfig, TrainingDiverged, train
+    from ..train import TrainConfig, TrainingDiverged, distributed, train
     from ..train.checkpoint import CheckpointError, read_meta
 
     if args.if_missing:
@@ -44,27 +74,36 @@ def run(args: argparse.Namespace) -> int:
         except CheckpointError:
             pass
         else:
-            print(f"checkpoint {args.out} exists (step {meta.get('step', '?')}); not training. "
-                  "Delete it or drop --if-missing to train again.")
+            if rank == 0:
+                print(f"checkpoint {args.out} exists (step {meta.get('step', '?')}); not training. "
+                      "Delete it or drop --if-missing to train again.")
             return 0
     try:
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           min_lr=args.min_lr, warmup_steps=args.warmup_steps,
                           weight_decay=args.weight_decay, eval_interval=args.eval_interval,
                           eval_iters=args.eval_iters, seed=args.seed, out_dir=args.out,
-                          threads=args.threads)
+                          threads=args.threads, device=args.device,
+                          dist_timeout=args.dist_timeout)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    if args.stop_at is not None and args.stop_at < 1:
+        raise UsageError("--stop-at must be >= 1")
     model_config = model_config_from_args(args)
     try:
-        result = train(cfg, model_config, resume=args.resume, progress=not args.no_progress)
-    except (CheckpointError, TrainingDiverged) as e:
+        result = train(cfg, model_config, resume=args.resume, progress=not args.no_progress,
+                       stop_at=args.stop_at)
+    except (CheckpointError, TrainingDiverged, distributed.PeerFailed,
+            distributed.CommLost) as e:
         raise CommandError(str(e)) from e
-    except ValueError as e:  # e.g. --resume with another shape than the checkpoint's
+    except ValueError as e:  # e.g. --resume with another shape, a batch that does not split
         raise UsageError(str(e)) from e
-    model, tok = result["model"], result["tokenizer"]
-    print(f"step {result['step']} ({result['steps_run']} this run) in {result['time_s']:.1f} s, "
-          f"{result['tokens_per_s']:.0f} tokens/s: train loss {result['train_loss']:.4f}, "
+    if rank != 0:
+        return 0
+    model, tok = result["model"].cpu(), result["tokenizer"]  # the sample: on the CPU
+    procs = f" on {result['world_size']} processes" if result["world_size"] > 1 else ""
+    print(f"step {result['step']} ({result['steps_run']} this run) in {result['time_s']:.1f} s"
+          f"{procs}, {result['tokens_per_s']:.0f} tokens/s: train loss {result['train_loss']:.4f}, "
           f"val loss {result['val_loss']:.4f} (random: ln {model.config.vocab_size} = "
           f"{torch.log(torch.tensor(float(model.config.vocab_size))).item():.2f})")
     if result["out_dir"]:

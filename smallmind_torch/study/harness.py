@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..compiled import compiled_graphs
 from ..config import OptConfig
 from ..forms import LINEAR
 from ..ops import CustomOpsUnavailable
@@ -256,6 +257,14 @@ def measure_preset(model, preset: "str | OptConfig", settings: BenchSettings = B
     prompt, n = reference.prompt, settings.new_tokens
 
     try:
+        if model.opt.compile != "off":  # compile time apart from steady-state speed
+            graphs = compiled_graphs()
+            start = time.perf_counter()
+            with torch.no_grad():
+                model(reference.check_x)
+                model.generate(prompt, 2)
+            result.compile_s = time.perf_counter() - start
+            result.graphs_compiled = compiled_graphs() - graphs
         # correctness first: logits on the fixed input, then the warm-up run's greedy tokens
         with torch.no_grad():
             logits = model(reference.check_x).float().cpu()
@@ -266,8 +275,11 @@ def measure_preset(model, preset: "str | OptConfig", settings: BenchSettings = B
         if not result.check.passed:
             result.status, result.reason = "FAILED", result.check.describe()
             return result
+        graphs = compiled_graphs()
         _, runs_of = measure_generation(model, prompt, n, settings.runs, warmup=False,
                                         progress=progress, desc=f"{name}: generate")
+        if model.opt.compile != "off":
+            result.recompiles = compiled_graphs() - graphs
         with torch.no_grad():
             x = reference.check_x
             runs_of["prefill_ms"] = [1e3 * t for t in sample_times(

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from ..labels import CATEGORIES
+from ..labels import BACKWARD_OF, CATEGORIES, TRAINING_CATEGORIES
 from .results import Profiled
 
 STEP_LABEL = "smallmind.step"  # root record_function around each profiled step
@@ -86,10 +86,10 @@ def _label_self_ns(events, categories=CATEGORIES) -> tuple:
     return total, self_ns
 
 
-def split_from_events(events) -> tuple:
+def split_from_events(events, categories=CATEGORIES) -> tuple:
     """(total ms, {category: ms}) with "other" = total - labelled; every category present."""
-    total_ns, self_ns = _label_self_ns(events)
-    split = {c: 0.0 for c in CATEGORIES}
+    total_ns, self_ns = _label_self_ns(events, categories)
+    split = {c: 0.0 for c in categories}
     labelled = 0
     for name, ns in self_ns.items():
         if name != "other":
@@ -97,6 +97,39 @@ def split_from_events(events) -> tuple:
             labelled += ns
     split["other"] = max(0.0, (total_ns - labelled) / 1e6)
     return total_ns / 1e6, split
+
+
+_BACKWARD_NODE = "autograd::engine::evaluate_function: "
+
+
+def training_split_from_events(events) -> tuple:
+    """(total ms, {category: ms}) of a training step over TRAINING_CATEGORIES: the forward
+    labels' self time, the loss and the optimizer step as labelled, and each backward node's
+    time under the backward of the label its forward op ran in (linked by sequence number:
+    a node's `sequence_nr` is its forward op's); "other" is the rest."""
+    total_ms, split = split_from_events(events, TRAINING_CATEGORIES)
+    labels = [("label", e.start_ns(), e.end_ns(), e.name()) for e in events
+              if e.name() in BACKWARD_OF]
+    forward_ops = [("op", e.start_ns(), e.end_ns(), e.sequence_nr()) for e in events
+                   if e.sequence_nr() >= 0 and not e.name().startswith(_BACKWARD_NODE)
+                   and e.name() not in TRAINING_CATEGORIES]
+    label_of = {}  # forward sequence number -> the innermost label around its op
+    stack = []
+    for kind, start, end, what in sorted(labels + forward_ops, key=lambda t: (t[1], -t[2])):
+        while stack and stack[-1][1] <= start:
+            stack.pop()
+        if kind == "label":
+            stack.append((start, end, what))
+        elif stack:
+            label_of.setdefault(what, stack[-1][2])
+    backward_ms = 0.0
+    for e in events:
+        if e.name().startswith(_BACKWARD_NODE):
+            ms = (e.end_ns() - e.start_ns()) / 1e6
+            split[BACKWARD_OF.get(label_of.get(e.sequence_nr()), "other_backward")] += ms
+            backward_ms += ms
+    split["other"] = max(0.0, split["other"] - backward_ms)
+    return total_ms, split
 
 
 def allocations_from_events(events) -> tuple:
@@ -111,19 +144,21 @@ def allocations_from_events(events) -> tuple:
     return nbytes, count
 
 
-def profile_steps(steps: Iterator, n_tokens: int, *, record_shapes=False) -> Profiled:
+def profile_steps(steps: Iterator, n_tokens: int, *, record_shapes=False,
+                  splitter=split_from_events, categories=CATEGORIES) -> Profiled:
     """Run the iterator `steps` to its end under the profiler (profile_memory=True), each
     `next()` in a `smallmind.step` region. The profile is cut into one cycle per step and each
     cycle is read and dropped as it ends, so that millions of events (phase 0's loops) never
-    accumulate in memory."""
+    accumulate in memory. `splitter(events) -> (total ms, split)`: the inference split, or
+    training_split_from_events with TRAINING_CATEGORIES."""
     from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-    acc = {"bytes": 0, "count": 0, "total": 0.0, "split": {c: 0.0 for c in CATEGORIES}}
+    acc = {"bytes": 0, "count": 0, "total": 0.0, "split": {c: 0.0 for c in categories}}
 
     def ready(prof):
         events = prof.profiler.kineto_results.events()
         nbytes, count = allocations_from_events(events)
-        total, split = split_from_events(events)
+        total, split = splitter(events)
         acc["bytes"] += nbytes
         acc["count"] += count
         acc["total"] += total

@@ -1,324 +1,178 @@
-"""Tables, the Markdown report and the plots of a `results.StudyResult`.
+"""REPORT.md, results.json and the terminal summary of a `results.StudyResult`.
 
-- `format_table(study)` / `print_study(study)`: the main table as monospaced text (CLI, scripts);
-- `markdown_report(study, traces)`: results/REPORT.md's text;
-- `write_json(study, path)`: results.json;
-- `write_report(study, out_dir, traces)`: REPORT.md, results.json and the PNG plots
-  (tokens/s per phase with the seed's and the peer's bars, memory per token, time split).
+REPORT.md tells the run's story in its own figures (nothing hand-written): the machine first,
+then the seed's baseline, phase 0 and each phase (what it switched, what that bought, what
+the profile shows), what each switch bought (waterfall), the machine's limits, training and
+initialization, torch.compile, batches and context length, the peer engines, the traces and
+how long each part of the run took. `print_study` is the terminal's short version.
 """
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 from ..labels import CATEGORIES
+from . import tables as t
+from .plots import plot_all
 from .results import StudyResult
-from .seed import SEED, SEED_SPLIT
+from .seed import SEED
 
-PLOTS = {"tokens_per_s": "tokens_per_s.png", "memory": "memory_per_token.png",
-         "time_split": "time_split.png"}
-
-
-def _fmt(value, digits=1, unit=""):
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, tuple):
-        return f"{value[0]:g}-{value[1]:g}{unit}"
-    if isinstance(value, str):
-        return value
-    if abs(value) >= 100 or digits == 0:
-        return f"{value:.0f}{unit}"
-    if abs(value) < 0.1 and value != 0:
-        return f"{value:.3g}{unit}"
-    return f"{value:.{digits}f}{unit}"
+VIEWERS = ("The traces open offline: `tensorboard --logdir runs` (torch-tb-profiler; its pages "
+           "load chart code from a CDN, so they need a network) and `*.chrome_trace.json` in "
+           "chrome://tracing or https://ui.perfetto.dev (Perfetto's UI also loads from the "
+           "network; chrome://tracing does not). Without any network, open the PNG and SVG "
+           "files written beside each trace.")
 
 
-def _spread(value, result, figure, digits=1):
-    """A figure with its spread: "912 ±6%" (half the min-max range of its runs, relative to the
-    median); a trailing "!" when the runs differ by more than results.DISTURBED_RATIO."""
-    text = _fmt(value, digits)
-    s = result.spread.get(figure)
-    if value is None or not s or s["runs"] < 2 or not s["median"]:
-        return text
-    half_range = 50 * (s["max"] - s["min"]) / s["median"]
-    return f"{text} ±{half_range:.0f}%{'!' if s['disturbed'] else ''}"
+def _switches(before: dict, after: dict) -> str:
+    changed = [f"{k}={after[k]!r}" for k in after if before.get(k) != after[k] and k != "init"]
+    return ", ".join(changed) or "no inference switch"
 
 
-SPREAD_NOTE = ("`±` is half the range of a figure's runs relative to their median; `!` marks "
-               "runs that differ by more than 1.5x: the machine was disturbed during them, so "
-               "compare those figures with care.")
-TINY_NOTE = ("TINY MODE: a smoke run on a tiny shape with a few tokens. Its figures and ratios "
-             "say nothing about performance; run without --tiny for the study.")
+def _profile_summary(study: StudyResult, r) -> str:
+    if not r.time_split_ms:
+        return ""
+    per_token = {c: r.time_split_ms[c] / study.settings["new_tokens"] for c in CATEGORIES}
+    top = sorted((c for c in per_token if c != "other"), key=per_token.get, reverse=True)[:2]
+    return (f" Under the profiler a token costs {sum(per_token.values()):.3g} ms: "
+            + ", ".join(f"{c} {per_token[c]:.3g} ms ({r.time_split[c]:.0f} %)" for c in top)
+            + f", and 'other' (Python, dispatch, unlabelled ops) {per_token['other']:.3g} ms "
+              f"({r.time_split['other']:.0f} %).")
 
 
-def _largest_gemm(result):
-    if not result.gflops:
-        return None, None
-    n = max(result.gflops, key=int)
-    return n, result.gflops[n]
-
-
-def table_rows(study: StudyResult) -> tuple:
-    """(header, rows): one row per seed line, preset and peer; every cell a string."""
-    sizes = sorted({int(n) for r in study.phases.values() for n in r.gflops} or {512})
-    gemm_n = sizes[-1]
-    header = ["phase", "tokens/s", "decode ms", "prefill ms", "MB/token", "allocs/token",
-              f"GFLOPS@{gemm_n}", "x phase0", *[f"x {p}" for p in study.peers], "check"]
-    ratios = study.ratios()
-    rows = []
-    b, f = SEED["baseline"], SEED["final_target"]
-    peer_blank = ["-"] * len(study.peers)
-    rows.append(["seed baseline (.NET)", _fmt(b["tokens_per_s"]), "-", _fmt(b["prefill_ms"]),
-                 _fmt(b["mb_per_token"]), f"({b['gc_gen0_per_50_tokens']} GC gen0/50 tok)",
-                 _fmt(b["gflops_512"]), "-", *peer_blank, "seed"])
-    rows.append(["seed final target", _fmt(f["tokens_per_s"]), "-", _fmt(f["prefill_ms"], unit=" "),
-                 _fmt(f["mb_per_token"]), f"(<{f['gc_gen0_per_50_tokens']} GC gen0)",
-                 _fmt(f["gflops_512"]), "-", *peer_blank, "seed"])
+def _story(study: StudyResult) -> list:
+    b = SEED["baseline"]
+    lines = [f"The seed (SmallMind, C#, 4 cores) started at {b['tokens_per_s']} tokens/s with a "
+             f"{b['prefill_ms']:.0f} ms forward pass and {b['mb_per_token']} MB allocated per token, "
+             f"and aimed at {SEED['final_target']['tokens_per_s'][0]}-"
+             f"{SEED['final_target']['tokens_per_s'][1]} tokens/s.", ""]
+    previous, base = None, study.phases.get("phase0")
     for name, r in study.phases.items():
-        if r.ok:
-            g = r.gflops.get(gemm_n, r.gflops.get(str(gemm_n)))
-            ra = ratios.get(name, {})
-            rows.append([name, _spread(r.tokens_per_s, r, "tokens_per_s"),
-                         _spread(r.decode_ms, r, "decode_ms", 2), _spread(r.prefill_ms, r, "prefill_ms", 2),
-                         _fmt(r.mb_per_token, 3), _fmt(r.allocs_per_token), _fmt(g),
-                         _fmt(ra.get("speedup_vs_phase0"), 2, "x"),
-                         *[_fmt(ra.get(f"speedup_vs_{p}"), 2, "x") for p in study.peers],
-                         r.describe_status()])
-        else:
-            rows.append([name, *["-"] * (len(header) - 2), r.describe_status()])
-    for name, p in study.peers.items():
-        label = {"hf": "HF transformers generate"}.get(name, name)
-        if p.ok:
-            base = study.phases.get("phase0")
-            x0 = (p.tokens_per_s / base.tokens_per_s) if base is not None and base.ok else None
-            rows.append([label, _spread(p.tokens_per_s, p, "tokens_per_s"),
-                         _spread(p.decode_ms, p, "decode_ms", 2), "-", _fmt(p.mb_per_token, 3),
-                         _fmt(p.allocs_per_token), "-", _fmt(x0, 2, "x"),
-                         *["1.00x" if q == name else "-" for q in study.peers], p.describe_status()])
-        else:
-            rows.append([label, *["-"] * (len(header) - 2), p.describe_status()])
-    return header, rows
+        if not r.ok:
+            lines += [f"- **{name}**: {r.describe_status()}", ""]
+            continue
+        ms = 1e3 / r.tokens_per_s
+        text = f"- **{name}** ({r.phase or name}): {r.tokens_per_s:,.1f} tokens/s, {ms:.3g} ms per token"
+        if previous is not None and name not in ("reference", "compiled"):
+            text += (f"; switched {_switches(previous.opt, r.opt)} on top of {previous.name}: "
+                     f"{previous.tokens_per_s and r.tokens_per_s / previous.tokens_per_s:.2f}x")
+        if base is not None and base.ok and name != "phase0":
+            text += f"; {r.tokens_per_s / base.tokens_per_s:,.0f}x phase0"
+        lines += [text + "." + _profile_summary(study, r), ""]
+        if name not in ("reference", "compiled"):
+            previous = r
+    return lines
 
 
-def _short(text, width=60):
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[:width - 3] + "..."
+def _section(lines, title, rows_fn, note="", plot=None, plots=None):
+    header, rows = rows_fn
+    if not rows:
+        return
+    lines += ["", f"## {title}", ""]
+    if note:
+        lines += [note, ""]
+    lines += [t.md_table(header, rows), ""]
+    if plot and plots and plot in plots:
+        lines += [f"![{plot}]({Path(plots[plot]).name})", ""]
 
 
-def format_table(study: StudyResult, width: int = 60) -> str:
-    header, rows = table_rows(study)
-    rows = [r[:-1] + [_short(r[-1], width)] for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i and i < len(cells) - 1 else str(c).ljust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    out = [line(header), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows]
-    return "\n".join(out)
+def _machine_lines(study: StudyResult) -> list:
+    m, s = study.machine, study.settings
+    mm = ", ".join(f"{n}: {g:.1f}" for n, g in sorted(m.mm_gflops.items(), key=lambda kv: int(kv[0])))
+    llc = f"{m.llc_bytes / 2**20:.0f} MiB" if m.llc_bytes else "unknown"
+    return [f"- read bandwidth: {m.bandwidth_weights_gbs:.1f} GB/s over a buffer the size of the weights "
+            f"({m.weight_bytes / 1e6:.1f} MB), {m.bandwidth_large_gbs:.1f} GB/s over "
+            f"{m.large_bytes / 2**20:.0f} MiB (last-level cache: {llc})",
+            f"- torch.mm GFLOPS by size: {mm}; peak {m.mm_peak_gflops:.1f}",
+            f"- each limit is the best of {s.get('machine_samples', 1)} interleaved samples"
+            + (f"; DISTURBED (samples differ by more than 1.5x): {', '.join(m.disturbed)}"
+               if m.disturbed else "; no limit's samples were disturbed"),
+            f"- ideal decode step (every weight read once at that bandwidth): {m.ideal_decode_ms:.3f} ms"]
 
 
-def format_split_table(study: StudyResult) -> str:
-    header, rows = split_rows(study)
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                               for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows])
-
-
-def split_rows(study: StudyResult) -> tuple:
-    header = ["phase", *CATEGORIES]
-    rows = [["seed baseline", *[SEED_SPLIT.get(c, "-") for c in CATEGORIES]]]
+def _roofline_rows(study: StudyResult) -> tuple:
+    rows, sizes = [], []
     for name, r in study.phases.items():
-        if r.ok and r.time_split:
-            rows.append([name, *[f"{r.time_split.get(c, 0.0):.1f}" for c in CATEGORIES]])
-    return header, rows
-
-
-def _md_table(header, rows) -> str:
-    esc = lambda c: str(c).replace("|", "\\|")
-    out = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
-    return "\n".join(out)
+        if r.ok and r.roofline:
+            ro = r.roofline
+            sizes = sizes or [k.split("_")[1] for k in ro if k.startswith("gemm_")]
+            rows.append([name, t.fmt(r.decode_ms, 3), t.fmt(ro.get("decode_gbs"), 1),
+                         f"{100 * ro['decode_fraction_of_roofline']:.1f} %" if "decode_fraction_of_roofline" in ro else "-",
+                         *[f"{100 * ro[f'gemm_{n}_fraction_of_torch_mm']:.0f} %" for n in sizes]])
+    return ["phase", "decode ms", "weights GB/s", "decode / roofline",
+            *[f"GEMM {n} / torch.mm" for n in sizes]], rows
 
 
 def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "dict | None" = None) -> str:
-    s = study.settings
-    c = study.model_config
-    env = study.env
+    s, c, env = study.settings, study.model_config, study.env
     lines = ["# smallmind-torch: the study's results", ""]
     if s.get("tiny"):
-        lines += [f"**{TINY_NOTE}**", ""]
-    lines.append(f"Model: n_layer={c['n_layer']}, n_head={c['n_head']}, n_embd={c['n_embd']}, "
-                 f"vocab_size={c['vocab_size']}, block_size={c['block_size']} "
-                 f"({study.num_parameters / 1e6:.2f} M parameters), {study.weights} weights. "
-                 f"Protocol (docs/study.md): greedy, {s['new_tokens']} new tokens after a fixed "
-                 f"{s['prompt_len']}-token prompt, batch 1, {s['runs']} runs after one warm-up, "
-                 f"median, prefill included; prefill = median full forward at T = block_size; memory "
-                 f"from the profiler's `[memory]` events over the whole generation / "
-                 f"{s['new_tokens']}; every preset checked against `reference` on the same weights "
-                 f"(max |logit diff| <= {s['tolerance']:g} and identical greedy tokens).")
-    lines += ["", "## Main table", "", _md_table(*table_rows(study)), ""]
-    if "max" in study.phases and study.phases["max"].phase:
-        lines += [f"`max` is chosen per machine (smallmind_torch/phases.py); in this run: "
-                  f"{study.phases['max'].phase}.", ""]
-    lines.append("Speed-ups are ratios measured in the same run (absolute times drift on a shared "
-                 "machine). The seed's figures were measured on a 4-core x64 machine with .NET 10; "
-                 "its allocation count is GC gen0 collections, ours the allocator calls. "
-                 + SPREAD_NOTE)
-    lines += ["", "## Against the seed", ""]
-    seed_rows = []
-    b, f = SEED["baseline"], SEED["final_target"]
-    ratios = study.ratios()
-    for name, r in study.phases.items():
-        if not r.ok:
-            continue
-        lo, hi = f["tokens_per_s"]
-        mlo, mhi = f["mb_per_token"]
-        seed_rows.append([name, _fmt(r.tokens_per_s), f"{r.tokens_per_s / b['tokens_per_s']:.1f}x",
-                          "yes" if r.tokens_per_s >= lo else "no",
-                          _fmt(r.mb_per_token, 3), "yes" if r.mb_per_token is not None and r.mb_per_token <= mhi else "no"])
-    lines.append(_md_table(["phase", "tokens/s", "vs seed baseline 6.2 tok/s",
-                            f"meets seed final target ({f['tokens_per_s'][0]}-{f['tokens_per_s'][1]} tok/s)",
-                            "MB/token", f"meets {f['mb_per_token'][0]}-{f['mb_per_token'][1]} MB target"],
-                           seed_rows))
-    lines += ["", "## Time split per phase (% of profiled generation time)", "",
-              _md_table(*split_rows(study)), "",
-              "Self time of each `record_function` label (nested labels excluded); `other` is "
-              "everything else (embedding, GELU, residual adds, sampling, Python)."]
+        lines += [f"**{t.TINY_NOTE}**", ""]
+    lines += [f"Machine: {env.get('cpu')} ({env.get('cpu_count')} logical CPUs, PyTorch CPU capability "
+              f"{env.get('cpu_capability')}, C++ ops' ISA {env.get('ops_isa', 'n/a')}), "
+              f"torch {env.get('torch')}, {env.get('threads')} threads, Python {env.get('python')}.", "",
+              f"Model: n_layer={c['n_layer']}, n_head={c['n_head']}, n_embd={c['n_embd']}, "
+              f"vocab_size={c['vocab_size']}, block_size={c['block_size']} "
+              f"({study.num_parameters / 1e6:.2f} M parameters), {study.weights} weights. Protocol "
+              f"(docs/study.md): greedy, {s['new_tokens']} new tokens after a {s['prompt_len']}-token "
+              f"prompt, batch 1, {s['runs']} runs after a warm-up, median, prefill included; every "
+              f"preset checked against `reference` first (max |logit diff| <= {s['tolerance']:g} and "
+              "identical greedy tokens).", "", "## The story", ""]
+    lines += _story(study)
+    lines += ["## Main table", "", t.md_table(*t.table_rows(study)), "",
+              "Ratios are measured in the same run (absolute times drift on a shared machine). "
+              + t.SPREAD_NOTE, ""]
+    if plots and "tokens_per_s" in plots:
+        lines += [f"![tokens_per_s]({Path(plots['tokens_per_s']).name})", ""]
+    _section(lines, "Where a token's time goes (ms per token, under the profiler)", t.split_ms_rows(study),
+             "Self time of each `record_function` label, nested labels excluded; `other` is "
+             "everything unlabelled (Python, dispatch, sampling). The profiler adds its own cost "
+             "to every label, so these are larger than the unprofiled figures above.",
+             "decode_split", plots)
+    _section(lines, "Share of the time (%)", t.split_rows(study))
+    _section(lines, "What each switch bought", t.waterfall_rows(study),
+             "Every step is checked against reference and timed with the protocol.", "waterfall", plots)
     if study.machine:
-        m = study.machine
-        lines += ["", "## Machine limits and roofline (measured in the same run)", ""]
-        mm = ", ".join(f"{n}: {g:.1f}" for n, g in sorted(m.mm_gflops.items(), key=lambda t: int(t[0])))
-        llc = f"{m.llc_bytes / 2**20:.0f} MiB" if m.llc_bytes else "unknown"
-        lines += [f"- memory bandwidth (read): {m.bandwidth_weights_gbs:.1f} GB/s over a buffer the size "
-                  f"of the weights ({m.weight_bytes / 1e6:.1f} MB), {m.bandwidth_large_gbs:.1f} GB/s over "
-                  f"{m.large_bytes / 2**20:.0f} MiB (last-level cache: {llc})",
-                  f"- torch.mm GFLOPS by size: {mm}; peak {m.mm_peak_gflops:.1f}",
-                  f"- each limit is the best of {s.get('machine_samples', 1)} interleaved samples"
-                  + (f"; DISTURBED (samples differ by more than 1.5x): {', '.join(m.disturbed)}"
-                     if m.disturbed else "; no sample set was disturbed"),
-                  f"- ideal decode step (weights read once at the weights-sized bandwidth): "
-                  f"{m.ideal_decode_ms:.3f} ms ({m.ideal_decode_ms_dram:.3f} ms at DRAM bandwidth)", ""]
-        rows = []
-        for name, r in study.phases.items():
-            if r.ok:
-                ro = r.roofline
-                gk = [k for k in ro if k.startswith("gemm_")]
-                rows.append([name, _fmt(r.decode_ms, 3), _fmt(ro.get("ideal_decode_ms"), 3),
-                             _fmt(ro.get("decode_gbs"), 1),
-                             f"{100 * ro['decode_fraction_of_roofline']:.1f} %" if "decode_fraction_of_roofline" in ro else "-",
-                             *[f"{100 * ro[k]:.0f} %" for k in gk]])
-        gsizes = [k.split("_")[1] for k in next((r.roofline for r in study.phases.values() if r.ok and r.roofline), {})
-                  if k.startswith("gemm_")]
-        lines.append(_md_table(["phase", "decode ms", "ideal ms", "weights GB/s", "decode / roofline",
-                                *[f"GEMM {n} / torch.mm" for n in gsizes]], rows))
+        lines += ["", "## The machine's limits and the roofline", "", *_machine_lines(study), ""]
+        _section(lines, "Roofline per preset", _roofline_rows(study), plot="roofline", plots=plots)
+    _section(lines, "Training: one optimizer step (forward, backward, AdamW)", t.training_rows(study),
+             "Batch 8 x block_size tokens at the model's shape. The seed put the embedding "
+             "gradient at 10-15 % of its training time (its bottleneck 7); the % columns are "
+             "shares of the profiled step, the backward of each label linked to its forward by "
+             "the profiler's sequence numbers.")
+    _section(lines, "Training at the large shape (GPT-2 small, batch 1 x 256)",
+             t.training_rows(study, "large"))
+    _section(lines, "Initialization (the seed's bottleneck 8, one-time)", t.init_rows(study))
+    _section(lines, "torch.compile", t.compile_rows(study),
+             "Compile time is the first forward and generation, apart from the timed runs; "
+             "`recompiles` counts graphs compiled during the timed runs (none means one graph "
+             "served every position).")
+    _section(lines, "Batches and context length", t.scaling_rows(study),
+             "Total tokens/s at each batch size, and the decode step at the first and last "
+             "positions of the context: without a KV cache the step grows with the position, "
+             "with one it stays flat.", "batches", plots)
+    if plots and "positions" in plots:
+        lines += [f"![positions]({Path(plots['positions']).name})", ""]
+    engines = study.sections.get("engines_markdown")
+    if engines:
+        lines += ["", "## Peer engines on the same weights (each in its own process)", "", engines, ""]
     if traces:
-        lines += ["", "## Profiler traces", "",
-                  "`tensorboard --logdir runs` (with torch-tb-profiler) shows one run per phase; the "
-                  "`*.chrome_trace.json` files open in chrome://tracing or https://ui.perfetto.dev.", ""]
-        tables = []
-        for name, t in traces.items():
-            table = getattr(t, "table", "")
-            t = t if isinstance(t, dict) else t.to_dict()
-            if t["status"] == "ok":
-                lines.append(f"- {name}: `{t['run_dir']}` (Chrome trace `{t['chrome_trace']}`)")
-                if table:
-                    tables.append(f"### {name}: top ops (`key_averages()`, last active profiler cycle)\n\n"
-                                  f"```\n{table.rstrip()}\n```\n")
+        lines += ["", "## Profiler traces", "", VIEWERS, ""]
+        for name, tr in traces.items():
+            tr = tr if isinstance(tr, dict) else tr.to_dict()
+            if tr["status"] == "ok":
+                views = ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in tr.get("pictures", []))
+                lines.append(f"- {name}: `{tr['chrome_trace']}`" + (f"; offline: {views}" if views else ""))
             else:
-                lines.append(f"- {name}: {t['status']}: {_short(t['reason'], 200)}")
-        if tables:
-            lines += ["", *tables]
-    if plots:
-        lines += ["", "## Plots", ""]
-        for key, path in plots.items():
-            lines.append(f"![{key}]({Path(path).name})")
-    lines += ["", "## Environment", ""]
-    lines += [f"- {k}: {v}" for k, v in env.items()]
-    lines.append("")
+                lines.append(f"- {name}: {tr['status']}: {t.short(tr['reason'], 200)}")
+    if plots and "memory" in plots:
+        lines += ["", f"![memory]({Path(plots['memory']).name})"]
+    if study.durations:
+        lines += ["", "## How long each part took", "",
+                  t.md_table(["part", "seconds"], [[k, f"{v:.0f}"] for k, v in study.durations.items()])]
+    lines += ["", "## Environment", "", *[f"- {k}: {v}" for k, v in env.items()], ""]
     return "\n".join(lines)
-
-
-def plot_all(study: StudyResult, out_dir: "str | Path") -> dict:
-    """Write the PNG plots; return {kind: path}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ok = {n: r for n, r in study.phases.items() if r.ok}
-    peers = {n: p for n, p in study.peers.items() if p.ok}
-    paths = {}
-
-    # tokens/s: seed baseline and final target, every preset, the peer(s)
-    names = ["seed baseline", "seed target (mid)", *ok, *[f"{n} (peer)" for n in peers]]
-    values = [SEED["baseline"]["tokens_per_s"], sum(SEED["final_target"]["tokens_per_s"]) / 2,
-              *[r.tokens_per_s for r in ok.values()], *[p.tokens_per_s for p in peers.values()]]
-    colors = ["#999999", "#cccccc", *["#1f77b4"] * len(ok), *["#ff7f0e"] * len(peers)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
-    ax.bar(names, values, color=colors)
-    ax.set_yscale("log")
-    ax.set_ylabel("tokens / s (log)")
-    ax.set_title("Greedy generation speed per phase")
-    for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    paths["tokens_per_s"] = out_dir / PLOTS["tokens_per_s"]
-    fig.savefig(paths["tokens_per_s"], dpi=100)
-    plt.close(fig)
-
-    # memory per token
-    names = ["seed baseline", *[n for n, r in ok.items() if r.mb_per_token is not None],
-             *[f"{n} (peer)" for n, p in peers.items() if p.mb_per_token is not None]]
-    values = [SEED["baseline"]["mb_per_token"], *[r.mb_per_token for r in ok.values() if r.mb_per_token is not None],
-              *[p.mb_per_token for p in peers.values() if p.mb_per_token is not None]]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
-    ax.bar(names, [max(v, 1e-6) for v in values], color=["#999999"] + ["#2ca02c"] * (len(names) - 1))
-    ax.set_yscale("log")
-    ax.set_ylabel("MB allocated / token (log)")
-    ax.set_title("Memory allocated per generated token")
-    for i, v in enumerate(values):
-        ax.text(i, max(v, 1e-6), f"{v:.3g}", ha="center", va="bottom", fontsize=8)
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    paths["memory"] = out_dir / PLOTS["memory"]
-    fig.savefig(paths["memory"], dpi=100)
-    plt.close(fig)
-
-    # stacked time split
-    split = {n: r.time_split for n, r in ok.items() if r.time_split}
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(split) + 3), 4))
-    bottom = [0.0] * len(split)
-    cmap = plt.get_cmap("tab10")
-    for i, cat in enumerate(CATEGORIES):
-        vals = [s.get(cat, 0.0) for s in split.values()]
-        ax.bar(list(split), vals, bottom=bottom, label=cat, color=cmap(i))
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_ylabel("% of profiled generation time")
-    ax.set_ylim(0, 100)
-    ax.set_title("Time split per phase (record_function labels)")
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    paths["time_split"] = out_dir / PLOTS["time_split"]
-    fig.savefig(paths["time_split"], dpi=100)
-    plt.close(fig)
-    return {k: str(v) for k, v in paths.items()}
-
-
-def write_report(study: StudyResult, out_dir: "str | Path" = "results", traces: "dict | None" = None) -> dict:
-    """Write REPORT.md, results.json and the plots into out_dir; return their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot_all(study, out_dir)
-    data = study.to_dict()
-    if traces:
-        data["traces"] = {k: (t if isinstance(t, dict) else t.to_dict()) for k, t in traces.items()}
-    write_json(data, out_dir / "results.json")
-    (out_dir / "REPORT.md").write_text(markdown_report(study, traces, plots), encoding="utf-8")
-    return {"report": str(out_dir / "REPORT.md"), "json": str(out_dir / "results.json"), **plots}
 
 
 def write_json(study: "StudyResult | dict", path: "str | Path") -> Path:
@@ -330,9 +184,22 @@ def write_json(study: "StudyResult | dict", path: "str | Path") -> Path:
     return path
 
 
+def write_report(study: StudyResult, out_dir: "str | Path" = "results", traces: "dict | None" = None) -> dict:
+    """Write REPORT.md, results.json and the plots into out_dir; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot_all(study, out_dir)
+    data = study.to_dict()
+    if traces:
+        data["traces"] = {k: (v if isinstance(v, dict) else v.to_dict()) for k, v in traces.items()}
+    write_json(data, out_dir / "results.json")
+    (out_dir / "REPORT.md").write_text(markdown_report(study, traces, plots), encoding="utf-8")
+    return {"report": str(out_dir / "REPORT.md"), "json": str(out_dir / "results.json"), **plots}
+
+
 def print_study(study: StudyResult, out=None) -> None:
-    """The main table, which configuration each preset ran, the time split, the machine's limits
-    and the roofline fractions, as text."""
+    """The main table, what max ran as, the time split, the machine's limits and the roofline
+    fractions, as text."""
     out = out or sys.stdout
     c = study.model_config
     print(f"\nmodel: {c['n_layer']} layers, {c['n_head']} heads, n_embd {c['n_embd']}, vocab "
@@ -340,31 +207,18 @@ def print_study(study: StudyResult, out=None) -> None:
           f"{study.weights}); {study.settings['new_tokens']} new tokens, {study.settings['runs']} runs",
           file=out)
     if study.settings.get("tiny"):
-        print(f"\n{TINY_NOTE}", file=out)
-    print(format_table(study), file=out)
-    print(SPREAD_NOTE.replace("`", ""), file=out)
+        print(f"\n{t.TINY_NOTE}", file=out)
+    print(t.format_table(study), file=out)
+    print(t.SPREAD_NOTE.replace("`", ""), file=out)
     if "max" in study.phases and study.phases["max"].phase:
         print(f"\n{study.phases['max'].phase}", file=out)
     if any(r.ok and r.time_split for r in study.phases.values()):
         print("\ntime split (% of profiled generation time):", file=out)
-        print(format_split_table(study), file=out)
+        print(t.text_table(*t.split_rows(study)), file=out)
     m = study.machine
     if m:
-        print(f"\nmachine: read bandwidth {m.bandwidth_weights_gbs:.1f} GB/s (weights-sized "
-              f"{m.weight_bytes / 1e6:.2f} MB buffer), {m.bandwidth_large_gbs:.1f} GB/s "
-              f"({m.large_bytes / 2**20:.0f} MiB buffer); torch.mm peak {m.mm_peak_gflops:.1f} GFLOPS; "
-              f"ideal decode step {m.ideal_decode_ms:.3f} ms; best of {study.settings.get('machine_samples', 1)} "
-              f"interleaved samples", file=out)
-        if m.disturbed:
-            print(f"  DISTURBED: the samples of {', '.join(m.disturbed)} differ by more than 1.5x; "
-                  f"these limits are unreliable in this run", file=out)
-        for name, r in study.phases.items():
-            if r.ok and r.roofline.get("decode_fraction_of_roofline") is not None:
-                gemm = {k.split("_")[1]: v for k, v in r.roofline.items() if k.startswith("gemm_")}
-                gtxt = ", ".join(f"GEMM{n} {100 * v:.0f}% of torch.mm" for n, v in gemm.items())
-                print(f"  {name:10s} decode {r.decode_ms:.3f} ms ({r.roofline['decode_gbs']:.1f} GB/s "
-                      f"of weights) = {100 * r.roofline['decode_fraction_of_roofline']:.1f}% of "
-                      f"roofline; {gtxt}", file=out)
+        print("\nmachine:\n" + "\n".join(_machine_lines(study)), file=out)
+        print(t.text_table(*_roofline_rows(study)), file=out)
     e = study.env
     print(f"\nenvironment: torch {e['torch']}, {e['threads']} threads, {e['cpu']} "
           f"({e.get('cpu_capability', '?')}), device {e['device']}", file=out)

@@ -106,6 +106,9 @@ class PhaseResult(_StatusAndMemory):
     bytes_per_token: "float | None" = None
     allocs_per_token: "float | None" = None
     spread: dict = field(default_factory=dict)       # figure -> spread() of its runs
+    compile_s: "float | None" = None     # compiled phases: the first forward + generation
+    graphs_compiled: "int | None" = None  # ... the graphs compiled then
+    recompiles: "int | None" = None      # ... and during the timed runs (must be 0)
     gflops: dict = field(default_factory=dict)       # size -> GFLOPS with the preset's matmul
     time_split: dict = field(default_factory=dict)   # category -> percent (sums to 100)
     time_split_ms: dict = field(default_factory=dict)
@@ -192,6 +195,10 @@ class StudyResult:
     peers: dict                          # name -> PeerResult
     weights: str = "random"
     seed: dict = field(default_factory=lambda: SEED)
+    # beyond the presets' table (run.extend_study): "waterfall", "training", "init",
+    # "scaling", "engines", ... as plain data, and how long each part of the run took
+    sections: dict = field(default_factory=dict)
+    durations: dict = field(default_factory=dict)   # part -> seconds
 
     def ratios(self) -> dict:
         """Per preset: tokens/s speed-up vs phase0 and vs each peer; memory/token vs each peer."""
@@ -220,5 +227,6 @@ class StudyResult:
             "phases": {k: v.to_dict() for k, v in self.phases.items()},
             "peers": {k: v.to_dict() for k, v in self.peers.items()},
             "ratios": self.ratios(), "seed": self.seed,
+            "sections": self.sections, "durations": self.durations,
         }
 

@@ -2,14 +2,22 @@
 weights."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Callable, Iterable
 
-from ..config import OptConfig, presets
+from ..config import ModelConfig, OptConfig, presets
+from ..model import GPT
 from .harness import BenchSettings, ReferenceRun, _device_of, measure_machine, measure_preset
 from .machine import environment
 from .peers import PEERS
 from .results import StudyResult
+from .scaling import measure_scaling
+from .training import measure_init, measure_training_step
+from .waterfall import measure_waterfall
+
+GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
+PARTS = ("waterfall", "training", "init", "scaling")
 
 
 def _phase_items(phases) -> list:
@@ -42,6 +50,7 @@ def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise ValueError(f"unknown peer(s) {unknown}; known: {list(PEERS)}")
+    start = time.perf_counter()
     try:
         limits = measure_machine(model, settings) if machine else None
         reference = ReferenceRun(model, settings, prompt)
@@ -68,4 +77,60 @@ def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
         model.set_phase(previous)
     return StudyResult(model_config=asdict(model.config), num_parameters=model.num_parameters(),
                        settings=settings.to_dict(), env=environment(device), machine=limits,
-                       phases=results, peers=peer_results, weights=weights)
+                       phases=results, peers=peer_results, weights=weights,
+                       durations={"presets, peers and machine limits": time.perf_counter() - start})
+
+
+def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS, *,
+                 presets_of=None, large: "ModelConfig | None" = GPT2_SMALL, progress=False) -> StudyResult:
+    """Add to `study` (run on `model`) the parts beyond the presets' table, each timed:
+    - "waterfall": phase0 to max, switch by switch (waterfall.py);
+    - "training": one optimizer step per preset at batch 8 x block_size, and at the `large`
+      shape (batch 1 x 256) for reference, phase3 and max (training.py);
+    - "init": construction time of each init form at the model's and the `large` shape;
+    - "scaling": tokens/s at batch 1, 4, 16 and decode ms by position per preset (scaling.py).
+    `presets_of`: part -> preset names (default: the study's presets, minus phase0 for
+    scaling: its no-cache line has the reference's shape at 30x the minutes).
+    Tiny settings shrink every part (and skip the large shape)."""
+    names = [n for n in study.phases if study.phases[n].ok or study.phases[n].status == "unavailable"]
+    chosen = {"waterfall": None, "training": names, "init": None,
+              "scaling": [n for n in names if n != "phase0"], **(presets_of or {})}
+    tiny = settings.tiny
+    large = None if tiny else large
+    timed = study.durations
+
+    def run_part(part, fn):
+        if part in parts:
+            begin = time.perf_counter()
+            study.sections[part] = fn()
+            timed[part] = time.perf_counter() - begin
+
+    def training():
+        batch = (2, 16) if tiny else (8, model.config.block_size)
+        out = {"model": [measure_training_step(model, n, batch=batch, steps=1 if tiny else 3,
+                                               name=n).to_dict() for n in chosen["training"]]}
+        if large is not None:
+            big = GPT(large)
+            out["large"] = [measure_training_step(big, n, batch=(1, 256), steps=2, name=n).to_dict()
+                            for n in ("reference", "phase3", "max")]
+        return out
+
+    def init():
+        shapes = {"model": model.config, **({"large": large} if large is not None else {})}
+        return {key: [measure_init(config, form, repeat=1 if tiny else 3).to_dict()
+                      for form in ("default", "fast")] for key, config in shapes.items()}
+
+    def scaling():
+        kw = dict(new_tokens=settings.new_tokens, prompt_len=settings.prompt_len,
+                  runs=settings.runs, batches=(1, 2) if tiny else (1, 4, 16))
+        return [measure_scaling(model, n, name=n, **kw).to_dict() for n in chosen["scaling"]]
+
+    previous = model.requested_phase
+    try:
+        run_part("waterfall", lambda: measure_waterfall(model, settings, study.phases))
+        run_part("training", training)
+        run_part("init", init)
+        run_part("scaling", scaling)
+    finally:
+        model.set_phase(previous)
+    return study

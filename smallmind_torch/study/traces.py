@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch._C._profiler import _ExperimentalConfig  # verbose: Python frames in export_stacks
 
 from ..config import OptConfig
 from ..labels import CATEGORIES
 from ..ops import CustomOpsUnavailable
 from .harness import fixed_prompt
+from .pictures import flame_graph, step_timeline
 from .profiling import STEP_LABEL, quiet_profiler, split_from_events
 
 TRACE_SUFFIX = ".pt.trace.json"
@@ -48,11 +50,12 @@ class TraceResult:
     trace_files: list = field(default_factory=list)   # TensorBoard traces (*.pt.trace.json)
     chrome_trace: str = ""
     table: str = ""                          # key_averages().table(...) of the last active cycle
+    pictures: list = field(default_factory=list)      # step PNG, flame-graph SVG, memory HTML
     time_split: dict = field(default_factory=dict)    # category -> percent over the active steps
     top_ops: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("name", "status", "reason", "phase", "run_dir", "trace_files",
+        return {k: getattr(self, k) for k in ("name", "status", "reason", "phase", "run_dir", "trace_files", "pictures",
                                               "chrome_trace", "time_split", "top_ops")}
 
     def describe_split(self) -> str:
@@ -73,10 +76,12 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
                  name: "str | None" = None, prompt_len: int = 16, seed: int = 1234,
                  step: str = "token", tokens: int = 8, wait: int = 1, warmup: int = 1,
                  active: int = 2, row_limit: int = 15, sort_by: str = "self_cpu_time_total",
-                 verbose: bool = False) -> TraceResult:
-    """Profile `preset` on `model` and write its TensorBoard run and Chrome trace under logdir.
-    `preset=None` keeps the model's current phase. Custom-op presets that cannot be built
-    give status "unavailable"; `result.phase` says what ran (for "max", which candidate)."""
+                 pictures: bool = True, verbose: bool = False) -> TraceResult:
+    """Profile `preset` on `model` and write its TensorBoard run, Chrome trace and (with
+    `pictures`) the offline views under logdir/name: `<name>.step.png` (one step on a time
+    axis), `<name>.flame.svg` (call stacks, `with_stack`), `<name>.memory.html` (memory
+    timeline). `preset=None` keeps the model's current phase. Custom-op presets that cannot be
+    built give status "unavailable"; `result.phase` says what ran (for "max", which candidate)."""
     from torch.profiler import (ProfilerActivity, profile, record_function, schedule,
                                 tensorboard_trace_handler)
 
@@ -111,9 +116,20 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
                 os.link(written[-1], chrome)  # phase 0's traces are tens of MB: no second copy
             except OSError:
                 shutil.copyfile(written[-1], chrome)
-        _, split = split_from_events(prof.profiler.kineto_results.events())
+        events = prof.profiler.kineto_results.events()
+        _, split = split_from_events(events)
         for k, v in split.items():
             split_ms[k] += v
+        if pictures:  # offline views of the last cycle: timeline, flame graph, memory
+            step_png = step_timeline(events, run_dir / f"{name}.step.png",
+                                     f"{name}: one profiled step ({result.phase})", STEP_LABEL)
+            stacks = run_dir / f"{name}.stacks.txt"
+            prof.export_stacks(str(stacks), "self_cpu_time_total")
+            flame = flame_graph(stacks, run_dir / f"{name}.flame.svg",
+                                f"{name}: where the profiled steps' time goes, by call stack")
+            memory = run_dir / f"{name}.memory.html"
+            prof.export_memory_timeline(str(memory))  # deprecated for CUDA only; CPU works
+            result.pictures = [str(p) for p in (step_png, flame, memory) if p]
 
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -125,7 +141,8 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
             steps = _steps(model, prompt, n_steps, step, tokens)
             with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active),
                          on_trace_ready=ready, record_shapes=True, profile_memory=True,
-                         with_flops=True) as prof:
+                         with_flops=True, with_stack=pictures,
+                         experimental_config=_ExperimentalConfig(verbose=pictures)) as prof:
                 for fn in steps:
                     with record_function(STEP_LABEL):
                         fn()

@@ -54,11 +54,18 @@ def train_val_split(data: torch.Tensor, val_fraction: float = 0.1) -> tuple[torc
 
 def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
               generator: "torch.Generator | None" = None,
-              device: "torch.device | str" = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch_size` random windows of `block_size` tokens: inputs x and next-token targets y."""
+              device: "torch.device | str" = "cpu",
+              rows: "slice | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` random windows of `block_size` tokens: inputs x and next-token targets y.
+
+    `rows` keeps only those windows of the batch (a data-parallel rank's shard); the whole
+    batch is drawn all the same, so the generator advances as in one process and every rank,
+    whatever their number, cuts its shard from the same global batch."""
     if len(data) < block_size + 1:
         raise ValueError(f"need at least block_size + 1 = {block_size + 1} tokens, have {len(data)}")
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    if rows is not None:
+        ix = ix[rows]
     offsets = torch.arange(block_size + 1)
     windows = data[ix[:, None] + offsets]          # (B, T + 1)
     x = windows[:, :-1].contiguous()

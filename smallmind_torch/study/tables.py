@@ -1,0 +1,198 @@
+"""The study's tables, as rows of strings: the main table, the time split, and the tables of
+the parts beyond it (waterfall, training, init, compile, scaling). Rendered as Markdown
+(`md_table`) for REPORT.md and as monospaced text (`text_table`) for the terminal."""
+from __future__ import annotations
+
+import math
+
+from ..labels import CATEGORIES
+from .results import StudyResult
+from .seed import SEED, SEED_SPLIT
+
+
+def fmt(value, digits=1, unit=""):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, tuple):
+        return f"{value[0]:g}-{value[1]:g}{unit}"
+    if isinstance(value, str):
+        return value
+    if abs(value) >= 100 or digits == 0:
+        return f"{value:.0f}{unit}"
+    if abs(value) < 0.1 and value != 0:
+        return f"{value:.3g}{unit}"
+    return f"{value:.{digits}f}{unit}"
+
+
+def with_spread(value, result, figure, digits=1):
+    """A figure with its spread: "912 ±6%" (half the min-max range of its runs, relative to the
+    median); a trailing "!" when the runs differ by more than results.DISTURBED_RATIO."""
+    return with_spread_value(value, result.spread.get(figure), digits)
+
+
+SPREAD_NOTE = ("`±` is half the range of a figure's runs relative to their median; `!` marks "
+               "runs that differ by more than 1.5x: the machine was disturbed during them, so "
+               "compare those figures with care.")
+TINY_NOTE = ("TINY MODE: a smoke run on a tiny shape with a few tokens. Its figures and ratios "
+             "say nothing about performance; run without --tiny for the study.")
+
+
+def table_rows(study: StudyResult) -> tuple:
+    """(header, rows): one row per seed line, preset and peer; every cell a string."""
+    sizes = sorted({int(n) for r in study.phases.values() for n in r.gflops} or {512})
+    gemm_n = sizes[-1]
+    header = ["phase", "tokens/s", "decode ms", "prefill ms", "MB/token", "allocs/token",
+              f"GFLOPS@{gemm_n}", "x phase0", *[f"x {p}" for p in study.peers], "check"]
+    ratios = study.ratios()
+    rows = []
+    b, f = SEED["baseline"], SEED["final_target"]
+    peer_blank = ["-"] * len(study.peers)
+    rows.append(["seed baseline (.NET)", fmt(b["tokens_per_s"]), "-", fmt(b["prefill_ms"]),
+                 fmt(b["mb_per_token"]), f"({b['gc_gen0_per_50_tokens']} GC gen0/50 tok)",
+                 fmt(b["gflops_512"]), "-", *peer_blank, "seed"])
+    rows.append(["seed final target", fmt(f["tokens_per_s"]), "-", fmt(f["prefill_ms"], unit=" "),
+                 fmt(f["mb_per_token"]), f"(<{f['gc_gen0_per_50_tokens']} GC gen0)",
+                 fmt(f["gflops_512"]), "-", *peer_blank, "seed"])
+    for name, r in study.phases.items():
+        if r.ok:
+            g = r.gflops.get(gemm_n, r.gflops.get(str(gemm_n)))
+            ra = ratios.get(name, {})
+            rows.append([name, with_spread(r.tokens_per_s, r, "tokens_per_s"),
+                         with_spread(r.decode_ms, r, "decode_ms", 2), with_spread(r.prefill_ms, r, "prefill_ms", 2),
+                         fmt(r.mb_per_token, 3), fmt(r.allocs_per_token), fmt(g),
+                         fmt(ra.get("speedup_vs_phase0"), 2, "x"),
+                         *[fmt(ra.get(f"speedup_vs_{p}"), 2, "x") for p in study.peers],
+                         r.describe_status()])
+        else:
+            rows.append([name, *["-"] * (len(header) - 2), r.describe_status()])
+    for name, p in study.peers.items():
+        label = {"hf": "HF transformers generate"}.get(name, name)
+        if p.ok:
+            base = study.phases.get("phase0")
+            x0 = (p.tokens_per_s / base.tokens_per_s) if base is not None and base.ok else None
+            rows.append([label, with_spread(p.tokens_per_s, p, "tokens_per_s"),
+                         with_spread(p.decode_ms, p, "decode_ms", 2), "-", fmt(p.mb_per_token, 3),
+                         fmt(p.allocs_per_token), "-", fmt(x0, 2, "x"),
+                         *["1.00x" if q == name else "-" for q in study.peers], p.describe_status()])
+        else:
+            rows.append([label, *["-"] * (len(header) - 2), p.describe_status()])
+    return header, rows
+
+
+def short(text, width=60):
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def format_table(study: StudyResult, width: int = 60) -> str:
+    header, rows = table_rows(study)
+    rows = [r[:-1] + [short(r[-1], width)] for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i and i < len(cells) - 1 else str(c).ljust(w)
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def split_rows(study: StudyResult) -> tuple:
+    header = ["phase", *CATEGORIES]
+    rows = [["seed baseline", *[SEED_SPLIT.get(c, "-") for c in CATEGORIES]]]
+    for name, r in study.phases.items():
+        if r.ok and r.time_split:
+            rows.append([name, *[f"{r.time_split.get(c, 0.0):.1f}" for c in CATEGORIES]])
+    return header, rows
+
+
+def md_table(header, rows) -> str:
+    esc = lambda c: str(c).replace("|", "\\|")
+    out = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def text_table(header, rows) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows])
+
+
+def split_ms_rows(study: StudyResult) -> tuple:
+    """Absolute ms per generated token by category (under the profiler)."""
+    n = study.settings["new_tokens"]
+    header = ["phase", "ms/token", *CATEGORIES]
+    rows = []
+    for name, r in study.phases.items():
+        if r.ok and r.time_split_ms:
+            per_token = {c: r.time_split_ms.get(c, 0.0) / n for c in CATEGORIES}
+            rows.append([name, f"{sum(per_token.values()):.3g}",
+                         *[f"{per_token[c]:.3g}" for c in CATEGORIES]])
+    return header, rows
+
+
+def waterfall_rows(study: StudyResult) -> tuple:
+    rows, previous = [], None
+    for r in study.sections.get("waterfall", []):
+        ms = r["ms_per_token"]
+        factor = fmt(previous / ms, 2, "x") if previous and ms else "-"
+        rows.append([r["label"], fmt(r["tokens_per_s"]), fmt(ms, 3), factor,
+                     "ok" if r["status"] == "ok" else f"{r['status']}: {short(r['reason'], 80)}"])
+        previous = ms or previous
+    return ["step", "tokens/s", "ms/token", "x step above", "status"], rows
+
+
+def training_rows(study: StudyResult, key: str = "model") -> tuple:
+    cats = ("embedding_backward", "layernorm_backward", "attention_backward", "linear_backward",
+            "optimizer")
+    header = ["preset", "ms/step", "train tokens/s", "allocs/step", "MB/step",
+              *[f"% {c}" for c in cats]]
+    rows = []
+    for r in study.sections.get("training", {}).get(key, []):
+        if r["status"] != "ok":
+            rows.append([r["name"], *["-"] * (len(header) - 2), f"{r['status']}: {short(r['reason'], 60)}"])
+            continue
+        rows.append([r["name"], fmt(r["ms_per_step"], 1), fmt(r["tokens_per_s"]),
+                     fmt(r["allocs_per_step"]), fmt(r["mb_per_step"], 1),
+                     *[fmt(r["time_split"].get(c), 1) for c in cats]])
+    return header, rows
+
+
+def init_rows(study: StudyResult) -> tuple:
+    rows = []
+    for key, results in study.sections.get("init", {}).items():
+        for r in results:
+            s = r["shape"]
+            rows.append([f"{s['n_layer']}x{s['n_embd']}, vocab {s['vocab_size']}", r["form"],
+                         with_spread_value(r["ms"], r["spread"], 1)])
+    return ["shape", "init form", "ms to construct"], rows
+
+
+def scaling_rows(study: StudyResult) -> tuple:
+    data = [r for r in study.sections.get("scaling", []) if r["status"] == "ok"]
+    batches = sorted({int(b) for r in data for b in r["tokens_per_s_by_batch"]})
+    header = ["preset", *[f"tokens/s @ batch {b}" for b in batches], "decode ms first pos.",
+              "decode ms last pos.", "growth"]
+    rows = []
+    for r in data:
+        by_pos = r["decode_ms_by_position"]
+        first, last = (by_pos[min(by_pos, key=int)], by_pos[max(by_pos, key=int)]) if by_pos else (None, None)
+        rows.append([r["name"], *[fmt(r["tokens_per_s_by_batch"].get(str(b), r["tokens_per_s_by_batch"].get(b)))
+                                  for b in batches],
+                     fmt(first, 3), fmt(last, 3), fmt(last / first if first else None, 2, "x")])
+    return header, rows
+
+
+def compile_rows(study: StudyResult) -> tuple:
+    rows = [[n, fmt(r.compile_s, 1), fmt(r.graphs_compiled, 0), fmt(r.recompiles, 0),
+             fmt(r.tokens_per_s), fmt(r.decode_ms, 3), fmt(r.prefill_ms, 2)]
+            for n, r in study.phases.items() if r.ok and r.compile_s is not None]
+    return ["preset", "compile s", "graphs", "recompiles in the timed runs", "tokens/s",
+            "decode ms", "prefill ms"], rows
+
+
+def with_spread_value(value, s, digits=1):
+    """with_spread for a figure and its spread dict (results.spread)."""
+    text = fmt(value, digits)
+    if value is None or not s or s["runs"] < 2 or not s["median"]:
+        return text
+    return f"{text} ±{50 * (s['max'] - s['min']) / s['median']:.0f}%{'!' if s['disturbed'] else ''}"

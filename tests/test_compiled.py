@@ -1,0 +1,69 @@
+"""torch.compile as a form: the `compiled` preset gives the reference's logits and tokens, the
+decode step compiles once and serves every position (no recompilation per token), and the
+study reports compile time apart from speed."""
+import pytest
+import torch
+
+from smallmind_torch import GPT, OptConfig
+from smallmind_torch.compiled import compiled_graphs
+from smallmind_torch.study import harness
+
+from helpers import TINY
+
+
+@pytest.fixture
+def inductor(monkeypatch):
+    monkeypatch.setenv("SMALLMIND_COMPILE_BACKEND", "inductor")
+
+
+@pytest.mark.slow
+def test_inductor_matches_reference_without_recompiling_per_token(inductor):
+    torch.set_num_threads(1)
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    with torch.no_grad():
+        expected_logits = model(idx)
+    expected = model.generate(idx, TINY.block_size + 4)  # past block_size: a re-prefill too
+    model.set_phase("compiled")
+    assert torch.equal(model.generate(idx, 3), expected[:, :8])  # compiles prefill and decode
+    graphs = compiled_graphs()
+    within_cache = TINY.block_size - 5
+    assert torch.equal(model.generate(idx, within_cache), expected[:, :5 + within_cache])
+    assert compiled_graphs() == graphs  # every position of the cache: the same graphs
+    # past block_size (a re-prefill of a full window) and a full forward: compiled once each
+    assert torch.equal(model.generate(idx, TINY.block_size + 4), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), expected_logits)
+    graphs = compiled_graphs()
+    assert torch.equal(model.generate(idx, TINY.block_size + 4), expected)
+    assert compiled_graphs() == graphs
+
+
+def test_the_study_reports_compile_time_and_recompiles():
+    model = GPT(TINY).eval()
+    r = harness.measure_preset(model, "compiled", harness.BenchSettings.tiny(profile=False))
+    assert r.status == "ok", r.reason
+    assert r.compile_s > 0 and r.graphs_compiled >= 2 and r.recompiles == 0
+
+
+def test_compile_excludes_the_workspace_and_fused_decode():
+    with pytest.raises(ValueError, match="compile='inductor' needs workspace=False"):
+        OptConfig(compile="inductor", workspace=True)
+    with pytest.raises(ValueError, match="compile='max-autotune' needs"):
+        OptConfig(compile="max-autotune", kv_cache=True, workspace=True, fused_decode=True)
+
+
+def test_compiled_training_gradients_match(inductor):
+    pytest.importorskip("torch._inductor")
+    model = GPT(TINY)
+    idx = torch.randint(0, TINY.vocab_size, (2, 7))
+
+    def grads():
+        model.zero_grad()
+        model(idx).square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    expected = grads()
+    model.set_phase(OptConfig(compile="inductor"))
+    for got, want in zip(grads(), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
