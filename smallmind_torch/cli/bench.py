@@ -8,8 +8,10 @@ from .core import (Command, UsageError, add_model_arguments, add_settings_argume
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config import presets
+
     p.add_argument("--phases", nargs="+", default=None, metavar="PHASE",
-                   help="presets to measure (default: every preset and max)")
+                   help=f"presets to measure, of: {', '.join(presets())} (default: all)")
     p.add_argument("--peers", nargs="*", default=["hf"], metavar="PEER",
                    help="peers measured in the same run (default: hf; none: --peers)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")

@@ -111,6 +111,35 @@ def load_checkpoint_or_fail(path):
         raise CommandError(str(exc)) from exc
 
 
+def add_phase_argument(p: argparse.ArgumentParser, default: str, what: str) -> None:
+    from ..config import presets
+
+    p.add_argument("--phase", default=default, metavar="PHASE",
+                   help=f"{what}: one of {', '.join(presets())} (default {default}; docs/study.md)")
+
+
+def checkpoint_to_use(checkpoint: "str | None", *, random: bool = False, reason: str = ""):
+    """The checkpoint a command loads: --checkpoint when given; else the default checkpoint
+    (checkpoints/seed, what `smallmind train` writes) when it exists and nothing asks for
+    random weights (`reason` says what does: --random, --tiny, a shape); else None. Says on
+    stderr which weights it is, since the figures depend on them."""
+    from pathlib import Path
+
+    from ..train.checkpoint import DEFAULT_CHECKPOINT
+
+    if checkpoint:
+        return Path(checkpoint)
+    path = Path(DEFAULT_CHECKPOINT)
+    if not random and path.exists():
+        print(f"smallmind: weights: the checkpoint in {path} (--random for random weights)",
+              file=sys.stderr)
+        return path
+    why = reason or (f"no checkpoint in {path} (`smallmind train` makes one)" if not path.exists()
+                     else "--random")
+    print(f"smallmind: weights: random ({why})", file=sys.stderr)
+    return None
+
+
 def random_model(config, seed: int):
     """A GPT with random weights drawn under `seed`, in eval mode."""
     import torch
@@ -122,9 +151,13 @@ def random_model(config, seed: int):
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--checkpoint / --seed / --tiny / the shape: the model a study command measures."""
+    """--checkpoint / --random / --seed / --tiny / the shape: the model a study command measures."""
+    from ..train.checkpoint import DEFAULT_CHECKPOINT
+
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint directory (smallmind train); default: random weights, fixed seed")
+                   help=f"checkpoint directory (default: {DEFAULT_CHECKPOINT} when it exists, "
+                        "else random weights)")
+    p.add_argument("--random", action="store_true", help="random weights even if a checkpoint exists")
     p.add_argument("--seed", type=int, default=1234, help="seed of the random weights and the prompt")
     p.add_argument("--tiny", action="store_true",
                    help="tiny shape and few tokens (seconds; for tests and smoke runs)")
@@ -139,10 +172,13 @@ def build_model(args: argparse.Namespace) -> tuple:
 
     from ..config import ModelConfig
 
-    if args.checkpoint:
-        model, tok, _ = load_checkpoint_or_fail(args.checkpoint)
-        ids = tok.encode(PROMPT_TEXT)[:args.prompt_len or (4 if args.tiny else 16)]
-        return model.eval(), torch.tensor([ids], dtype=torch.long), f"checkpoint {args.checkpoint}"
+    shape_given = any(getattr(args, k, None) is not None for k in SHAPE_FIELDS)
+    reason = "--tiny" if args.tiny else ("a model shape was given" if shape_given else "")
+    checkpoint = checkpoint_to_use(args.checkpoint, random=args.random or bool(reason), reason=reason)
+    if checkpoint is not None:
+        model, tok, _ = load_checkpoint_or_fail(checkpoint)
+        ids = tok.encode(PROMPT_TEXT)[:getattr(args, "prompt_len", None) or (4 if args.tiny else 16)]
+        return model.eval(), torch.tensor([ids], dtype=torch.long), f"checkpoint {checkpoint}"
     config = model_config_from_args(args, TINY_SHAPE if args.tiny else None) or ModelConfig()
     return random_model(config, args.seed), None, f"random (seed {args.seed})"
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from .core import (Command, CommandError, UsageError, add_threads_argument, check_presets,
-                   load_checkpoint_or_fail, random_model, register, threads_from_args)
+from .core import (Command, CommandError, UsageError, add_phase_argument, add_threads_argument,
+                   check_presets, checkpoint_to_use, load_checkpoint_or_fail, random_model,
+                   register, threads_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,29 +14,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--phase", default="reference", help="optimization preset (a PHASES preset or max)")
+    add_phase_argument(p, "max", "optimization preset")
     p.add_argument("--checkpoint", default=None,
                    help=f"checkpoint directory (default {DEFAULT_CHECKPOINT}; random weights "
                         f"if that does not exist)")
+    p.add_argument("--random", action="store_true", help="random weights even if a checkpoint exists")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=1337)
     add_threads_argument(p)
 
 
-def load_for_generation(checkpoint: "str | None", seed: int) -> tuple:
-    """(model, tokenizer): from `checkpoint`, else the default checkpoint if it exists, else
-    random weights and the shipped tokenizer (saying so on stderr)."""
+def load_for_generation(args: argparse.Namespace) -> tuple:
+    """(model, tokenizer): the checkpoint (checkpoint_to_use), else random weights and the
+    shipped tokenizer."""
     from ..config import ModelConfig
-    from ..train.checkpoint import DEFAULT_CHECKPOINT
     from ..train.tokenizer import Tokenizer
 
-    path = Path(checkpoint or DEFAULT_CHECKPOINT)
-    if checkpoint is None and not path.exists():
-        print(f"smallmind: no checkpoint at {path} (train one with `smallmind train`); "
-              f"using random weights and the default tokenizer", file=sys.stderr)
-        return random_model(ModelConfig(), seed), Tokenizer.default()
-    model, tok, _ = load_checkpoint_or_fail(path)
+    checkpoint = checkpoint_to_use(args.checkpoint, random=args.random)
+    if checkpoint is None:
+        return random_model(ModelConfig(), args.seed), Tokenizer.default()
+    model, tok, _ = load_checkpoint_or_fail(checkpoint)
     return model, tok
 
 
@@ -53,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError("--top-k must be >= 1")
     with threads_from_args(args):
-        model, tok = load_for_generation(args.checkpoint, args.seed)
+        model, tok = load_for_generation(args)
         try:
             model.set_phase(args.phase)
         except CustomOpsUnavailable as e:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from .core import (Command, CommandError, add_model_arguments, build_model, check_presets,
-                   register, threads_from_args)
+from .core import (Command, CommandError, add_model_arguments, add_phase_argument, build_model,
+                   check_presets, register, threads_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--phase", default="reference", help="preset to profile (a PHASES preset or max)")
+    add_phase_argument(p, "reference", "preset to profile")
     p.add_argument("--logdir", default="runs", help="TensorBoard log directory (runs)")
     p.add_argument("--step", choices=("token", "generate"), default="token",
                    help="what one profiler step is: one generated token (default) or one generate call")

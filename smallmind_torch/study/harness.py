@@ -125,11 +125,22 @@ def timed_stream(model, prompt, new_tokens: int) -> tuple:
 
 
 def _progress(total, desc, enabled):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
+    """A progress bar (tqdm; a widget in Jupyter) when `enabled`; else nothing, not even a
+    disabled bar (tqdm's notebook bar warns without ipywidgets even when disabled)."""
+    if not enabled:
         return contextlib.nullcontext(None)
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="run")
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, unit="run")
+
+
+def progress_over(items, desc: str, enabled: bool):
+    """`items` under a progress bar (tqdm) when `enabled`."""
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False, unit="preset")
 
 
 def measure_generation(model, prompt, new_tokens: int, runs: int, *, warmup: bool = True,
@@ -180,7 +191,8 @@ def matmul_gflops(opt: OptConfig, sizes=(128, 256, 512), *, device="cpu", repeat
 
 # ---- machine limits --------------------------------------------------------------------------
 
-def measure_machine(model=None, settings: BenchSettings = BenchSettings(), *, device=None) -> MachineLimits:
+def measure_machine(model=None, settings: BenchSettings = BenchSettings(), *, device=None,
+                    progress: bool = False) -> MachineLimits:
     device = torch.device(device) if device is not None else (_device_of(model) if model is not None else torch.device("cpu"))
     weight_bytes = weight_bytes_per_decode(model) if model is not None else 64 * 2**20
     llc = last_level_cache_bytes()
@@ -193,9 +205,12 @@ def measure_machine(model=None, settings: BenchSettings = BenchSettings(), *, de
     samples = {name: [] for name in probes}
     # Interleaved: a burst of load from elsewhere spoils one sample of each limit, not every
     # sample of one; a limit is the best sample (the machine can do at least that).
-    for _ in range(settings.machine_samples):
-        for name, probe in probes.items():
-            samples[name].append(probe())
+    with _progress(settings.machine_samples, "machine limits", progress) as bar:
+        for _ in range(settings.machine_samples):
+            for name, probe in probes.items():
+                samples[name].append(probe())
+            if bar is not None:
+                bar.update()
     best = {name: max(v) for name, v in samples.items()}
     return MachineLimits(weight_bytes, best["bandwidth_weights_gbs"], large,
                          best["bandwidth_large_gbs"], llc,

@@ -2,13 +2,15 @@
 weights."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from typing import Callable, Iterable
 
 from ..config import ModelConfig, OptConfig, presets
 from ..model import GPT
-from .harness import BenchSettings, ReferenceRun, _device_of, measure_machine, measure_preset
+from .harness import (BenchSettings, ReferenceRun, _device_of, measure_machine, measure_preset,
+                      progress_over)
 from .machine import environment
 from .peers import PEERS
 from .results import StudyResult
@@ -52,14 +54,10 @@ def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
         raise ValueError(f"unknown peer(s) {unknown}; known: {list(PEERS)}")
     start = time.perf_counter()
     try:
-        limits = measure_machine(model, settings) if machine else None
+        limits = measure_machine(model, settings, progress=progress) if machine else None
         reference = ReferenceRun(model, settings, prompt)
         results = {}
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(items, desc="presets", disable=not progress, unit="preset")
-        except ImportError:  # pragma: no cover
-            bar = items
+        bar = progress_over(items, "presets", progress)
         for name, preset in bar:
             if progress and hasattr(bar, "set_postfix_str"):
                 bar.set_postfix_str(name)
@@ -108,11 +106,13 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
     def training():
         batch = (2, 16) if tiny else (8, model.config.block_size)
         out = {"model": [measure_training_step(model, n, batch=batch, steps=1 if tiny else 3,
-                                               name=n).to_dict() for n in chosen["training"]]}
+                                               name=n).to_dict()
+                         for n in progress_over(chosen["training"], "training steps", progress)]}
         if large is not None:
             big = GPT(large)
             out["large"] = [measure_training_step(big, n, batch=(1, 256), steps=2, name=n).to_dict()
-                            for n in ("reference", "phase3", "max")]
+                            for n in progress_over(("reference", "phase3", "max"),
+                                                   "training steps, GPT-2 small", progress)]
         return out
 
     def init():
@@ -123,10 +123,13 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
     def scaling():
         kw = dict(new_tokens=settings.new_tokens, prompt_len=settings.prompt_len,
                   runs=settings.runs, batches=(1, 2) if tiny else (1, 4, 16))
-        return [measure_scaling(model, n, name=n, **kw).to_dict() for n in chosen["scaling"]]
+        return [measure_scaling(model, n, name=n, **kw).to_dict()
+                for n in progress_over(chosen["scaling"], "batches and positions", progress)]
 
     previous = model.requested_phase
     try:
+        if progress and "waterfall" in parts:
+            print("smallmind: the waterfall: phase0 to max, switch by switch", file=sys.stderr)
         run_part("waterfall", lambda: measure_waterfall(model, settings, study.phases))
         run_part("training", training)
         run_part("init", init)
