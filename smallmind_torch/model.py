@@ -296,7 +296,8 @@ class GPT(nn.Module):
             raise ValueError("setup_caches needs a phase with kv_cache=True")
         _check_batch(max_batch)
         c, param = self.config, self.transformer.wte.weight
-        with self.lock:
+        # made outside inference mode even inside it (see Workspace.take)
+        with self.lock, torch.inference_mode(False):
             self.kv_caches = nn.ModuleList([
                 KVCache(max_batch, c.n_head, c.block_size, c.head_dim, dtype=param.dtype,
                         device=param.device)

@@ -33,12 +33,15 @@ class Workspace:
             return view
         numel = math.prod(shape)
         buffer = self.buffers.get(name)
-        if buffer is None or buffer.numel() < numel:
-            buffer = torch.empty(numel, dtype=self.dtype, device=self.device)
-            self.buffers[name] = buffer
-            self.allocations += 1
-            self._views = {key: v for key, v in self._views.items() if key[0] != name}
-        view = self._views[(name, shape)] = buffer[:numel].view(shape)
+        # Buffers and views made outside inference mode even inside it: made in it, they could
+        # not be written by the next call outside it (torch.no_grad), which is how generate runs.
+        with torch.inference_mode(False):
+            if buffer is None or buffer.numel() < numel:
+                buffer = torch.empty(numel, dtype=self.dtype, device=self.device)
+                self.buffers[name] = buffer
+                self.allocations += 1
+                self._views = {key: v for key, v in self._views.items() if key[0] != name}
+            view = self._views[(name, shape)] = buffer[:numel].view(shape)
         return view
 
     def scalar(self, value: float) -> torch.Tensor:
@@ -46,7 +49,8 @@ class Workspace:
         fresh tensor on every call, with a tensor they allocate nothing."""
         name = f"scalar.{value!r}"
         if name not in self.buffers:
-            self.buffers[name] = torch.full((), value, dtype=self.dtype, device=self.device)
+            with torch.inference_mode(False):  # as in take
+                self.buffers[name] = torch.full((), value, dtype=self.dtype, device=self.device)
             self.allocations += 1
         return self.buffers[name]
 

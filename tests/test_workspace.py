@@ -66,3 +66,21 @@ def test_workspace_with_autograd_warns_and_allocates():
 def test_setup_workspace_needs_the_switch():
     with pytest.raises(ValueError, match="workspace=True"):
         GPT(TINY).setup_workspace()
+
+
+@pytest.mark.parametrize("phase", ["phase1", "phase2", "max"])
+def test_inference_mode_then_no_grad(phase):
+    """Buffers first made under inference_mode are written again under no_grad (generate)."""
+    from helpers import set_phase_or_skip
+
+    model = set_phase_or_skip(GPT(TINY).eval(), phase)
+    idx = torch.randint(0, TINY.vocab_size, (1, 6))
+    with torch.inference_mode():
+        first = model(idx)
+        model.generate(idx, 3)
+    assert not model.workspace.buffers["residual"].is_inference()
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), first)
+    model.generate(idx, 3)
+    with torch.inference_mode():
+        model.generate(idx, 3)
