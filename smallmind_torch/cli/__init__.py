@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, build_ops, generate, profile, train  # noqa: F401  (each registers its command)
+from . import bench, build_ops, generate, peers, profile, train  # noqa: F401  (each registers its command)
 from .core import COMMANDS, CommandError, UsageError, error
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="smallmind", description="smallmind-torch: a small GPT made fast phase by phase "
                                       "(the study: docs/study.md)")
+    parser.add_argument("--version", action="version", version=f"smallmind-torch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for cmd in COMMANDS.values():

@@ -1,17 +1,20 @@
 """One engine in its own process: `python -m smallmind_torch.study.engine_worker --engine NAME
 --weights FILE --workdir DIR --threads N` (started by peer_bench.py, one per engine).
 
-It prepares the engine from the weights file (engines.py; artifacts such as the ONNX file or
-the converted CTranslate2 model go to DIR, where a later worker for the same weights finds
-them), prints one JSON line saying it is ready (or why not), then answers each JSON line read
-on stdin, `{"prompt": [ids...], "new_tokens": n}`, with one JSON line: a timed greedy
-generation (engines.RunTiming) or `{"ok": false, "error": ...}`. EOF or `{"op": "quit"}` ends
-it. Everything the engines print goes to stderr, so stdout carries only these lines; try it
+Once its modules are imported it prints `{"ok": true, "started": true}` and waits for a first
+line on stdin (`{"op": "prepare"}`, so that the driver can start every worker at once and have
+them prepare one at a time). Then it prepares the engine from the weights file (engines.py;
+artifacts such as the ONNX file or the converted CTranslate2 model go to DIR, where a later
+worker for the same weights finds them), prints one JSON line saying it is ready (or why not),
+and answers each JSON line read on stdin, `{"prompt": [ids...], "new_tokens": n}`, with one
+JSON line: a timed greedy generation (engines.RunTiming) or `{"ok": false, "error": ...}`.
+EOF or `{"op": "quit"}` ends it. Everything the engines print goes to stderr, so stdout carries only these lines; try it
 by hand with `echo '{"prompt": [1, 2, 3], "new_tokens": 5}' | python -m ...`.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -28,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="directory for exported / converted models")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the engine")
     p.add_argument("--phase", default="max", help="preset of the plain `smallmind` engine")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of hf-compiled")
     return p
 
 
@@ -71,7 +75,7 @@ def main(argv: "list[str] | None" = None) -> int:
         proto.flush()
 
     try:
-        engine = make_engine(args.engine, args.threads, args.phase)
+        engine = make_engine(args.engine, args.threads, args.phase, args.compile_backend)
         if args.threads < 1:
             raise ValueError("--threads must be >= 1")
     except ValueError as exc:
@@ -82,6 +86,10 @@ def main(argv: "list[str] | None" = None) -> int:
         send({"ok": False, "status": "not installed",
               "error": f"{', '.join(missing)} not installed (pip install 'smallmind-torch[peers]')"})
         return 0
+    send({"ok": True, "started": True})  # imported: the driver starts every worker at once
+    first = sys.stdin.readline()  # then has them prepare one at a time: {"op": "prepare"}
+    if not first or '"quit"' in first:
+        return 0
     try:
         costs = engine.prepare(Path(args.weights), Path(args.workdir))
     except Exception as exc:
@@ -89,7 +97,8 @@ def main(argv: "list[str] | None" = None) -> int:
         return 1
     send({"ok": True, "ready": True, "label": engine.label, "version": engine.version(),
           "prepare": costs, "pid": os.getpid()})
-    serve(engine, sys.stdin, send)
+    lines = sys.stdin if '"prepare"' in first else itertools.chain([first], sys.stdin)
+    serve(engine, lines, send)
     return 0
 
 

@@ -10,7 +10,7 @@ consecutive tokens), the protocol of docs/study.md.
 
 Each adapter runs in its own process (engine_worker.py), so one engine's thread pools and
 libraries never slow another's; every import of an engine's package happens inside its
-adapter, so a worker loads only what its engine needs.
+adapter, so a worker loads only what its engine needs (and torch, which the package imports).
 
     smallmind     our model in a preset (`smallmind` = the --phase preset, `smallmind:PRESET`)
     onnxruntime   the decode step with past K/V exported from our model (onnx_export.py), CPU
@@ -160,7 +160,7 @@ class OnnxRuntimeEngine(Engine):
         import numpy as np
         import onnxruntime as ort
 
-        costs = {}
+        costs = {"export_s": None}  # None: exported by an earlier worker, reused
         path = workdir / "onnxruntime" / "decode_step.onnx"
         if not path.exists():  # exported once per weights; the other thread counts reuse it
             from .onnx_export import export_decode_step
@@ -183,15 +183,13 @@ class OnnxRuntimeEngine(Engine):
         self.output_names = [o.name for o in self.session.get_outputs()]
         _, n_head, _, head_dim = inputs[1].shape  # (B, n_head, P, head_dim)
         self.empty = np.zeros((1, n_head, 0, head_dim), dtype=np.float32)
+        self.np, self.OrtValue = np, ort.OrtValue
         return costs
 
     def generate(self, prompt, n):
-        import numpy as np
-        from onnxruntime import OrtValue
-
         io = self.session.io_binding()
-        ids = OrtValue.ortvalue_from_numpy(np.asarray([prompt], dtype=np.int64))
-        past = [OrtValue.ortvalue_from_numpy(self.empty)] * len(self.past_names)
+        ids = self.OrtValue.ortvalue_from_numpy(self.np.asarray([prompt], dtype=self.np.int64))
+        past = [self.OrtValue.ortvalue_from_numpy(self.empty)] * len(self.past_names)
         tokens, stamps = [], []
         for _ in range(n):
             io.bind_ortvalue_input("input_ids", ids)
@@ -234,7 +232,7 @@ class CTranslate2Engine(Engine):
     def prepare(self, weights, workdir):
         import ctranslate2
 
-        costs = {}
+        costs = {"convert_s": None}  # None: converted by an earlier worker, reused
         out = workdir / "ctranslate2"
         if not (out / "model.bin").exists():  # converted once per weights
             from ctranslate2.converters import TransformersConverter
@@ -252,12 +250,16 @@ class CTranslate2Engine(Engine):
         return costs
 
     def generate(self, prompt, n):
-        tokens, stamps = [], []
-        for step in self.generator.generate_tokens([_token(i) for i in prompt], max_length=n,
-                                                   sampling_topk=1, end_token=[]):
+        stamps = []
+
+        def stamp(step):  # called by CTranslate2 as each token is chosen
             stamps.append(time.perf_counter())
-            tokens.append(step.token_id)
-        return tokens, stamps
+            return False  # go on
+
+        result = self.generator.generate_batch(
+            [[_token(i) for i in prompt]], max_length=n, sampling_topk=1, beam_size=1,
+            end_token=[], include_prompt_in_result=False, callback=stamp)
+        return result[0].sequences_ids[0], stamps
 
 
 class HFEngine(Engine):
@@ -267,6 +269,9 @@ class HFEngine(Engine):
     compiled = False
 
     def prepare(self, weights, workdir):
+        from .peers import _TimingStreamer  # stamps each token as generate streams it
+
+        self.streamer = _TimingStreamer
         _torch_threads(self.threads)
         start = time.perf_counter()
         self.hf = load_weights(weights).to_hf().eval()
@@ -277,16 +282,16 @@ class HFEngine(Engine):
             # transformers' recipe (docs: static cache and torch.compile); the compile itself
             # happens in the first generate of each prompt shape
             self.hf.generation_config.cache_implementation = "static"
-            self.hf.forward = torch.compile(self.hf.forward, mode="reduce-overhead", fullgraph=True)
+            self.hf.forward = torch.compile(self.hf.forward, backend=self.backend,
+                                            mode="reduce-overhead" if self.backend == "inductor" else None,
+                                            fullgraph=True)
         return {"load_s": time.perf_counter() - start}
 
     def generate(self, prompt, n):
         import torch
 
-        from .peers import _TimingStreamer
-
         idx = torch.tensor([prompt], dtype=torch.long)
-        streamer = _TimingStreamer("cpu")
+        streamer = self.streamer("cpu")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = self.hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n,
@@ -309,6 +314,12 @@ class HFCompiledEngine(HFEngine):
     name = "hf-compiled"
     label = "HF generate, static cache + torch.compile"
     compiled = True
+
+    def __init__(self, threads: int, backend: str = "inductor"):
+        super().__init__(threads)
+        self.backend = backend  # e.g. "aot_eager": the plumbing without inductor's compile
+        if backend != "inductor":
+            self.label = f"{self.label}[{backend}]"
 
 
 # ---- registry --------------------------------------------------------------------------------
@@ -333,10 +344,13 @@ def split_name(name: str) -> tuple:
     return base, preset or None
 
 
-def make_engine(name: str, threads: int, default_preset: str = "max") -> Engine:
+def make_engine(name: str, threads: int, default_preset: str = "max",
+                compile_backend: str = "inductor") -> Engine:
     base, preset = split_name(name)
     if base == "smallmind":
         return SmallmindEngine(threads, preset or default_preset)
+    if base == "hf-compiled":
+        return HFCompiledEngine(threads, compile_backend)
     return ENGINES[base](threads)
 
 

@@ -1,0 +1,318 @@
+"""Peers in the same run (docs/study.md, `smallmind peers`): every engine on the same weights,
+each in its own process, alternating run by run.
+
+For each workload (a shape's model and its prompts) the weights are written once to a
+temporary directory and `reference`'s greedy tokens are computed for every prompt. Then, per
+thread count, one worker process per engine (engine_worker.py) prepares its engine (export,
+conversion: the one-time costs it reports), and for every prompt:
+
+1. each engine generates once: its tokens are checked against reference's. An engine that
+   disagrees is FAILED (first mismatching token) and never timed; one whose package is missing
+   is "not installed"; any other failure is "error: <reason>";
+2. `runs` rounds, each running every engine that passed once, in a rotating order, with a
+   short pause between engines (idle thread pools of the previous one stop spinning); every
+   run's tokens are checked again.
+
+The medians (min, max) and the ratios are in peer_results.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .engines import RunTiming, make_engine, missing_packages, save_weights
+from .peer_results import CaseResult, EngineRow, PeersResult
+
+DEFAULT_ENGINES = ("smallmind", "onnxruntime", "ctranslate2", "hf", "hf-compiled")
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    new_tokens: int = 50
+    runs: int = 5                 # timed runs per engine, after the checked warm-up
+    threads: tuple = (1, 2)
+    phase: str = "max"            # preset of the plain `smallmind` engine
+    compile_backend: str = "inductor"  # torch.compile backend of hf-compiled
+    settle_s: float = 0.1         # pause between two engines' runs
+    ready_timeout_s: float = 1800.0   # prepare (export, conversion) may take minutes
+    run_timeout_s: float = 900.0      # one generation (the first may compile)
+
+    def __post_init__(self):
+        for name in ("new_tokens", "runs"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        threads = tuple(self.threads)
+        if not threads or any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in threads):
+            raise ValueError(f"threads must be ints >= 1, got {self.threads!r}")
+        object.__setattr__(self, "threads", threads)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Workload:
+    """One shape: the model whose weights every engine gets, and its prompts (one case each)."""
+
+    name: str
+    model: object                 # a smallmind_torch.GPT
+    prompts: list                 # lists of token ids
+    weights: str = "random"       # description for the report
+    references: list = field(default_factory=list)  # reference's greedy tokens per prompt
+
+
+def reference_tokens(model, prompt: list, new_tokens: int) -> list:
+    """`reference`'s greedy tokens after `prompt` on the model's weights."""
+    import torch
+
+    model.set_phase("reference")
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt], dtype=torch.long), new_tokens, temperature=0.0)
+    return out[0, len(prompt):].tolist()
+
+
+def first_mismatch(tokens: list, reference: list) -> "int | None":
+    for i, (a, b) in enumerate(zip(tokens, reference)):
+        if a != b:
+            return i
+    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
+
+
+# ---- one engine's process --------------------------------------------------------------------
+
+class WorkerError(Exception):
+    pass
+
+
+class Worker:
+    """An engine_worker process: JSON lines to its stdin, JSON lines back (a reader thread)."""
+
+    def __init__(self, engine: str, weights: Path, workdir: Path, threads: int,
+                 settings: PeerSettings = PeerSettings()):
+        self.engine = engine
+        self.log_path = workdir / f"worker-{engine.replace(':', '-')}-{threads}t.log"
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                   OPENBLAS_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+                   PYTHONUNBUFFERED="1")
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "smallmind_torch.study.engine_worker", "--engine", engine,
+                 "--weights", str(weights), "--workdir", str(workdir), "--threads", str(threads),
+                 "--phase", settings.phase, "--compile-backend", settings.compile_backend],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.counters: dict = {}  # the engine's compile counters, as last reported
+        self.counters_at_case_start: dict = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _log_tail(self) -> str:
+        try:
+            lines = [ln.strip() for ln in self.log_path.read_text(encoding="utf-8").splitlines()]
+        except OSError:
+            return ""
+        lines = [ln for ln in lines if ln]
+        return lines[-1][:300] if lines else ""
+
+    def receive(self, timeout: float) -> dict:
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                self.close()
+                raise WorkerError(f"no answer within {timeout:.0f} s") from None
+            if line is None:
+                rc = self.proc.wait()
+                tail = self._log_tail()
+                raise WorkerError(f"the worker process exited (code {rc})" + (f": {tail}" if tail else ""))
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue  # not a protocol line
+
+    def request(self, obj: dict, timeout: float) -> dict:
+        if self.proc.poll() is not None:
+            raise WorkerError(f"the worker process exited (code {self.proc.returncode})")
+        try:
+            self.proc.stdin.write(json.dumps(obj) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise WorkerError(f"the worker process is gone ({exc})") from None
+        return self.receive(timeout)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+def _start(engines, weights, workdir, threads, settings, rows: dict, log) -> dict:
+    """Start a worker per installed engine at once (their imports overlap), then have them
+    prepare one after the other (their one-time costs are not measured side by side); the
+    workers that are ready, by engine."""
+    started, ready = {}, {}
+    for engine in engines:
+        missing = missing_packages(engine)
+        if missing:
+            rows[engine].status = "not installed"
+            rows[engine].reason = f"{', '.join(missing)} missing (pip install 'smallmind-torch[peers]')"
+        else:
+            started[engine] = Worker(engine, weights, workdir, threads, settings)
+    try:
+        _prepare_one_by_one(started, rows, settings, ready, log)
+    except BaseException:  # interrupted: no worker outlives the driver
+        for worker in started.values():
+            worker.close()
+        raise
+    return ready
+
+
+def _prepare_one_by_one(started: dict, rows: dict, settings, ready: dict, log) -> None:
+    answers = {}
+    for engine, worker in started.items():  # every import done before anyone prepares
+        try:
+            answers[engine] = worker.receive(settings.ready_timeout_s)
+        except WorkerError as exc:
+            answers[engine] = {"ok": False, "error": str(exc)}
+    for engine, worker in started.items():
+        row, answer = rows[engine], answers[engine]
+        try:
+            if answer.get("ok"):
+                answer = worker.request({"op": "prepare"}, settings.ready_timeout_s)
+        except WorkerError as exc:
+            answer = {"ok": False, "error": str(exc)}
+        if not answer.get("ok"):
+            row.status, row.reason = answer.get("status", "error"), answer.get("error", "")
+            worker.close()
+            continue
+        row.label, row.version, row.setup = answer["label"], answer["version"], answer["prepare"]
+        costs = ", ".join(f"{k} {v:.1f} s" for k, v in row.setup.items() if v is not None)
+        log(f"  {engine}: ready ({costs or 'reused'})")
+        ready[engine] = worker
+
+
+def _generate(worker: Worker, prompt, reference, settings, row: EngineRow) -> "RunTiming | None":
+    """One generation, its tokens checked; None (and the row marked) on failure."""
+    try:
+        answer = worker.request({"prompt": prompt, "new_tokens": settings.new_tokens},
+                                settings.run_timeout_s)
+    except WorkerError as exc:
+        row.status, row.reason = "error", str(exc)
+        return None
+    if not answer.get("ok"):
+        row.status, row.reason = "error", answer.get("error", "")
+        return None
+    run = RunTiming(answer["tokens"], answer["total_s"], answer["first_token_s"], answer["steps_s"])
+    counters = answer.get("counters") or {}  # since the worker started; the row: this case's
+    row.counters = {k: v - worker.counters_at_case_start.get(k, 0) for k, v in counters.items()}
+    worker.counters = counters
+    mismatch = first_mismatch(run.tokens, reference)
+    if mismatch is not None:
+        row.status, row.first_mismatch = "FAILED", mismatch
+        row.reason = f"greedy tokens differ from reference's (first at token {mismatch})"
+        return None
+    return run
+
+
+def run_case(workers: dict, rows: dict, prompt, reference, settings, log) -> None:
+    """Check every engine on one prompt, then the timed runs, alternating engines."""
+    live = []
+    for name, worker in workers.items():
+        worker.counters_at_case_start = dict(worker.counters)
+        start = time.perf_counter()
+        run = _generate(worker, prompt, reference, settings, rows[name])
+        if run is not None:
+            rows[name].first_call_s = time.perf_counter() - start
+            live.append(name)
+        log(f"  {name}: {rows[name].describe_status()}")
+    for i in range(settings.runs):
+        order = live[i % len(live):] + live[:i % len(live)] if live else []
+        for name in order:
+            if not rows[name].ok:
+                continue
+            run = _generate(workers[name], prompt, reference, settings, rows[name])
+            if run is not None:
+                rows[name].runs.append({"total_s": run.total_s, "tokens_per_s": run.tokens_per_s,
+                                        "first_token_s": run.first_token_s, "decode_s": run.decode_s})
+            time.sleep(settings.settle_s)
+        log(f"  run {i + 1}/{settings.runs} of every engine done")
+    for row in rows.values():
+        if not row.ok:
+            row.runs = []  # an engine that failed is not timed
+        row.finish()
+
+
+def run_workload(workload: Workload, engines, settings: PeerSettings, tmp: Path,
+                 log=lambda msg: None) -> list:
+    """Every case of one shape at every thread count: a CaseResult per prompt."""
+    n = settings.new_tokens
+    weights = save_weights(workload.model, tmp / "weights.pt")
+    log(f"{workload.name}: reference's greedy tokens for {len(workload.prompts)} prompt(s)")
+    workload.references = [reference_tokens(workload.model, p, n) for p in workload.prompts]
+    cases = [CaseResult(workload.name, len(p), n) for p in workload.prompts]
+    for threads in settings.threads:
+        log(f"{workload.name}, {threads} thread(s): starting {len(engines)} engine(s)")
+        base_rows = {engine: EngineRow(engine, threads) for engine in engines}
+        workers = {}
+        try:
+            workers = _start(engines, weights, tmp, threads, settings, base_rows, log)
+            for case, prompt, ref in zip(cases, workload.prompts, workload.references):
+                log(f"{case.title}, {threads} thread(s)")
+                rows = {e: EngineRow(**{**asdict(base_rows[e]), "setup": dict(base_rows[e].setup)})
+                        for e in engines}
+                run_case({e: w for e, w in workers.items()}, rows, prompt, ref, settings, log)
+                case.rows.extend(rows[e] for e in engines)
+        finally:
+            for worker in workers.values():
+                worker.close()
+    return cases
+
+
+def run_peers(workloads, engines=DEFAULT_ENGINES, settings: PeerSettings = PeerSettings(), *,
+              log=None) -> PeersResult:
+    """Every workload, engine and thread count; `log(str)` reports progress (None: quiet)."""
+    from .machine import environment
+
+    log = log or (lambda msg: None)
+    engines = list(dict.fromkeys(
+        e if ":" in e or e != "smallmind" else f"smallmind:{settings.phase}" for e in engines))
+    for e in engines:
+        make_engine(e, 1, settings.phase)  # ValueError for an unknown engine or preset
+    result = PeersResult(settings.to_dict() | {"engines": engines},
+                         environment("cpu") | {"loadavg_start": _loadavg()})
+    for workload in workloads:
+        result.shapes[workload.name] = {
+            "model_config": asdict(workload.model.config),
+            "num_parameters": workload.model.num_parameters(), "weights": workload.weights,
+            "prompt_lens": [len(p) for p in workload.prompts]}
+        with tempfile.TemporaryDirectory(prefix="smallmind-peers-") as tmp:
+            result.cases.extend(run_workload(workload, engines, settings, Path(tmp), log))
+    result.env["loadavg_end"] = _loadavg()
+    return result
+
+
+def _loadavg() -> "list | None":
+    """1, 5 and 15 minute load averages: was anything else running on the machine?"""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on every platform
+        return None

@@ -1,0 +1,199 @@
+"""`smallmind peers`: every engine gives reference's greedy tokens on the same weights, the
+driver runs each engine in its own process and reports every status, an engine that disagrees
+is FAILED and not timed, bad arguments are one-line errors. Tiny shapes; no speed asserted."""
+import json
+
+import pytest
+import torch
+
+from smallmind_torch import GPT
+from smallmind_torch.cli import main
+from smallmind_torch.study import engines, peer_bench
+from smallmind_torch.study.onnx_export import DecodeWithPast, empty_past
+from smallmind_torch.study.results import spread
+from smallmind_torch.study.peer_results import (CaseResult, EngineRow, PeersResult, format_case, markdown)
+
+from helpers import TINY
+
+PROMPT, N = [5, 1, 17, 3], 6
+
+
+ENGINES = ["smallmind", "smallmind:reference", "onnxruntime", "ctranslate2", "hf", "hf-compiled"]
+
+
+@pytest.fixture(scope="module")
+def peers_run(tmp_path_factory):
+    """One `smallmind peers --tiny` run of every engine, each in its own process, on two prompt
+    lengths (weights whose greedy tokens are not all the same). hf-compiled uses a backend
+    that skips inductor's C++ compile (seconds); the benchmark compiles with inductor and its
+    tokens are checked the same way before anything is timed."""
+    out = tmp_path_factory.mktemp("peers")
+    argv = ["peers", "--tiny", "--quiet", "--seed", "5", "--long-prompt", "20", "--engines",
+            *ENGINES, "--compile-backend", "aot_eager", "--json", str(out / "peers.json"),
+            "--markdown", str(out / "peers.md")]
+    import contextlib
+    import io
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        rc = main(argv)
+    assert rc == 0
+    data = json.loads((out / "peers.json").read_text())
+    return data, text.getvalue(), (out / "peers.md").read_text()
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_each_engine_gives_reference_greedy_tokens(peers_run, name):
+    """In its own process, on both prompts: checked against reference before it is timed."""
+    data, _, _ = peers_run
+    engine = "smallmind:max" if name == "smallmind" else name
+    missing = engines.missing_packages(name)
+    for case in data["cases"]:
+        row = next(r for r in case["rows"] if r["engine"] == engine)
+        if missing:
+            assert row["status"] == "not installed"
+            pytest.skip(f"{name}: {', '.join(missing)} not installed (pip install 'smallmind-torch[peers]')")
+        assert row["status"] == "ok", row
+        assert len(row["runs"]) == 1 and row["tokens_per_s"]["median"] > 0
+        assert row["first_token_ms"]["median"] > 0 and row["decode_ms"]["median"] > 0
+
+
+def test_peers_tiny_writes_tables_and_json_with_every_status(peers_run):
+    data, text, md = peers_run
+    assert [(c["prompt_len"], c["new_tokens"]) for c in data["cases"]] == [(4, 6), (20, 6)]
+    for case in data["cases"]:
+        rows = {r["engine"]: r for r in case["rows"]}
+        assert list(rows) == ["smallmind:max", *ENGINES[1:]]
+        assert all(r["status"] in ("ok", "not installed") for r in rows.values())
+        ok_peers = [n for n in engines.PEERS if rows[n]["status"] == "ok"]
+        if ok_peers:
+            best = max(rows[n]["tokens_per_s"]["median"] for n in ok_peers)
+            ratio = case["ratios"]["1"]["smallmind:max"]["x_best_peer"]
+            assert ratio == pytest.approx(rows["smallmind:max"]["tokens_per_s"]["median"] / best)
+    assert data["settings"]["runs"] == 1 and data["env"]["cpu"]
+    assert "x best peer" in text and "first token x ORT" in text and "tiny, prompt 20" in text
+    assert md.count("| ok |") == sum(r["status"] == "ok" for c in data["cases"] for r in c["rows"])
+
+
+def test_the_exported_decode_step_matches_the_model_with_past_kv():
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    step = DecodeWithPast(model)
+    idx = torch.randint(0, TINY.vocab_size, (1, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(idx).argmax(-1)  # (1, 9)
+        past = empty_past(TINY)
+        for lo, hi in [(0, 4), (4, 5), (5, 9)]:  # prefill, one token, several after a past
+            token, *past = step(idx[:, lo:hi], past)
+            assert int(token) == int(expected[0, hi - 1])
+            assert past[0].shape == (1, TINY.n_head, hi, TINY.head_dim)
+
+
+def test_engine_names():
+    assert engines.split_name("smallmind") == ("smallmind", None)
+    assert engines.split_name("smallmind:phase2") == ("smallmind", "phase2")
+    for bad in ["nope", "smallmind:nope", "hf:max"]:
+        with pytest.raises(ValueError):
+            engines.split_name(bad)
+    assert set(engines.PEERS) == {"onnxruntime", "ctranslate2", "hf", "hf-compiled"}
+
+
+def test_an_engine_that_disagrees_is_failed_and_not_timed(monkeypatch, tmp_path, capsys):
+    real = peer_bench.reference_tokens
+
+    def shifted(model, prompt, n):  # reference's tokens with token 3 changed
+        tokens = real(model, prompt, n)
+        tokens[3] = (tokens[3] + 1) % model.config.vocab_size
+        return tokens
+
+    monkeypatch.setattr(peer_bench, "reference_tokens", shifted)
+    monkeypatch.setattr(peer_bench, "missing_packages",
+                        lambda name: ["ctranslate2"] if name == "ctranslate2" else [])
+    out = tmp_path / "peers.json"
+    assert main(["peers", "--tiny", "--quiet", "--engines", "smallmind:reference", "ctranslate2",
+                 "--json", str(out)]) == 0
+    rows = {r["engine"]: r for r in json.loads(out.read_text())["cases"][0]["rows"]}
+    failed = rows["smallmind:reference"]
+    assert failed["status"] == "FAILED" and failed["first_mismatch"] == 3
+    assert failed["runs"] == [] and failed["tokens_per_s"] is None
+    assert rows["ctranslate2"]["status"] == "not installed"
+    text = capsys.readouterr().out
+    assert "FAILED: greedy tokens differ from reference's (first at token 3)" in text
+    assert "not installed: ctranslate2 missing" in text
+
+
+def test_a_worker_that_cannot_prepare_is_an_error_with_the_reason(tmp_path):
+    rows = {"smallmind:reference": EngineRow("smallmind:reference", 1)}
+    ready = peer_bench._start(list(rows), tmp_path / "no-such-weights.pt", tmp_path, 1,
+                              peer_bench.PeerSettings(), rows, lambda msg: None)
+    row = rows["smallmind:reference"]
+    assert ready == {} and row.status == "error" and "FileNotFoundError" in row.reason
+
+
+def test_ratios_and_tables_from_rows():
+    def row(engine, tps, first, status="ok"):
+        r = EngineRow(engine, 2, status=status, label=engine)
+        if status == "ok":
+            r.tokens_per_s, r.first_token_ms, r.decode_ms = spread([tps]), spread([first]), spread([1])
+        return r
+
+    case = CaseResult("seed", 16, 50, [row("smallmind:max", 300, 2), row("onnxruntime", 200, 4),
+                                       row("ctranslate2", 250, 8), row("hf", 0, 0, "error")])
+    ratios = case.ratios()[2]
+    assert ratios["smallmind:max"] == {"x_best_peer": 1.2, "first_token_x_onnxruntime": 0.5}
+    assert ratios["ctranslate2"]["x_best_peer"] == 1.0 and "hf" not in ratios
+    table = format_case(case)
+    assert "1.20x" in table and "0.50x" in table and "error" in table
+    assert "| smallmind:max | 2 | 300 |" in markdown(PeersResult({"runs": 3}, {}, {}, [case]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engines", "nope"], "unknown engine 'nope'"),
+    (["--engines", "smallmind:nope"], "unknown phase 'nope'"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--runs", "0"], "--runs must be >= 1"),
+    (["--shapes", "huge"], "unknown shape 'huge'"),
+    (["--phase", "phase9"], "unknown phase 'phase9'"),
+    (["--prompt-len", "30"], "exceed the context"),
+    (["--n-layer", "2"], "add it to --shapes"),
+])
+def test_bad_arguments_are_one_line_errors(args, message, capsys):
+    assert main(["peers", "--tiny", "--quiet", *args] if "--shapes" not in args
+                else ["peers", "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    assert main(["peers", "--quiet", "--shapes", "seed", "--checkpoint", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smallmind: error:") and "\n" not in err
+
+
+def test_the_worker_answers_json_lines(tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    weights, workdir = engines.save_weights(model, tmp_path / "weights.pt"), tmp_path
+    ref = peer_bench.reference_tokens(model, PROMPT, N)
+    cmds = json.dumps({"prompt": PROMPT, "new_tokens": N}) + "\nnot json\n"
+    out = subprocess.run([sys.executable, "-m", "smallmind_torch.study.engine_worker", "--engine",
+                          "smallmind:reference", "--weights", str(weights), "--workdir", str(workdir)],
+                         input=cmds, capture_output=True, text=True, timeout=120)
+    started, ready, run, bad = [json.loads(line) for line in out.stdout.splitlines()]
+    assert started["started"] and ready["ok"] and ready["ready"] and run["tokens"] == ref
+    assert not bad["ok"] and "bad command" in bad["error"]
+
+
+def test_the_experiment_script_runs_the_command(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "peers.py"
+    spec = importlib.util.spec_from_file_location("experiment_peers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--tiny", "--engines", "nope"]) == 2
+    assert "unknown engine 'nope'" in capsys.readouterr().err
