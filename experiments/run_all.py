@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-traces", action="store_true", help="skip the profiler traces")
     p.add_argument("--parts", nargs="*", default=list(PARTS), choices=PARTS,
                    help=f"parts beyond the presets' table (default: all of {', '.join(PARTS)})")
+    p.add_argument("--engine-shapes", nargs="+", default=["seed"], choices=["seed", "gpt2-small"],
+                   help="shapes of the peer engines part (default: seed; gpt2-small adds ~10 min)")
     add_settings_arguments(p)
     add_model_arguments(p)
     args = p.parse_args(argv)
@@ -53,7 +55,8 @@ def main(argv=None) -> int:
         study = run_study(model, phases, args.peers, settings, progress=not args.no_progress,
                           weights=weights, prompt=prompt)
         print_study(study)
-        extend_study(study, model, settings, args.parts, progress=not args.no_progress)
+        extend_study(study, model, settings, args.parts, progress=not args.no_progress,
+                     prompt=prompt, engine_shapes=args.engine_shapes)
         traces = {}
         if not args.no_traces:
             begin = time.perf_counter()

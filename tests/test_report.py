@@ -27,7 +27,8 @@ def test_run_all_tiny(tmp_path):
     for heading in ("## The story", "## Main table", "## Where a token's time goes",
                     "## What each switch bought", "## The machine's limits and the roofline",
                     "## Training: one optimizer step", "## Initialization", "## Batches and context",
-                    "## Profiler traces", "## How long each part took", "## Environment"):
+                    "## Peer engines on the same weights", "## Profiler traces",
+                    "## How long each part took", "## Environment"):
         assert heading in text, heading
     assert "TINY MODE" in text
     assert "seed baseline" in text and "HF transformers generate" in text
@@ -38,7 +39,7 @@ def test_run_all_tiny(tmp_path):
     assert data["machine"]["bandwidth_large_gbs"] > 0
     assert data["ratios"]["max"]["speedup_vs_phase0"] > 0
     for kind in ("tokens_per_s", "decode_split", "waterfall", "roofline", "positions", "batches",
-                 "memory"):
+                 "memory", "engines"):
         assert (out / plots.FILES[kind]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("reference", "phase0", "phase1", "max"):
         assert list((logdir / name).glob("*.pt.trace.json"))

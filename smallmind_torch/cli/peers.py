@@ -82,28 +82,25 @@ def _workload(name: str, args, opts):
 
     from ..config import ModelConfig
     from ..study.harness import fixed_prompt
-    from ..study.peer_bench import Workload
+    from ..study.peer_bench import make_workload
 
-    n, length = opts["new_tokens"], opts["prompt_len"]
+    length = opts["prompt_len"]
     if name == "seed" and args.checkpoint:
         model, tok, _ = load_checkpoint_or_fail(args.checkpoint)
         ids = []
         while len(ids) < length:
             ids += tok.encode(PROMPT_TEXT)
-        prompts, weights = [ids[:length]], f"checkpoint {args.checkpoint}"
+        prompt, weights = ids[:length], f"checkpoint {args.checkpoint}"
     else:
         config = (model_config_from_args(args, base=asdict(ModelConfig()))
                   if name == "custom" else ModelConfig(**SHAPES[name]))
         model = random_model(config, args.seed)
-        prompts, weights = [fixed_prompt(config, length, args.seed)[0].tolist()], f"random (seed {args.seed})"
-    block = model.config.block_size
-    if length + n > block:
-        raise UsageError(f"--prompt-len {length} + --new-tokens {n} exceed the context of the "
-                         f"{name} shape ({block} tokens)")
-    long = opts["long_prompt"]
-    if long and long != length and long + n <= block:
-        prompts.append(fixed_prompt(model.config, long, args.seed + 1)[0].tolist())
-    return Workload(name, model.eval(), prompts, weights)
+        prompt, weights = fixed_prompt(config, length, args.seed)[0].tolist(), f"random (seed {args.seed})"
+    try:
+        return make_workload(name, model, prompt, new_tokens=opts["new_tokens"],
+                             long_prompt=opts["long_prompt"], seed=args.seed, weights=weights)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -69,6 +69,22 @@ class Workload:
     references: list = field(default_factory=list)  # reference's greedy tokens per prompt
 
 
+def make_workload(name: str, model, prompt: list, *, new_tokens: int, long_prompt: int = 0,
+                  seed: int = 1234, weights: str = "random") -> Workload:
+    """A shape's workload: `prompt`, plus a `long_prompt`-token prompt (random ids from `seed`)
+    where the context holds it. ValueError when even `prompt` does not fit."""
+    from .harness import fixed_prompt
+
+    block = model.config.block_size
+    if len(prompt) + new_tokens > block:
+        raise ValueError(f"a {len(prompt)}-token prompt + {new_tokens} new tokens exceed the "
+                         f"context of the {name} shape ({block} tokens)")
+    prompts = [list(prompt)]
+    if long_prompt and long_prompt != len(prompt) and long_prompt + new_tokens <= block:
+        prompts.append(fixed_prompt(model.config, long_prompt, seed + 1)[0].tolist())
+    return Workload(name, model.eval(), prompts, weights)
+
+
 def reference_tokens(model, prompt: list, new_tokens: int) -> list:
     """`reference`'s greedy tokens after `prompt` on the model's weights."""
     import torch

@@ -13,7 +13,7 @@ from .seed import SEED
 FILES = {"tokens_per_s": "tokens_per_s.png", "decode_split": "decode_split.png",
          "waterfall": "waterfall.png", "roofline": "roofline.png",
          "positions": "decode_by_position.png", "batches": "tokens_by_batch.png",
-         "memory": "memory_per_token.png"}
+         "memory": "memory_per_token.png", "engines": "engines.png"}
 
 
 def pyplot():
@@ -210,11 +210,36 @@ def memory(study: StudyResult, path: Path):
     return save_figure(fig, path)
 
 
+def engines(study: StudyResult, path: Path):
+    """Our max beside the peer engines, tokens/s per case and thread count (whiskers: min-max)."""
+    plt = pyplot()
+    cases = study.sections.get("engines", {}).get("cases", [])
+    panels = [(c, t) for c in cases for t in sorted({r["threads"] for r in c["rows"]})]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (case, threads) in zip(axes[0], panels):
+        rows = [r for r in case["rows"] if r["threads"] == threads and r["status"] == "ok"
+                and r["tokens_per_s"]]
+        names = [r["engine"] for r in rows]
+        med = [r["tokens_per_s"]["median"] for r in rows]
+        err = [[m - r["tokens_per_s"]["min"] for m, r in zip(med, rows)],
+               [r["tokens_per_s"]["max"] - m for m, r in zip(med, rows)]]
+        colors = ["#1f77b4" if n.startswith("smallmind") else "#ff7f0e" for n in names]
+        ax.bar(range(len(rows)), med, yerr=err, color=colors, capsize=3)
+        ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{case['shape']}, prompt {case['prompt_len']}, {threads} thread(s)", fontsize=8)
+        ax.set_ylabel("tokens / s")
+    fig.suptitle("smallmind (blue) and the peer engines (orange) on the same weights", fontsize=10)
+    return save_figure(fig, path)
+
+
 def plot_all(study: StudyResult, out_dir: "str | Path") -> dict:
     """Write every plot the run has data for; {kind: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawers = {"tokens_per_s": tokens_per_s, "decode_split": decode_split, "waterfall": waterfall,
-               "roofline": roofline, "positions": positions, "batches": batches, "memory": memory}
+               "roofline": roofline, "positions": positions, "batches": batches, "memory": memory,
+               "engines": engines}
     paths = {kind: draw(study, out_dir / FILES[kind]) for kind, draw in drawers.items()}
     return {kind: p for kind, p in paths.items() if p}

@@ -156,7 +156,13 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
         lines += [f"![positions]({Path(plots['positions']).name})", ""]
     engines = study.sections.get("engines_markdown")
     if engines:
-        lines += ["", "## Peer engines on the same weights (each in its own process)", "", engines, ""]
+        lines += ["", "## Peer engines on the same weights (each in its own process)", "",
+                  "`smallmind peers` (or this part of `make study`): ONNX Runtime runs the decode "
+                  "step exported from this model with its past keys and values, CTranslate2 its "
+                  "own conversion of the Hugging Face model; every engine's greedy tokens are "
+                  "checked against reference before it is timed.", "", engines, ""]
+        if plots and "engines" in plots:
+            lines += [f"![engines]({Path(plots['engines']).name})", ""]
     if traces:
         lines += ["", "## Profiler traces", "", VIEWERS, ""]
         for name, tr in traces.items():

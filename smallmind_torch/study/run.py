@@ -2,6 +2,7 @@
 weights."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -9,8 +10,8 @@ from typing import Callable, Iterable
 
 from ..config import ModelConfig, OptConfig, presets
 from ..model import GPT
-from .harness import (BenchSettings, ReferenceRun, _device_of, measure_machine, measure_preset,
-                      progress_over)
+from .harness import (BenchSettings, ReferenceRun, _device_of, fixed_prompt, measure_machine,
+                      measure_preset, progress_over)
 from .machine import environment
 from .peers import PEERS
 from .results import StudyResult
@@ -19,7 +20,7 @@ from .training import measure_init, measure_training_step
 from .waterfall import measure_waterfall
 
 GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
-PARTS = ("waterfall", "training", "init", "scaling")
+PARTS = ("waterfall", "training", "init", "scaling", "engines")
 
 
 def _phase_items(phases) -> list:
@@ -80,7 +81,8 @@ def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
 
 
 def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS, *,
-                 presets_of=None, large: "ModelConfig | None" = GPT2_SMALL, progress=False) -> StudyResult:
+                 presets_of=None, large: "ModelConfig | None" = GPT2_SMALL, progress=False,
+                 prompt=None, engine_shapes=("seed",), engine_runs: int = 5) -> StudyResult:
     """Add to `study` (run on `model`) the parts beyond the presets' table, each timed:
     - "waterfall": phase0 to max, switch by switch (waterfall.py);
     - "training": one optimizer step per preset at batch 8 x block_size, and at the `large`
@@ -89,6 +91,8 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
     - "scaling": tokens/s at batch 1, 4, 16 and decode ms by position per preset (scaling.py).
     `presets_of`: part -> preset names (default: the study's presets, minus phase0 for
     scaling: its no-cache line has the reference's shape at 30x the minutes).
+    - "engines": the peer engines on the model's weights and, for `engine_shapes` with
+      "gpt2-small", at the large shape, each in its own process (peer_bench.py).
     Tiny settings shrink every part (and skip the large shape)."""
     names = [n for n in study.phases if study.phases[n].ok or study.phases[n].status == "unavailable"]
     chosen = {"waterfall": None, "training": names, "init": None,
@@ -126,6 +130,26 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
         return [measure_scaling(model, n, name=n, **kw).to_dict()
                 for n in progress_over(chosen["scaling"], "batches and positions", progress)]
 
+    def engines():
+        from .peer_bench import PeerSettings, make_workload, run_peers
+        from .peer_results import markdown
+
+        n = settings.new_tokens
+        first = (prompt if prompt is not None else fixed_prompt(model.config, settings.prompt_len,
+                                                                  settings.seed))[0].tolist()
+        workloads = [make_workload("seed", model, first, new_tokens=n, weights=study.weights)]
+        if large is not None and "gpt2-small" in engine_shapes:
+            big = GPT(large)
+            workloads.append(make_workload(
+                "gpt2-small", big, fixed_prompt(large, settings.prompt_len, settings.seed)[0].tolist(),
+                new_tokens=n, long_prompt=512, seed=settings.seed, weights="random"))
+        peers = run_peers(workloads, settings=PeerSettings(
+            new_tokens=n, runs=1 if tiny else engine_runs, threads=(1,) if tiny else (1, 2),
+            compile_backend=os.environ.get("SMALLMIND_COMPILE_BACKEND", "inductor")),
+            log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None)
+        study.sections["engines_markdown"] = markdown(peers)
+        return peers.to_dict()
+
     previous = model.requested_phase
     try:
         if progress and "waterfall" in parts:
@@ -134,6 +158,7 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
         run_part("training", training)
         run_part("init", init)
         run_part("scaling", scaling)
+        run_part("engines", engines)
     finally:
         model.set_phase(previous)
     return study
