@@ -67,3 +67,12 @@ def test_compiled_training_gradients_match(inductor):
     model.set_phase(OptConfig(compile="inductor"))
     for got, want in zip(grads(), expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_max_autotune_works_on_cpu(inductor):
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (1, 5))
+    expected = model.generate(idx, 12)
+    model.set_phase(OptConfig(kv_cache=True, compile="max-autotune"))
+    assert torch.equal(model.generate(idx, 12), expected)
