@@ -8,7 +8,17 @@ read bandwidth, same run). All timing goes through `smallmind_torch.study.timing
 each pair is timed in alternating rounds and the best median is kept, which damps the
 noise of a shared machine.
 
-    python experiments/ops_microbench.py [--threads N] [--quick] [--json rows.json]
+Sections (--only): `gemm`, square GEMMs 128..1024 and the model's linear layers
+x (T, C) @ W^T (W (N, C), T = 16..1024, C = 256 and 768, the weight packed once and reused as
+the no-grad `linear` does); `ops`, softmax, LayerNorm, attention, embedding and the decode
+projections (M = 1); `decode`, the whole-model decode step (`decode_step_`) of the seed shape
+against its plain-PyTorch reference, in GB/s of weights read per step against the read
+bandwidth over a weights-sized buffer (the step's roofline). Every section runs once per ISA
+given (--isa; default every ISA this CPU supports, see smallmind_torch.ops.set_isa): torch.mm
+is the same in each, our kernels are the AVX-512, AVX2 or plain C++ ones.
+
+    python experiments/ops_microbench.py [--threads N] [--isa avx512 avx2] [--only gemm]
+                                         [--rounds 5] [--quick] [--json rows.json]
 
 An op the build does not provide prints "not available" instead of failing the run.
 """
@@ -67,18 +77,42 @@ def _get(ops, name: str):
     return fn if callable(fn) else None
 
 
-def build_cases(ops):
-    """(op, shape label, kind, ours_fn or None, aten_fn, flops, bytes) tuples."""
+GEMM_SQUARE = (128, 256, 512, 1024)
+LINEAR_T = (16, 64, 256, 1024)
+LINEAR_C = (256, 768)
+
+
+def gemm_cases(ops, quick: bool = False):
+    """Square GEMMs and the model's linear layers (no grad: the weight packed once, reused)."""
     cases = []
     g = torch.Generator().manual_seed(0)
     gemm = _get(ops, "gemm")
     linear = _get(ops, "linear")
-    for n in (128, 256, 512):
+    for n in GEMM_SQUARE[:3] if quick else GEMM_SQUARE:
         a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
         out = torch.empty(n, n)
         cases.append(("gemm", f"{n}x{n}x{n}", "flops",
                       (lambda a=a, b=b, o=out: gemm(a, b, out=o)) if gemm else None,
                       lambda a=a, b=b, o=out: torch.mm(a, b, out=o), 2 * n ** 3, None))
+    for c in LINEAR_C[:1] if quick else LINEAR_C:
+        for k, n, what in ((c, 3 * c, "qkv"), (c, c, "attn proj"), (c, 4 * c, "fc"),
+                           (4 * c, c, "mlp proj")):
+            w, bias = torch.randn(n, k, generator=g) * k ** -0.5, torch.randn(n, generator=g)
+            for t in LINEAR_T[1:3] if quick else LINEAR_T:
+                x, out = torch.randn(t, k, generator=g), torch.empty(t, n)
+                cases.append(("linear", f"{t}x{k}x{n} ({what})", "flops",
+                              (lambda x=x, w=w, bb=bias, o=out: linear(x, w, bb, out=o))
+                              if linear else None,
+                              lambda x=x, w=w, bb=bias, o=out: torch.addmm(bb, x, w.t(), out=o),
+                              2 * t * k * n, None))
+    return cases
+
+
+def op_cases(ops):
+    """(op, shape label, kind, ours_fn or None, aten_fn, flops, bytes) tuples."""
+    cases = []
+    g = torch.Generator().manual_seed(0)
+    linear = _get(ops, "linear")
     # decode projections (M = 1): qkv, MLP up, attn/MLP down, lm head
     for k, n, what in ((C, 3 * C, "qkv"), (C, HIDDEN, "fc"), (C, C, "proj"), (C, V, "lm_head"),
                        (HIDDEN, C, "mlp_proj")):
@@ -88,14 +122,6 @@ def build_cases(ops):
                       (lambda x=x, w=w, bb=bias, o=out: linear(x, w, bb, out=o)) if linear else None,
                       lambda x=x, w=w, bb=bias, o=out: torch.addmm(bb, x, w.t(), out=o),
                       2 * k * n, None))
-    # prefill projections (M = T)
-    for k, n, what in ((C, 3 * C, "qkv"), (C, HIDDEN, "fc"), (HIDDEN, C, "mlp_proj")):
-        x, w, bias = torch.randn(T, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n)
-        out = torch.empty(T, n)
-        cases.append(("linear", f"{T}x{k}x{n} ({what}, prefill)", "flops",
-                      (lambda x=x, w=w, bb=bias, o=out: linear(x, w, bb, out=o)) if linear else None,
-                      lambda x=x, w=w, bb=bias, o=out: torch.addmm(bb, x, w.t(), out=o),
-                      2 * T * k * n, None))
 
     # causal softmax over (1, nh, T, T) scores: ATen = mask + F.softmax
     sm = _get(ops, "causal_softmax")
@@ -150,47 +176,99 @@ def build_cases(ops):
     return cases
 
 
-def run(quick: bool = False):
+def decode_cases(ops):
+    """The seed model's whole decode step (B = 1, position 64 of 128): our op against the same
+    step in plain PyTorch (fused_decode.decode_step_reference); bytes = the weights it reads."""
+    step = _get(ops, "decode_step_")
+    from smallmind_torch.fused_decode import decode_step_reference
+
+    g = torch.Generator().manual_seed(0)
+    n_layer, S = 4, 128
+    params = []
+    for _ in range(n_layer):
+        for shape in ((C,), (C,), (3 * C, C), (3 * C,), (C, C), (C,), (C,), (C,), (HIDDEN, C),
+                      (HIDDEN,), (C, HIDDEN), (C,)):
+            params.append(torch.randn(*shape, generator=g) * 0.05)
+    wte, wpe = torch.randn(V, C, generator=g), torch.randn(S, C, generator=g)
+    ln_w, ln_b = torch.ones(C), torch.zeros(C)
+    caches = [torch.randn(1, NH, S, HS, generator=g) for _ in range(2 * n_layer)]
+    tokens, logits = torch.tensor([7]), torch.empty(1, V)
+    next_tokens = torch.empty(1, dtype=torch.long)
+    args = (tokens, 64, wte, wpe, params, ln_w, ln_b, caches[:n_layer], caches[n_layer:], NH,
+            1e-5, logits, next_tokens)
+    nbytes = 4 * (sum(p.numel() for p in params) + 2 * C + V * C + C)
+    return [("decode_step_", f"seed: {n_layer}x{C}, vocab {V}, pos 64", "bytes",
+             (lambda: step(*args)) if step else None, lambda: decode_step_reference(*args),
+             None, nbytes)]
+
+
+SECTIONS = ("gemm", "ops", "decode")
+
+
+def run(quick: bool = False, isas=None, only=SECTIONS, rounds=None):
     ops, why = _ops_module()
-    rounds, budget = (2, 0.02) if quick else (5, 0.05)
-    bw = memory_bandwidth_gbs()
-    peak = mm_gflops(512)
+    default_rounds, budget = (2, 0.02) if quick else (5, 0.05)
+    rounds = rounds or default_rounds
+    supported = ops.supported_isas() if ops is not None else []
+    isas = [i for i in (isas or supported) if i in supported] or [None]
+    decode_bytes = None
     rows = []
     with torch.no_grad():
-        for op, shape, kind, ours, aten, flops, nbytes in build_cases(ops):
-            t_ours, t_aten = time_pair(ours, aten, rounds, budget)
-            row = {"op": op, "shape": shape, "ours_us": None if t_ours is None else t_ours * 1e6,
-                   "aten_us": t_aten * 1e6,
-                   "speedup": None if t_ours is None else t_aten / t_ours}
-            if kind == "flops":
-                row["ours_gflops"] = None if t_ours is None else flops / t_ours / 1e9
-                row["aten_gflops"] = flops / t_aten / 1e9
-                row["ours_pct_mm_peak"] = (None if t_ours is None else
-                                           100 * row["ours_gflops"] / peak)
-            else:
-                row["ours_gbs"] = None if t_ours is None else nbytes / t_ours / 1e9
-                row["aten_gbs"] = nbytes / t_aten / 1e9
-                row["ours_pct_bw"] = None if t_ours is None else 100 * row["ours_gbs"] / bw
-            rows.append(row)
+        cases = []
+        if "gemm" in only:
+            cases += gemm_cases(ops, quick)
+        if "ops" in only:
+            cases += op_cases(ops)
+        if "decode" in only:
+            cases += decode_cases(ops)
+            decode_bytes = cases[-1][-1]
+        bw = memory_bandwidth_gbs()
+        bw_weights = memory_bandwidth_gbs(decode_bytes, repeat=15) if decode_bytes else None
+        peak = mm_gflops(512)
+        for isa in isas:
+            for op, shape, kind, ours, aten, flops, nbytes in cases:
+                if isa is not None:
+                    ops.set_isa(isa)
+                t_ours, t_aten = time_pair(ours, aten, rounds, budget)
+                row = {"op": op, "isa": isa, "shape": shape,
+                       "ours_us": None if t_ours is None else t_ours * 1e6,
+                       "aten_us": t_aten * 1e6,
+                       "speedup": None if t_ours is None else t_aten / t_ours}
+                if kind == "flops":
+                    row["ours_gflops"] = None if t_ours is None else flops / t_ours / 1e9
+                    row["aten_gflops"] = flops / t_aten / 1e9
+                    row["ours_pct_mm_peak"] = (None if t_ours is None else
+                                               100 * row["ours_gflops"] / peak)
+                else:
+                    ref = bw_weights if op == "decode_step_" else bw
+                    row["ours_gbs"] = None if t_ours is None else nbytes / t_ours / 1e9
+                    row["aten_gbs"] = nbytes / t_aten / 1e9
+                    row["ours_pct_bw"] = None if t_ours is None else 100 * row["ours_gbs"] / ref
+                rows.append(row)
+        if ops is not None and supported:
+            ops.set_isa(supported[0])
     env = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-           "mem_bw_gbs": bw, "mm512_gflops": peak, "ops_error": why}
+           "mem_bw_gbs": bw, "mem_bw_weights_gbs": bw_weights, "mm512_gflops": peak,
+           "ops_error": why, "isas": [i for i in isas if i]}
     env["gemm_kernel"] = ops.kernel_name() if ops is not None else None
     return env, rows
 
 
 def format_table(env, rows) -> str:
-    lines = [f"threads={env['threads']}  torch {env['torch']}  gemm kernel={env['gemm_kernel']}"
-             f"  measured: read bandwidth {env['mem_bw_gbs']:.1f} GB/s, "
-             f"torch.mm 512^3 {env['mm512_gflops']:.1f} GFLOPS"]
+    lines = [f"threads={env['threads']}  torch {env['torch']}  ISAs {', '.join(env['isas']) or '-'}"
+             f"  measured: read bandwidth {env['mem_bw_gbs']:.1f} GB/s"
+             + (f" ({env['mem_bw_weights_gbs']:.1f} over the decode step's weights)"
+                if env.get("mem_bw_weights_gbs") else "")
+             + f", torch.mm 512^3 {env['mm512_gflops']:.1f} GFLOPS"]
     if env.get("ops_error"):
         lines.append(f"custom ops: {env['ops_error']}")
-    head = (f"{'op':<20} {'shape':<30} {'ours us':>9} {'aten us':>9} {'aten/ours':>9} "
+    head = (f"{'op':<18} {'isa':<7} {'shape':<32} {'ours us':>9} {'aten us':>9} {'aten/ours':>9} "
             f"{'ours':>14} {'aten':>14} {'ours % ref':>10}")
     lines += [head, "-" * len(head)]
     for r in rows:
+        first = f"{r['op']:<18} {r['isa'] or '-':<7} {r['shape']:<32}"
         if r["ours_us"] is None:
-            lines.append(f"{r['op']:<20} {r['shape']:<30} {'not available':>9} "
-                         f"{r['aten_us']:9.1f}")
+            lines.append(f"{first} {'not available':>9} {r['aten_us']:9.1f}")
             continue
         if "ours_gflops" in r:
             a, b, pct = (f"{r['ours_gflops']:.2f} GFLOPS", f"{r['aten_gflops']:.2f} GFLOPS",
@@ -198,19 +276,26 @@ def format_table(env, rows) -> str:
         else:
             a, b, pct = (f"{r['ours_gbs']:.2f} GB/s", f"{r['aten_gbs']:.2f} GB/s",
                          f"{r['ours_pct_bw']:.0f}% bw")
-        lines.append(f"{r['op']:<20} {r['shape']:<30} {r['ours_us']:9.1f} {r['aten_us']:9.1f} "
-                     f"{r['speedup']:9.2f} {a:>14} {b:>14} {pct:>10}")
+        lines.append(f"{first} {r['ours_us']:9.1f} {r['aten_us']:9.1f} {r['speedup']:9.2f} "
+                     f"{a:>14} {b:>14} {pct:>10}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
-    p.add_argument("--quick", action="store_true", help="fewer, shorter timing rounds")
+    p.add_argument("--isa", nargs="+", default=None,
+                   help="ISAs to run our kernels on (default: every one this CPU supports)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                   help="sections to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing rounds")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating timing rounds per pair, the best median kept (default 5; "
+                        "more on a busy machine)")
     p.add_argument("--json", metavar="PATH", help="also write {env, rows} as JSON here")
     args = p.parse_args(argv)
     with run_threads(args.threads):
-        env, rows = run(args.quick)
+        env, rows = run(args.quick, args.isa, tuple(args.only), args.rounds)
     print(format_table(env, rows))
     if args.json:
         with open(args.json, "w") as f:

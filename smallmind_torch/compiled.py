@@ -13,6 +13,7 @@ The forms inside are the phase's own (the `compiled` preset uses the reference f
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +61,23 @@ def compile_forward(forward, mode: str):
 
 
 def compile_decode(mode: str):
-    """The Forms.decode of a compiled phase: static_decode, compiled once per batch size."""
-    step = _compile(static_decode, mode, dynamic=False, fullgraph=True)
+    """The Forms.decode of a compiled phase: static_decode, one graph for every position (and
+    models of one shape share it; a new batch size makes the batch dimension dynamic)."""
+    step = _compile(static_decode, mode, fullgraph=True)
 
     def decode(model, token, start):
         model.input_pos.fill_(start)  # a tensor, so the position is data, not a new graph
         # a fresh (B, 1) tensor: a column of generate's token buffer has that buffer's row
         # stride (even at B = 1), which would make each generation length a new graph
-        return step(model, token.clone(memory_format=torch.contiguous_format), model.input_pos)
+        token = token.clone(memory_format=torch.contiguous_format)
+        try:
+            return step(model, token, model.input_pos)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            # Dynamo compiles a function at most `recompile_limit` times per process (models
+            # of many shapes in one session): go on uncompiled, correct, and say so once.
+            warnings.warn("torch.compile's recompile limit for the decode step is reached in "
+                          "this process (models of many shapes); running it uncompiled "
+                          "(torch._dynamo.reset() clears the cache)", stacklevel=3)
+            return static_decode(model, token, model.input_pos)
     return decode
 

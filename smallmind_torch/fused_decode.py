@@ -1,15 +1,19 @@
-"""Fused decode (beyond the seed): a KV-cache decode step that runs each block as one C++ op.
+"""Fused decode (beyond the seed): a KV-cache decode step of the whole model in one C++ op.
 
 The unit in one file, read top to bottom:
 - `BLOCK_PARAMS` / `block_params(block)`: the one place that maps a Block's modules to the
-  op's parameter list (the op takes them as one `Tensor[]`);
-- `decode_block_reference`: the op in plain PyTorch, in the same step order and with the same
-  names as `csrc/decode.cpp`;
-- `decode_step`: the model's decode step with the op (embeddings, one op per block, ln_f,
-  lm_head), what the `fused_decode` switch selects for one new token per sequence.
+  ops' parameter lists (the ops take them as one `Tensor[]`);
+- `decode_block_reference`: one block (the `decode_block_` op) in plain PyTorch, and
+  `decode_step_reference`: the whole step (the `decode_step_` op: embeddings, every block,
+  ln_f, the tied lm head, the argmax), both in the same step order and with the same names as
+  `csrc/decode_kernel.h`;
+- `decode_step` / `decode_greedy`: the model's decode step on the op, what the `fused_decode`
+  switch selects for one new token per sequence; logits or, for greedy generation, the next
+  token ids, views of the model's workspace.
 
-Why: a decode step through the module path is ~35 small op calls per block, each paying the
-dispatcher and Python; one C++ call per block pays it once.
+Why: a decode step through the module path is ~150 small op calls, each paying the dispatcher
+and Python, and each matrix-vector product forks and joins the threads; one C++ call per step
+pays that once and runs the whole step in one parallel region.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 from . import ops
 from .labels import region
 
-# The op's parameter order: nanoGPT names, weights in nn.Linear layout (out, in).
+# The ops' parameter order: nanoGPT names, weights in nn.Linear layout (out, in).
 BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias",
                 "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
                 "ln_2.weight", "ln_2.bias",
@@ -56,22 +60,66 @@ def decode_block_reference(x, params, k_cache, v_cache, pos: int, n_head: int, e
     return x
 
 
+def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+                          v_caches, n_head: int, eps: float, logits, next_tokens):
+    """Plain PyTorch of `decode_step_`: tokens (B,) or (B, 1) at position `pos`; block_params
+    12 tensors per block (BLOCK_PARAMS order, block after block); one k and one v cache per
+    block, row `pos` written; logits (B, [1,] V) and next_tokens (B, [1]) written in place.
+    Returns (logits, next_tokens)."""
+    B, C = tokens.size(0), wte.size(1)
+    x = wte[tokens.reshape(B)] + wpe[pos]  # (B, C)
+    for l, (k_cache, v_cache) in enumerate(zip(k_caches, v_caches)):  # every block
+        decode_block_reference(x, block_params[12 * l:12 * l + 12], k_cache, v_cache, pos,
+                               n_head, eps)
+    h = F.layer_norm(x, (C,), ln_f_w, ln_f_b, eps)
+    logits.view(B, -1).copy_(F.linear(h, wte))  # the lm head is tied to the token embedding
+    next_tokens.view(B).copy_(logits.view(B, -1).argmax(dim=-1))
+    return logits, next_tokens
+
+
+class StepArgs:
+    """What the op needs of a model besides the token: gathered once per set of caches
+    (`model.decode_args`, dropped with the caches by setup_caches and reset_caches), so a step
+    only looks up its two workspace buffers."""
+
+    __slots__ = ("wte", "wpe", "flat", "ln_f_w", "ln_f_b", "k_caches", "v_caches", "n_head",
+                 "eps", "vocab")
+
+    def __init__(self, model):
+        tr, c = model.transformer, model.config
+        if model.lm_head.weight is not tr.wte.weight:
+            raise ValueError("fused decode needs the lm head tied to the token embedding "
+                             "(model.lm_head.weight is model.transformer.wte.weight)")
+        self.wte, self.wpe = tr.wte.weight, tr.wpe.weight
+        self.flat = [p for params in model.block_params for p in params]
+        self.ln_f_w, self.ln_f_b = tr.ln_f.weight, tr.ln_f.bias
+        self.k_caches = [cache.k_cache for cache in model.kv_caches]
+        self.v_caches = [cache.v_cache for cache in model.kv_caches]
+        self.n_head, self.eps, self.vocab = c.n_head, c.layer_norm_epsilon, c.vocab_size
+
+
+def _fused_step(model, token, start: int):
+    a = model.decode_args
+    if a is None:
+        a = model.decode_args = StepArgs(model)
+    ws, B = model.workspace, token.shape[0]
+    logits = ws.take("logits", B, 1, a.vocab)
+    next_tokens = ws.take("next_token", B, 1, dtype=torch.int64)
+    with region("decode_step"):
+        ops.decode_step_(token, start, a.wte, a.wpe, a.flat, a.ln_f_w, a.ln_f_b, a.k_caches,
+                         a.v_caches, a.n_head, a.eps, logits, next_tokens)
+    return logits, next_tokens
+
+
 def decode_step(model, token, start: int):
     """One token per sequence, token (B, 1) at position `start`, through the KV cache: the
-    embeddings, one `decode_block_` per block, then ln_f and lm_head as in workspace_forward.
-    Logits (B, 1, V), a view of the model's workspace."""
-    c, forms, ws = model.config, model.forms, model.workspace
-    B = token.size(0)
-    wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
-    x = ws.take("residual", B, 1, c.n_embd)
-    x2d = x.view(B, c.n_embd)
-    with region("other"):
-        torch.index_select(wte, 0, token.view(B), out=x2d)
-        x2d.add_(wpe[start])
-    for params, cache in zip(model.block_params, model.kv_caches):
-        with region("decode_block"):
-            ops.decode_block_(x2d, params, cache.k_cache, cache.v_cache, start, c.n_head,
-                              c.layer_norm_epsilon)
-    h = ws.take("layernorm.out", B, 1, c.n_embd)
-    forms.layer_norm(x, model.transformer.ln_f, out=h, ws=ws)
-    return forms.linear(h, model.lm_head, out=ws.take("logits", B, 1, c.vocab_size))
+    whole model in one `decode_step_` call. Logits (B, 1, V), a view of the model's workspace
+    (valid until the next call on the model)."""
+    return _fused_step(model, token, start)[0]
+
+
+def decode_greedy(model, token, start: int):
+    """`decode_step` for greedy generation: the argmax of the logits, computed in the same
+    call. Next token ids (B, 1) int64, a view of the model's workspace (valid until the next
+    call on the model); the logits are in the workspace too."""
+    return _fused_step(model, token, start)[1]

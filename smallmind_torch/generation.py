@@ -84,21 +84,26 @@ def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, gen
     # All tokens of the run, written in place: no per-step concatenation.
     tokens = _token_buffer(B, T0 + max_new_tokens, idx.device)
     tokens[:, :T0] = idx
-    use_cache = model.opt.kv_cache
+    use_cache, greedy = model.opt.kv_cache, temperature == 0.0
     epoch = None
     for n in range(T0, T0 + max_new_tokens):
-        with model.lock:
+        with model.lock:  # held for the step, not across the yield
             if epoch is not None and model.cache_epoch != epoch:
                 raise _interrupted()
             if use_cache and epoch is not None and model.cache_length < block_size:
-                logits = model.decode_step(tokens[:, n - 1:n])
-            elif use_cache:  # first step, or cache full (positions shift): fill it again
-                if model.kv_caches is None or model.kv_caches[0].max_batch < B:
-                    model.setup_caches(max_batch=B)
-                logits = model.prefill(tokens[:, max(0, n - block_size):n])
-            else:  # a full forward over the last block_size tokens
-                logits = model.forward_last(tokens[:, max(0, n - block_size):n])
-            tokens[:, n:n + 1] = sample(logits, temperature, top_k, generator)
+                if greedy:  # the argmax in the step itself (one C++ call with fused decode)
+                    tokens[:, n:n + 1] = model.decode_greedy_step(tokens[:, n - 1:n])
+                else:
+                    tokens[:, n:n + 1] = sample(model.decode_step(tokens[:, n - 1:n]),
+                                                temperature, top_k, generator)
+            else:
+                if use_cache:  # first step, or cache full (positions shift): fill it again
+                    if model.kv_caches is None or model.kv_caches[0].max_batch < B:
+                        model.setup_caches(max_batch=B)
+                    logits = model.prefill(tokens[:, max(0, n - block_size):n])
+                else:  # a full forward over the last block_size tokens
+                    logits = model.forward_last(tokens[:, max(0, n - block_size):n])
+                tokens[:, n:n + 1] = sample(logits, temperature, top_k, generator)
             epoch = model.cache_epoch
         yield tokens[:, n:n + 1]
 

@@ -13,9 +13,9 @@ from torch.autograd import profiler as _autograd_profiler
 from torch.profiler import record_function
 
 # The seed's categories; "attention_fused" covers the fused forms (scores+softmax+values),
-# "decode_block" a whole block of a fused decode step (the fused_decode switch).
+# "decode_step" a whole fused decode step (the fused_decode switch: one C++ call per token).
 CATEGORIES = ("embedding", "attention_scores", "attention_values", "softmax", "attention_fused",
-              "layernorm", "linear", "kv_cache", "decode_block", "other")
+              "layernorm", "linear", "kv_cache", "decode_step", "other")
 
 # A training step adds the backward of each forward label (the profiler links a backward node
 # to its forward op by sequence number, and the forward op lies inside a label), the loss and

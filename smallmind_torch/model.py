@@ -86,6 +86,7 @@ class Forms:
     attention_into: Callable  # (q, k, v, q_offset, future_mask, out, ws) -> out
     forward: Callable         # (model, idx, start, last_only, use_cache) -> (B, T or 1, V)
     decode: Callable          # (model, token (B, 1), start) -> (B, 1, V), through the KV cache
+    decode_greedy: Callable   # (model, token (B, 1), start) -> the argmax ids (B, 1)
     reuses_buffers: bool      # forward / decode return views of the workspace
 
 
@@ -96,18 +97,23 @@ def resolve_forms(opt: OptConfig) -> Forms:
     forward = workspace.inference_forward if opt.workspace else GPT.allocating_forward
     if opt.compile != "off":
         forward = compiled.compile_forward(forward, opt.compile)
-    if opt.fused_decode:
-        decode = fused_decode.decode_step
-    elif opt.compile != "off" and opt.kv_cache:
-        decode = compiled.compile_decode(opt.compile)
+    if opt.fused_decode:  # the argmax in the same C++ call
+        decode, decode_greedy = fused_decode.decode_step, fused_decode.decode_greedy
     else:
-        def decode(model, token, start):
-            return forward(model, token, start, True, True)
+        if opt.compile != "off" and opt.kv_cache:
+            decode = compiled.compile_decode(opt.compile)
+        else:
+            def decode(model, token, start):
+                return forward(model, token, start, True, True)
+
+        def decode_greedy(model, token, start):
+            return decode(model, token, start)[:, -1, :].argmax(dim=-1, keepdim=True)
     return Forms(layer_norm=labelled_layer_norm(LAYER_NORM[opt.layernorm]),
                  linear=labelled_linear(LINEAR[opt.matmul]),
                  embedding=labelled_embedding(EMBEDDING[opt.embedding_backward]),
                  attention=attention, attention_into=attention_into,
-                 forward=forward, decode=decode, reuses_buffers=opt.workspace)
+                 forward=forward, decode=decode, decode_greedy=decode_greedy,
+                 reuses_buffers=opt.workspace)
 
 
 class GPT(nn.Module):
@@ -214,6 +220,7 @@ class GPT(nn.Module):
         self.cache_epoch += 1
         self.kv_caches: "nn.ModuleList | None" = None
         self.block_params: "list | None" = None  # fused_decode.block_params of each block
+        self.decode_args = None                  # fused_decode.StepArgs, made at the first step
         self.cache_length = 0                    # positions held by the KV cache
         self.cache_batch = 0                     # sequences filled by the last prefill
         self._workspace: "workspace.Workspace | None" = None
@@ -304,6 +311,7 @@ class GPT(nn.Module):
                 for _ in range(c.n_layer)])
             if self.opt.fused_decode:
                 self.block_params = [fused_decode.block_params(b) for b in self.transformer.h]
+            self.decode_args = None
             self.cache_length = self.cache_batch = 0
             self.cache_epoch += 1
 
@@ -355,6 +363,16 @@ class GPT(nn.Module):
             logits = self.forms.decode(self, token, self.cache_length)
             self.cache_length += 1
             return logits[:, -1, :]
+
+    @torch.no_grad()
+    def decode_greedy_step(self, token: torch.Tensor) -> torch.Tensor:
+        """decode_step and its argmax: the next token ids (B, 1), unchecked like decode_step.
+        With fused decode both happen in one C++ call and the ids are a workspace view."""
+        with self.lock:
+            self.cache_epoch += 1
+            ids = self.forms.decode_greedy(self, token, self.cache_length)
+            self.cache_length += 1
+            return ids
 
     # ---- generation ---------------------------------------------------------------------
 

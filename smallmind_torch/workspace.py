@@ -27,17 +27,19 @@ class Workspace:
         # shapes every time, and making a view costs more than a dict lookup
         self._views: dict[tuple, torch.Tensor] = {}
 
-    def take(self, name: str, *shape: int) -> torch.Tensor:
+    def take(self, name: str, *shape: int, dtype: "torch.dtype | None" = None) -> torch.Tensor:
+        """A view of shape `shape` of the buffer `name` (of the workspace's dtype, or `dtype`)."""
         view = self._views.get((name, shape))
         if view is not None:
             return view
         numel = math.prod(shape)
         buffer = self.buffers.get(name)
+        dtype = dtype or self.dtype
         # Buffers and views made outside inference mode even inside it: made in it, they could
         # not be written by the next call outside it (torch.no_grad), which is how generate runs.
         with torch.inference_mode(False):
-            if buffer is None or buffer.numel() < numel:
-                buffer = torch.empty(numel, dtype=self.dtype, device=self.device)
+            if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
+                buffer = torch.empty(numel, dtype=dtype, device=self.device)
                 self.buffers[name] = buffer
                 self.allocations += 1
                 self._views = {key: v for key, v in self._views.items() if key[0] != name}

@@ -14,3 +14,15 @@ os.environ.setdefault("SMALLMIND_COMPILE_BACKEND", "eager")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compile_cache():
+    """torch.compile caches graphs per function for the whole process, up to a limit: a test
+    that compiled something leaves a clean cache to the next."""
+    from smallmind_torch.compiled import compiled_graphs
+
+    before = compiled_graphs()
+    yield
+    if compiled_graphs() != before:
+        torch._dynamo.reset()

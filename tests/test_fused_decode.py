@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from smallmind_torch import GPT, ModelConfig, OptConfig
+from smallmind_torch import GPT, ModelConfig, OptConfig, fused_decode
 from smallmind_torch.config import MAX_CANDIDATES
 
 from helpers import allocations, set_phase_or_skip
@@ -64,3 +64,70 @@ def test_fused_decode_step_allocates_nothing_after_warm_up():
         count, nbytes = allocations(lambda: model.decode_step(idx[:, -2:-1]))
     assert (count, nbytes) == (0, 0)
     assert ws.allocations == n
+
+
+def _prefilled(batch=3, seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(n_layer=2, n_head=3, n_embd=48, vocab_size=64, block_size=24)
+    model = set_phase_or_skip(GPT(config).eval(), FUSED)
+    model.setup_caches(max_batch=4)
+    idx = torch.randint(0, config.vocab_size, (batch, config.block_size))
+    model.prefill(idx[:, :5])
+    return model, idx
+
+
+def test_decode_step_is_one_op_call_per_token():
+    """The whole step (embeddings, blocks, ln_f, lm head) is the one decode_step_ op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, idx = _prefilled(batch=1)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.decode_step(idx[:, 5:6])
+    names = [e.name for e in prof.events()]
+    assert names.count("smallmind::decode_step_") == 1
+    assert not any(n.startswith("smallmind::") and n != "smallmind::decode_step_" for n in names)
+
+
+def test_decode_greedy_is_the_argmax_of_the_same_step():
+    model, idx = _prefilled()
+    twin, _ = _prefilled()  # same weights and prompt: twin decodes with decode_step
+    with torch.no_grad():
+        for t in range(5, 12):
+            ids = fused_decode.decode_greedy(model, idx[:, t:t + 1], t)
+            assert ids.shape == (3, 1) and ids.dtype == torch.long
+            logits = twin.decode_one_token(idx[:, t:t + 1])
+            assert torch.equal(ids.view(3), logits.argmax(-1))
+            assert torch.equal(model.workspace.take("logits", 3, 1, 64).view(3, 64), logits)
+
+
+def test_decode_greedy_allocates_nothing_after_warm_up():
+    model, idx = _prefilled(batch=2)
+    with torch.no_grad():
+        fused_decode.decode_greedy(model, idx[:, 5:6], 5)  # warm-up
+        n = model.workspace.allocations
+        count, nbytes = allocations(lambda: fused_decode.decode_greedy(model, idx[:, 6:7], 6))
+    assert (count, nbytes) == (0, 0)
+    assert model.workspace.allocations == n
+
+
+def test_untied_lm_head_is_refused():
+    model, idx = _prefilled(batch=1)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    model.setup_caches(max_batch=1)
+    model.prefill(idx[:, :5])
+    with pytest.raises(ValueError, match="lm head tied to the token embedding"):
+        model.decode_one_token(idx[:, 5:6])
+
+
+def test_decode_greedy_inside_then_outside_inference_mode():
+    """The next-token buffer is made once and reused: made inside inference_mode, it must still
+    be writable by a later call under no_grad (as generate runs)."""
+    model, idx = _prefilled(batch=1)
+    model.setup_caches(max_batch=1)
+    with torch.inference_mode():
+        model.prefill(idx[:, :5])
+        first = fused_decode.decode_greedy(model, idx[:, 5:6], 5).clone()
+    with torch.no_grad():
+        again = fused_decode.decode_greedy(model, idx[:, 5:6], 5)
+        assert torch.equal(again, first)
+        again.add_(0)  # a normal tensor: writable outside inference mode

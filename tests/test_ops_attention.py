@@ -12,6 +12,8 @@ _binding = ops_binding_or_skip("_attention")
 attention, attention_reference = _binding.attention, _binding.attention_reference
 ops = torch.ops.smallmind
 
+from ops_isa import ISAS, isa, use_isa  # noqa: E402,F401 (isa: a fixture)
+
 # every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
 INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
@@ -24,6 +26,7 @@ CASES = [  # (B, nh, Tq, Tk, hs, q_offset)
     (1, 1, 1, 1, 1, 0),        # size 1
     (1, 2, 300, 300, 16, 0),   # more keys than one online-softmax block (256)
     (2, 2, 3, 20, 24, 10),     # a chunk in the middle of a cache
+    (1, 2, 4, 30, 40, 26),     # hs = 40: whole 16-wide vectors and a tail
 ]
 
 
@@ -34,7 +37,7 @@ def _qkv(b, nh, tq, tk, hs, seed=0, scale=1.0):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
-def test_matches_reference(case):
+def test_matches_reference(case, isa):
     b, nh, tq, tk, hs, off = case
     q, k, v = _qkv(b, nh, tq, tk, hs)
     ref = attention_reference(q, k, v, off)
@@ -44,13 +47,13 @@ def test_matches_reference(case):
     torch.testing.assert_close(out, ref)
 
 
-def test_matches_sdpa_prefill():
+def test_matches_sdpa_prefill(isa):
     q, k, v = _qkv(2, 4, 19, 19, 24, seed=1)
     torch.testing.assert_close(attention(q, k, v),
                                F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
-def test_kv_cache_views_and_strided_out():
+def test_kv_cache_views_and_strided_out(isa):
     """k/v as slices of a (max_B, nh, max_T, hs) cache, out as a (B, T, nh, hs) transpose."""
     torch.manual_seed(2)
     max_b, nh, max_t, hs = 3, 4, 40, 16
@@ -74,7 +77,7 @@ def test_kv_cache_views_and_strided_out():
     torch.testing.assert_close(out, attention_reference(q, k, v))
 
 
-def test_extreme_scores_are_finite_and_exact_for_a_dominant_key():
+def test_extreme_scores_are_finite_and_exact_for_a_dominant_key(isa):
     # scores of order 1e4: each row's softmax is one-hot on its largest score
     torch.manual_seed(3)
     q, k, v = _qkv(1, 2, 9, 9, 16, scale=400.0)
@@ -90,7 +93,7 @@ def test_extreme_scores_are_finite_and_exact_for_a_dominant_key():
 
 @pytest.mark.parametrize("case", [(2, 3, 5, 9, 7, 4), (1, 2, 12, 12, 16, 0), (1, 1, 1, 6, 8, 5),
                                   (1, 2, 40, 300, 8, 260)], ids=str)
-def test_grads_match_reference(case):
+def test_grads_match_reference(case, isa):
     b, nh, tq, tk, hs, off = case
     q, k, v = (t.requires_grad_() for t in _qkv(b, nh, tq, tk, hs, seed=4))
     g = torch.randn(b, nh, tq, hs)
@@ -101,7 +104,7 @@ def test_grads_match_reference(case):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_grads_through_cache_views():
+def test_grads_through_cache_views(isa):
     cache = torch.randn(2, 2, 30, 8, requires_grad=True)
     k = cache[:, :, :11]
     v = cache[:, :, 11:22]
@@ -170,8 +173,14 @@ def _score_error_bound(q, k):
 @settings(max_examples=50, deadline=None)
 @given(b=st.integers(1, 2), nh=st.integers(1, 3), tq=st.integers(1, 10), extra=st.integers(0, 12),
        off_frac=st.floats(0, 1), hs=st.integers(1, 40),
-       qscale=st.sampled_from([1.0, 10.0, 2000.0]), seed=st.integers(0, 2**16))
-def test_property_matches_reference(b, nh, tq, extra, off_frac, hs, qscale, seed):
+       qscale=st.sampled_from([1.0, 10.0, 2000.0]), seed=st.integers(0, 2**16),
+       isa=st.sampled_from(ISAS))
+def test_property_matches_reference(b, nh, tq, extra, off_frac, hs, qscale, seed, isa):
+    with use_isa(isa):
+        _property_matches_reference(b, nh, tq, extra, off_frac, hs, qscale, seed)
+
+
+def _property_matches_reference(b, nh, tq, extra, off_frac, hs, qscale, seed):
     tk = tq + extra
     off = int(round(off_frac * extra))
     q, k, v = _qkv(b, nh, tq, tk, hs, seed=seed, scale=qscale)
@@ -288,7 +297,7 @@ def test_fakes_reject_what_the_kernel_rejects():
 # kernels; 300 keys cross the 256-key online-softmax block.
 @pytest.mark.parametrize("tk, pos", [(28, 3), (28, 18), (28, 26), (300, 280), (300, 5)])
 @pytest.mark.parametrize("where", ["k", "q", "v"])
-def test_nan_matches_reference(tk, pos, where):
+def test_nan_matches_reference(tk, pos, where, isa):
     q, k, v = _qkv(1, 2, 2, tk, 16, seed=pos)
     t = {"q": q, "k": k, "v": v}[where]
     t[0, 1, min(pos, t.shape[2] - 1), 5] = float("nan")
@@ -301,7 +310,7 @@ def test_nan_matches_reference(tk, pos, where):
     assert q2.grad.isnan().any()
 
 
-def test_minus_inf_and_inf_scores_match_reference():
+def test_minus_inf_and_inf_scores_match_reference(isa):
     q, k, v = _qkv(1, 1, 1, 300, 8)
     q[...] = 1.0
     k[...] = 0.0

@@ -12,6 +12,8 @@ from helpers import ops_binding_or_skip
 decode_block_ = ops_binding_or_skip("_decode").decode_block_
 ops = torch.ops.smallmind
 
+from ops_isa import ISAS, isa, use_isa  # noqa: E402,F401 (isa: a fixture)
+
 # every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
 INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
@@ -44,9 +46,10 @@ def _run_both(B, C, n_head, S, maxB, pos, edit=None):
 
 @pytest.mark.parametrize("B, C, n_head, S, maxB", [
     (1, 256, 8, 128, 1), (3, 256, 8, 40, 4), (1, 48, 3, 9, 2), (3, 48, 3, 9, 3), (2, 64, 1, 5, 2),
-    (5, 40, 5, 7, 6),  # B > 4: the packed GEMM path; hs = 8
+    (5, 40, 5, 7, 6),   # B = 5: rows in pairs and an odd one; hs = 8
+    (2, 20, 20, 6, 2),  # head size 1, C not a multiple of 16
 ])
-def test_matches_reference(B, C, n_head, S, maxB):
+def test_matches_reference(B, C, n_head, S, maxB, isa):
     for pos in sorted({0, 1, S // 2, S - 1}):
         (x, k, v), got, exp = _run_both(B, C, n_head, S, maxB, pos)
         assert_close(got[0], exp[0], rtol=1e-5, atol=1e-5)
@@ -60,7 +63,7 @@ def test_matches_reference(B, C, n_head, S, maxB):
         assert not torch.equal(got[1][:B, :, pos], k[:B, :, pos])
 
 
-def test_block_params_order_is_the_op_order():
+def test_block_params_order_is_the_op_order(isa):
     """block_params(model block) feeds the op and the reference the same way."""
     model = GPT(ModelConfig(n_layer=1, n_head=4, n_embd=32, vocab_size=16, block_size=8)).eval()
     block = model.transformer.h[0]
@@ -188,7 +191,7 @@ def test_aliasing_is_refused():
 # D7: a NaN in a cached key was swallowed (exp256 clamped NaN, row_max dropped it); torch
 # gives NaN for that sequence. Positions: the 16-wide loop, the 8-wide loop, the scalar tail.
 @pytest.mark.parametrize("key", [3, 18, 26])
-def test_nan_key_matches_reference(key):
+def test_nan_key_matches_reference(key, isa):
     def edit(x, k, v):
         k[1, 2, key, 0] = float("nan")
     (_, _, _), got, exp = _run_both(2, 32, 4, 30, 2, 27, edit)
@@ -199,9 +202,14 @@ def test_nan_key_matches_reference(key):
 @settings(max_examples=60, deadline=None)
 @given(pos=st.one_of(st.sampled_from(INT_EXTREMES), st.integers(-2, 8)),
        n_head=st.one_of(st.sampled_from(INT_EXTREMES), st.sampled_from([1, 2, 3, 4, 5, 8, 12])),
-       b=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_property_any_pos_and_n_head(pos, n_head, b, seed):
+       b=st.integers(1, 3), seed=st.integers(0, 2**16), isa=st.sampled_from(ISAS))
+def test_property_any_pos_and_n_head(pos, n_head, b, seed, isa):
     """Every int64 pos / n_head: the reference's answer, or a ValueError naming it."""
+    with use_isa(isa):
+        _property_any_pos_and_n_head(pos, n_head, b, seed)
+
+
+def _property_any_pos_and_n_head(pos, n_head, b, seed):
     C, S, max_b = 24, 7, 3
     g = torch.Generator().manual_seed(seed)
     if not (n_head >= 1 and C % n_head == 0):

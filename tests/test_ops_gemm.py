@@ -11,6 +11,8 @@ G = ops_binding_or_skip("_gemm")
 
 from hypothesis import given, settings, strategies as st
 
+from ops_isa import ISAS, isa, use_isa  # noqa: F401 (isa: a fixture)
+
 ops = torch.ops.smallmind
 
 # (M, K, N): size 1, decode M = 1..8, odd sizes, K > KC (256) and N > NC (4096) blocks.
@@ -18,6 +20,7 @@ SHAPES = [
     (1, 1, 1), (1, 256, 768), (2, 256, 1024), (3, 17, 33), (4, 64, 40), (5, 300, 70),
     (6, 16, 16), (7, 5, 9), (8, 256, 256), (13, 3, 4113), (37, 129, 65),
     (128, 128, 128), (130, 257, 99), (97, 513, 31),
+    (16, 256, 96), (24, 520, 64), (9, 33, 47),  # prefill-like M, whole and partial micro-tiles
 ]
 
 
@@ -25,12 +28,15 @@ def close(actual, expected, k):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=2e-5 * max(k, 1) ** 0.5 * 4)
 
 
-def test_kernel_name():
-    assert G.kernel_name() in ("avx2-fma-6x16", "scalar")
+KERNELS = {"avx512": "avx512-8x32", "avx2": "avx2-fma-6x16", "scalar": "scalar-4x4"}
+
+
+def test_kernel_name(isa):
+    assert G.kernel_name() == KERNELS[isa]
 
 
 @pytest.mark.parametrize("mkn", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_gemm_matches_reference(mkn):
+def test_gemm_matches_reference(mkn, isa):
     m, k, n = mkn
     a, b = torch.randn(m, k), torch.randn(k, n)
     close(G.gemm(a, b), G.gemm_reference(a, b), k)
@@ -38,7 +44,7 @@ def test_gemm_matches_reference(mkn):
 
 @pytest.mark.parametrize("mkn", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_matches_reference(mkn, with_bias):
+def test_linear_matches_reference(mkn, with_bias, isa):
     m, k, n = mkn
     x, w = torch.randn(m, k), torch.randn(n, k)
     bias = torch.randn(n) if with_bias else None
@@ -46,7 +52,7 @@ def test_linear_matches_reference(mkn, with_bias):
     close(G.linear(x, w, bias), F.linear(x, w, bias), k)
 
 
-def test_gemm_strided_inputs():
+def test_gemm_strided_inputs(isa):
     a = torch.randn(40, 70)
     b = torch.randn(90, 33)
     for aa, bb in [
@@ -61,7 +67,7 @@ def test_gemm_strided_inputs():
         close(G.gemm(aa, bb), aa @ bb, aa.shape[1])
 
 
-def test_linear_leading_dims_and_noncontiguous_x():
+def test_linear_leading_dims_and_noncontiguous_x(isa):
     w, bias = torch.randn(24, 19), torch.randn(24)
     for x in [torch.randn(19), torch.randn(2, 3, 19), torch.randn(3, 2, 19).transpose(0, 1),
               torch.randn(2, 5, 40)[..., 3:22], torch.randn(19, 6).t(),
@@ -73,6 +79,60 @@ def test_linear_leading_dims_and_noncontiguous_x():
     wt = torch.randn(19, 24).t()
     x = torch.randn(5, 19)
     close(G.linear(x, wt), x @ wt.t(), 19)
+
+
+def test_packed_weight_cache_follows_the_weight(isa):
+    """linear without autograd keeps the weight packed (M > 4); a weight changed in place is
+    repacked, and a new weight at a freed one's address is never taken for the old one."""
+    G.packed_weight_cache(0)
+    G.packed_weight_cache(1 << 30)
+    x, w, b = torch.randn(16, 40), torch.randn(24, 40), torch.randn(24)
+    with torch.no_grad():
+        close(G.linear(x, w, b), F.linear(x, w, b), 40)
+        assert G.packed_weight_cache()["entries"] == 1
+        close(G.linear(x, w, b), F.linear(x, w, b), 40)  # a hit
+        assert G.packed_weight_cache()["entries"] == 1
+        w.mul_(2.0)                                       # in place: the version moves
+        close(G.linear(x, w, b), F.linear(x, w, b), 40)
+        w[3].zero_()                                      # through a view: the same counter
+        out = torch.empty(16, 24)
+        close(G.linear(x, w, b, out=out), F.linear(x, w, b), 40)
+        assert G.packed_weight_cache()["entries"] == 1    # repacked in place of the stale copy
+        for _ in range(4):  # fresh weights, likely at the address just freed
+            w2 = torch.randn(24, 40)
+            close(G.linear(x, w2, b), F.linear(x, w2, b), 40)
+            del w2
+        # a write the version counter does not see (.data): stale until the cache is emptied
+        w.data.copy_(torch.randn(24, 40))
+        G.packed_weight_cache(0)
+        G.packed_weight_cache(1 << 30)
+        close(G.linear(x, w, b), F.linear(x, w, b), 40)
+
+
+def test_packed_weight_cache_capacity_and_inference_tensors():
+    x, w = torch.randn(8, 64), torch.randn(32, 64)
+    try:
+        G.packed_weight_cache(0)
+        with torch.no_grad():
+            close(G.linear(x, w), F.linear(x, w), 64)
+            assert G.packed_weight_cache()["entries"] == 0   # capacity 0: off
+            G.packed_weight_cache(1000)                     # smaller than the weight
+            close(G.linear(x, w), F.linear(x, w), 64)
+            assert G.packed_weight_cache() == {"entries": 0, "bytes": 0, "capacity_bytes": 1000}
+            G.packed_weight_cache(1 << 30)
+            close(G.linear(x, w), F.linear(x, w), 64)
+            assert G.packed_weight_cache()["bytes"] >= 32 * 64 * 4
+        with torch.inference_mode():  # no version counter: packed per call, never cached
+            wi, xi = torch.randn(32, 64), torch.randn(8, 64)
+            before = G.packed_weight_cache()["entries"]
+            close(G.linear(xi, wi), F.linear(xi, wi), 64)
+            assert G.packed_weight_cache()["entries"] == before
+        with pytest.raises(ValueError, match="capacity_bytes must be >= 0"):
+            G.packed_weight_cache(-1)
+        with pytest.raises(TypeError, match="capacity_bytes must be an int"):
+            G.packed_weight_cache(1.5)
+    finally:
+        G.packed_weight_cache(1 << 30)
 
 
 def test_k_zero_and_empty():
@@ -108,7 +168,7 @@ def test_linear_out_allocates_nothing_of_size_mn():
     assert all(s < m * n * 4 for s in sizes), sizes
 
 
-def test_same_result_for_any_thread_count():
+def test_same_result_for_any_thread_count(isa):
     a, b = torch.randn(70, 300), torch.randn(300, 90)
     threads = torch.get_num_threads()
     try:
@@ -123,7 +183,7 @@ def test_same_result_for_any_thread_count():
 
 @pytest.mark.parametrize("dims", [(1, 8, 5), (3, 17, 33), (2, 6, 64, 40)],
                          ids=["M1", "odd", "batched"])
-def test_linear_gradients_match_reference(dims):
+def test_linear_gradients_match_reference(dims, isa):
     *lead, k, n = dims
     x0, w0, b0 = torch.randn(*lead, k), torch.randn(n, k), torch.randn(n)
     r = torch.randn(*lead, n)
@@ -142,7 +202,7 @@ def test_linear_gradients_match_reference(dims):
             close(got, exp, max(k, n) * 4)
 
 
-def test_gemm_gradients_match_reference():
+def test_gemm_gradients_match_reference(isa):
     a0, b0 = torch.randn(9, 31), torch.randn(31, 14)
     r = torch.randn(9, 14)
     res = []
@@ -195,7 +255,7 @@ def test_inference_twins_skip_autograd():
 # D6: gemm_out / linear_out read inputs that they had already overwritten when `out` shared
 # memory with them (the small-M path and every K > 256); now they compute into a temporary.
 @pytest.mark.parametrize("m, k", [(3, 3), (4, 4), (300, 300), (7, 7)])
-def test_out_aliasing_an_input_is_computed_correctly(m, k):
+def test_out_aliasing_an_input_is_computed_correctly(m, k, isa):
     a, b = torch.randn(m, k), torch.randn(k, k)
     for alias in ("a", "b"):
         x, y = a.clone(), b.clone()
@@ -290,8 +350,13 @@ def test_torch_compile_fullgraph():
 @settings(deadline=None, max_examples=25)
 @given(m=st.integers(1, 40), k=st.integers(1, 300), n=st.integers(1, 70),
        bias=st.booleans(), scale=st.sampled_from([1e-3, 1.0, 30.0]),
-       seed=st.integers(0, 2**31 - 1))
-def test_property_linear_and_gemm(m, k, n, bias, scale, seed):
+       seed=st.integers(0, 2**31 - 1), isa=st.sampled_from(ISAS))
+def test_property_linear_and_gemm(m, k, n, bias, scale, seed, isa):
+    with use_isa(isa):
+        _property_linear_and_gemm(m, k, n, bias, scale, seed)
+
+
+def _property_linear_and_gemm(m, k, n, bias, scale, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=g) * scale
     w = torch.randn(n, k, generator=g)
@@ -336,9 +401,14 @@ def test_linear_bad_input(args, match):
 @settings(deadline=None, max_examples=40)
 @given(m=st.integers(1, 12), k=st.integers(1, 300), n=st.integers(1, 20),
        alias=st.sampled_from(["a", "b", "x", "w", "bias", "window"]),
-       seed=st.integers(0, 2**31 - 1))
-def test_property_out_aliasing(m, k, n, alias, seed):
+       seed=st.integers(0, 2**31 - 1), isa=st.sampled_from(ISAS))
+def test_property_out_aliasing(m, k, n, alias, seed, isa):
     """out sharing memory with an input, in every way the shapes allow: the right answer."""
+    with use_isa(isa):
+        _property_out_aliasing(m, k, n, alias, seed)
+
+
+def _property_out_aliasing(m, k, n, alias, seed):
     g = torch.Generator().manual_seed(seed)
     if alias in ("a", "b"):
         n = k if alias == "a" else n
@@ -397,3 +467,31 @@ def test_cuda_tensor_rejected():
         G.gemm(torch.randn(3, 4, device="cuda"), torch.randn(4, 5, device="cuda"))
     with pytest.raises(RuntimeError, match="CUDA|CPU"):
         G.gemm(torch.randn(3, 4, device="cuda"), torch.randn(4, 5))
+
+
+def test_packed_weight_cache_under_concurrent_callers():
+    """Threads sharing weights (the GIL is released inside the op): every result right."""
+    import threading
+
+    weights = [torch.randn(48, 64) for _ in range(3)]
+    xs = [torch.randn(12, 64) for _ in range(4)]
+    errors = []
+
+    def work(seed):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for i in range(30):
+                w, x = weights[(seed + i) % 3], xs[i % 4]
+                if i % 10 == 9:  # a fresh weight now and then
+                    w = torch.randn(48, 64, generator=g)
+                try:
+                    close(G.linear(x, w), F.linear(x, w), 64)
+                except AssertionError as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

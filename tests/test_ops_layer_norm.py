@@ -10,6 +10,8 @@ _binding = ops_binding_or_skip("_layer_norm")
 layer_norm, layer_norm_reference = _binding.layer_norm, _binding.layer_norm_reference
 ops = torch.ops.smallmind
 
+from ops_isa import ISAS, isa, use_isa  # noqa: E402,F401 (isa: a fixture)
+
 DIMS = [(1, 128, 256), (2, 3, 7), (5, 1), (3, 300), (1, 1), (4, 17, 33), (9,)]
 
 
@@ -20,7 +22,7 @@ def _params(c, affine=True):
 
 
 @pytest.mark.parametrize("dims", DIMS)
-def test_matches_reference(dims):
+def test_matches_reference(dims, isa):
     torch.manual_seed(0)
     x = torch.randn(dims) * 2 + 0.5
     w, b = _params(dims[-1])
@@ -34,7 +36,7 @@ def test_matches_reference(dims):
 
 
 @pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
-def test_optional_affine(affine):
+def test_optional_affine(affine, isa):
     torch.manual_seed(1)
     x = torch.randn(3, 19)
     w = torch.randn(19) if affine in ("both", "weight") else None
@@ -42,7 +44,7 @@ def test_optional_affine(affine):
     torch.testing.assert_close(layer_norm(x, w, b, 1e-3), layer_norm_reference(x, w, b, 1e-3))
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(isa):
     torch.manual_seed(2)
     w, b = _params(12)
     xt = torch.randn(2, 12, 5).transpose(1, 2)  # (2, 5, 12), last dim strided
@@ -71,7 +73,7 @@ def test_out_in_place_and_no_allocation_of_x_size():
     assert out.data_ptr() == ptr
 
 
-def test_large_offset_and_scale():
+def test_large_offset_and_scale(isa):
     torch.manual_seed(4)
     # mean far from 0 relative to the spread: a float32 mean is off by up to ulp(1e3)/2, so
     # every float32 LayerNorm (ATen's too) is off by ~1e-2 here; ours must be no worse.
@@ -86,7 +88,7 @@ def test_large_offset_and_scale():
 
 
 @pytest.mark.parametrize("dims", [(2, 3, 7), (1, 128, 256), (5, 1), (3, 40)])
-def test_grads_match_reference(dims):
+def test_grads_match_reference(dims, isa):
     torch.manual_seed(5)
     c = dims[-1]
     x = torch.randn(dims, requires_grad=True)
@@ -103,7 +105,7 @@ def test_grads_match_reference(dims):
     torch.testing.assert_close(b.grad, br.grad, rtol=tol, atol=tol)
 
 
-def test_grads_plain_op_recomputes_stats_and_no_affine():
+def test_grads_plain_op_recomputes_stats_and_no_affine(isa):
     torch.manual_seed(6)
     x = torch.randn(3, 5, 21).transpose(0, 1).requires_grad_()  # non-contiguous leaf
     w = torch.randn(21, requires_grad=True)
@@ -166,8 +168,13 @@ def test_torch_compile_fullgraph():
 @settings(max_examples=60, deadline=None)
 @given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=2), c=st.integers(1, 70),
        scale=st.sampled_from([1e-2, 1.0, 1e4]), shift=st.sampled_from([0.0, 3.0, -50.0]),
-       affine=st.booleans(), seed=st.integers(0, 2**16))
-def test_property_matches_reference(lead, c, scale, shift, affine, seed):
+       affine=st.booleans(), seed=st.integers(0, 2**16), isa=st.sampled_from(ISAS))
+def test_property_matches_reference(lead, c, scale, shift, affine, seed, isa):
+    with use_isa(isa):
+        _property_matches_reference(lead, c, scale, shift, affine, seed)
+
+
+def _property_matches_reference(lead, c, scale, shift, affine, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*lead, c, generator=g) * scale + shift
     w = torch.randn(c, generator=g) if affine else None
@@ -295,11 +302,14 @@ def test_property_out_aliasing(rows, c, stride, start, seed):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("pos", [0, 3, 17, 33])
-def test_nan_row_matches_reference(pos):
-    x = torch.randn(3, 36)
+# Rows of 36 and 53: a NaN in the two-vector loop, the one-vector loop and the scalar tail of
+# the AVX2 (16 / 8-wide) and AVX-512 (32 / 16) forms.
+@pytest.mark.parametrize("c, pos", [(36, 0), (36, 3), (36, 17), (36, 33), (53, 2), (53, 40),
+                                    (53, 50)])
+def test_nan_row_matches_reference(c, pos, isa):
+    x = torch.randn(3, c)
     x[1, pos] = float("nan")
-    w, b = _params(36)
+    w, b = _params(c)
     ref = layer_norm_reference(x, w, b)
     assert ref[1].isnan().all() and torch.isfinite(ref[[0, 2]]).all()
     torch.testing.assert_close(layer_norm(x, w, b), ref, equal_nan=True)

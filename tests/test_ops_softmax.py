@@ -10,6 +10,8 @@ causal_softmax, causal_softmax_ = _binding.causal_softmax, _binding.causal_softm
 causal_softmax_reference = _binding.causal_softmax_reference
 ops = torch.ops.smallmind
 
+from ops_isa import ISAS, isa, use_isa  # noqa: E402,F401 (isa: a fixture)
+
 # every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
 INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
@@ -24,7 +26,7 @@ CASES = [  # (dims, q_offset)
 
 
 @pytest.mark.parametrize("dims,q_offset", CASES)
-def test_matches_reference(dims, q_offset):
+def test_matches_reference(dims, q_offset, isa):
     torch.manual_seed(0)
     x = torch.randn(dims) * 3
     ref = causal_softmax_reference(x, q_offset)
@@ -34,7 +36,7 @@ def test_matches_reference(dims, q_offset):
     torch.testing.assert_close(y, ref)
 
 
-def test_masked_tail_is_ignored_and_zeroed():
+def test_masked_tail_is_ignored_and_zeroed(isa):
     torch.manual_seed(1)
     x = torch.randn(2, 6, 6)
     ref = causal_softmax_reference(x)
@@ -49,7 +51,7 @@ def test_masked_tail_is_ignored_and_zeroed():
     torch.testing.assert_close(garbage, ref)
 
 
-def test_non_contiguous_views():
+def test_non_contiguous_views(isa):
     torch.manual_seed(2)
     # transposed: last dim not contiguous
     base = torch.randn(2, 3, 11, 9)
@@ -73,7 +75,7 @@ def test_non_contiguous_views():
     torch.testing.assert_close(v2, ref2)
 
 
-def test_extreme_logits():
+def test_extreme_logits(isa):
     x = torch.tensor([[1e4, -1e4, 1e4, 0.0], [-1e4, -1e4, 1e4, 3.0],
                       [1e4, 1e4, -1e4, 1e4], [-1e4, 1e4, -1e4, -1e4]]).expand(2, 4, 4).contiguous()
     out = causal_softmax(x)
@@ -83,7 +85,7 @@ def test_extreme_logits():
 
 
 @pytest.mark.parametrize("dims,q_offset", [((2, 3, 5, 7), 2), ((1, 2, 9, 9), 0), ((1, 1), 0)])
-def test_grad_matches_reference(dims, q_offset):
+def test_grad_matches_reference(dims, q_offset, isa):
     torch.manual_seed(3)
     x = torch.randn(dims, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
@@ -137,8 +139,14 @@ def test_torch_compile_fullgraph():
 @settings(max_examples=60, deadline=None)
 @given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2),
        tq=st.integers(1, 12), extra=st.integers(0, 20), off_frac=st.floats(0, 1),
-       scale=st.sampled_from([1.0, 30.0, 1e4]), seed=st.integers(0, 2**16))
-def test_property_matches_reference(lead, tq, extra, off_frac, scale, seed):
+       scale=st.sampled_from([1.0, 30.0, 1e4]), seed=st.integers(0, 2**16),
+       isa=st.sampled_from(ISAS))
+def test_property_matches_reference(lead, tq, extra, off_frac, scale, seed, isa):
+    with use_isa(isa):
+        _property_matches_reference(lead, tq, extra, off_frac, scale, seed)
+
+
+def _property_matches_reference(lead, tq, extra, off_frac, scale, seed):
     tk = tq + extra
     q_offset = int(round(off_frac * extra))
     g = torch.Generator().manual_seed(seed)
@@ -155,9 +163,14 @@ def test_property_matches_reference(lead, tq, extra, off_frac, scale, seed):
 @given(tq=st.integers(0, 6), tk=st.integers(0, 9),
        q_offset=st.one_of(st.sampled_from(INT_EXTREMES), st.integers(-3, 12)),
        inplace=st.booleans(), nan_at=st.one_of(st.none(), st.integers(0, 8)),
-       seed=st.integers(0, 2**16))
-def test_property_any_q_offset_and_non_finite(tq, tk, q_offset, inplace, nan_at, seed):
+       seed=st.integers(0, 2**16), isa=st.sampled_from(ISAS))
+def test_property_any_q_offset_and_non_finite(tq, tk, q_offset, inplace, nan_at, seed, isa):
     """Every int64 q_offset (and sizes 0): the reference's answer, or a ValueError."""
+    with use_isa(isa):
+        _property_any_q_offset_and_non_finite(tq, tk, q_offset, inplace, nan_at, seed)
+
+
+def _property_any_q_offset_and_non_finite(tq, tk, q_offset, inplace, nan_at, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, tq, tk, generator=g)
     if nan_at is not None and tk > 0:
@@ -234,22 +247,24 @@ def test_fakes_reject_what_the_kernel_rejects():
 
 
 # D7: exp256 clamped NaN to 88 and row_max dropped NaN, so a NaN score in the vectorized part
-# of a row gave a finite softmax. Positions: the 16-wide loop, the 8-wide loop, the scalar tail.
-@pytest.mark.parametrize("pos", [0, 3, 15, 17, 23, 26])
+# of a row gave a finite softmax. Rows of 28 and 53: positions in the two-vector loop, the
+# one-vector loop and the scalar tail of the AVX2 (16 / 8-wide) and AVX-512 (32 / 16) forms.
+@pytest.mark.parametrize("tk, pos", [(28, 0), (28, 3), (28, 15), (28, 17), (28, 23), (28, 26),
+                                     (53, 2), (53, 31), (53, 40), (53, 50)])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_scores_match_reference(pos, value):
-    x = torch.randn(2, 3, 28)
+def test_non_finite_scores_match_reference(tk, pos, value, isa):
+    x = torch.randn(2, 3, tk)
     x[0, 2, pos] = value
-    ref = causal_softmax_reference(x, 25)
-    got = causal_softmax(x, 25)
+    ref = causal_softmax_reference(x, tk - 3)
+    got = causal_softmax(x, tk - 3)
     assert ref[0, 2].isnan().all()  # torch: NaN for NaN, and inf - inf = NaN for +inf
     torch.testing.assert_close(got, ref, equal_nan=True)
     y = x.clone()
-    causal_softmax_(y, 25)
+    causal_softmax_(y, tk - 3)
     torch.testing.assert_close(y, ref, equal_nan=True)
 
 
-def test_minus_inf_scores_match_reference():
+def test_minus_inf_scores_match_reference(isa):
     x = torch.randn(2, 20)
     x[0, :] = float("-inf")          # every valid score -inf: 0 / 0 = NaN, as torch
     x[1, [0, 9, 17]] = float("-inf")  # some -inf: probability 0 there

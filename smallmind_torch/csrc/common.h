@@ -9,10 +9,13 @@
 //
 // Threads. Two styles, on purpose. Row-parallel kernels (softmax, LayerNorm, attention,
 // embedding) use at::parallel_for: independent rows, one fork/join per call. The GEMM and
-// the fused decode block use one OpenMP region instead, because the GEMM's threads meet at
-// `omp barrier`s inside the region (pack a B panel together, then each computes its own
-// tile) and at::parallel_for has no barrier. Both run on torch's OpenMP pool and follow
+// the fused decode ops use one OpenMP region instead, because their threads meet at
+// `omp barrier`s inside the region (the GEMM packs a B panel together, then each thread
+// computes its own tile; the decode step runs every stage of every block between barriers)
+// and at::parallel_for has no barrier. Both run on torch's OpenMP pool and follow
 // torch.get_num_threads().
+//
+// The kernels themselves are in kernels.h, compiled once per instruction set (simd.h).
 #pragma once
 
 #include <ATen/MemoryOverlap.h>
@@ -208,6 +211,14 @@ struct StridedRows {
     }
     return off;
   }
+};
+
+// A (B, nh, T, hs) float tensor whose last dim has stride 1: row (b, h, t) at
+// p + b*s0 + h*s1 + t*s2 (views such as k_cache[:B, :, :T] of a bigger cache).
+struct View4 {
+  float* p;
+  int64_t s0, s1, s2;
+  inline float* row(int64_t b, int64_t h, int64_t t) const { return p + b * s0 + h * s1 + t * s2; }
 };
 
 }  // namespace smallmind

@@ -1,253 +1,334 @@
-// smallmind::decode_block_: one whole pre-LN GPT-2 block for one decode token per sequence,
-// in one C++ call. Inference only (no autograd formula).
+// Fused decode ops, inference only (no autograd formula): the whole model's decode step in one
+// call (decode_step_), and one block (decode_block_). The kernels are decode_kernel.h's, in
+// the current ISA's form; this file checks the arguments and lays out the pointers.
 //
-// x (B, C): the residual stream of one new token per sequence, all at absolute position
-// `pos`; updated in place. params: the block's 12 tensors in the order of `Param` below,
-// which is smallmind_torch/fused_decode.py's BLOCK_PARAMS (weights in nn.Linear layout
-// (out, in)), all contiguous. k_cache / v_cache (maxB, nh, S, hs), B <= maxB, 0 <= pos < S;
-// row `pos` of each (b, head) is written. x, the caches and the parameters must not share
-// memory. Per row b:
+// decode_step_(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+//              n_head, eps, logits, next_tokens): one new token per sequence, all at absolute
+// position `pos`, llama2.c's `forward` for GPT-2:
+//   x = wte[tokens] + wpe[pos]                                        (B, C)
+//   for each block l (its 12 tensors block_params[12 l : 12 l + 12], BLOCK_PARAMS order):
+//     x = decode_block(x)  (below; writes row `pos` of k_caches[l], v_caches[l])
+//   logits = ln_f(x) wte^T      (the lm head is tied to the token embedding)  (B, V)
+//   next_tokens = argmax(logits, -1)  (torch.argmax's rule: first NaN, else first maximum)
+// tokens: int64 (B,) or (B, 1), ids in [0, V); wte (V, C), wpe (P, C) with pos < P; caches
+// (maxB, nh, S, hs), B <= maxB, pos < S; logits (B, V) or (B, 1, V); next_tokens (B,) or
+// (B, 1). Every float tensor is float32, every tensor written or read as a matrix contiguous;
+// nothing written may share memory with anything else the op touches. Allocates nothing once
+// its scratch has grown (scratch lives in thread_local buffers).
+//
+// decode_block_(x, params, k_cache, v_cache, pos, n_head, eps): one pre-LN GPT-2 block, x
+// (B, C) the residual stream updated in place; params its 12 tensors. Per row b:
 //   h = LN1(x); q, k, v = (h c_attn_w^T + c_attn_b).split(C), each (nh, hs)
 //   k_cache[b, :, pos] = k; v_cache[b, :, pos] = v
 //   y_h = softmax(q_h K_h[0..pos]^T / sqrt(hs)) V_h[0..pos]
 //   x += y attn_c_proj_w^T + attn_c_proj_b
 //   h = LN2(x); fc = gelu_tanh(h c_fc_w^T + c_fc_b); x += fc mlp_c_proj_w^T + mlp_c_proj_b
-// decode_block_cpu reads step for step like decode_block_reference in fused_decode.py, with
-// the same names. Why one op: through the module path a block is a few dozen small op calls,
-// each paying the dispatcher and Python; here it pays once. Scratch lives in thread_local
-// buffers (no allocation after the first call); the GEMVs run on the small-M path of
-// gemm_kernel.h (threads as sgemm decides), LayerNorm on the row kernels of
-// layer_norm_row.h, attention on vec_math.h (NaN in a cached key reaches x, as in torch).
+// The kernels read step for step like decode_step_reference / decode_block_reference in
+// smallmind_torch/fused_decode.py, with the same names. Why whole ops: through the module path
+// a decode step is ~150 small op calls, each paying the dispatcher and Python, and every
+// matrix-vector product forks and joins its threads; here one call pays once, and one
+// OpenMP region serves the whole step. NaN in a cached key reaches x, as in torch.
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "common.h"
-#include "gemm_kernel.h"
-#include "layer_norm_row.h"
-#include "simd.h"
-#include "vec_math.h"
+#include "kernels.h"
 
 namespace smallmind {
 namespace {
 
-constexpr const char* kOp = "decode_block_";
-
-// The parameter list, in the model's names (BLOCK_PARAMS in fused_decode.py).
-enum Param : int64_t {
-  ln_1_w, ln_1_b,
-  c_attn_w, c_attn_b, attn_c_proj_w, attn_c_proj_b,
-  ln_2_w, ln_2_b,
-  c_fc_w, c_fc_b, mlp_c_proj_w, mlp_c_proj_b,
-  kNumParams
-};
+constexpr int64_t kNumParams = 12;
 constexpr const char* kParamNames[kNumParams] = {
-    "params[0] (ln_1.weight)",        "params[1] (ln_1.bias)",
-    "params[2] (attn.c_attn.weight)", "params[3] (attn.c_attn.bias)",
-    "params[4] (attn.c_proj.weight)", "params[5] (attn.c_proj.bias)",
-    "params[6] (ln_2.weight)",        "params[7] (ln_2.bias)",
-    "params[8] (mlp.c_fc.weight)",    "params[9] (mlp.c_fc.bias)",
-    "params[10] (mlp.c_proj.weight)", "params[11] (mlp.c_proj.bias)"};
+    "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+    "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
 
-std::vector<int64_t> param_shape(int64_t i, int64_t C) {
+// Expected shape of parameter i (BLOCK_PARAMS order) of a block of width C: rows, cols
+// (cols = 0 for a 1-D tensor).
+std::pair<int64_t, int64_t> param_shape(int64_t i, int64_t C) {
   switch (i) {
-    case c_attn_w: return {3 * C, C};
-    case c_attn_b: return {3 * C};
-    case attn_c_proj_w: return {C, C};
-    case c_fc_w: return {4 * C, C};
-    case c_fc_b: return {4 * C};
-    case mlp_c_proj_w: return {C, 4 * C};
-    default: return {C};  // LayerNorm weights and biases, the projections' biases
+    case 2: return {3 * C, C};   // attn.c_attn.weight
+    case 3: return {3 * C, 0};
+    case 4: return {C, C};       // attn.c_proj.weight
+    case 8: return {4 * C, C};   // mlp.c_fc.weight
+    case 9: return {4 * C, 0};
+    case 10: return {C, 4 * C};  // mlp.c_proj.weight
+    default: return {C, 0};      // LayerNorm weights and biases, the projections' biases
   }
 }
 
-struct DecodeDims {
-  int64_t B, C, nh, hs, S;
+void check_matrix(const at::Tensor& t, const char* op, const std::string& name) {
+  check_cpu_float32(t, op, name.c_str());
+  check_contiguous(t, op, name.c_str());
+}
+
+// One block parameter: CPU float32, contiguous, its shape. `name()` builds the name for a
+// message: the checks run on every decode step, the names only on failure.
+template <class NameFn>
+void check_param(const at::Tensor& t, int64_t i, int64_t C, const char* op, NameFn name) {
+  const auto [rows, cols] = param_shape(i, C);
+  const bool shape_ok = cols == 0 ? (t.dim() == 1 && t.size(0) == rows)
+                                  : (t.dim() == 2 && t.size(0) == rows && t.size(1) == cols);
+  if (shape_ok && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous())
+    return;
+  const std::string n = name();
+  check_matrix(t, op, n);
+  std::vector<int64_t> expected{rows};
+  if (cols != 0) expected.push_back(cols);
+  check_shape(t, expected, op, n.c_str());
+}
+
+// A KV cache: (maxB, n_head, S, head_dim), CPU float32, contiguous.
+template <class NameFn>
+void check_cache(const at::Tensor& t, int64_t nh, int64_t hs, const char* op, NameFn name) {
+  if (t.dim() == 4 && t.size(1) == nh && t.size(3) == hs && t.device().is_cpu() &&
+      t.scalar_type() == at::kFloat && t.is_contiguous())
+    return;
+  const std::string n = name();
+  check_matrix(t, op, n);
+  check_dim(t, 4, op, n.c_str());
+  TORCH_CHECK(false, "smallmind::", op, ": '", n, "' must be (maxB, n_head, S, head_dim) = "
+              "(maxB, ", nh, ", S, ", hs, "), got ", t.sizes());
+}
+
+// No tensor written by the op may share memory with any other tensor it reads or writes.
+// Extents of every tensor, sorted by start, swept once: an interval overlaps an earlier one
+// iff it starts before the furthest end seen so far (of a written one, or of any when it is
+// written itself). `name(i)` builds the message only on failure.
+struct Extent {
+  const char* lo;
+  const char* hi;
+  int64_t id;
+  bool written;
 };
 
-void check_decode_tensor(const at::Tensor& t, const char* name) {
-  check_cpu_float32(t, kOp, name);
-  check_contiguous(t, kOp, name);
+template <class NameFn>
+void check_no_overlap(std::vector<Extent>& ext, const char* op, NameFn name) {
+  std::sort(ext.begin(), ext.end(), [](const Extent& a, const Extent& b) { return a.lo < b.lo; });
+  const Extent* far_any = nullptr;      // the extent reaching furthest so far
+  const Extent* far_written = nullptr;  // the written one reaching furthest so far
+  for (const Extent& e : ext) {
+    const Extent* hit = nullptr;
+    if (far_written != nullptr && e.lo < far_written->hi) hit = far_written;
+    else if (e.written && far_any != nullptr && e.lo < far_any->hi) hit = far_any;
+    if (hit != nullptr) {
+      const Extent& w = hit->written ? *hit : e;  // the one written in place
+      const Extent& other = hit->written ? e : *hit;
+      TORCH_CHECK(false, "smallmind::", op, ": '", name(w.id), "' must not share memory with ",
+                  name(other.id), " (it is written in place)");
+    }
+    if (far_any == nullptr || e.hi > far_any->hi) far_any = &e;
+    if (e.written && (far_written == nullptr || e.hi > far_written->hi)) far_written = &e;
+  }
 }
 
-DecodeDims check_decode_args(const at::Tensor& x, at::TensorList params,
-                             const at::Tensor& k_cache, const at::Tensor& v_cache, int64_t pos,
-                             int64_t n_head, double eps) {
-  check_decode_tensor(x, "x");
-  check_dim(x, 2, kOp, "x");
+Extent extent_of(const at::Tensor& t, int64_t id, bool written) {
+  int64_t last = 0;  // offset of the farthest element (torch strides are >= 0)
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  const char* lo = static_cast<const char*>(t.const_data_ptr());
+  return Extent{lo, lo + (last + 1) * int64_t(t.element_size()), id, written};
+}
+
+// ---- decode_block_ -------------------------------------------------------------------------
+
+DecodeDims check_block_args(const at::Tensor& x, at::TensorList params, const at::Tensor& k_cache,
+                            const at::Tensor& v_cache, int64_t pos, int64_t n_head, double eps) {
+  constexpr const char* op = "decode_block_";
+  check_cpu_float32(x, op, "x");
+  check_contiguous(x, op, "x");
+  check_dim(x, 2, op, "x");
   const int64_t B = x.size(0), C = x.size(1);
-  TORCH_CHECK(B >= 1 && C >= 1, "smallmind::", kOp, ": 'x' must be (B, C) with B, C >= 1, got ",
+  TORCH_CHECK(B >= 1 && C >= 1, "smallmind::", op, ": 'x' must be (B, C) with B, C >= 1, got ",
               x.sizes());
-  TORCH_CHECK_VALUE(n_head >= 1 && C % n_head == 0, "smallmind::", kOp, ": n_head (",
-                    n_head, ") must be positive and divide C = x.size(1) = ", C);
-  check_eps(eps, kOp);
-  TORCH_CHECK(int64_t(params.size()) == kNumParams, "smallmind::", kOp, ": 'params' must hold ",
-              "the block's ", int64_t(kNumParams), " tensors in fused_decode.BLOCK_PARAMS order ",
+  TORCH_CHECK_VALUE(n_head >= 1 && C % n_head == 0, "smallmind::", op, ": n_head (", n_head,
+                    ") must be positive and divide C = x.size(1) = ", C);
+  check_eps(eps, op);
+  TORCH_CHECK(int64_t(params.size()) == kNumParams, "smallmind::", op, ": 'params' must hold ",
+              "the block's ", kNumParams, " tensors in fused_decode.BLOCK_PARAMS order ",
               "(ln_1.weight, ln_1.bias, attn.c_attn.weight, ...), got ", params.size());
-  for (int64_t i = 0; i < kNumParams; ++i) {
-    check_decode_tensor(params[i], kParamNames[i]);
-    check_shape(params[i], param_shape(i, C), kOp, kParamNames[i]);
-  }
+  auto param_name = [](int64_t i) {
+    return "params[" + std::to_string(i) + "] (" + kParamNames[i] + ")";
+  };
+  for (int64_t i = 0; i < kNumParams; ++i)
+    check_param(params[i], i, C, op, [&] { return param_name(i); });
   const int64_t nh = n_head, hs = C / n_head;
-  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&k_cache, "k_cache"},
-                                {&v_cache, "v_cache"}}) {
-    check_decode_tensor(*t, name);
-    check_dim(*t, 4, kOp, name);
-    TORCH_CHECK(t->size(1) == nh && t->size(3) == hs, "smallmind::", kOp, ": '", name,
-                "' must be (maxB, n_head, S, head_dim) = (maxB, ", nh, ", S, ", hs,
-                "), got ", t->sizes());
-  }
-  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "smallmind::", kOp,
+  check_cache(k_cache, nh, hs, op, [] { return std::string("k_cache"); });
+  check_cache(v_cache, nh, hs, op, [] { return std::string("v_cache"); });
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "smallmind::", op,
               ": k_cache and v_cache must have the same shape, got ", k_cache.sizes(), " and ",
               v_cache.sizes());
   const int64_t maxB = k_cache.size(0), S = k_cache.size(2);
-  TORCH_CHECK(B <= maxB, "smallmind::", kOp, ": batch B = ", B,
+  TORCH_CHECK(B <= maxB, "smallmind::", op, ": batch B = ", B,
               " exceeds the KV cache's max batch ", maxB);
-  TORCH_CHECK_VALUE(pos >= 0 && pos < S, "smallmind::", kOp, ": pos must lie in [0, ",
-                    S - 1, "] (the cache holds S = ", S, " positions), got ", pos);
-  // Everything is contiguous, so extents are exact: x and the caches are written while the
-  // parameters and the other caches' rows are read.
-  TORCH_CHECK(!extents_intersect(x, k_cache) && !extents_intersect(x, v_cache) &&
-                  !extents_intersect(k_cache, v_cache),
-              "smallmind::", kOp, ": x, k_cache and v_cache must not share memory");
-  for (int64_t i = 0; i < kNumParams; ++i) {
-    for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&x, "x"},
-                                  {&k_cache, "k_cache"}, {&v_cache, "v_cache"}}) {
-      TORCH_CHECK(!extents_intersect(*t, params[i]), "smallmind::", kOp, ": '", name,
-                  "' must not share memory with ", kParamNames[i], " (it is written in place)");
-    }
-  }
+  TORCH_CHECK_VALUE(pos >= 0 && pos < S, "smallmind::", op, ": pos must lie in [0, ", S - 1,
+                    "] (the cache holds S = ", S, " positions), got ", pos);
+  // ids: 0 x, 1 k_cache, 2 v_cache (written), 3 + i params[i]
+  std::vector<Extent> ext{extent_of(x, 0, true), extent_of(k_cache, 1, true),
+                          extent_of(v_cache, 2, true)};
+  for (int64_t i = 0; i < kNumParams; ++i) ext.push_back(extent_of(params[i], 3 + i, false));
+  check_no_overlap(ext, op, [&](int64_t id) -> std::string {
+    return id == 0 ? "x" : id == 1 ? "k_cache" : id == 2 ? "v_cache" : param_name(id - 3);
+  });
   return {B, C, nh, hs, S};
 }
 
-// out (M, N) = a (M, K) @ w^T + bias, w (N, K) row-major: F.linear on the GEMM's small-M path.
-void linear_rows(const float* a, int64_t M, int64_t K, const float* w, const float* bias,
-                 int64_t N, float* out, int nthreads) {
-  gemm::sgemm(M, N, K, a, K, 1, w, 1, K, out, N, bias, nthreads);
+DecodeLayer layer_of(at::TensorList params, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  DecodeLayer layer;
+  for (int64_t i = 0; i < kNumParams; ++i) layer.p[i] = params[i].const_data_ptr<float>();
+  layer.k_cache = k_cache.data_ptr<float>();
+  layer.v_cache = v_cache.data_ptr<float>();
+  return layer;
 }
 
-// h (B, C) = F.layer_norm(x, (C,), w, b, eps), row by row.
-void layer_norm_rows(const float* x, int64_t B, int64_t C, const float* w, const float* b,
-                     float eps, float* h) {
-  for (int64_t r = 0; r < B; ++r) {
-    float shift, md, rstd;
-    ln_row::row_moments(x + r * C, C, eps, shift, md, rstd);
-    ln_row::row_normalize(x + r * C, h + r * C, w, b, C, shift, md, rstd);
+void run_decode_block(Isa isa, const DecodeDims& d, const DecodeLayer& layer, int64_t pos,
+                      float eps, float* x, int nthreads) {
+  SMALLMIND_DISPATCH(isa, decode::decode_block, d, layer, pos, eps, x, nthreads);
+}
+
+void decode_block_cpu(at::Tensor& x, at::TensorList params, at::Tensor& k_cache,
+                      at::Tensor& v_cache, int64_t pos, int64_t n_head, double eps) {
+  const DecodeDims d = check_block_args(x, params, k_cache, v_cache, pos, n_head, eps);
+  run_decode_block(current_isa(), d, layer_of(params, k_cache, v_cache), pos,
+                   static_cast<float>(eps), x.data_ptr<float>(), num_threads());
+}
+
+// ---- decode_step_ --------------------------------------------------------------------------
+
+// (B,) or (B, 1): the optional middle dim of size 1 is the one new token per sequence.
+bool is_column(const at::Tensor& t, int64_t B) {
+  return (t.dim() == 1 && t.size(0) == B) || (t.dim() == 2 && t.size(0) == B && t.size(1) == 1);
+}
+
+void run_decode_step(Isa isa, const DecodeStep& s, int nthreads) {
+  SMALLMIND_DISPATCH(isa, decode::decode_step, s, nthreads);
+}
+
+void decode_step_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
+                     const at::Tensor& wpe, at::TensorList block_params,
+                     const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
+                     at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
+                     double eps, at::Tensor& logits, at::Tensor& next_tokens) {
+  constexpr const char* op = "decode_step_";
+  // the model: wte (V, C), wpe (P, C), n_head, eps
+  check_matrix(wte, op, "wte");
+  check_dim(wte, 2, op, "wte");
+  const int64_t V = wte.size(0), C = wte.size(1);
+  TORCH_CHECK(V >= 1 && C >= 1, "smallmind::", op, ": 'wte' must be (vocab, C) with vocab, "
+              "C >= 1, got ", wte.sizes());
+  check_matrix(wpe, op, "wpe");
+  check_dim(wpe, 2, op, "wpe");
+  check_same_size(wpe.size(1), C, op, "wpe.size(1)", "wte.size(1) (C)");
+  TORCH_CHECK_VALUE(n_head >= 1 && C % n_head == 0, "smallmind::", op, ": n_head (", n_head,
+                    ") must be positive and divide C = wte.size(1) = ", C);
+  check_eps(eps, op);
+  const int64_t nh = n_head, hs = C / n_head;
+  // the blocks: 12 tensors each, one k and one v cache each
+  TORCH_CHECK(block_params.size() >= size_t(kNumParams) && block_params.size() % kNumParams == 0,
+              "smallmind::", op, ": 'block_params' must hold 12 tensors per block (BLOCK_PARAMS "
+              "order, block after block) for at least one block, got ", block_params.size());
+  const int64_t L = int64_t(block_params.size()) / kNumParams;
+  TORCH_CHECK(int64_t(k_caches.size()) == L && int64_t(v_caches.size()) == L, "smallmind::", op,
+              ": 'k_caches' and 'v_caches' must hold one cache per block (", L, "), got ",
+              k_caches.size(), " and ", v_caches.size());
+  auto param_name = [](int64_t i) {
+    return "block_params[" + std::to_string(i) + "] (block " + std::to_string(i / kNumParams) +
+           " " + kParamNames[i % kNumParams] + ")";
+  };
+  for (int64_t i = 0; i < L * kNumParams; ++i)
+    check_param(block_params[i], i % kNumParams, C, op, [&] { return param_name(i); });
+  check_param(ln_f_w, 0, C, op, [] { return std::string("ln_f_w"); });
+  check_param(ln_f_b, 1, C, op, [] { return std::string("ln_f_b"); });
+  auto cache_name = [](const char* list, int64_t l) {
+    return std::string(list) + "[" + std::to_string(l) + "]";
+  };
+  for (int64_t l = 0; l < L; ++l) {
+    check_cache(k_caches[l], nh, hs, op, [&] { return cache_name("k_caches", l); });
+    check_cache(v_caches[l], nh, hs, op, [&] { return cache_name("v_caches", l); });
+    TORCH_CHECK(k_caches[l].sizes() == k_caches[0].sizes() &&
+                    v_caches[l].sizes() == k_caches[0].sizes(),
+                "smallmind::", op, ": every cache must have the shape of k_caches[0] ",
+                k_caches[0].sizes(), ", got ", k_caches[l].sizes(), " (k_caches[", l, "]) and ",
+                v_caches[l].sizes(), " (v_caches[", l, "])");
   }
-}
-
-void add_inplace(float* x, const float* y, int64_t n) {
-  int64_t j = 0;
-#if SMALLMIND_AVX2
-  for (; j + 8 <= n; j += 8)
-    _mm256_storeu_ps(x + j, _mm256_add_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j)));
-#endif
-  for (; j < n; ++j) x[j] += y[j];
-}
-
-// gelu_tanh(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
-//              = x / (1 + exp(-2u))        (no cancellation near u = 0, none at large |u|)
-void gelu_tanh_inplace(float* x, int64_t n) {
-  constexpr float kC = 0.7978845608028654f;  // sqrt(2/pi)
-  constexpr float kA = 0.044715f;
-  int64_t j = 0;
-#if SMALLMIND_AVX2
-  const __m256 m2c = _mm256_set1_ps(-2.0f * kC), va = _mm256_set1_ps(kA);
-  const __m256 one = _mm256_set1_ps(1.0f);
-  for (; j + 8 <= n; j += 8) {
-    const __m256 v = _mm256_loadu_ps(x + j);
-    const __m256 inner = _mm256_fmadd_ps(_mm256_mul_ps(va, v), _mm256_mul_ps(v, v), v);
-    const __m256 e = vec::exp256(_mm256_mul_ps(m2c, inner));
-    _mm256_storeu_ps(x + j, _mm256_div_ps(v, _mm256_add_ps(one, e)));
+  const int64_t maxB = k_caches[0].size(0), S = k_caches[0].size(2);
+  // the call: tokens (B,) at pos; outputs
+  check_cpu_long(tokens, op, "tokens");
+  TORCH_CHECK((tokens.dim() == 1 || (tokens.dim() == 2 && tokens.size(1) == 1)) &&
+                  tokens.size(0) >= 1,
+              "smallmind::", op, ": 'tokens' must be (B,) or (B, 1) with B >= 1, got shape ",
+              tokens.sizes());
+  const int64_t B = tokens.size(0);
+  TORCH_CHECK(B <= maxB, "smallmind::", op, ": batch B = ", B,
+              " exceeds the KV caches' max batch ", maxB);
+  TORCH_CHECK_VALUE(pos >= 0 && pos < S && pos < wpe.size(0), "smallmind::", op,
+                    ": pos must lie in [0, ", std::min(S, wpe.size(0)) - 1, "] (the caches hold ",
+                    S, " positions, wpe ", wpe.size(0), "), got ", pos);
+  const int64_t* tok = tokens.const_data_ptr<int64_t>();
+  const int64_t tstride = tokens.stride(0);
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(tok[b * tstride] >= 0 && tok[b * tstride] < V, "smallmind::", op,
+                ": token id out of range: tokens[", b, "] = ", tok[b * tstride],
+                ", allowed range is [0, ", V, ") (vocab = wte.size(0))");
+  check_matrix(logits, op, "logits");
+  TORCH_CHECK((logits.dim() == 2 && logits.size(0) == B && logits.size(1) == V) ||
+                  (logits.dim() == 3 && logits.size(0) == B && logits.size(1) == 1 &&
+                   logits.size(2) == V),
+              "smallmind::", op, ": 'logits' must be (B, vocab) = (", B, ", ", V, ") or (B, 1, "
+              "vocab), got ", logits.sizes());
+  check_cpu_long(next_tokens, op, "next_tokens");
+  check_contiguous(next_tokens, op, "next_tokens");
+  TORCH_CHECK(is_column(next_tokens, B), "smallmind::", op, ": 'next_tokens' must be (B,) or "
+              "(B, 1) with B = ", B, ", got ", next_tokens.sizes());
+  // nothing written overlaps anything else. ids: 0 logits, 1 next_tokens, 2 + l k_caches[l],
+  // 2 + L + l v_caches[l] (written); then tokens, wte, wpe, ln_f_w, ln_f_b, block_params[i]
+  static thread_local std::vector<Extent> ext;
+  ext.clear();
+  ext.push_back(extent_of(logits, 0, true));
+  ext.push_back(extent_of(next_tokens, 1, true));
+  for (int64_t l = 0; l < L; ++l) {
+    ext.push_back(extent_of(k_caches[l], 2 + l, true));
+    ext.push_back(extent_of(v_caches[l], 2 + L + l, true));
   }
-#endif
-  for (; j < n; ++j) {
-    const float v = x[j];
-    const float inner = v + kA * v * v * v;
-    x[j] = v / (1.0f + std::exp(-2.0f * kC * inner));
-  }
-}
+  const int64_t first_read = 2 + 2 * L;
+  const at::Tensor* named[] = {&tokens, &wte, &wpe, &ln_f_w, &ln_f_b};
+  for (int64_t i = 0; i < 5; ++i) ext.push_back(extent_of(*named[i], first_read + i, false));
+  for (int64_t i = 0; i < L * kNumParams; ++i)
+    ext.push_back(extent_of(block_params[i], first_read + 5 + i, false));
+  check_no_overlap(ext, op, [&](int64_t id) -> std::string {
+    static const char* names[] = {"tokens", "wte", "wpe", "ln_f_w", "ln_f_b"};
+    if (id == 0) return "logits";
+    if (id == 1) return "next_tokens";
+    if (id < 2 + L) return cache_name("k_caches", id - 2);
+    if (id < first_read) return cache_name("v_caches", id - 2 - L);
+    if (id < first_read + 5) return names[id - first_read];
+    return param_name(id - first_read - 5);
+  });
 
-// k_cache[b, :, pos] = k; v_cache[b, :, pos] = v for b < B, from the k and v thirds of qkv.
-void write_kv_cache(const float* qkv, const DecodeDims& d, int64_t pos, float* k_cache,
-                    float* v_cache) {
-  const int64_t C = d.C, hs = d.hs;
-  for (int64_t b = 0; b < d.B; ++b) {
-    const float* k = qkv + b * 3 * C + C;
-    const float* v = k + C;
-    for (int64_t hd = 0; hd < d.nh; ++hd) {
-      const int64_t off = ((b * d.nh + hd) * d.S + pos) * hs;
-      std::copy(k + hd * hs, k + (hd + 1) * hs, k_cache + off);
-      std::copy(v + hd * hs, v + (hd + 1) * hs, v_cache + off);
-    }
-  }
-}
-
-// One (sequence, head): y (hs) = softmax(q . keys[0..L) * scale) values[0..L); att: L floats.
-void attend_one(const float* q, const float* keys, const float* values, int64_t L, int64_t hs,
-                float scale, float* att, float* y) {
-  for (int64_t j = 0; j < L; ++j) att[j] = vec::dot(q, keys + j * hs, hs) * scale;
-  const float m = vec::row_max(att, L);
-  const float s = vec::exp_sub_sum(att, att, L, m);
-  std::fill(y, y + hs, 0.f);
-  for (int64_t j = 0; j < L; ++j) vec::axpy(att[j], values + j * hs, y, hs);
-  vec::scale_inplace(y, hs, 1.0f / s);
-}
-
-// y (B, C) = softmax(q K^T / sqrt(hs)) V over positions 0..pos, every (sequence, head).
-void attention_rows(const float* qkv, const DecodeDims& d, int64_t pos, const float* k_cache,
-                    const float* v_cache, float* y, int nt) {
-  const int64_t C = d.C, nh = d.nh, hs = d.hs, L = pos + 1;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  const int64_t units = d.B * nh;
-  // ~2 flops per cached element read (q.k and p*v); split only when it outweighs a fork.
-  const int threads = (nt > 1 && double(units) * double(L) * double(hs) >= 65536.0)
-                          ? int(std::min<int64_t>(nt, units)) : 1;
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-  for (int64_t u = 0; u < units; ++u) {
-    static thread_local Scratch att_scratch;
-    float* att = att_scratch.get(size_t(L));
-    const int64_t b = u / nh, hd = u % nh;
-    const int64_t base = (b * nh + hd) * d.S * hs;
-    attend_one(qkv + b * 3 * C + hd * hs, k_cache + base, v_cache + base, L, hs, scale, att,
-               y + b * C + hd * hs);
-  }
-}
-
-void decode_block_cpu(at::Tensor& x_, at::TensorList params, at::Tensor& k_cache_,
-                      at::Tensor& v_cache_, int64_t pos, int64_t n_head, double eps_) {
-  const DecodeDims d = check_decode_args(x_, params, k_cache_, v_cache_, pos, n_head, eps_);
-  const int64_t B = d.B, C = d.C;
-  const float eps = static_cast<float>(eps_);
-  const int nt = num_threads();
-  auto w = [&](Param i) { return params[i].const_data_ptr<float>(); };
-  float* x = x_.data_ptr<float>();
-  float* k_cache = k_cache_.data_ptr<float>();
-  float* v_cache = v_cache_.data_ptr<float>();
-
-  // scratch (thread_local, grows once): h (B, C), qkv (B, 3C), y (B, C), proj (B, C), fc (B, 4C)
-  static thread_local Scratch scratch;
-  float* h = scratch.get(size_t(B) * size_t(10 * C));
-  float* qkv = h + B * C;
-  float* y = qkv + B * 3 * C;
-  float* proj = y + B * C;
-  float* fc = proj + B * C;
-
-  // attention
-  layer_norm_rows(x, B, C, w(ln_1_w), w(ln_1_b), eps, h);                 // h = LN1(x)
-  linear_rows(h, B, C, w(c_attn_w), w(c_attn_b), 3 * C, qkv, nt);         // q, k, v = c_attn(h)
-  write_kv_cache(qkv, d, pos, k_cache, v_cache);                          // cache[:B, :, pos]
-  attention_rows(qkv, d, pos, k_cache, v_cache, y, nt);                   // y = softmax(qK^T)V
-  linear_rows(y, B, C, w(attn_c_proj_w), w(attn_c_proj_b), C, proj, nt);  // attn.c_proj(y)
-  add_inplace(x, proj, B * C);                                            // x += ...
-  // MLP
-  layer_norm_rows(x, B, C, w(ln_2_w), w(ln_2_b), eps, h);                 // h = LN2(x)
-  linear_rows(h, B, C, w(c_fc_w), w(c_fc_b), 4 * C, fc, nt);              // fc = c_fc(h)
-  gelu_tanh_inplace(fc, B * 4 * C);                                       // fc = gelu(fc)
-  linear_rows(fc, B, 4 * C, w(mlp_c_proj_w), w(mlp_c_proj_b), C, proj, nt);  // mlp.c_proj(fc)
-  add_inplace(x, proj, B * C);                                            // x += ...
+  static thread_local std::vector<DecodeLayer> layers;
+  layers.resize(size_t(L));
+  for (int64_t l = 0; l < L; ++l)
+    layers[l] = layer_of(block_params.slice(size_t(l * kNumParams), kNumParams), k_caches[l],
+                         v_caches[l]);
+  DecodeStep s;
+  s.d = DecodeDims{B, C, nh, hs, S};
+  s.pos = pos;
+  s.n_layer = L;
+  s.vocab = V;
+  s.tokens = tok;
+  s.token_stride = tstride;
+  s.wte = wte.const_data_ptr<float>();
+  s.wpe = wpe.const_data_ptr<float>();
+  s.layers = layers.data();
+  s.ln_f_w = ln_f_w.const_data_ptr<float>();
+  s.ln_f_b = ln_f_b.const_data_ptr<float>();
+  s.eps = static_cast<float>(eps);
+  s.logits = logits.data_ptr<float>();
+  s.next_tokens = next_tokens.data_ptr<int64_t>();
+  run_decode_step(current_isa(), s, num_threads());
 }
 
 }  // namespace
@@ -256,8 +337,15 @@ TORCH_LIBRARY_FRAGMENT(smallmind, m) {
   m.def(
       "decode_block_(Tensor(a!) x, Tensor[] params, Tensor(b!) k_cache, Tensor(c!) v_cache, "
       "int pos, int n_head, float eps) -> ()");
+  m.def(
+      "decode_step_(Tensor tokens, int pos, Tensor wte, Tensor wpe, Tensor[] block_params, "
+      "Tensor ln_f_w, Tensor ln_f_b, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int n_head, "
+      "float eps, Tensor(c!) logits, Tensor(d!) next_tokens) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(smallmind, CPU, m) { m.impl("decode_block_", &decode_block_cpu); }
+TORCH_LIBRARY_IMPL(smallmind, CPU, m) {
+  m.impl("decode_block_", &decode_block_cpu);
+  m.impl("decode_step_", &decode_step_cpu);
+}
 
 }  // namespace smallmind

@@ -12,6 +12,8 @@
 //   dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)); dweight = sum_rows g * xhat,
 //   dbias = sum_rows g (per-thread partial sums, reduced at the end). Without mean / rstd it
 //   recomputes them per row; dweight / dbias are always returned (shape (C,)).
+// The row kernels and loops are layer_norm_row.h's, compiled once per ISA (kernels.h); this
+// file checks arguments, allocates, and calls the current ISA's form.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -22,17 +24,12 @@
 #include <tuple>
 
 #include "common.h"
-#include "layer_norm_row.h"
-#include "simd.h"
-#include "vec_math.h"
+#include "kernels.h"
 
 namespace smallmind {
 namespace {
 
 using OptTensor = std::optional<at::Tensor>;
-
-using ln_row::row_moments;
-using ln_row::row_normalize;
 
 struct Params {
   at::Tensor x;       // last dim contiguous
@@ -73,19 +70,8 @@ void forward_kernel(const Params& p, float eps, float* out, float* mean_out, flo
   const float* w = p.weight.defined() ? p.weight.const_data_ptr<float>() : nullptr;
   const float* b = p.bias.defined() ? p.bias.const_data_ptr<float>() : nullptr;
   const int64_t C = p.C;
-  const int64_t grain = std::max<int64_t>(1, 65536 / C);  // small inputs: one thread
-  at::parallel_for(0, p.N, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* xr = x + rows.offset(r);
-      float shift, md, rstd;
-      row_moments(xr, C, eps, shift, md, rstd);
-      row_normalize(xr, out + r * C, w, b, C, shift, md, rstd);
-      if (mean_out) {
-        mean_out[r] = shift + md;
-        rstd_out[r] = rstd;
-      }
-    }
-  });
+  SMALLMIND_DISPATCH(current_isa(), layer_norm_forward, x, rows, p.N, C, w, b, eps, out,
+                     mean_out, rstd_out);
 }
 
 at::Tensor layer_norm(const at::Tensor& x, const OptTensor& weight, const OptTensor& bias,
@@ -127,6 +113,13 @@ void layer_norm_out(const at::Tensor& x, const OptTensor& weight, const OptTenso
   forward_kernel(p, static_cast<float>(eps), out.data_ptr<float>(), nullptr, nullptr);
 }
 
+void backward_kernel(const float* x, const StridedRows& rows, const float* g, const float* w,
+                     const float* mean, const float* rstd, float eps, int64_t N, int64_t C,
+                     float* dx, float* partial, int nthreads) {
+  SMALLMIND_DISPATCH(current_isa(), layer_norm_backward, x, rows, g, w, mean, rstd, eps, N, C, dx,
+                     partial, nthreads);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const OptTensor& weight,
     const OptTensor& mean, const OptTensor& rstd, double eps) {
@@ -164,76 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward(
   const float* mp = have_stats ? mean_c.const_data_ptr<float>() : nullptr;
   const float* rp = have_stats ? rstd_c.const_data_ptr<float>() : nullptr;
   float* dxp = dx.data_ptr<float>();
-  const float inv_c = 1.0f / static_cast<float>(C);
-  const float feps = static_cast<float>(eps);
-  const int64_t grain = std::max<int64_t>(1, 32768 / C);
-
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    int tid = at::get_thread_num();
-    if (tid < 0 || tid >= nthreads) tid = 0;  // defensive; not expected
-    float* dwp = part + static_cast<int64_t>(tid) * 2 * C;
-    float* dbp = dwp + C;
-    for (int64_t r = begin; r < end; ++r) {
-      const float* xr = xp + rows.offset(r);
-      const float* gr = gp + r * C;
-      float* dxr = dxp + r * C;
-      float sh, m, rs;  // xhat = ((x - sh) - m) * rs
-      if (mp) {
-        sh = mp[r];
-        m = 0.f;
-        rs = rp[r];
-      } else {
-        row_moments(xr, C, feps, sh, m, rs);
-      }
-      // pass 1: sums of gw and gw * xhat; accumulate dweight / dbias
-      int64_t j = 0;
-      float s1 = 0.f, s2 = 0.f;
-#if SMALLMIND_AVX2
-      const __m256 vsh = _mm256_set1_ps(sh), vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(rs);
-      __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
-      for (; j + 8 <= C; j += 8) {
-        const __m256 xh =
-            _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), vsh), vm), vr);
-        const __m256 gv = _mm256_loadu_ps(gr + j);
-        const __m256 gw = w ? _mm256_mul_ps(gv, _mm256_loadu_ps(w + j)) : gv;
-        a1 = _mm256_add_ps(a1, gw);
-        a2 = _mm256_fmadd_ps(gw, xh, a2);
-        _mm256_storeu_ps(dwp + j, _mm256_fmadd_ps(gv, xh, _mm256_loadu_ps(dwp + j)));
-        _mm256_storeu_ps(dbp + j, _mm256_add_ps(gv, _mm256_loadu_ps(dbp + j)));
-      }
-      s1 = vec::hsum256(a1);
-      s2 = vec::hsum256(a2);
-#endif
-      for (; j < C; ++j) {
-        const float xh = ((xr[j] - sh) - m) * rs;
-        const float gw = w ? gr[j] * w[j] : gr[j];
-        s1 += gw;
-        s2 += gw * xh;
-        dwp[j] += gr[j] * xh;
-        dbp[j] += gr[j];
-      }
-      // pass 2: dx
-      const float c1 = s1 * inv_c, c2 = s2 * inv_c;
-      j = 0;
-#if SMALLMIND_AVX2
-      const __m256 vc1 = _mm256_set1_ps(c1), vc2 = _mm256_set1_ps(c2);
-      for (; j + 8 <= C; j += 8) {
-        const __m256 xh =
-            _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), vsh), vm), vr);
-        const __m256 gv = _mm256_loadu_ps(gr + j);
-        const __m256 gw = w ? _mm256_mul_ps(gv, _mm256_loadu_ps(w + j)) : gv;
-        __m256 t = _mm256_sub_ps(gw, vc1);
-        t = _mm256_fnmadd_ps(xh, vc2, t);
-        _mm256_storeu_ps(dxr + j, _mm256_mul_ps(t, vr));
-      }
-#endif
-      for (; j < C; ++j) {
-        const float xh = ((xr[j] - sh) - m) * rs;
-        const float gw = w ? gr[j] * w[j] : gr[j];
-        dxr[j] = rs * (gw - c1 - xh * c2);
-      }
-    }
-  });
+  backward_kernel(xp, rows, gp, w, mp, rp, static_cast<float>(eps), N, C, dxp, part, nthreads);
   at::Tensor sums = partial.sum(0);  // (2, C)
   dw.copy_(sums[0]);
   db.copy_(sums[1]);

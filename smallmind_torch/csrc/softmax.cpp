@@ -10,6 +10,7 @@
 // give what torch.softmax of the -inf-masked row gives (see vec_math.h): NaN or +inf in a
 // row's valid part, or a valid part of only -inf, makes the whole row NaN, masked tail too.
 // The backward (y * (g - sum(g*y))) is composed in Python (smallmind_torch/ops/_softmax.py).
+// The row loop (causal_softmax_rows) is in attention_kernel.h, once per ISA.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -17,7 +18,7 @@
 #include <cmath>
 
 #include "common.h"
-#include "vec_math.h"
+#include "kernels.h"
 
 namespace smallmind {
 namespace {
@@ -32,20 +33,8 @@ void check_scores(const at::Tensor& scores, int64_t q_offset, const char* op) {
 void causal_softmax_kernel(const float* in, const StridedRows& in_rows, float* out,
                            const StridedRows& out_rows, int64_t n_rows, int64_t Tq,
                            int64_t Tk, int64_t q_offset) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(Tk, 1));
-  at::parallel_for(0, n_rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* x = in + in_rows.offset(r);
-      float* y = out + out_rows.offset(r);
-      const int64_t L = q_offset + (r % Tq) + 1;
-      const float m = vec::row_max(x, L);
-      const float s = vec::exp_sub_sum(x, y, L, m);
-      vec::scale_inplace(y, L, 1.0f / s);
-      // masked keys get probability 0; a NaN row (sum NaN) is NaN throughout, as
-      // torch.softmax of the -inf-masked row is
-      if (L < Tk) std::fill(y + L, y + Tk, std::isnan(s) ? NAN : 0.f);
-    }
-  });
+  SMALLMIND_DISPATCH(current_isa(), causal_softmax_rows, in, in_rows, out, out_rows, n_rows, Tq,
+                     Tk, q_offset);
 }
 
 at::Tensor causal_softmax(const at::Tensor& scores, int64_t q_offset) {

@@ -1,120 +1,206 @@
-// Small vector-math helpers shared by the softmax, LayerNorm, attention and decode kernels:
-// pure math on float pointers (no ATen), 8 floats at a time with AVX2 + FMA, plain loops
-// otherwise (see simd.h).
+// The vector layer of one ISA and the row helpers written on it (no include guard: kernels.h
+// includes this file once per ISA, see there; everything here lives in SMALLMIND_ISA_NS).
 //
-//  * exp256      : Cephes-style exp for 8 floats (range reduction x = n ln2 + r, |r| <= ln2/2,
-//                  degree-6 polynomial, 2^n by building the exponent bits). Max relative error
-//                  about 2 ulp over [-87, 88]; returns 0 below about -87.3 and NaN for NaN.
-//  * hsum256     : horizontal sum of one vector.
-//  * hsum8x8     : 8 vectors -> one vector of their 8 horizontal sums (dot products of one
-//                  query with 8 keys at once).
-//  * row_max, exp_sub_sum, scale_inplace, dot, axpy: one row of n floats.
+// Layer 1, per ISA: V, a vector of W floats (__m512 and 16, __m256 and 8, float and 1), and the
+// handful of operations the kernels use: vload / vstore (unaligned), arithmetic, vfmadd
+// (a * b + c), vfnmadd (c - a * b), horizontal vhsum / vhmax, NaN masks, vexp. vmin / vmax
+// keep the x86 rule (when either operand is NaN the second is returned) on every ISA, plain
+// C++ included. Writing the kernels once on this layer keeps the three paths the same
+// algorithm: they differ in width, and so in the order of some float sums, never in steps.
+//
+//  * vexp: Cephes-style exp (range reduction x = n ln2 + r, |r| <= ln2/2, degree-6
+//    polynomial, 2^n built from the exponent bits); max relative error about 2 ulp over
+//    [-87, 88]; 0 below about -87.3; NaN for NaN. The plain-C++ path uses std::exp.
+//  * vhsum8: 8 vectors -> their 8 horizontal sums (one query against 8 keys at once).
+//
+// Layer 2, generic: row_max, exp_sub_sum, scale_inplace, dot, axpy, add_inplace,
+// gelu_tanh_inplace, on one row of n floats: a loop of vectors, then a scalar tail.
 //
 // Non-finite input behaves as torch.softmax does: a NaN in a row makes row_max NaN and every
 // exp(x - max) NaN, so the whole softmax row is NaN; a +inf gives exp(inf - inf) = NaN, so a
 // row holding +inf is NaN too; a row of only -inf is NaN (0 / 0). Each of these holds in the
 // vectorized part of a row and in its scalar tail alike.
-#pragma once
-
-#include <cmath>
-#include <cstdint>
-
-#include "simd.h"
 
 namespace smallmind {
-namespace vec {
+namespace SMALLMIND_ISA_NS {
 
-#if SMALLMIND_AVX2
+#if SMALLMIND_ISA_LEVEL == 2  // ---- AVX-512 -------------------------------------------------
 
-static inline __m256 exp256(__m256 x) {
-  const __m256 hi = _mm256_set1_ps(88.0f);  // keeps 2^n finite
-  const __m256 lo = _mm256_set1_ps(-88.3762626647949f);
-  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-  const __m256 c1 = _mm256_set1_ps(0.693359375f);
-  const __m256 c2 = _mm256_set1_ps(-2.12194440e-4f);
+constexpr int W = 16;
+using V = __m512;
+using Mask = __mmask16;
+
+static inline V vzero() { return _mm512_setzero_ps(); }
+static inline V vset1(float a) { return _mm512_set1_ps(a); }
+static inline V vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
+static inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
+static inline V vsub(V a, V b) { return _mm512_sub_ps(a, b); }
+static inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
+static inline V vdiv(V a, V b) { return _mm512_div_ps(a, b); }
+static inline V vmin(V a, V b) { return _mm512_min_ps(a, b); }
+static inline V vmax(V a, V b) { return _mm512_max_ps(a, b); }
+static inline V vfmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+static inline V vfnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+static inline float vhsum(V v) { return _mm512_reduce_add_ps(v); }
+static inline float vhmax(V v) { return _mm512_reduce_max_ps(v); }
+static inline Mask vnan(V v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+static inline Mask vmask_or(Mask a, Mask b) { return Mask(a | b); }
+static inline bool vmask_any(Mask m) { return m != 0; }
+
+static inline V vexp(V x) {
   // min/max return their second operand when either is NaN: x goes second, so NaN stays NaN
   // (and then 2^n below is 0 and y is NaN: the result is NaN).
-  x = _mm256_min_ps(hi, x);
-  x = _mm256_max_ps(lo, x);
-  // n = round(x / ln2); r = x - n ln2 (ln2 split in two for exactness)
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, c1, x);
-  r = _mm256_fnmadd_ps(n, c2, r);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);  // keeps 2^n finite
+  x = _mm512_max_ps(_mm512_set1_ps(-88.3762626647949f), x);
+  const V n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  V r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 split in two for exactness
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  V y = _mm512_set1_ps(1.9875691500E-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507E-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073E-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894E-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459E-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201E-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r);
+  y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+  // 2^n: n in [-127, 128]; n = -127 gives exponent bits 0 -> 0.0 (underflow to zero).
+  __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+  e = _mm512_slli_epi32(_mm512_max_epi32(e, _mm512_setzero_si512()), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+static inline __m256 hsum8x8_256(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4,
+                                 __m256 a5, __m256 a6, __m256 a7) {
+  __m256 t0 = _mm256_hadd_ps(a0, a1), t1 = _mm256_hadd_ps(a2, a3);
+  __m256 t2 = _mm256_hadd_ps(a4, a5), t3 = _mm256_hadd_ps(a6, a7);
+  t0 = _mm256_hadd_ps(t0, t1);
+  t2 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
+}
+
+static inline void vhsum8(const V* a, float* out) {
+  __m256 h[8];
+  for (int i = 0; i < 8; ++i)  // fold each 512-bit vector to 256 bits first
+    h[i] = _mm256_add_ps(_mm512_castps512_ps256(a[i]), _mm512_extractf32x8_ps(a[i], 1));
+  _mm256_storeu_ps(out, hsum8x8_256(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]));
+}
+
+#elif SMALLMIND_ISA_LEVEL == 1  // ---- AVX2 + FMA ----------------------------------------------
+
+constexpr int W = 8;
+using V = __m256;
+using Mask = __m256;
+
+static inline V vzero() { return _mm256_setzero_ps(); }
+static inline V vset1(float a) { return _mm256_set1_ps(a); }
+static inline V vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
+static inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
+static inline V vsub(V a, V b) { return _mm256_sub_ps(a, b); }
+static inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
+static inline V vdiv(V a, V b) { return _mm256_div_ps(a, b); }
+static inline V vmin(V a, V b) { return _mm256_min_ps(a, b); }
+static inline V vmax(V a, V b) { return _mm256_max_ps(a, b); }
+static inline V vfmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+static inline V vfnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+static inline float vhsum(V v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  __m128 sh = _mm_movehdup_ps(lo);
+  lo = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, lo);
+  return _mm_cvtss_f32(_mm_add_ss(lo, sh));
+}
+static inline float vhmax(V v) {
+  __m128 lo = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  __m128 sh = _mm_movehdup_ps(lo);
+  lo = _mm_max_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, lo);
+  return _mm_cvtss_f32(_mm_max_ss(lo, sh));
+}
+static inline Mask vnan(V v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+static inline Mask vmask_or(Mask a, Mask b) { return _mm256_or_ps(a, b); }
+static inline bool vmask_any(Mask m) { return _mm256_movemask_ps(m) != 0; }
+
+static inline V vexp(V x) {
+  // the same steps as the AVX-512 vexp above, 8 lanes at a time
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
+  x = _mm256_max_ps(_mm256_set1_ps(-88.3762626647949f), x);
+  const V n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  V r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  V y = _mm256_set1_ps(1.9875691500E-4f);
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-  __m256 r2 = _mm256_mul_ps(r, r);
-  y = _mm256_fmadd_ps(y, r2, r);
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r);
   y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  // 2^n: n in [-127, 128]; n = -127 gives exponent bits 0 -> 0.0 (underflow to zero).
-  __m256i e = _mm256_cvtps_epi32(n);
-  e = _mm256_add_epi32(e, _mm256_set1_epi32(127));
-  e = _mm256_max_epi32(e, _mm256_setzero_si256());
-  e = _mm256_slli_epi32(e, 23);
+  __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  e = _mm256_slli_epi32(_mm256_max_epi32(e, _mm256_setzero_si256()), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-static inline float hsum256(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v);
-  __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  lo = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, lo);
-  lo = _mm_add_ss(lo, sh);
-  return _mm_cvtss_f32(lo);
-}
-
-static inline float hmax256(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v);
-  __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_max_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  lo = _mm_max_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, lo);
-  lo = _mm_max_ss(lo, sh);
-  return _mm_cvtss_f32(lo);
-}
-
-// [hsum(a0), hsum(a1), ..., hsum(a7)]
-static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4,
-                             __m256 a5, __m256 a6, __m256 a7) {
-  __m256 t0 = _mm256_hadd_ps(a0, a1);
-  __m256 t1 = _mm256_hadd_ps(a2, a3);
-  __m256 t2 = _mm256_hadd_ps(a4, a5);
-  __m256 t3 = _mm256_hadd_ps(a6, a7);
+static inline void vhsum8(const V* a, float* out) {
+  __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
   t0 = _mm256_hadd_ps(t0, t1);  // per 128-bit lane: partial sums of a0..a3
   t2 = _mm256_hadd_ps(t2, t3);  // per 128-bit lane: partial sums of a4..a7
-  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20),
-                       _mm256_permute2f128_ps(t0, t2, 0x31));
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20),
+                                      _mm256_permute2f128_ps(t0, t2, 0x31)));
 }
 
-#endif  // SMALLMIND_AVX2
+#else  // ---- plain C++ (the scalar fallback) ---------------------------------------------------
 
-// Scalar exp used for tails and the fallback path.
-static inline float exp_scalar(float x) { return std::exp(x); }
+constexpr int W = 1;
+using V = float;
+using Mask = bool;
 
-// max over p[0..n); NaN if any p[j] is NaN (max_ps alone would drop it in some lanes)
+static inline V vzero() { return 0.f; }
+static inline V vset1(float a) { return a; }
+static inline V vload(const float* p) { return *p; }
+static inline void vstore(float* p, V v) { *p = v; }
+static inline V vadd(V a, V b) { return a + b; }
+static inline V vsub(V a, V b) { return a - b; }
+static inline V vmul(V a, V b) { return a * b; }
+static inline V vdiv(V a, V b) { return a / b; }
+static inline V vmin(V a, V b) { return a < b ? a : b; }  // NaN: b, as minps
+static inline V vmax(V a, V b) { return a > b ? a : b; }  // NaN: b, as maxps
+static inline V vfmadd(V a, V b, V c) { return a * b + c; }
+static inline V vfnmadd(V a, V b, V c) { return c - a * b; }
+static inline float vhsum(V v) { return v; }
+static inline float vhmax(V v) { return v; }
+static inline Mask vnan(V v) { return std::isnan(v); }
+static inline Mask vmask_or(Mask a, Mask b) { return a || b; }
+static inline bool vmask_any(Mask m) { return m; }
+static inline V vexp(V x) { return std::exp(x); }
+static inline void vhsum8(const V* a, float* out) {
+  for (int i = 0; i < 8; ++i) out[i] = a[i];
+}
+
+#endif
+
+// ---- row helpers ------------------------------------------------------------------------
+
+// max over p[0..n); NaN if any p[j] is NaN (vmax alone would drop it in some lanes)
 static inline float row_max(const float* p, int64_t n) {
   int64_t j = 0;
   float m = -INFINITY;
   bool nan = false;
-#if SMALLMIND_AVX2
-  if (n >= 8) {
-    __m256 vm = _mm256_loadu_ps(p);
-    __m256 vnan = _mm256_cmp_ps(vm, vm, _CMP_UNORD_Q);
-    for (j = 8; j + 8 <= n; j += 8) {
-      const __m256 v = _mm256_loadu_ps(p + j);
-      vm = _mm256_max_ps(vm, v);
-      vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  if (n >= W) {
+    V vm = vload(p);
+    Mask vn = vnan(vm);
+    for (j = W; j + W <= n; j += W) {
+      const V v = vload(p + j);
+      vm = vmax(vm, v);
+      vn = vmask_or(vn, vnan(v));
     }
-    m = hmax256(vm);
-    nan = _mm256_movemask_ps(vnan) != 0;
+    m = vhmax(vm);
+    nan = vmask_any(vn);
   }
-#endif
   for (; j < n; ++j) {
     m = p[j] > m ? p[j] : m;
     nan |= std::isnan(p[j]);
@@ -125,27 +211,24 @@ static inline float row_max(const float* p, int64_t n) {
 // y[j] = exp(x[j] - m) for j < n, returns the sum (x and y may alias).
 static inline float exp_sub_sum(const float* x, float* y, int64_t n, float m) {
   int64_t j = 0;
-  float s = 0.f;
-#if SMALLMIND_AVX2
-  __m256 vm = _mm256_set1_ps(m);
-  __m256 vs0 = _mm256_setzero_ps(), vs1 = _mm256_setzero_ps();
-  for (; j + 16 <= n; j += 16) {
-    __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
-    __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vm));
-    _mm256_storeu_ps(y + j, e0);
-    _mm256_storeu_ps(y + j + 8, e1);
-    vs0 = _mm256_add_ps(vs0, e0);
-    vs1 = _mm256_add_ps(vs1, e1);
+  const V vm = vset1(m);
+  V s0 = vzero(), s1 = vzero();
+  for (; j + 2 * W <= n; j += 2 * W) {
+    const V e0 = vexp(vsub(vload(x + j), vm));
+    const V e1 = vexp(vsub(vload(x + j + W), vm));
+    vstore(y + j, e0);
+    vstore(y + j + W, e1);
+    s0 = vadd(s0, e0);
+    s1 = vadd(s1, e1);
   }
-  for (; j + 8 <= n; j += 8) {
-    __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
-    _mm256_storeu_ps(y + j, e0);
-    vs0 = _mm256_add_ps(vs0, e0);
+  for (; j + W <= n; j += W) {
+    const V e0 = vexp(vsub(vload(x + j), vm));
+    vstore(y + j, e0);
+    s0 = vadd(s0, e0);
   }
-  s = hsum256(_mm256_add_ps(vs0, vs1));
-#endif
+  float s = vhsum(vadd(s0, s1));
   for (; j < n; ++j) {
-    float e = exp_scalar(x[j] - m);
+    const float e = std::exp(x[j] - m);
     y[j] = e;
     s += e;
   }
@@ -155,26 +238,21 @@ static inline float exp_sub_sum(const float* x, float* y, int64_t n, float m) {
 // y[j] *= a
 static inline void scale_inplace(float* y, int64_t n, float a) {
   int64_t j = 0;
-#if SMALLMIND_AVX2
-  __m256 va = _mm256_set1_ps(a);
-  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), va));
-#endif
+  const V va = vset1(a);
+  for (; j + W <= n; j += W) vstore(y + j, vmul(vload(y + j), va));
   for (; j < n; ++j) y[j] *= a;
 }
 
 // dot(a, b) over n
 static inline float dot(const float* a, const float* b, int64_t n) {
   int64_t j = 0;
-  float s = 0.f;
-#if SMALLMIND_AVX2
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  for (; j + 16 <= n; j += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), s1);
+  V s0 = vzero(), s1 = vzero();
+  for (; j + 2 * W <= n; j += 2 * W) {
+    s0 = vfmadd(vload(a + j), vload(b + j), s0);
+    s1 = vfmadd(vload(a + j + W), vload(b + j + W), s1);
   }
-  for (; j + 8 <= n; j += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
-  s = hsum256(_mm256_add_ps(s0, s1));
-#endif
+  for (; j + W <= n; j += W) s0 = vfmadd(vload(a + j), vload(b + j), s0);
+  float s = vhsum(vadd(s0, s1));
   for (; j < n; ++j) s += a[j] * b[j];
   return s;
 }
@@ -182,13 +260,36 @@ static inline float dot(const float* a, const float* b, int64_t n) {
 // y[j] += a * x[j]
 static inline void axpy(float a, const float* x, float* y, int64_t n) {
   int64_t j = 0;
-#if SMALLMIND_AVX2
-  __m256 va = _mm256_set1_ps(a);
-  for (; j + 8 <= n; j += 8)
-    _mm256_storeu_ps(y + j, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j)));
-#endif
+  const V va = vset1(a);
+  for (; j + W <= n; j += W) vstore(y + j, vfmadd(va, vload(x + j), vload(y + j)));
   for (; j < n; ++j) y[j] += a * x[j];
 }
 
-}  // namespace vec
+// x[j] += y[j]
+static inline void add_inplace(float* x, const float* y, int64_t n) {
+  int64_t j = 0;
+  for (; j + W <= n; j += W) vstore(x + j, vadd(vload(x + j), vload(y + j)));
+  for (; j < n; ++j) x[j] += y[j];
+}
+
+// gelu_tanh(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+//              = x / (1 + exp(-2u))        (no cancellation near u = 0, none at large |u|)
+static inline void gelu_tanh_inplace(float* x, int64_t n) {
+  constexpr float kC = 0.7978845608028654f;  // sqrt(2/pi)
+  constexpr float kA = 0.044715f;
+  int64_t j = 0;
+  const V m2c = vset1(-2.0f * kC), va = vset1(kA), one = vset1(1.0f);
+  for (; j + W <= n; j += W) {
+    const V v = vload(x + j);
+    const V inner = vfmadd(vmul(va, v), vmul(v, v), v);
+    vstore(x + j, vdiv(v, vadd(one, vexp(vmul(m2c, inner)))));
+  }
+  for (; j < n; ++j) {
+    const float v = x[j];
+    const float inner = v + kA * v * v * v;
+    x[j] = v / (1.0f + std::exp(-2.0f * kC * inner));
+  }
+}
+
+}  // namespace SMALLMIND_ISA_NS
 }  // namespace smallmind

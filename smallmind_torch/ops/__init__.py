@@ -4,7 +4,8 @@ Nothing is built at import: the first use of an op (or `load_all()`, which `set_
 for presets with custom forms, or `build()`) builds the extension (see `_build`) and imports
 the Python bindings. Each binding module has a plain-PyTorch reference beside the op, a
 `register_fake` (so `torch.compile` traces through it) and, where training uses it, a
-`register_autograd`; `_common` holds what they share.
+`register_autograd`; `_common` holds what they share. `_isa` selects the instruction set the
+kernels run (AVX-512, AVX2 or plain C++; see csrc/simd.h).
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ _EXPORTS = {
     "embedding": "_embedding", "embedding_reference": "_embedding",
     "embedding_backward": "_embedding", "embedding_backward_reference": "_embedding",
     "gemm": "_gemm", "gemm_reference": "_gemm", "linear": "_gemm", "linear_reference": "_gemm",
-    "kernel_name": "_gemm",
+    "kernel_name": "_gemm", "packed_weight_cache": "_gemm",
+    "isa": "_isa", "set_isa": "_isa", "supported_isas": "_isa", "use_isa": "_isa",
+    "decode_step_": "_decode",
     "layer_norm": "_layer_norm", "layer_norm_reference": "_layer_norm",
 }
 

@@ -1,9 +1,9 @@
 """Just-in-time build of the C++ ops in `smallmind_torch/csrc` (torch.utils.cpp_extension, ninja).
 
 All of `csrc/*.cpp` compile as one translation unit (a generated file that `#include`s each),
-so the torch headers, which dominate compile time, are parsed once instead of once per op:
-several times faster on 2 cores. (Each .cpp still compiles on its own, and includes only the
-ATen headers it uses, for the same reason.) The library is loaded with
+so the torch headers (several seconds each time) are parsed once instead of once per op, and
+the kernels, compiled once per ISA (csrc/kernels.h), are compiled once too. (Each .cpp still
+compiles on its own, and includes only the ATen headers it uses, for the same reason.) The library is loaded with
 `is_python_module=False`: the ops register themselves with `TORCH_LIBRARY`. Failures become
 `CustomOpsUnavailable` saying what is missing; the phases that do not use custom forms never
 call `load()`.
@@ -41,10 +41,15 @@ except ImportError:  # not POSIX: no build lock (the ops need g++ with OpenMP an
 
 CSRC_DIR = Path(__file__).resolve().parents[1] / "csrc"
 EXTENSION_NAME = "smallmind_ops"
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+# x86-64: no -march=native. The kernels carry their own AVX-512 / AVX2 paths (target pragmas,
+# see csrc/simd.h) and pick one at load, so the library runs on any x86-64 CPU. Elsewhere the
+# kernels have their plain C++ path only, and -march=native lets the compiler vectorize it.
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+CFLAGS = ["-O3", *([] if _X86 else ["-march=native"]), "-fopenmp", "-ffp-contract=fast"]
 LDFLAGS = ["-fopenmp"]
 LOCK_FILE = "smallmind-build.lock"
 LOCK_TIMEOUT_ENV = "SMALLMIND_OPS_LOCK_TIMEOUT"
+ISA_ENV = "SMALLMIND_ISA"  # narrows the kernels' instruction set: avx512, avx2 or scalar
 DEFAULT_LOCK_TIMEOUT = 600.0  # seconds; a first build takes well under a minute on 2 cores
 
 
@@ -66,8 +71,9 @@ def _say(message: str) -> None:
 # ---- where to build -------------------------------------------------------------------------
 
 def _cpu_description() -> str:
-    """The CPU's model and flags: the build uses -march=native, so a tree carried to another
-    machine must not reuse a library built for this one."""
+    """The CPU's model and flags. Off x86 the build uses -march=native, so a tree carried to
+    another machine must not reuse a library built for this one; on x86 the library runs
+    anywhere, and the key still names the CPU so that each machine's build is its own."""
     try:
         with open("/proc/cpuinfo") as f:
             lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
@@ -287,7 +293,7 @@ def _build_and_load(verbose: bool) -> None:
         building = _needs_build(build_dir, unity)
         if building:
             _say(f"building the C++ ops in {build_dir} (once per environment and source "
-                 "change; roughly 10-20 s on 2 cores) ...")
+                 "change; roughly 20-40 s on 2 cores) ...")
         start = time.monotonic()
         try:
             cpp_extension.load(
@@ -307,6 +313,20 @@ def _build_and_load(verbose: bool) -> None:
                 "keep working.") from exc
         if building:
             _say(f"built the C++ ops in {time.monotonic() - start:.0f} s")
+    _apply_isa_env()
+
+
+def _apply_isa_env() -> None:
+    """SMALLMIND_ISA was applied when the library loaded if it names an ISA this CPU runs; a
+    bad value (which the loader could only ignore) fails here, saying what this CPU allows."""
+    name = os.environ.get(ISA_ENV)
+    if not name:
+        return
+    try:
+        torch.ops.smallmind.set_isa(name)
+    except (RuntimeError, ValueError) as exc:
+        why = str(exc).replace("smallmind::set_isa: ", "")
+        raise CustomOpsUnavailable(f"{ISA_ENV}={name!r}: {why}") from exc
 
 
 def available() -> bool:

@@ -1,4 +1,6 @@
-"""Bindings of csrc/gemm.cpp: `gemm` and `linear` on the packed AVX2/FMA GEMM."""
+"""Bindings of csrc/gemm.cpp: `gemm` and `linear` on the packed GEMM (AVX-512, AVX2 or plain C++
+micro-kernel, whichever ISA is selected: see `_isa`), and the cache of packed weights that the
+no-grad `linear` keeps (see gemm.cpp for when a cached copy is used and when it is repacked)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -18,7 +20,8 @@ _gemm, _gemm_inference, _gemm_out = (_ops.gemm.default, _ops.gemm_inference.defa
 _linear, _linear_inference, _linear_out = (_ops.linear.default, _ops.linear_inference.default,
                                            _ops.linear_out.default)
 
-__all__ = ["gemm", "gemm_reference", "linear", "linear_reference", "kernel_name"]
+__all__ = ["gemm", "gemm_reference", "linear", "linear_reference", "kernel_name",
+           "packed_weight_cache"]
 
 
 # ---- references (plain PyTorch) ----
@@ -35,8 +38,21 @@ def linear_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
 
 
 def kernel_name() -> str:
-    """Micro-kernel compiled in: 'avx2-fma-6x16', or 'scalar' without AVX2/FMA."""
+    """The micro-kernel of the selected ISA: 'avx512-8x32', 'avx2-fma-6x16' or 'scalar-4x4'."""
     return _ops.gemm_kernel_name()
+
+
+def packed_weight_cache(capacity_bytes: Optional[int] = None) -> dict:
+    """The cache of packed weights that `linear` without autograd keeps: {'entries', 'bytes',
+    'capacity_bytes'}. With `capacity_bytes`, first set the capacity (least recently used
+    weights are dropped down to it; 0 empties the cache and turns it off). Empty it after
+    changing a weight behind its version counter (through `.data` or numpy)."""
+    if capacity_bytes is not None and (isinstance(capacity_bytes, bool)
+                                       or not isinstance(capacity_bytes, int)):
+        raise TypeError(f"smallmind::packed_weight_cache: capacity_bytes must be an int or None, "
+                        f"got {type(capacity_bytes).__name__}")
+    entries, nbytes, capacity = _ops.packed_weight_cache(capacity_bytes)
+    return {"entries": entries, "bytes": nbytes, "capacity_bytes": capacity}
 
 
 # ---- public wrappers ----

@@ -1,0 +1,275 @@
+// Fused decode kernels of one ISA (no include guard: kernels.h includes this file once per
+// ISA): one GPT-2 block for one new token per sequence (decode_block_) and the whole model's
+// decode step (decode_step_), the ops of decode.cpp, which checks their arguments.
+//
+// Threads: the caller's team of one OpenMP parallel region does everything. Each stage splits
+// its work into one contiguous range per thread (output columns of a matrix-vector product,
+// or heads), so every thread streams one contiguous run of each weight matrix, which the
+// hardware prefetchers follow far better than chunks handed out in turn (those interleave
+// the two threads' streams and restart the prefetchers at every chunk); an `omp barrier`
+// separates stages that read what the previous one wrote. Two choices save barriers:
+// LayerNorm of the (B, C) residual is tiny, so every thread computes its own copy instead of
+// waiting for one; and the unit of the attention stage is a head, which computes its own q, k,
+// v columns of c_attn and then attends, so no barrier separates the two. Per layer: 4 barriers
+// (none with one thread), no fork / join. Results do not depend on the thread count or the
+// split (each output element is computed by one thread, always in the same order).
+
+namespace smallmind {
+namespace SMALLMIND_ISA_NS {
+namespace decode {
+
+enum Param : int {  // the parameter list, in the model's names (BLOCK_PARAMS in fused_decode.py)
+  ln_1_w, ln_1_b, c_attn_w, c_attn_b, attn_c_proj_w, attn_c_proj_b,
+  ln_2_w, ln_2_b, c_fc_w, c_fc_b, mlp_c_proj_w, mlp_c_proj_b
+};
+
+// This thread's share [*b, *e) of n items: contiguous, split at multiples of `align` (the
+// widest vector, for columns) so the ranges of the threads are balanced and aligned.
+static inline void thread_range(int64_t n, int64_t align, int tid, int nth, int64_t* b,
+                                int64_t* e) {
+  const int64_t units = (n + align - 1) / align;
+  *b = std::min(n, units * tid / nth * align);
+  *e = std::min(n, units * (tid + 1) / nth * align);
+}
+
+// out[i*ldo + j] (=, or += if accumulate) dot(a_i, w_j) + bias[j], for rows i < M of a (M, K)
+// and columns j in [j0, j1) of w (N, K) row-major (F.linear on a column range). One sequence:
+// one weight row after the other, a single sequential stream, which the prefetchers follow
+// best. Several: columns outer, 8 at a time, rows inner, so the 8 weight rows stay in L1 / L2
+// while every sequence reads them and the weights stream from memory once whatever M is.
+static inline void gemv_cols(const float* a, int64_t M, int64_t K, const float* w,
+                             const float* bias, int64_t j0, int64_t j1, float* out, int64_t ldo,
+                             bool accumulate) {
+  auto emit = [&](int64_t i, int64_t j, float t) {
+    const float v = t + (bias ? bias[j] : 0.f);
+    float* o = out + i * ldo + j;
+    *o = accumulate ? *o + v : v;
+  };
+  if (M == 1) {
+    for (int64_t j = j0; j < j1; ++j) emit(0, j, dot(a, w + j * K, K));
+    return;
+  }
+  float t[8];
+  int64_t j = j0;
+  for (; j + 8 <= j1; j += 8) {
+    const float* wj = w + j * K;
+    int64_t i = 0;
+    for (; i + 2 <= M; i += 2) {
+      for (int half = 0; half < 2; ++half) {
+        gemm::dot_2x4(a + i * K, a + (i + 1) * K, wj + half * 4 * K, K, K, t);
+        for (int c = 0; c < 4; ++c) {
+          emit(i, j + half * 4 + c, t[c]);
+          emit(i + 1, j + half * 4 + c, t[4 + c]);
+        }
+      }
+    }
+    if (i < M)
+      for (int c = 0; c < 8; ++c) emit(i, j + c, dot(a + i * K, wj + c * K, K));
+  }
+  for (; j < j1; ++j)
+    for (int64_t i = 0; i < M; ++i) emit(i, j, dot(a + i * K, w + j * K, K));
+}
+
+// One (sequence b, head hd): write this token's k and v (from row b of qkv) into the cache at
+// `pos`, then y_h = softmax(q_h K_h[0..pos]^T / sqrt(hs)) V_h[0..pos]. att: pos + 1 floats.
+static inline void attend_unit(const float* qkv_b, const DecodeDims& d, int64_t b, int64_t hd,
+                               int64_t pos, float* k_cache, float* v_cache, float* att,
+                               float* y_b) {
+  const int64_t C = d.C, hs = d.hs, L = pos + 1;
+  const int64_t base = (b * d.nh + hd) * d.S * hs;
+  float* keys = k_cache + base;
+  float* values = v_cache + base;
+  std::copy(qkv_b + C + hd * hs, qkv_b + C + (hd + 1) * hs, keys + pos * hs);
+  std::copy(qkv_b + 2 * C + hd * hs, qkv_b + 2 * C + (hd + 1) * hs, values + pos * hs);
+  block_scores(qkv_b + hd * hs, keys, hs, L, hs, att);              // att = q K^T
+  scale_inplace(att, L, 1.0f / std::sqrt(static_cast<float>(hs)));  //       / sqrt(hs)
+  const float m = row_max(att, L);                                  // softmax
+  const float s = exp_sub_sum(att, att, L, m);
+  float* y = y_b + hd * hs;
+  std::fill(y, y + hs, 0.f);
+  block_accumulate(att, values, hs, L, hs, y);                      // y = att V
+  scale_inplace(y, hs, 1.0f / s);
+}
+
+// A barrier of the team; none is needed by a team of one.
+static inline void team_barrier(int nth) {
+  if (nth > 1) {
+#pragma omp barrier
+  }
+}
+
+// body(tid, nth) on a team of nt threads: one OpenMP parallel region, or a plain call for a
+// team of one (no region to enter).
+template <class Body>
+static inline void run_team(int nt, const Body& body) {
+  if (nt <= 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  body(omp_get_thread_num(), omp_get_num_threads());
+}
+
+// Per-call scratch shared by the team: allocated (grown) by the calling thread before the
+// parallel region, reused by later calls.
+struct Shared {
+  float* qkv;   // (B, 3C)
+  float* y;     // (B, C) attention output
+  float* fc;    // (B, 4C)
+};
+
+// Per-thread scratch: its own LayerNorm output and attention scores.
+static inline float* thread_scratch(size_t n) {
+  static thread_local Scratch s;
+  return s.get(n);
+}
+
+// One block for the residual x (B, C), in place, by the whole team (every thread calls it).
+// h: this thread's (B, C) LayerNorm buffer; att: its S scores.
+static inline void block_layer(const DecodeDims& d, const DecodeLayer& layer, int64_t pos,
+                               float eps, float* x, const Shared& sh, float* h, float* att,
+                               int tid, int nth) {
+  const int64_t B = d.B, C = d.C, hs = d.hs;
+  const float* const* p = layer.p;
+  int64_t j0, j1;
+  // attention, one head at a time: h = LN1(x); q, k, v = c_attn(h) (this head's columns);
+  // cache[b, head, pos] = k, v; y = softmax(q K^T / sqrt(hs)) V
+  layer_norm_rows(x, B, C, p[ln_1_w], p[ln_1_b], eps, h);
+  thread_range(d.nh, 1, tid, nth, &j0, &j1);
+  for (int64_t hd = j0; hd < j1; ++hd) {
+    for (int64_t part = 0; part < 3; ++part) {  // q, k, v
+      const int64_t c0 = part * C + hd * hs;
+      gemv_cols(h, B, C, p[c_attn_w], p[c_attn_b], c0, c0 + hs, sh.qkv, 3 * C, false);
+    }
+    for (int64_t b = 0; b < B; ++b)
+      attend_unit(sh.qkv + b * 3 * C, d, b, hd, pos, layer.k_cache, layer.v_cache, att,
+                  sh.y + b * C);
+  }
+  team_barrier(nth);
+  // x += attn.c_proj(y)
+  thread_range(C, 16, tid, nth, &j0, &j1);
+  gemv_cols(sh.y, B, C, p[attn_c_proj_w], p[attn_c_proj_b], j0, j1, x, C, true);
+  team_barrier(nth);
+  // MLP: h = LN2(x); fc = gelu(c_fc(h)); x += mlp.c_proj(fc)
+  layer_norm_rows(x, B, C, p[ln_2_w], p[ln_2_b], eps, h);
+  thread_range(4 * C, 16, tid, nth, &j0, &j1);
+  gemv_cols(h, B, C, p[c_fc_w], p[c_fc_b], j0, j1, sh.fc, 4 * C, false);
+  for (int64_t b = 0; b < B; ++b) gelu_tanh_inplace(sh.fc + b * 4 * C + j0, j1 - j0);
+  team_barrier(nth);
+  thread_range(C, 16, tid, nth, &j0, &j1);
+  gemv_cols(sh.fc, B, 4 * C, p[mlp_c_proj_w], p[mlp_c_proj_b], j0, j1, x, C, true);
+  team_barrier(nth);
+}
+
+// Scratch of the calling thread for a call with B sequences of C, plus `extra_floats`. Every
+// region starts on a 64-byte line, so threads writing neighbouring column ranges of one never
+// share a cache line at its start.
+static inline Shared shared_scratch(int64_t B, int64_t C, int64_t extra_floats, float** extra) {
+  static thread_local Scratch floats;
+  auto lines = [](int64_t n) { return (n + 15) / 16 * 16; };
+  const int64_t qkv = lines(B * 3 * C), y = lines(B * C), fc = lines(B * 4 * C);
+  float* f = floats.get(size_t(qkv + y + fc + lines(extra_floats)));
+  *extra = f + qkv + y + fc;
+  return Shared{f, f + qkv, f + qkv + y};
+}
+
+// Threads for a call that reads `weight_bytes` of weights: below ~512 KiB one core is done in
+// tens of microseconds and the barriers of a team would cost more than they save.
+static inline int team_size(double weight_bytes, int nthreads) {
+  return weight_bytes < 512.0 * 1024.0 ? 1 : std::max(1, nthreads);
+}
+
+// decode_block_: one block for x (B, C) in place.
+static inline void decode_block(const DecodeDims& d, const DecodeLayer& layer, int64_t pos,
+                                float eps, float* x, int nthreads) {
+  float* unused;
+  const Shared sh = shared_scratch(d.B, d.C, 0, &unused);
+  const int nt = team_size(12.0 * double(d.C) * double(d.C) * sizeof(float), nthreads);
+  run_team(nt, [&](int tid, int nth) {
+    float* h = thread_scratch(size_t(d.B * d.C + d.S));
+    block_layer(d, layer, pos, eps, x, sh, h, h + d.B * d.C, tid, nth);
+  });
+}
+
+// argmax bookkeeping: the first NaN wins, else the largest value, ties to the lower index
+// (torch.argmax's rule), for the (value, index) candidates of the threads' ranges.
+static inline bool better(float v, int64_t i, float bv, int64_t bi) {
+  if (std::isnan(bv)) return std::isnan(v) && i < bi;
+  if (std::isnan(v)) return true;
+  return v > bv || (v == bv && i < bi);
+}
+
+// The argmax of row[j0, j1) by that rule: the (NaN-aware) maximum, then its first index.
+static inline void argmax_range(const float* row, int64_t j0, int64_t j1, float* val,
+                                int64_t* idx) {
+  const float m = row_max(row + j0, j1 - j0);
+  int64_t j = j0;
+  if (std::isnan(m)) {
+    while (!std::isnan(row[j])) ++j;
+  } else {
+    while (row[j] != m) ++j;
+  }
+  *val = m;
+  *idx = j;
+}
+
+// decode_step_: the whole model for one new token per sequence, llama2.c's `forward`:
+// embeddings, every block, ln_f, the tied lm head into logits, and the argmax of each row.
+static inline void decode_step(const DecodeStep& s, int nthreads) {
+  const DecodeDims& d = s.d;
+  const int64_t B = d.B, C = d.C, V = s.vocab;
+  const double weight_bytes =
+      (12.0 * double(C) * double(C) * double(s.n_layer) + double(V) * double(C)) * sizeof(float);
+  const int nt = team_size(weight_bytes, nthreads);
+  // shared: the residual x (B, C), then the (value, index) argmax candidates of every thread
+  const int64_t x_floats = (B * C + 15) / 16 * 16;
+  float* x;
+  const Shared sh = shared_scratch(B, C, x_floats + 3 * int64_t(nt) * B, &x);
+  int64_t* best_idx = reinterpret_cast<int64_t*>(x + x_floats);  // (nt, B), 64-byte aligned
+  float* best_val = x + x_floats + 2 * nt * B;                   // (nt, B)
+  run_team(nt, [&](int tid, int nth) {
+    float* h = thread_scratch(size_t(B * C + d.S));  // this thread's LayerNorm output
+    float* att = h + B * C;                          // and attention scores
+    // x = wte[token] + wpe[pos]
+    if (tid == 0) {
+      for (int64_t b = 0; b < B; ++b) {
+        const float* te = s.wte + s.tokens[b * s.token_stride] * C;
+        const float* pe = s.wpe + s.pos * C;
+        for (int64_t c = 0; c < C; ++c) x[b * C + c] = te[c] + pe[c];
+      }
+    }
+    team_barrier(nth);
+    for (int64_t l = 0; l < s.n_layer; ++l)  // every block
+      block_layer(d, s.layers[l], s.pos, s.eps, x, sh, h, att, tid, nth);
+    // h = ln_f(x); logits = h wte^T; each thread's best (value, index) per sequence
+    layer_norm_rows(x, B, C, s.ln_f_w, s.ln_f_b, s.eps, h);
+    float* my_val = best_val + tid * B;
+    int64_t* my_idx = best_idx + tid * B;
+    int64_t j0, j1;
+    thread_range(V, 16, tid, nth, &j0, &j1);
+    gemv_cols(h, B, C, s.wte, nullptr, j0, j1, s.logits, V, false);
+    for (int64_t b = 0; b < B; ++b) {
+      my_val[b] = -INFINITY;  // an empty range: a candidate that loses every comparison
+      my_idx[b] = V;
+      if (j0 < j1) argmax_range(s.logits + b * V, j0, j1, my_val + b, my_idx + b);
+    }
+    team_barrier(nth);
+    // next_tokens[b] = argmax over every thread's candidate
+    if (tid == 0) {
+      for (int64_t b = 0; b < B; ++b) {
+        float bv = best_val[b];
+        int64_t bi = best_idx[b];
+        for (int t = 1; t < nth; ++t)
+          if (better(best_val[t * B + b], best_idx[t * B + b], bv, bi)) {
+            bv = best_val[t * B + b];
+            bi = best_idx[t * B + b];
+          }
+        s.next_tokens[b] = bi;
+      }
+    }
+  });
+}
+
+}  // namespace decode
+}  // namespace SMALLMIND_ISA_NS
+}  // namespace smallmind

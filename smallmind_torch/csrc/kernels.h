@@ -1,0 +1,101 @@
+// Every kernel of the smallmind ops, compiled once per ISA (see simd.h for the design).
+//
+// The kernel headers below have no include guard: this file includes each of them three
+// times, with SMALLMIND_ISA_LEVEL (2 AVX-512, 1 AVX2 + FMA, 0 plain C++) and
+// SMALLMIND_ISA_NS (the namespace: isa_avx512, isa_avx2, isa_scalar) defined, the first two
+// inside `#pragma GCC target(...)` so that their intrinsics compile into a library built for
+// the baseline x86-64. Everything they use from the standard library, OpenMP and ATen is
+// included here first, outside the target regions. The ops' .cpp files include this header
+// and call a kernel through SMALLMIND_DISPATCH(current_isa(), ...).
+//
+// In reading order: vec_math.h (the vector type of the ISA and row helpers), layer_norm_row.h,
+// gemm_kernel.h, attention_kernel.h (also the causal softmax rows), decode_kernel.h (the fused
+// decode block and the whole-model decode step).
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+#include "simd.h"
+
+namespace smallmind {
+
+// ---- argument bundles of the fused decode kernels (one definition for every ISA) ----------
+
+// Shapes of a decode call: B sequences, C = n_embd = nh * hs, caches (maxB, nh, S, hs).
+struct DecodeDims {
+  int64_t B, C, nh, hs, S;
+};
+
+// One block: its 12 parameters in fused_decode.BLOCK_PARAMS order (contiguous, nn.Linear
+// layout) and its KV cache (contiguous (maxB, nh, S, hs)).
+struct DecodeLayer {
+  const float* p[12];
+  float* k_cache;
+  float* v_cache;
+};
+
+// The whole-model decode step (decode_step_ in decode.cpp).
+struct DecodeStep {
+  DecodeDims d;
+  int64_t pos, n_layer, vocab;
+  const int64_t* tokens;  // token of sequence b at tokens[b * token_stride]
+  int64_t token_stride;
+  const float* wte;       // (vocab, C): token embedding and tied lm head
+  const float* wpe;       // (>= pos + 1, C)
+  const DecodeLayer* layers;
+  const float* ln_f_w;
+  const float* ln_f_b;
+  float eps;
+  float* logits;          // (B, vocab)
+  int64_t* next_tokens;   // (B,): argmax of each row of logits
+};
+
+}  // namespace smallmind
+
+#if SMALLMIND_X86
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define SMALLMIND_ISA_LEVEL 2
+#define SMALLMIND_ISA_NS isa_avx512
+#include "vec_math.h"
+#include "layer_norm_row.h"
+#include "gemm_kernel.h"
+#include "attention_kernel.h"
+#include "decode_kernel.h"
+#undef SMALLMIND_ISA_NS
+#undef SMALLMIND_ISA_LEVEL
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define SMALLMIND_ISA_LEVEL 1
+#define SMALLMIND_ISA_NS isa_avx2
+#include "vec_math.h"
+#include "layer_norm_row.h"
+#include "gemm_kernel.h"
+#include "attention_kernel.h"
+#include "decode_kernel.h"
+#undef SMALLMIND_ISA_NS
+#undef SMALLMIND_ISA_LEVEL
+#pragma GCC pop_options
+
+#endif  // SMALLMIND_X86
+
+#define SMALLMIND_ISA_LEVEL 0
+#define SMALLMIND_ISA_NS isa_scalar
+#include "vec_math.h"
+#include "layer_norm_row.h"
+#include "gemm_kernel.h"
+#include "attention_kernel.h"
+#include "decode_kernel.h"
+#undef SMALLMIND_ISA_NS
+#undef SMALLMIND_ISA_LEVEL
