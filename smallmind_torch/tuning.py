@@ -55,7 +55,7 @@ def _cache_file() -> Path:
 def _key(model) -> str:
     c = model.config
     return (f"n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} vocab={c.vocab_size} "
-            f"block={c.block_size} threads={torch.get_num_threads()}")
+            f"block={c.block_size} threads={torch.get_num_threads()} isa={ops.isa()}")
 
 
 def _read_cache() -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ._build import CustomOpsUnavailable, available, build_directory, load
+from ._build import CustomOpsUnavailable, available, build_directory, load, loaded
 
 # public name -> binding module (private names, so that no module shadows its function)
 _EXPORTS = {
@@ -61,5 +61,5 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["CustomOpsUnavailable", "available", "build", "build_directory", "load", "load_all",
+__all__ = ["CustomOpsUnavailable", "available", "build", "build_directory", "load", "load_all", "loaded",
            *_EXPORTS]

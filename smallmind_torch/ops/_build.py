@@ -329,6 +329,11 @@ def _apply_isa_env() -> None:
         raise CustomOpsUnavailable(f"{ISA_ENV}={name!r}: {why}") from exc
 
 
+def loaded() -> bool:
+    """Whether the extension is built and loaded in this process (nothing is built by asking)."""
+    return _loaded
+
+
 def available() -> bool:
     try:
         load()

@@ -11,6 +11,7 @@ import platform
 
 import torch
 
+from .. import ops
 from .timing import gflops, median_time
 
 
@@ -36,6 +37,8 @@ def environment(device: "torch.device | str" = "cpu") -> dict:
         "device": str(device),
         "python": platform.python_version(),
     }
+    if ops.loaded():  # the ISA the C++ kernels run and their GEMM micro-kernel
+        env["ops_isa"], env["ops_gemm_kernel"] = ops.isa(), ops.kernel_name()
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
