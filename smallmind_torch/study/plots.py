@@ -154,41 +154,37 @@ def roofline(study: StudyResult, path: Path):
     return save_figure(fig, path)
 
 
-def positions(study: StudyResult, path: Path):
-    """Decode ms against position: the no-cache lines grow, the KV-cache lines stay flat."""
+def _scaling_lines(study: StudyResult, path: Path, curve: str, title: str, xlabel: str,
+                   ylabel: str, x_base: "int | None"):
+    """One line per preset of a scaling curve (`curve`: a scaling result's x -> y dict)."""
     plt = pyplot()
     rows = [r for r in study.sections.get("scaling", []) if r["status"] == "ok"]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     for r in rows:
-        xs = sorted(r["decode_ms_by_position"], key=int)
-        ax.plot([int(x) for x in xs], [r["decode_ms_by_position"][x] for x in xs], marker=".", label=r["name"])
+        xs = sorted(r[curve], key=int)
+        ax.plot([int(x) for x in xs], [r[curve][x] for x in xs], marker=".", label=r["name"])
+    if x_base:
+        _log(ax, base=x_base)
     _log(ax, "y")
-    ax.set_xlabel("position of the new token")
-    ax.set_ylabel("ms per decode step (log)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    ax.set_title("Decode step by position")
+    ax.set_title(title)
     return save_figure(fig, path)
+
+
+def positions(study: StudyResult, path: Path):
+    """Decode ms against position: the no-cache lines grow, the KV-cache lines stay flat."""
+    return _scaling_lines(study, path, "decode_ms_by_position", "Decode step by position",
+                          "position of the new token", "ms per decode step (log)", None)
 
 
 def batches(study: StudyResult, path: Path):
     """Total tokens/s against batch size per preset."""
-    plt = pyplot()
-    rows = [r for r in study.sections.get("scaling", []) if r["status"] == "ok"]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for r in rows:
-        xs = sorted(r["tokens_per_s_by_batch"], key=int)
-        ax.plot([int(x) for x in xs], [r["tokens_per_s_by_batch"][x] for x in xs], marker="o", label=r["name"])
-    _log(ax, base=2)
-    _log(ax, "y")
-    ax.set_xlabel("batch size (sequences generated together)")
-    ax.set_ylabel("total tokens / s (log)")
-    ax.legend(fontsize=8)
-    ax.set_title("Throughput by batch size")
-    return save_figure(fig, path)
+    return _scaling_lines(study, path, "tokens_per_s_by_batch", "Throughput by batch size",
+                          "batch size (sequences generated together)", "total tokens / s (log)", 2)
 
 
 def memory(study: StudyResult, path: Path):
