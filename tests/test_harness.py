@@ -161,6 +161,7 @@ def test_settings_validate():
     with pytest.raises(ValueError):
         harness.BenchSettings(new_tokens=0)
     assert harness.BenchSettings().new_tokens == 50 and harness.BenchSettings().runs == 3
+    assert harness.BenchSettings().smoke is False and harness.BenchSettings.tiny().smoke is True
 
 
 def test_bench_cli_writes_json(tmp_path):

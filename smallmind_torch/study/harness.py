@@ -44,7 +44,7 @@ class BenchSettings:
     tolerance: float = 1e-4       # max |logit difference| against reference
     profile: bool = True          # memory and time split (one profiled generation)
     machine_samples: int = 5      # interleaved samples of each machine limit; the best is kept
-    tiny: bool = False            # a smoke run: too small for any figure or ratio to mean much
+    smoke: bool = False           # BenchSettings.tiny(): no figure or ratio of it means much
 
     def __post_init__(self):
         for name in ("new_tokens", "runs", "prompt_len", "prefill_repeat", "gemm_repeat",
@@ -59,7 +59,7 @@ class BenchSettings:
         """A few tokens, small GEMMs and buffers: seconds, for tests and smoke runs."""
         base = dict(new_tokens=6, runs=2, prompt_len=4, prefill_repeat=1, gemm_sizes=(32, 64),
                     gemm_repeat=1, peak_mm_sizes=(32, 64), bandwidth_large_bytes=8 * 2**20,
-                    machine_samples=2, tiny=True)
+                    machine_samples=2, smoke=True)
         base.update(overrides)
         return cls(**base)
 

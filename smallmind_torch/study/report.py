@@ -107,7 +107,7 @@ def _roofline_rows(study: StudyResult) -> tuple:
 def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "dict | None" = None) -> str:
     s, c, env = study.settings, study.model_config, study.env
     lines = ["# smallmind-torch: the study's results", ""]
-    if s.get("tiny"):
+    if s.get("smoke"):
         lines += [f"**{t.TINY_NOTE}**", ""]
     lines += [f"Machine: {env.get('cpu')} ({env.get('cpu_count')} logical CPUs, PyTorch CPU capability "
               f"{env.get('cpu_capability')}, C++ ops' ISA {env.get('ops_isa', 'n/a')}), "
@@ -212,7 +212,7 @@ def print_study(study: StudyResult, out=None) -> None:
           f"{c['vocab_size']}, block {c['block_size']} ({study.num_parameters / 1e6:.2f} M params, "
           f"{study.weights}); {study.settings['new_tokens']} new tokens, {study.settings['runs']} runs",
           file=out)
-    if study.settings.get("tiny"):
+    if study.settings.get("smoke"):
         print(f"\n{t.TINY_NOTE}", file=out)
     print(t.format_table(study), file=out)
     print(t.SPREAD_NOTE.replace("`", ""), file=out)

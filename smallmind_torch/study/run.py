@@ -97,7 +97,7 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
     names = [n for n in study.phases if study.phases[n].ok or study.phases[n].status == "unavailable"]
     chosen = {"waterfall": None, "training": names, "init": None,
               "scaling": [n for n in names if n != "phase0"], **(presets_of or {})}
-    tiny = settings.tiny
+    tiny = settings.smoke
     large = None if tiny else large
     timed = study.durations
 
