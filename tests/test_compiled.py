@@ -78,17 +78,19 @@ def test_max_autotune_works_on_cpu(inductor):
     assert torch.equal(model.generate(idx, 12), expected)
 
 
-def test_past_the_recompile_limit_the_decode_step_runs_uncompiled(monkeypatch):
+def test_past_the_recompile_limit_the_decode_step_runs_uncompiled():
     from smallmind_torch import ModelConfig
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    for config in (TINY, ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=32, block_size=16)):
-        model = GPT(config).eval()
-        idx = torch.randint(0, config.vocab_size, (1, 4))
-        expected = model.generate(idx, 6)
-        model.set_phase("compiled")
-        with pytest.warns(UserWarning, match="recompile limit") if config is not TINY else _nothing():
-            assert torch.equal(model.generate(idx, 6), expected)
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the attribute, and dynamo's
+    # config then hides it from every later compile in the process.
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for config in (TINY, ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=32, block_size=16)):
+            model = GPT(config).eval()
+            idx = torch.randint(0, config.vocab_size, (1, 4))
+            expected = model.generate(idx, 6)
+            model.set_phase("compiled")
+            with pytest.warns(UserWarning, match="recompile limit") if config is not TINY else _nothing():
+                assert torch.equal(model.generate(idx, 6), expected)
 
 
 class _nothing:
