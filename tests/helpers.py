@@ -16,6 +16,18 @@ SHAPES = {
 }
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=32)
 
+# every int argument of an op is fuzzed at these values too (C++ int64 extremes, overflow bait)
+INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
+
+
+def assert_pos_and_n_head_refused(bad_call, name: str, value: int):
+    """A decode op called with `name` = `value` (pos or n_head at an extreme) raises a clear
+    ValueError on CPU and in its fake (meta)."""
+    match = "pos must lie" if name == "pos" else "n_head"
+    for device in ("cpu", "meta"):
+        with pytest.raises(ValueError, match=match):
+            bad_call(device=device, **{name: value})
+
 
 def set_phase_or_skip(model, phase):
     """Custom-op presets skip, with the reason, where the C++ ops cannot be built."""

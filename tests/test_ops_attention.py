@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from helpers import ops_binding_or_skip
+from helpers import INT_EXTREMES, ops_binding_or_skip
 
 _binding = ops_binding_or_skip("_attention")
 attention, attention_reference = _binding.attention, _binding.attention_reference
@@ -14,8 +14,6 @@ ops = torch.ops.smallmind
 
 from ops_isa import ISAS, isa, use_isa  # noqa: E402,F401 (isa: a fixture)
 
-# every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
-INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 CASES = [  # (B, nh, Tq, Tk, hs, q_offset)
     (1, 8, 128, 128, 32, 0),   # seed prefill

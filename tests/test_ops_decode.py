@@ -7,15 +7,13 @@ from torch.testing import assert_close
 from smallmind_torch import GPT, ModelConfig
 from smallmind_torch.fused_decode import BLOCK_PARAMS, block_params, decode_block_reference
 
-from helpers import ops_binding_or_skip
+from helpers import INT_EXTREMES, assert_pos_and_n_head_refused, ops_binding_or_skip
 
 decode_block_ = ops_binding_or_skip("_decode").decode_block_
 ops = torch.ops.smallmind
 
 from ops_isa import ISAS, isa, use_isa  # noqa: E402,F401 (isa: a fixture)
 
-# every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
-INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 
 def _params(C):
@@ -166,10 +164,7 @@ def test_bad_argument_types():
 def test_int_extremes_raise(name, value):
     if name == "pos" and value == 0:
         return  # valid
-    match = "pos must lie" if name == "pos" else "n_head"
-    for device in ("cpu", "meta"):
-        with pytest.raises(ValueError, match=match):
-            _bad_call(device=device, **{name: value})
+    assert_pos_and_n_head_refused(_bad_call, name, value)
 
 
 # D6: x aliasing a cache or a parameter, or k_cache being v_cache, wrote through the alias.

@@ -7,14 +7,13 @@ from torch.testing import assert_close
 
 from smallmind_torch.fused_decode import decode_step_reference
 
-from helpers import allocations, ops_binding_or_skip
+from helpers import INT_EXTREMES, allocations, assert_pos_and_n_head_refused, ops_binding_or_skip
 
 decode_step_ = ops_binding_or_skip("_decode").decode_step_
 ops = torch.ops.smallmind
 
 from ops_isa import ISAS, isa, use_isa  # noqa: E402,F401 (isa: a fixture)
 
-INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 
 def _model(C, V, n_layer, P, seed=0):
@@ -252,10 +251,7 @@ def test_token_ids_out_of_range(bad):
 def test_int_extremes_raise(name, value):
     if name == "pos" and value == 0:
         return  # valid
-    match = "pos must lie" if name == "pos" else "n_head"
-    for device in ("cpu", "meta"):
-        with pytest.raises(ValueError, match=match):
-            _bad_call(device=device, **{name: value})
+    assert_pos_and_n_head_refused(_bad_call, name, value)
 
 
 def test_aliasing_is_refused():

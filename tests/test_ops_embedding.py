@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from helpers import ops_binding_or_skip
+from helpers import INT_EXTREMES, ops_binding_or_skip
 
 E = ops_binding_or_skip("_embedding")
 
@@ -12,8 +12,6 @@ from hypothesis import given, settings, strategies as st
 
 ops = torch.ops.smallmind
 
-# every int argument is fuzzed at these values too (C++ int64 extremes, overflow bait)
-INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 
 def index_add_path(grad, idx, num_weights):
