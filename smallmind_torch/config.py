@@ -61,8 +61,9 @@ FORMS: dict[str, tuple] = {
     "workspace": (False, True),
     # 3b: static KV cache, prefill once then one token per step
     "kv_cache": (False, True),
-    # beyond the seed: a decode step runs each block as one C++ op (LN, qkv, cache write,
-    # attention, projections, MLP) instead of ~35 small op calls; needs kv_cache + workspace
+    # beyond the seed: a decode step is one C++ op for the whole model (embeddings, every
+    # block's LN, qkv, cache write, attention, projections and MLP, ln_f, lm head) instead of
+    # ~35 small op calls per block; needs kv_cache + workspace
     "fused_decode": (False, True),
     # 4: "naive" = three passes (max, exp+sum, scale); "torch" = F.softmax; "custom" = our op
     "softmax": ("naive", "torch", "custom"),
@@ -168,7 +169,7 @@ PHASES: dict[str, OptConfig] = {
 # (tuning.py); it says which. experiments/max_fastest.py measures them side by side.
 _CUSTOM = _PHASE3.replace(fused_attention="custom")
 MAX_CANDIDATES: dict[str, OptConfig] = {
-    # a decode step = one C++ op per block; prefill on our GEMM, LayerNorm and attention
+    # a decode step = one C++ op for the whole model; prefill on our GEMM, LayerNorm, attention
     "fused decode": _CUSTOM.replace(fused_decode=True),
     # the same decode step; prefill on the library's GEMM, LayerNorm and SDPA
     "fused decode + library prefill": _CUSTOM.replace(fused_decode=True, matmul="torch",

@@ -213,8 +213,12 @@ def engines(study: StudyResult, path: Path):
     panels = [(c, t) for c in cases for t in sorted({r["threads"] for r in c["rows"]})]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (case, threads) in zip(axes[0], panels):
+    per_row = 2 if len(panels) == 4 else min(3, len(panels))  # a grid that reads on a page
+    n_rows = -(-len(panels) // per_row)
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(4.2 * per_row, 3.6 * n_rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (case, threads) in zip(axes.flat, panels):
         rows = [r for r in case["rows"] if r["threads"] == threads and r["status"] == "ok"
                 and r["tokens_per_s"]]
         names = [r["engine"] for r in rows]

@@ -34,7 +34,12 @@ def _profile_summary(study: StudyResult, r) -> str:
     if not r.time_split_ms:
         return ""
     per_token = {c: r.time_split_ms[c] / study.settings["new_tokens"] for c in CATEGORIES}
-    top = sorted((c for c in per_token if c != "other"), key=per_token.get, reverse=True)[:2]
+    top = [c for c in sorted((c for c in per_token if c != "other"), key=per_token.get,
+                             reverse=True)[:2] if per_token[c] > 0]
+    if not top:  # a compiled graph runs the labelled regions inside its own kernels
+        return (f" Under the profiler a token costs {sum(per_token.values()):.3g} ms, all of it "
+                "outside the study's labels: the compiled graph does not keep the model's "
+                "record_function regions, so the flame graph of its trace is where its time shows.")
     return (f" Under the profiler a token costs {sum(per_token.values()):.3g} ms: "
             + ", ".join(f"{c} {per_token[c]:.3g} ms ({r.time_split[c]:.0f} %)" for c in top)
             + f", and 'other' (Python, dispatch, unlabelled ops) {per_token['other']:.3g} ms "
