@@ -87,3 +87,28 @@ def test_unavailable_preset(monkeypatch, tmp_path):
     monkeypatch.setattr(ops, "load_all", boom)
     r = traces.write_traces(GPT(TINY), "phase2", tmp_path)
     assert r.status == "unavailable" and "simulated" in r.reason
+
+
+def test_other_python_threads_stay_out_of_the_op_table(tmp_path):
+    # with_stack records every thread's Python frames; Jupyter's event loop (selectors.select in
+    # a thread of its own) used to top the table of a trace written from a notebook
+    import selectors
+    import threading
+
+    stop = threading.Event()
+
+    def event_loop():
+        with selectors.DefaultSelector() as sel:
+            while not stop.is_set():
+                sel.select(0.001)
+
+    thread = threading.Thread(target=event_loop, daemon=True)
+    thread.start()
+    try:
+        result = traces.write_traces(GPT(TINY).eval(), "phase1", tmp_path, prompt_len=4, verbose=False)
+    finally:
+        stop.set()
+        thread.join()
+    names = [op["name"] for op in result.top_ops]
+    assert names and not [n for n in names if ".py(" in n or n.startswith("<built-in")], names
+    assert "selectors" not in result.table

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from torch._C._profiler import _ExperimentalConfig  # verbose: Python frames in export_stacks
+from torch.autograd.profiler_util import EventList
 
 from ..config import OptConfig
 from ..labels import CATEGORIES
@@ -147,12 +148,13 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
                     with record_function(STEP_LABEL):
                         fn()
                     prof.step()
-            result.table = prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+            averages = _op_averages(prof)
+            result.table = averages.table(sort_by=sort_by, row_limit=row_limit)
             result.top_ops = [
                 {"name": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
                  "cpu_total_ms": e.cpu_time_total / 1e3, "flops": e.flops,
                  "self_cpu_memory_bytes": e.self_cpu_memory_usage}
-                for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:row_limit]]
+                for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:row_limit]]
     except CustomOpsUnavailable as exc:
         result.status, result.reason = "unavailable", str(exc)
         return result
@@ -163,6 +165,16 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
     if verbose:
         print_trace_summary(result)
     return result
+
+
+def _op_averages(prof) -> EventList:
+    """key_averages of the ops and labels, without the Python tracer's frames: with_stack records
+    every thread's Python calls, and in Jupyter the kernel's own event loop would top the table."""
+    events = prof.events()
+    ops = EventList([e for e in events if not e.is_python_function], use_device=events._use_device,
+                    profile_memory=events._profile_memory, with_flops=events._with_flops)
+    ops._tree_built = True  # the parents and children are the full list's, already linked
+    return ops.key_averages()
 
 
 def print_trace_summary(result: TraceResult) -> None:
