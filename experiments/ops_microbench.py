@@ -13,7 +13,8 @@ x (T, C) @ W^T (W (N, C), T = 16..1024, C = 256 and 768, the weight packed once 
 the no-grad `linear` does); `ops`, softmax, LayerNorm, attention, embedding and the decode
 projections (M = 1); `decode`, the whole-model decode step (`decode_step_`) of the seed shape
 against its plain-PyTorch reference, in GB/s of weights read per step against the read
-bandwidth over a weights-sized buffer (the step's roofline). Every section runs once per ISA
+bandwidth over a weights-sized buffer (the step's roofline); `q8`, the weight-only int8
+linear at M = 1 (seed and GPT-2 small layers) against float32 F.linear on the float weight. Every section runs once per ISA
 given (--isa; default every ISA this CPU supports, see smallmind_torch.ops.set_isa): torch.mm
 is the same in each, our kernels are the AVX-512, AVX2 or plain C++ ones.
 
@@ -202,7 +203,27 @@ def decode_cases(ops):
              None, nbytes)]
 
 
-SECTIONS = ("gemm", "ops", "decode")
+def q8_cases(ops):
+    """Weight-only int8 linear (`linear_q8`) at decode (M = 1), seed and GPT-2 small layers,
+    against float32 F.linear on the float weight it was quantized from; bytes = what the int8
+    weight and its scales take (a float32 weight is 4x the weight bytes)."""
+    linear_q8, quantize = _get(ops, "linear_q8"), _get(ops, "quantize_per_channel")
+    cases = []
+    g = torch.Generator().manual_seed(0)
+    for c, vocab, label in ((C, V, "seed"), (768, 50257, "gpt2-small")):
+        for k, n, what in ((c, 3 * c, "qkv"), (c, 4 * c, "fc"), (4 * c, c, "mlp proj"),
+                           (c, vocab, "lm head")):
+            w, bias, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), \
+                torch.randn(1, k, generator=g)
+            w_q, scale = quantize(w) if quantize else (None, None)
+            cases.append(("linear_q8", f"{label} 1x{k}x{n} ({what}) vs fp32", "bytes",
+                          (lambda x=x, w_q=w_q, s=scale, b=bias: linear_q8(x, w_q, s, b))
+                          if linear_q8 else None,
+                          lambda x=x, w=w, b=bias: F.linear(x, w, b), None, n * k + 4 * n))
+    return cases
+
+
+SECTIONS = ("gemm", "ops", "decode", "q8")
 
 
 def run(quick: bool = False, isas=None, only=SECTIONS, rounds=None):
@@ -222,6 +243,8 @@ def run(quick: bool = False, isas=None, only=SECTIONS, rounds=None):
         if "decode" in only:
             cases += decode_cases(ops)
             decode_bytes = cases[-1][-1]
+        if "q8" in only:
+            cases += q8_cases(ops)
         bw = memory_bandwidth_gbs()
         bw_weights = memory_bandwidth_gbs(decode_bytes, repeat=15) if decode_bytes else None
         peak = mm_gflops(512)

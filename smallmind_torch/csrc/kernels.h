@@ -10,7 +10,7 @@
 //
 // In reading order: vec_math.h (the vector type of the ISA and row helpers), layer_norm_row.h,
 // gemm_kernel.h, attention_kernel.h (also the causal softmax rows), decode_kernel.h (the fused
-// decode block and the whole-model decode step).
+// decode block and the whole-model decode step), linear_q8_kernel.h (weight-only int8 linear).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -71,6 +71,7 @@ struct DecodeStep {
 #include "gemm_kernel.h"
 #include "attention_kernel.h"
 #include "decode_kernel.h"
+#include "linear_q8_kernel.h"
 #undef SMALLMIND_ISA_NS
 #undef SMALLMIND_ISA_LEVEL
 #pragma GCC pop_options
@@ -84,6 +85,7 @@ struct DecodeStep {
 #include "gemm_kernel.h"
 #include "attention_kernel.h"
 #include "decode_kernel.h"
+#include "linear_q8_kernel.h"
 #undef SMALLMIND_ISA_NS
 #undef SMALLMIND_ISA_LEVEL
 #pragma GCC pop_options
@@ -97,5 +99,6 @@ struct DecodeStep {
 #include "gemm_kernel.h"
 #include "attention_kernel.h"
 #include "decode_kernel.h"
+#include "linear_q8_kernel.h"
 #undef SMALLMIND_ISA_NS
 #undef SMALLMIND_ISA_LEVEL

@@ -2,11 +2,12 @@
 // includes this file once per ISA, see there; everything here lives in SMALLMIND_ISA_NS).
 //
 // Layer 1, per ISA: V, a vector of W floats (__m512 and 16, __m256 and 8, float and 1), and the
-// handful of operations the kernels use: vload / vstore (unaligned), arithmetic, vfmadd
-// (a * b + c), vfnmadd (c - a * b), horizontal vhsum / vhmax, NaN masks, vexp. vmin / vmax
-// keep the x86 rule (when either operand is NaN the second is returned) on every ISA, plain
-// C++ included. Writing the kernels once on this layer keeps the three paths the same
-// algorithm: they differ in width, and so in the order of some float sums, never in steps.
+// handful of operations the kernels use: vload / vstore (unaligned), vload_i8 (W int8 -> W
+// floats), arithmetic, vfmadd (a * b + c), vfnmadd (c - a * b), horizontal vhsum / vhmax,
+// NaN masks, vexp. vmin / vmax keep the x86 rule (when either operand is NaN the second is
+// returned) on every ISA, plain C++ included. Writing the kernels once on this layer keeps
+// the three paths the same algorithm: they differ in width, and so in the order of some
+// float sums, never in steps.
 //
 //  * vexp: Cephes-style exp (range reduction x = n ln2 + r, |r| <= ln2/2, degree-6
 //    polynomial, 2^n built from the exponent bits); max relative error about 2 ulp over
@@ -34,6 +35,10 @@ static inline V vzero() { return _mm512_setzero_ps(); }
 static inline V vset1(float a) { return _mm512_set1_ps(a); }
 static inline V vload(const float* p) { return _mm512_loadu_ps(p); }
 static inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
+// W int8 -> W floats (weight-only int8: the weights stay int8 in memory, the math is float)
+static inline V vload_i8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
 static inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
 static inline V vsub(V a, V b) { return _mm512_sub_ps(a, b); }
 static inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
@@ -97,6 +102,9 @@ static inline V vzero() { return _mm256_setzero_ps(); }
 static inline V vset1(float a) { return _mm256_set1_ps(a); }
 static inline V vload(const float* p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
+static inline V vload_i8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
 static inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
 static inline V vsub(V a, V b) { return _mm256_sub_ps(a, b); }
 static inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
@@ -163,6 +171,7 @@ static inline V vzero() { return 0.f; }
 static inline V vset1(float a) { return a; }
 static inline V vload(const float* p) { return *p; }
 static inline void vstore(float* p, V v) { *p = v; }
+static inline V vload_i8(const int8_t* p) { return float(*p); }
 static inline V vadd(V a, V b) { return a + b; }
 static inline V vsub(V a, V b) { return a - b; }
 static inline V vmul(V a, V b) { return a * b; }

@@ -26,7 +26,8 @@ import torch
 
 F32 = torch.float32
 I64 = torch.int64
-_DTYPE_NAMES = {torch.float32: "Float (torch.float32)", torch.int64: "Long (torch.int64)"}
+_DTYPE_NAMES = {torch.float32: "Float (torch.float32)", torch.int64: "Long (torch.int64)",
+                torch.int8: "Char (torch.int8)"}
 
 # what a wrapper catches before diagnosing: dispatcher errors (RuntimeError, NotImplementedError
 # for a backend without a kernel), and AttributeError / TypeError from a non-tensor argument
