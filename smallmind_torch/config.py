@@ -78,6 +78,10 @@ FORMS: dict[str, tuple] = {
     # beyond the seed: torch.compile of the forward and of a static-shape decode step
     # (compiled.py), instead of hand-written ops; "max-autotune" also tunes Inductor's kernels
     "compile": ("off", "inductor", "max-autotune"),
+    # beyond the seed: the linear layers' and the lm head's weights as stored for the matmuls;
+    # "int8" = weight-only int8 per output channel, float32 activations and arithmetic (our
+    # linear_q8 op), quantized from the fp32 parameters, which stay as they are
+    "weights": ("fp32", "int8"),
 }
 
 # Forms that only make sense on top of others: (switch, form) -> the switches it needs.
@@ -86,12 +90,20 @@ REQUIRES = {
     # compiled code allocates its own intermediates and runs its own decode step
     ("compile", "inductor"): {"workspace": False, "fused_decode": False},
     ("compile", "max-autotune"): {"workspace": False, "fused_decode": False},
+    # int8 weights run on our kernel (the custom matmul); the fused decode step and compiled
+    # code read fp32 weights
+    ("weights", "int8"): {"matmul": "custom", "fused_decode": False, "compile": "off"},
 }
+
+# Forms whose output is not the reference's up to float rounding: their error is measured
+# (study/quantized.py) and bounded by their own tests, instead of being checked to 1e-4.
+LOSSY_FORMS = {("weights", "int8")}
 
 # Forms that need the C++ extension from ops/.
 CUSTOM_OP_FORMS = {
     "fused_attention": "custom", "softmax": "custom", "matmul": "custom",
     "layernorm": "custom", "embedding_backward": "custom", "fused_decode": True,
+    "weights": "int8",
 }
 
 
@@ -111,6 +123,7 @@ class OptConfig:
     embedding_backward: str = "torch"
     init: str = "default"
     compile: str = "off"
+    weights: str = "fp32"
 
     def __post_init__(self):
         for f in fields(self):

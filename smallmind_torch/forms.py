@@ -71,6 +71,32 @@ def linear_custom(x, weight, bias, out=None):
 LINEAR = {"torch": linear_torch, "custom": linear_custom}
 
 
+# ---- beyond the seed: int8 weights (the `weights` switch) ------------------------------------
+
+def quantized_weight(module):
+    """(w_q, scale) of module.weight (ops.quantize_per_channel), made once per version of the
+    weight: an in-place change (load_state_dict, an optimizer step) or a new weight tensor
+    quantizes again at the next call. Kept as a plain attribute of the module, so the
+    state_dict stays fp32 and switching back to fp32 weights gives the exact model."""
+    w = module.weight
+    cached = module.__dict__.get("weight_q8")
+    if cached is None or cached[0] is not w or cached[1] != w._version:
+        with torch.no_grad():
+            w_q, scale = ops.quantize_per_channel(w)
+        cached = module.__dict__["weight_q8"] = (w, w._version, w_q, scale)
+    return cached[2], cached[3]
+
+
+def linear_int8(x, module, out=None):
+    if torch.is_grad_enabled() and module.weight.requires_grad:
+        raise RuntimeError("weights='int8' is for inference: the int8 copy of a weight has no "
+                           "gradient; run under torch.no_grad() / torch.inference_mode(), or "
+                           "train with weights='fp32'")
+    w_q, scale = quantized_weight(module)
+    y = ops.linear_q8(x, w_q, scale, module.bias)
+    return y if out is None else out.copy_(y)
+
+
 # ---- bottleneck 7: token embedding (its backward matters in training) ------------------------
 
 def embedding_torch(idx, weight):
@@ -97,6 +123,13 @@ def labelled_linear(form):
     def linear(x, module, out=None):
         with region("linear"):
             return form(x, module.weight, module.bias, out=out)
+    return linear
+
+
+def labelled_linear_int8():
+    def linear(x, module, out=None):
+        with region("linear"):
+            return linear_int8(x, module, out=out)
     return linear
 
 

@@ -4,7 +4,7 @@ import torch
 from torch.testing import assert_close
 
 from smallmind_torch import FORMS, GPT, OptConfig, presets
-from smallmind_torch.config import REQUIRES
+from smallmind_torch.config import LOSSY_FORMS, REQUIRES
 from helpers import SHAPES, TINY, set_phase_or_skip
 
 each_phase = pytest.mark.parametrize("phase", presets())
@@ -62,6 +62,8 @@ def test_every_single_switch_matches_reference():
     expected_tokens = model.generate(idx, 30)  # past block_size
     for name, forms in FORMS.items():
         for form in forms:
+            if (name, form) in LOSSY_FORMS:
+                continue  # int8 weights: their error is bounded in test_quantized.py
             needs = REQUIRES.get((name, form), {})  # e.g. fused_decode needs kv_cache + workspace
             opt = OptConfig().replace(**needs, **{name: form})
             try:

@@ -1,0 +1,115 @@
+"""int8 weights against fp32 `max`: speed at the seed and GPT-2 small shapes, and what int8
+costs in accuracy (study/quantized.py).
+
+The int8 combination is `max`'s "custom ops" candidate with weights='int8' (the weight-only
+int8 linear_q8 op for every linear layer and the lm head; the fused decode step reads fp32
+weights, so it is not part of this combination yet). Both contenders run on the same weights,
+in two models of one process, alternating run by run; medians (min-max) of the runs.
+
+Run: `python experiments/quantized.py [--checkpoint DIR] [--shapes seed gpt2-small]
+      [--threads 1 2] [--runs 5] [--new-tokens 50]`
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from smallmind_torch import GPT, ModelConfig
+from smallmind_torch.config import MAX_CANDIDATES
+from smallmind_torch.study.harness import fixed_prompt, measure_generation
+from smallmind_torch.study.quantized import weight_format_accuracy
+from smallmind_torch.study.timing import threads as run_threads
+
+INT8 = MAX_CANDIDATES["custom ops"].replace(weights="int8")
+SHAPES = {"seed": ModelConfig(),
+          "gpt2-small": ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
+                                    block_size=1024)}
+
+
+def _models(shape: str, checkpoint):
+    if shape == "seed" and checkpoint:
+        from smallmind_torch.train.checkpoint import load_checkpoint
+
+        fp32, _, _ = load_checkpoint(checkpoint)
+    else:
+        torch.manual_seed(0)
+        fp32 = GPT(SHAPES[shape])
+    int8 = GPT(fp32.config)
+    int8.load_state_dict(fp32.state_dict())
+    fp32.eval().set_phase("max")
+    int8.eval().set_phase(INT8)
+    return {f"fp32 {fp32.phase.description.split(' (')[0]}": fp32, "int8 weights (custom ops)": int8}
+
+
+def _span(values) -> str:
+    return f"{statistics.median(values):.4g} ({min(values):.4g}-{max(values):.4g})"
+
+
+def speed(shape, checkpoint, thread_counts, runs, new_tokens) -> list:
+    models = _models(shape, checkpoint)
+    prompt = fixed_prompt(next(iter(models.values())).config)
+    rows = []
+    for n in thread_counts:
+        with run_threads(n):
+            figures = {name: {"tokens_per_s": [], "decode_ms": []} for name in models}
+            for name, model in models.items():  # warm-up (and the max measurement)
+                measure_generation(model, prompt, new_tokens, 1)
+            for _ in range(runs):  # alternating run by run
+                for name, model in models.items():
+                    _, run = measure_generation(model, prompt, new_tokens, 1, warmup=False)
+                    for k in figures[name]:
+                        figures[name][k] += run.get(k, [])
+        base = statistics.median(figures[next(iter(models))]["tokens_per_s"])
+        for name, f in figures.items():
+            rows.append((shape, n, name, _span(f["tokens_per_s"]), _span(f["decode_ms"]),
+                         f"{statistics.median(f['tokens_per_s']) / base:.2f}x"))
+    return rows
+
+
+def accuracy(checkpoint):
+    from smallmind_torch.train.corpus import default_tokens, train_val_split
+    from smallmind_torch.train.tokenizer import Tokenizer
+
+    model = _models("seed", checkpoint)["int8 weights (custom ops)"]
+    _, val = train_val_split(default_tokens(Tokenizer.default()))
+    return weight_format_accuracy(model, INT8, val_data=val)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="checkpoints/seed",
+                   help="weights of the seed shape (random weights if it does not exist)")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=50)
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    checkpoint = args.checkpoint if Path(args.checkpoint, "config.json").exists() else None
+    print(f"weights: seed {'checkpoint ' + checkpoint if checkpoint else 'random'}, "
+          f"gpt2-small random; {args.new_tokens} new tokens after 16, greedy; "
+          f"{args.runs} runs, alternating")
+    print(f"{'shape':<11} {'threads':>7}  {'contender':<28} {'tokens/s':<24} {'decode ms':<24} x fp32")
+    for shape in args.shapes:
+        for row in speed(shape, checkpoint, args.threads, args.runs, args.new_tokens):
+            print(f"{row[0]:<11} {row[1]:>7}  {row[2]:<28} {row[3]:<24} {row[4]:<24} {row[5]}")
+    if "seed" in args.shapes:
+        acc = accuracy(checkpoint)
+        q = acc.logit_diff_quantiles
+        print(f"\naccuracy of int8 weights against reference (seed shape): max |logit diff| "
+              f"{acc.max_abs_logit_diff:.4f} (p50 {q['p50']:.4f}, p90 {q['p90']:.4f}, "
+              f"p99 {q['p99']:.4f})")
+        for n in acc.greedy_agreement:
+            print(f"  greedy tokens equal over {n}: {100 * acc.greedy_agreement[n]:.1f} % "
+                  f"(first difference at token {acc.first_divergence[n]})")
+        if acc.val_loss is not None:
+            print(f"  validation loss: fp32 {acc.val_loss_reference:.4f}, int8 {acc.val_loss:.4f} "
+                  f"(change {acc.val_loss_change:+.4f} nats)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
