@@ -1,10 +1,10 @@
 """int8 weights against fp32 `max`: speed at the seed and GPT-2 small shapes, and what int8
 costs in accuracy (study/quantized.py).
 
-The int8 combination is `max`'s "custom ops" candidate with weights='int8' (the weight-only
-int8 linear_q8 op for every linear layer and the lm head; the fused decode step reads fp32
-weights, so it is not part of this combination yet). Both contenders run on the same weights,
-in two models of one process, alternating run by run; medians (min-max) of the runs.
+The int8 combinations are two of `max`'s candidates with weights='int8': "fused decode" (the
+whole decode step in one decode_step_q8_ call, the prefill on linear_q8) and "custom ops"
+(every linear layer and the lm head on the linear_q8 op). Every contender runs on the same
+weights, in its own model of one process, alternating run by run; medians (min-max).
 
 Run: `python experiments/quantized.py [--checkpoint DIR] [--shapes seed gpt2-small]
       [--threads 1 2] [--runs 5] [--new-tokens 50]`
@@ -22,7 +22,8 @@ from smallmind_torch.study.harness import fixed_prompt, measure_generation
 from smallmind_torch.study.quantized import weight_format_accuracy
 from smallmind_torch.study.timing import threads as run_threads
 
-INT8 = MAX_CANDIDATES["custom ops"].replace(weights="int8")
+INT8 = {f"int8 weights ({label})": MAX_CANDIDATES[label].replace(weights="int8")
+        for label in ("fused decode", "custom ops")}
 SHAPES = {"seed": ModelConfig(),
           "gpt2-small": ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
                                     block_size=1024)}
@@ -36,11 +37,13 @@ def _models(shape: str, checkpoint):
     else:
         torch.manual_seed(0)
         fp32 = GPT(SHAPES[shape])
-    int8 = GPT(fp32.config)
-    int8.load_state_dict(fp32.state_dict())
     fp32.eval().set_phase("max")
-    int8.eval().set_phase(INT8)
-    return {f"fp32 {fp32.phase.description.split(' (')[0]}": fp32, "int8 weights (custom ops)": int8}
+    models = {f"fp32 {fp32.phase.description.split(' (')[0]}": fp32}
+    for name, opt in INT8.items():
+        models[name] = GPT(fp32.config).eval()
+        models[name].load_state_dict(fp32.state_dict())
+        models[name].set_phase(opt)
+    return models
 
 
 def _span(values) -> str:
@@ -72,9 +75,9 @@ def accuracy(checkpoint):
     from smallmind_torch.train.corpus import default_tokens, train_val_split
     from smallmind_torch.train.tokenizer import Tokenizer
 
-    model = _models("seed", checkpoint)["int8 weights (custom ops)"]
+    model = next(iter(_models("seed", checkpoint).values()))
     _, val = train_val_split(default_tokens(Tokenizer.default()))
-    return weight_format_accuracy(model, INT8, val_data=val)
+    return weight_format_accuracy(model, INT8["int8 weights (fused decode)"], val_data=val)
 
 
 def main(argv=None) -> int:
@@ -92,10 +95,10 @@ def main(argv=None) -> int:
     print(f"weights: seed {'checkpoint ' + checkpoint if checkpoint else 'random'}, "
           f"gpt2-small random; {args.new_tokens} new tokens after 16, greedy; "
           f"{args.runs} runs, alternating")
-    print(f"{'shape':<11} {'threads':>7}  {'contender':<28} {'tokens/s':<24} {'decode ms':<24} x fp32")
+    print(f"{'shape':<11} {'threads':>7}  {'contender':<31} {'tokens/s':<24} {'decode ms':<24} x fp32")
     for shape in args.shapes:
         for row in speed(shape, checkpoint, args.threads, args.runs, args.new_tokens):
-            print(f"{row[0]:<11} {row[1]:>7}  {row[2]:<28} {row[3]:<24} {row[4]:<24} {row[5]}")
+            print(f"{row[0]:<11} {row[1]:>7}  {row[2]:<31} {row[3]:<24} {row[4]:<24} {row[5]}")
     if "seed" in args.shapes:
         acc = accuracy(checkpoint)
         q = acc.logit_diff_quantiles

@@ -90,9 +90,9 @@ REQUIRES = {
     # compiled code allocates its own intermediates and runs its own decode step
     ("compile", "inductor"): {"workspace": False, "fused_decode": False},
     ("compile", "max-autotune"): {"workspace": False, "fused_decode": False},
-    # int8 weights run on our kernel (the custom matmul); the fused decode step and compiled
-    # code read fp32 weights
-    ("weights", "int8"): {"matmul": "custom", "fused_decode": False, "compile": "off"},
+    # int8 weights run on our kernels (linear_q8 for the custom matmul, decode_step_q8_ for
+    # the fused decode step); compiled code reads fp32 weights
+    ("weights", "int8"): {"matmul": "custom", "compile": "off"},
 }
 
 # Forms whose output is not the reference's up to float rounding: their error is measured

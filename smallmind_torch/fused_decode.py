@@ -9,7 +9,9 @@ The unit in one file, read top to bottom:
   `csrc/decode_kernel.h`;
 - `decode_step` / `decode_greedy`: the model's decode step on the op, what the `fused_decode`
   switch selects for one new token per sequence; logits or, for greedy generation, the next
-  token ids, views of the model's workspace.
+  token ids, views of the model's workspace. `decode_step_q8` / `decode_greedy_q8`: the same
+  on `decode_step_q8_` with the int8 weights of the `weights` switch (`q8_modules`: which
+  weights, in the op's order; quantized again when a weight changes).
 
 Why: a decode step through the module path is ~150 small op calls, each paying the dispatcher
 and Python, and each matrix-vector product forks and joins the threads; one C++ call per step
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .forms import quantized_weight
 from .labels import region
 
 # The ops' parameter order: nanoGPT names, weights in nn.Linear layout (out, in).
@@ -35,6 +38,18 @@ BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias",
 def block_params(block) -> list:
     """The 12 parameters of a model.Block in BLOCK_PARAMS order."""
     return [block.get_parameter(name) for name in BLOCK_PARAMS]
+
+
+# `decode_step_q8_`'s int8 weights: these four matrices of every block (their BLOCK_PARAMS
+# positions), then the lm head
+Q8_PARAMS = (2, 4, 8, 10)
+Q8_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def q8_modules(model) -> list:
+    """The linear modules whose weights decode_step_q8_ takes as int8, in its order."""
+    return [block.get_submodule(name) for block in model.transformer.h
+            for name in Q8_MODULES] + [model.lm_head]
 
 
 def decode_block_reference(x, params, k_cache, v_cache, pos: int, n_head: int, eps: float):
@@ -61,18 +76,28 @@ def decode_block_reference(x, params, k_cache, v_cache, pos: int, n_head: int, e
 
 
 def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
-                          v_caches, n_head: int, eps: float, logits, next_tokens):
+                          v_caches, n_head: int, eps: float, logits, next_tokens,
+                          weights_q8=None, scales_q8=None):
     """Plain PyTorch of `decode_step_`: tokens (B,) or (B, 1) at position `pos`; block_params
     12 tensors per block (BLOCK_PARAMS order, block after block); one k and one v cache per
     block, row `pos` written; logits (B, [1,] V) and next_tokens (B, [1]) written in place.
-    Returns (logits, next_tokens)."""
+    Returns (logits, next_tokens). With weights_q8 / scales_q8, `decode_step_q8_`: the four
+    weight matrices of each block and the lm head are the dequantized int8 ones."""
     B, C = tokens.size(0), wte.size(1)
+    head = wte  # the lm head is tied to the token embedding
+    if weights_q8 is not None:
+        dequantized = [w_q.float() * scale[:, None] for w_q, scale in zip(weights_q8, scales_q8)]
+        block_params = list(block_params)
+        for l in range(len(k_caches)):
+            for m, i in enumerate(Q8_PARAMS):
+                block_params[12 * l + i] = dequantized[4 * l + m]
+        head = dequantized[-1]
     x = wte[tokens.reshape(B)] + wpe[pos]  # (B, C)
     for l, (k_cache, v_cache) in enumerate(zip(k_caches, v_caches)):  # every block
         decode_block_reference(x, block_params[12 * l:12 * l + 12], k_cache, v_cache, pos,
                                n_head, eps)
     h = F.layer_norm(x, (C,), ln_f_w, ln_f_b, eps)
-    logits.view(B, -1).copy_(F.linear(h, wte))  # the lm head is tied to the token embedding
+    logits.view(B, -1).copy_(F.linear(h, head))
     next_tokens.view(B).copy_(logits.view(B, -1).argmax(dim=-1))
     return logits, next_tokens
 
@@ -83,9 +108,9 @@ class StepArgs:
     only looks up its two workspace buffers."""
 
     __slots__ = ("wte", "wpe", "flat", "ln_f_w", "ln_f_b", "k_caches", "v_caches", "n_head",
-                 "eps", "vocab")
+                 "eps", "vocab", "q8_modules", "q8_versions", "weights_q8", "scales_q8")
 
-    def __init__(self, model):
+    def __init__(self, model, q8: bool = False):
         tr, c = model.transformer, model.config
         if model.lm_head.weight is not tr.wte.weight:
             raise ValueError("fused decode needs the lm head tied to the token embedding "
@@ -96,18 +121,34 @@ class StepArgs:
         self.k_caches = [cache.k_cache for cache in model.kv_caches]
         self.v_caches = [cache.v_cache for cache in model.kv_caches]
         self.n_head, self.eps, self.vocab = c.n_head, c.layer_norm_epsilon, c.vocab_size
+        self.q8_modules = q8_modules(model) if q8 else None
+        self.q8_versions = None
+
+    def refresh_q8(self):
+        """The int8 weights, quantized again where a weight changed since (its version)."""
+        versions = [m.weight._version for m in self.q8_modules]
+        if versions != self.q8_versions:
+            pairs = [quantized_weight(m) for m in self.q8_modules]
+            self.weights_q8, self.scales_q8 = [w for w, _ in pairs], [s for _, s in pairs]
+            self.q8_versions = versions
 
 
-def _fused_step(model, token, start: int):
+def _fused_step(model, token, start: int, q8: bool = False):
     a = model.decode_args
     if a is None:
-        a = model.decode_args = StepArgs(model)
+        a = model.decode_args = StepArgs(model, q8)
     ws, B = model.workspace, token.shape[0]
     logits = ws.take("logits", B, 1, a.vocab)
     next_tokens = ws.take("next_token", B, 1, dtype=torch.int64)
     with region("decode_step"):
-        ops.decode_step_(token, start, a.wte, a.wpe, a.flat, a.ln_f_w, a.ln_f_b, a.k_caches,
-                         a.v_caches, a.n_head, a.eps, logits, next_tokens)
+        if q8:
+            a.refresh_q8()
+            ops.decode_step_q8_(token, start, a.wte, a.wpe, a.flat, a.ln_f_w, a.ln_f_b,
+                                a.k_caches, a.v_caches, a.n_head, a.eps, logits, next_tokens,
+                                a.weights_q8, a.scales_q8)
+        else:
+            ops.decode_step_(token, start, a.wte, a.wpe, a.flat, a.ln_f_w, a.ln_f_b,
+                             a.k_caches, a.v_caches, a.n_head, a.eps, logits, next_tokens)
     return logits, next_tokens
 
 
@@ -123,3 +164,13 @@ def decode_greedy(model, token, start: int):
     call. Next token ids (B, 1) int64, a view of the model's workspace (valid until the next
     call on the model); the logits are in the workspace too."""
     return _fused_step(model, token, start)[1]
+
+
+def decode_step_q8(model, token, start: int):
+    """`decode_step` with the int8 weights of the `weights` switch (decode_step_q8_)."""
+    return _fused_step(model, token, start, True)[0]
+
+
+def decode_greedy_q8(model, token, start: int):
+    """`decode_greedy` with the int8 weights of the `weights` switch (decode_step_q8_)."""
+    return _fused_step(model, token, start, True)[1]

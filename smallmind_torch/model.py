@@ -97,7 +97,9 @@ def resolve_forms(opt: OptConfig) -> Forms:
     forward = workspace.inference_forward if opt.workspace else GPT.allocating_forward
     if opt.compile != "off":
         forward = compiled.compile_forward(forward, opt.compile)
-    if opt.fused_decode:  # the argmax in the same C++ call
+    if opt.fused_decode and opt.weights == "int8":  # the same step on the int8 weights
+        decode, decode_greedy = fused_decode.decode_step_q8, fused_decode.decode_greedy_q8
+    elif opt.fused_decode:  # the argmax in the same C++ call
         decode, decode_greedy = fused_decode.decode_step, fused_decode.decode_greedy
     else:
         if opt.compile != "off" and opt.kv_cache:

@@ -14,6 +14,7 @@ from helpers import TINY, ops_binding_or_skip
 
 ops_binding_or_skip("_linear_q8")
 INT8 = MAX_CANDIDATES["custom ops"].replace(weights="int8")
+INT8_FUSED = MAX_CANDIDATES["fused decode"].replace(weights="int8")
 
 
 @pytest.fixture
@@ -22,9 +23,9 @@ def model():
     return GPT(TINY).eval()
 
 
-@pytest.mark.parametrize("phase", [INT8, INT8.replace(workspace=False, kv_cache=False),
+@pytest.mark.parametrize("phase", [INT8, INT8_FUSED, INT8.replace(workspace=False, kv_cache=False),
                                    OptConfig(matmul="custom", weights="int8")],
-                         ids=["custom-ops", "allocating", "reference+int8"])
+                         ids=["custom-ops", "fused-decode", "allocating", "reference+int8"])
 def test_int8_logits_stay_close_to_reference(model, phase):
     idx = torch.randint(0, TINY.vocab_size, (2, 9))
     with torch.inference_mode():
@@ -62,7 +63,30 @@ def test_switching_back_gives_the_exact_model_and_the_state_dict_stays_fp32(mode
     assert all(after[k].dtype == torch.float32 and torch.equal(after[k], before[k]) for k in before)
 
 
-def test_an_edited_weight_is_quantized_again(model):
+def test_the_fused_int8_step_gives_the_tokens_of_the_int8_ops(model):
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    model.set_phase(INT8)
+    expected = model.generate(idx, 40)  # past block_size: re-prefill included
+    model.set_phase(INT8_FUSED)
+    assert torch.equal(model.generate(idx, 40), expected)
+
+
+@pytest.mark.parametrize("phase", [INT8, INT8_FUSED], ids=["custom-ops", "fused-decode"])
+def test_an_edited_weight_is_quantized_again(model, phase):
+    idx = torch.randint(0, TINY.vocab_size, (1, 7))
+    model.set_phase(phase)
+    expected = model.generate(idx, 6)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # the tied lm head and embedding, in place
+    twin = GPT(TINY).eval()
+    twin.load_state_dict(model.state_dict())
+    twin.set_phase(phase)
+    got = model.generate(idx, 6)
+    assert torch.equal(got, twin.generate(idx, 6))
+    assert not torch.equal(got, expected)
+
+
+def test_an_edited_weight_changes_the_logits(model):
     idx = torch.randint(0, TINY.vocab_size, (1, 7))
     model.set_phase(INT8)
     with torch.inference_mode():
@@ -87,8 +111,7 @@ def test_training_with_int8_weights_is_refused(model):
 
 @pytest.mark.parametrize("changes, match", [
     (dict(weights="int8"), "needs matmul='custom'"),
-    (dict(weights="int8", matmul="custom", kv_cache=True, workspace=True, fused_decode=True),
-     "fused_decode"),
+    (dict(weights="int8", matmul="custom", compile="inductor"), "compile"),
     (dict(weights="int4"), "allowed: \\['fp32', 'int8'\\]"),
 ])
 def test_bad_combinations_are_refused(changes, match):

@@ -16,6 +16,10 @@
 // nothing written may share memory with anything else the op touches. Allocates nothing once
 // its scratch has grown (scratch lives in thread_local buffers).
 //
+// decode_step_q8_(..., weights_q8, scales_q8): the same step with int8 weights (weight-only,
+// per output channel: the `weights` switch) for the four matrices of every block and the lm
+// head, widened to float32 as they are read; biases, LayerNorms and embeddings stay float32.
+//
 // decode_block_(x, params, k_cache, v_cache, pos, n_head, eps): one pre-LN GPT-2 block, x
 // (B, C) the residual stream updated in place; params its 12 tensors. Per row b:
 //   h = LN1(x); q, k, v = (h c_attn_w^T + c_attn_b).split(C), each (nh, hs)
@@ -207,12 +211,40 @@ void run_decode_step(Isa isa, const DecodeStep& s, int nthreads) {
   SMALLMIND_DISPATCH(isa, decode::decode_step, s, nthreads);
 }
 
-void decode_step_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
-                     const at::Tensor& wpe, at::TensorList block_params,
-                     const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
-                     at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
-                     double eps, at::Tensor& logits, at::Tensor& next_tokens) {
-  constexpr const char* op = "decode_step_";
+// The int8 weights of decode_step_q8_: per block c_attn, attn.c_proj, c_fc, mlp.c_proj (the
+// weights at BLOCK_PARAMS positions 2, 4, 8, 10), then the lm head; each int8 (N, K),
+// contiguous, shaped like the float32 weight it stands for, with float32 scales (N,).
+constexpr int64_t kQ8PerBlock = 4;
+constexpr int64_t kQ8Param[kQ8PerBlock] = {2, 4, 8, 10};
+
+void check_q8(at::TensorList q8, at::TensorList scales, int64_t L, int64_t C, int64_t V,
+              const char* op) {
+  TORCH_CHECK(int64_t(q8.size()) == kQ8PerBlock * L + 1 && scales.size() == q8.size(),
+              "smallmind::", op, ": 'weights_q8' and 'scales_q8' must each hold 4 tensors per "
+              "block (c_attn, attn.c_proj, c_fc, mlp.c_proj) and the lm head, ",
+              kQ8PerBlock * L + 1, " for ", L, " blocks; got ", q8.size(), " and ", scales.size());
+  for (int64_t i = 0; i < int64_t(q8.size()); ++i) {
+    const bool head = i == kQ8PerBlock * L;
+    const auto shape = head ? std::make_pair(V, C) : param_shape(kQ8Param[i % kQ8PerBlock], C);
+    const std::string name = "weights_q8[" + std::to_string(i) + "]";
+    const std::string sname = "scales_q8[" + std::to_string(i) + "]";
+    check_cpu(q8[i], op, name.c_str());
+    check_dtype(q8[i], at::kChar, op, name.c_str());
+    check_shape(q8[i], {shape.first, shape.second}, op, name.c_str());
+    check_contiguous(q8[i], op, name.c_str());
+    check_cpu_float32(scales[i], op, sname.c_str());
+    check_shape(scales[i], {shape.first}, op, sname.c_str());
+    check_contiguous(scales[i], op, sname.c_str());
+  }
+}
+
+void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
+                      const at::Tensor& wpe, at::TensorList block_params,
+                      const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
+                      at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
+                      double eps, at::Tensor& logits, at::Tensor& next_tokens,
+                      const at::TensorList* q8, const at::TensorList* q8_scales) {
+  const char* op = q8 ? "decode_step_q8_" : "decode_step_";
   // the model: wte (V, C), wpe (P, C), n_head, eps
   check_matrix(wte, op, "wte");
   check_dim(wte, 2, op, "wte");
@@ -298,6 +330,14 @@ void decode_step_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wt
   for (int64_t i = 0; i < 5; ++i) ext.push_back(extent_of(*named[i], first_read + i, false));
   for (int64_t i = 0; i < L * kNumParams; ++i)
     ext.push_back(extent_of(block_params[i], first_read + 5 + i, false));
+  const int64_t first_q8 = first_read + 5 + L * kNumParams, n_q8 = q8 ? int64_t(q8->size()) : 0;
+  if (q8) {
+    check_q8(*q8, *q8_scales, L, C, V, op);
+    for (int64_t i = 0; i < n_q8; ++i) {
+      ext.push_back(extent_of((*q8)[i], first_q8 + i, false));
+      ext.push_back(extent_of((*q8_scales)[i], first_q8 + n_q8 + i, false));
+    }
+  }
   check_no_overlap(ext, op, [&](int64_t id) -> std::string {
     static const char* names[] = {"tokens", "wte", "wpe", "ln_f_w", "ln_f_b"};
     if (id == 0) return "logits";
@@ -305,14 +345,21 @@ void decode_step_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wt
     if (id < 2 + L) return cache_name("k_caches", id - 2);
     if (id < first_read) return cache_name("v_caches", id - 2 - L);
     if (id < first_read + 5) return names[id - first_read];
-    return param_name(id - first_read - 5);
+    if (id < first_q8) return param_name(id - first_read - 5);
+    if (id < first_q8 + n_q8) return cache_name("weights_q8", id - first_q8);
+    return cache_name("scales_q8", id - first_q8 - n_q8);
   });
 
   static thread_local std::vector<DecodeLayer> layers;
   layers.resize(size_t(L));
-  for (int64_t l = 0; l < L; ++l)
+  for (int64_t l = 0; l < L; ++l) {
     layers[l] = layer_of(block_params.slice(size_t(l * kNumParams), kNumParams), k_caches[l],
                          v_caches[l]);
+    for (int64_t m = 0; q8 && m < kQ8PerBlock; ++m) {
+      layers[l].q[m] = (*q8)[l * kQ8PerBlock + m].const_data_ptr<int8_t>();
+      layers[l].qs[m] = (*q8_scales)[l * kQ8PerBlock + m].const_data_ptr<float>();
+    }
+  }
   DecodeStep s;
   s.d = DecodeDims{B, C, nh, hs, S};
   s.pos = pos;
@@ -328,7 +375,30 @@ void decode_step_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wt
   s.eps = static_cast<float>(eps);
   s.logits = logits.data_ptr<float>();
   s.next_tokens = next_tokens.data_ptr<int64_t>();
+  if (q8) {
+    s.head_q = (*q8)[kQ8PerBlock * L].const_data_ptr<int8_t>();
+    s.head_scale = (*q8_scales)[kQ8PerBlock * L].const_data_ptr<float>();
+  }
   run_decode_step(current_isa(), s, num_threads());
+}
+
+void decode_step_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
+                     const at::Tensor& wpe, at::TensorList block_params,
+                     const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
+                     at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
+                     double eps, at::Tensor& logits, at::Tensor& next_tokens) {
+  decode_step_impl(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+                   n_head, eps, logits, next_tokens, nullptr, nullptr);
+}
+
+void decode_step_q8_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
+                        const at::Tensor& wpe, at::TensorList block_params,
+                        const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
+                        at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
+                        double eps, at::Tensor& logits, at::Tensor& next_tokens,
+                        at::TensorList weights_q8, at::TensorList scales_q8) {
+  decode_step_impl(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+                   n_head, eps, logits, next_tokens, &weights_q8, &scales_q8);
 }
 
 }  // namespace
@@ -341,11 +411,17 @@ TORCH_LIBRARY_FRAGMENT(smallmind, m) {
       "decode_step_(Tensor tokens, int pos, Tensor wte, Tensor wpe, Tensor[] block_params, "
       "Tensor ln_f_w, Tensor ln_f_b, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int n_head, "
       "float eps, Tensor(c!) logits, Tensor(d!) next_tokens) -> ()");
+  m.def(
+      "decode_step_q8_(Tensor tokens, int pos, Tensor wte, Tensor wpe, Tensor[] block_params, "
+      "Tensor ln_f_w, Tensor ln_f_b, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int n_head, "
+      "float eps, Tensor(c!) logits, Tensor(d!) next_tokens, Tensor[] weights_q8, "
+      "Tensor[] scales_q8) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(smallmind, CPU, m) {
   m.impl("decode_block_", &decode_block_cpu);
   m.impl("decode_step_", &decode_step_cpu);
+  m.impl("decode_step_q8_", &decode_step_q8_cpu);
 }
 
 }  // namespace smallmind

@@ -70,6 +70,34 @@ static inline void gemv_cols(const float* a, int64_t M, int64_t K, const float* 
     for (int64_t i = 0; i < M; ++i) emit(i, j, dot(a + i * K, w + j * K, K));
 }
 
+// gemv_cols with an int8 weight w (N, K) and its scales: out = scale[j] * dot(a_i, w_j) + bias[j].
+// Weight row outer, sequences inner: each int8 row is read from memory once per call.
+static inline void gemv_cols_q8(const float* a, int64_t M, int64_t K, const int8_t* w,
+                                const float* scale, const float* bias, int64_t j0, int64_t j1,
+                                float* out, int64_t ldo, bool accumulate) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const int8_t* wj = w + j * K;
+    for (int64_t i = 0; i < M; ++i) {
+      const float v = dot_q8(a + i * K, wj, K) * scale[j] + (bias ? bias[j] : 0.f);
+      float* o = out + i * ldo + j;
+      *o = accumulate ? *o + v : v;
+    }
+  }
+}
+
+// Matrix m of a block (0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj) on columns [j0, j1):
+// its int8 form when the layer has one, else the float32 weight.
+static inline void layer_gemv(const DecodeLayer& layer, int m, const float* a, int64_t M,
+                              int64_t K, int64_t j0, int64_t j1, float* out, int64_t ldo,
+                              bool accumulate) {
+  static const int weight[4] = {c_attn_w, attn_c_proj_w, c_fc_w, mlp_c_proj_w};
+  const float* bias = layer.p[weight[m] + 1];
+  if (layer.q[m])
+    gemv_cols_q8(a, M, K, layer.q[m], layer.qs[m], bias, j0, j1, out, ldo, accumulate);
+  else
+    gemv_cols(a, M, K, layer.p[weight[m]], bias, j0, j1, out, ldo, accumulate);
+}
+
 // One (sequence b, head hd): write this token's k and v (from row b of qkv) into the cache at
 // `pos`, then y_h = softmax(q_h K_h[0..pos]^T / sqrt(hs)) V_h[0..pos]. att: pos + 1 floats.
 static inline void attend_unit(const float* qkv_b, const DecodeDims& d, int64_t b, int64_t hd,
@@ -139,7 +167,7 @@ static inline void block_layer(const DecodeDims& d, const DecodeLayer& layer, in
   for (int64_t hd = j0; hd < j1; ++hd) {
     for (int64_t part = 0; part < 3; ++part) {  // q, k, v
       const int64_t c0 = part * C + hd * hs;
-      gemv_cols(h, B, C, p[c_attn_w], p[c_attn_b], c0, c0 + hs, sh.qkv, 3 * C, false);
+      layer_gemv(layer, 0, h, B, C, c0, c0 + hs, sh.qkv, 3 * C, false);
     }
     for (int64_t b = 0; b < B; ++b)
       attend_unit(sh.qkv + b * 3 * C, d, b, hd, pos, layer.k_cache, layer.v_cache, att,
@@ -148,16 +176,16 @@ static inline void block_layer(const DecodeDims& d, const DecodeLayer& layer, in
   team_barrier(nth);
   // x += attn.c_proj(y)
   thread_range(C, 16, tid, nth, &j0, &j1);
-  gemv_cols(sh.y, B, C, p[attn_c_proj_w], p[attn_c_proj_b], j0, j1, x, C, true);
+  layer_gemv(layer, 1, sh.y, B, C, j0, j1, x, C, true);
   team_barrier(nth);
   // MLP: h = LN2(x); fc = gelu(c_fc(h)); x += mlp.c_proj(fc)
   layer_norm_rows(x, B, C, p[ln_2_w], p[ln_2_b], eps, h);
   thread_range(4 * C, 16, tid, nth, &j0, &j1);
-  gemv_cols(h, B, C, p[c_fc_w], p[c_fc_b], j0, j1, sh.fc, 4 * C, false);
+  layer_gemv(layer, 2, h, B, C, j0, j1, sh.fc, 4 * C, false);
   for (int64_t b = 0; b < B; ++b) gelu_tanh_inplace(sh.fc + b * 4 * C + j0, j1 - j0);
   team_barrier(nth);
   thread_range(C, 16, tid, nth, &j0, &j1);
-  gemv_cols(sh.fc, B, 4 * C, p[mlp_c_proj_w], p[mlp_c_proj_b], j0, j1, x, C, true);
+  layer_gemv(layer, 3, sh.fc, B, 4 * C, j0, j1, x, C, true);
   team_barrier(nth);
 }
 
@@ -247,7 +275,10 @@ static inline void decode_step(const DecodeStep& s, int nthreads) {
     int64_t* my_idx = best_idx + tid * B;
     int64_t j0, j1;
     thread_range(V, 16, tid, nth, &j0, &j1);
-    gemv_cols(h, B, C, s.wte, nullptr, j0, j1, s.logits, V, false);
+    if (s.head_q)
+      gemv_cols_q8(h, B, C, s.head_q, s.head_scale, nullptr, j0, j1, s.logits, V, false);
+    else
+      gemv_cols(h, B, C, s.wte, nullptr, j0, j1, s.logits, V, false);
     for (int64_t b = 0; b < B; ++b) {
       my_val[b] = -INFINITY;  // an empty range: a candidate that loses every comparison
       my_idx[b] = V;

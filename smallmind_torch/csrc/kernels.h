@@ -40,6 +40,10 @@ struct DecodeLayer {
   const float* p[12];
   float* k_cache;
   float* v_cache;
+  // int8 weights (decode_step_q8_), or null: c_attn, attn.c_proj, c_fc, mlp.c_proj, each
+  // (N, K) int8 with float32 scales (N,) standing for p[2], p[4], p[8], p[10]
+  const int8_t* q[4] = {nullptr, nullptr, nullptr, nullptr};
+  const float* qs[4] = {nullptr, nullptr, nullptr, nullptr};
 };
 
 // The whole-model decode step (decode_step_ in decode.cpp).
@@ -56,6 +60,8 @@ struct DecodeStep {
   float eps;
   float* logits;          // (B, vocab)
   int64_t* next_tokens;   // (B,): argmax of each row of logits
+  const int8_t* head_q = nullptr;     // the lm head as int8 (vocab, C), or null: wte
+  const float* head_scale = nullptr;  // its scales (vocab,)
 };
 
 }  // namespace smallmind

@@ -14,7 +14,7 @@
 //    [-87, 88]; 0 below about -87.3; NaN for NaN. The plain-C++ path uses std::exp.
 //  * vhsum8: 8 vectors -> their 8 horizontal sums (one query against 8 keys at once).
 //
-// Layer 2, generic: row_max, exp_sub_sum, scale_inplace, dot, axpy, add_inplace,
+// Layer 2, generic: row_max, exp_sub_sum, scale_inplace, dot, dot_q8, axpy, add_inplace,
 // gelu_tanh_inplace, on one row of n floats: a loop of vectors, then a scalar tail.
 //
 // Non-finite input behaves as torch.softmax does: a NaN in a row makes row_max NaN and every
@@ -263,6 +263,20 @@ static inline float dot(const float* a, const float* b, int64_t n) {
   for (; j + W <= n; j += W) s0 = vfmadd(vload(a + j), vload(b + j), s0);
   float s = vhsum(vadd(s0, s1));
   for (; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+// dot(a, w) over n, w int8 (widened as it is read: weight-only int8, float32 arithmetic)
+static inline float dot_q8(const float* a, const int8_t* w, int64_t n) {
+  int64_t j = 0;
+  V s0 = vzero(), s1 = vzero();
+  for (; j + 2 * W <= n; j += 2 * W) {
+    s0 = vfmadd(vload_i8(w + j), vload(a + j), s0);
+    s1 = vfmadd(vload_i8(w + j + W), vload(a + j + W), s1);
+  }
+  for (; j + W <= n; j += W) s0 = vfmadd(vload_i8(w + j), vload(a + j), s0);
+  float s = vhsum(vadd(s0, s1));
+  for (; j < n; ++j) s += float(w[j]) * a[j];
   return s;
 }
 

@@ -25,7 +25,7 @@ _EXPORTS = {
     "gemm": "_gemm", "gemm_reference": "_gemm", "linear": "_gemm", "linear_reference": "_gemm",
     "kernel_name": "_gemm", "packed_weight_cache": "_gemm",
     "isa": "_isa", "set_isa": "_isa", "supported_isas": "_isa", "use_isa": "_isa",
-    "decode_step_": "_decode",
+    "decode_step_": "_decode", "decode_step_q8_": "_decode",
     "layer_norm": "_layer_norm", "layer_norm_reference": "_layer_norm",
     "linear_q8": "_linear_q8", "linear_q8_reference": "_linear_q8",
     "quantize_per_channel": "_linear_q8", "dequantize": "_linear_q8",

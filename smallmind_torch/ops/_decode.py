@@ -11,14 +11,15 @@ import torch
 
 from ._build import load
 from ._common import CALL_ERRORS, I64, check_contiguous, check_dim, check_eps, check_shape, \
-    check_tensor, diagnose
+    check_tensor, diagnose, tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
 _decode_block_ = torch.ops.smallmind.decode_block_.default
 _decode_step_ = torch.ops.smallmind.decode_step_.default
+_decode_step_q8_ = torch.ops.smallmind.decode_step_q8_.default
 
-__all__ = ["decode_block_", "decode_step_"]
+__all__ = ["decode_block_", "decode_step_", "decode_step_q8_"]
 
 
 def decode_step_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
@@ -36,15 +37,46 @@ def decode_step_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_cac
                       n_head, eps, logits, next_tokens)
         return logits, next_tokens
     except CALL_ERRORS as exc:
-        tensors = [("wte", wte), ("wpe", wpe), ("ln_f_w", ln_f_w), ("ln_f_b", ln_f_b),
-                   ("logits", logits)]
-        for name, seq in (("block_params", block_params), ("k_caches", k_caches),
-                          ("v_caches", v_caches)):
-            if isinstance(seq, (list, tuple)):
-                tensors += [(f"{name}[{i}]", t) for i, t in enumerate(seq)]
-        diagnose("decode_step_", exc, tensors=tensors,
-                 longs=(("tokens", tokens), ("next_tokens", next_tokens)),
-                 ints=(("pos", pos), ("n_head", n_head)))
+        _diagnose_step("decode_step_", exc, tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b,
+                       k_caches, v_caches, n_head, logits, next_tokens)
+        raise
+
+
+def _diagnose_step(op, exc, tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+                   v_caches, n_head, logits, next_tokens):
+    tensors = [("wte", wte), ("wpe", wpe), ("ln_f_w", ln_f_w), ("ln_f_b", ln_f_b),
+               ("logits", logits)]
+    for name, seq in (("block_params", block_params), ("k_caches", k_caches),
+                      ("v_caches", v_caches)):
+        if isinstance(seq, (list, tuple)):
+            tensors += [(f"{name}[{i}]", t) for i, t in enumerate(seq)]
+    diagnose(op, exc, tensors=tensors, longs=(("tokens", tokens), ("next_tokens", next_tokens)),
+             ints=(("pos", pos), ("n_head", n_head)))
+
+
+def decode_step_q8_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+                    v_caches, n_head: int, eps: float, logits, next_tokens, weights_q8, scales_q8):
+    """`decode_step_` with int8 weights (the `weights` switch): weights_q8 / scales_q8 hold, per
+    block, c_attn, attn.c_proj, c_fc and mlp.c_proj as int8 (N, K) with float32 scales (N,)
+    (ops.quantize_per_channel), then the lm head's; the float32 weights in block_params are
+    not read. Returns (logits, next_tokens)."""
+    try:
+        if torch.is_grad_enabled() and (wte.requires_grad or any(p.requires_grad
+                                                                 for p in block_params)):
+            raise RuntimeError("smallmind::decode_step_q8_ is inference only (no autograd); call "
+                               "it under torch.no_grad() or torch.inference_mode()")
+        _decode_step_q8_(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+                         v_caches, n_head, eps, logits, next_tokens, weights_q8, scales_q8)
+        return logits, next_tokens
+    except CALL_ERRORS as exc:
+        for name, seq, dtype in (("weights_q8", weights_q8, torch.int8),
+                                 ("scales_q8", scales_q8, torch.float32)):
+            for i, t in enumerate(seq if isinstance(seq, (list, tuple)) else ()):
+                problem = tensor_problem("decode_step_q8_", f"{name}[{i}]", t, dtype)
+                if problem is not None:
+                    raise problem from exc
+        _diagnose_step("decode_step_q8_", exc, tokens, pos, wte, wpe, block_params, ln_f_w,
+                       ln_f_b, k_caches, v_caches, n_head, logits, next_tokens)
         raise
 
 
@@ -130,8 +162,7 @@ def _check_matrix(op, name, t):
 
 
 def _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-                     n_head, eps, logits, next_tokens):
-    op = "decode_step_"
+                     n_head, eps, logits, next_tokens, op="decode_step_"):
     _check_matrix(op, "wte", wte)
     check_dim(op, "wte", wte, 2)
     v, c = wte.shape
@@ -202,3 +233,29 @@ def _decode_step_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_cac
                       n_head, eps, logits, next_tokens):
     _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
                      n_head, eps, logits, next_tokens)
+
+
+_Q8_PARAMS = (2, 4, 8, 10)  # BLOCK_PARAMS positions of the four weight matrices of a block
+
+
+@torch.library.register_fake("smallmind::decode_step_q8_")
+def _decode_step_q8_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+                         n_head, eps, logits, next_tokens, weights_q8, scales_q8):
+    op = "decode_step_q8_"
+    _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+                     n_head, eps, logits, next_tokens, op)
+    n_layer = len(block_params) // len(_PARAM_NAMES)
+    n = len(_Q8_PARAMS) * n_layer + 1
+    if len(weights_q8) != n or len(scales_q8) != n:
+        raise RuntimeError(f"smallmind::{op}: 'weights_q8' and 'scales_q8' must each hold 4 "
+                           f"tensors per block (c_attn, attn.c_proj, c_fc, mlp.c_proj) and the "
+                           f"lm head, {n} for {n_layer} blocks; got {len(weights_q8)} and "
+                           f"{len(scales_q8)}")
+    shapes = _param_shapes(wte.shape[1])
+    for i, (w, scale) in enumerate(zip(weights_q8, scales_q8)):
+        shape = tuple(wte.shape) if i == n - 1 else shapes[_Q8_PARAMS[i % 4]]
+        check_tensor(op, f"weights_q8[{i}]", w, torch.int8)
+        check_shape(op, f"weights_q8[{i}]", w, shape)
+        check_contiguous(op, f"weights_q8[{i}]", w)
+        _check_matrix(op, f"scales_q8[{i}]", scale)
+        check_shape(op, f"scales_q8[{i}]", scale, shape[:1])
