@@ -252,32 +252,27 @@ static inline void scale_inplace(float* y, int64_t n, float a) {
   for (; j < n; ++j) y[j] *= a;
 }
 
-// dot(a, b) over n
-static inline float dot(const float* a, const float* b, int64_t n) {
+// W weights as floats: float32 as they are, int8 widened (weight-only int8: float32 math)
+static inline V vload_weight(const float* p) { return vload(p); }
+static inline V vload_weight(const int8_t* p) { return vload_i8(p); }
+
+// dot(a, w) over n, w float32 (dot) or int8 (dot_q8)
+template <class Weight>
+static inline float dot_weights(const float* a, const Weight* w, int64_t n) {
   int64_t j = 0;
   V s0 = vzero(), s1 = vzero();
   for (; j + 2 * W <= n; j += 2 * W) {
-    s0 = vfmadd(vload(a + j), vload(b + j), s0);
-    s1 = vfmadd(vload(a + j + W), vload(b + j + W), s1);
+    s0 = vfmadd(vload(a + j), vload_weight(w + j), s0);
+    s1 = vfmadd(vload(a + j + W), vload_weight(w + j + W), s1);
   }
-  for (; j + W <= n; j += W) s0 = vfmadd(vload(a + j), vload(b + j), s0);
+  for (; j + W <= n; j += W) s0 = vfmadd(vload(a + j), vload_weight(w + j), s0);
   float s = vhsum(vadd(s0, s1));
-  for (; j < n; ++j) s += a[j] * b[j];
+  for (; j < n; ++j) s += a[j] * float(w[j]);
   return s;
 }
-
-// dot(a, w) over n, w int8 (widened as it is read: weight-only int8, float32 arithmetic)
+static inline float dot(const float* a, const float* b, int64_t n) { return dot_weights(a, b, n); }
 static inline float dot_q8(const float* a, const int8_t* w, int64_t n) {
-  int64_t j = 0;
-  V s0 = vzero(), s1 = vzero();
-  for (; j + 2 * W <= n; j += 2 * W) {
-    s0 = vfmadd(vload_i8(w + j), vload(a + j), s0);
-    s1 = vfmadd(vload_i8(w + j + W), vload(a + j + W), s1);
-  }
-  for (; j + W <= n; j += W) s0 = vfmadd(vload_i8(w + j), vload(a + j), s0);
-  float s = vhsum(vadd(s0, s1));
-  for (; j < n; ++j) s += float(w[j]) * a[j];
-  return s;
+  return dot_weights(a, w, n);
 }
 
 // y[j] += a * x[j]
