@@ -93,8 +93,7 @@ def linear_int8(x, module, out=None):
                            "gradient; run under torch.no_grad() / torch.inference_mode(), or "
                            "train with weights='fp32'")
     w_q, scale = quantized_weight(module)
-    y = ops.linear_q8(x, w_q, scale, module.bias)
-    return y if out is None else out.copy_(y)
+    return ops.linear_q8(x, w_q, scale, module.bias, out=out)
 
 
 # ---- bottleneck 7: token embedding (its backward matters in training) ------------------------

@@ -108,7 +108,8 @@ class StepArgs:
     only looks up its two workspace buffers."""
 
     __slots__ = ("wte", "wpe", "flat", "ln_f_w", "ln_f_b", "k_caches", "v_caches", "n_head",
-                 "eps", "vocab", "q8_modules", "q8_versions", "weights_q8", "scales_q8")
+                 "eps", "vocab", "q8_modules", "q8_sources", "q8_versions", "weights_q8",
+                 "scales_q8")
 
     def __init__(self, model, q8: bool = False):
         tr, c = model.transformer, model.config
@@ -122,11 +123,13 @@ class StepArgs:
         self.v_caches = [cache.v_cache for cache in model.kv_caches]
         self.n_head, self.eps, self.vocab = c.n_head, c.layer_norm_epsilon, c.vocab_size
         self.q8_modules = q8_modules(model) if q8 else None
+        # the float weights, held like `flat`: a step reads their versions, not the modules
+        self.q8_sources = [m.weight for m in self.q8_modules] if q8 else None
         self.q8_versions = None
 
     def refresh_q8(self):
         """The int8 weights, quantized again where a weight changed since (its version)."""
-        versions = [m.weight._version for m in self.q8_modules]
+        versions = [w._version for w in self.q8_sources]
         if versions != self.q8_versions:
             pairs = [quantized_weight(m) for m in self.q8_modules]
             self.weights_q8, self.scales_q8 = [w for w, _ in pairs], [s for _, s in pairs]

@@ -103,9 +103,32 @@ def test_gradients_match_reference():
     assert_close(gb, b.grad)
 
 
+def test_out_is_written_in_place(isa):
+    x, w_q, scale, b = _args((2, 3, 40), 24)
+    out = torch.empty(2, 3, 24)
+    assert linear_q8(x, w_q, scale, b, out=out) is out
+    _assert_matches(out, x, w_q, scale, b)
+
+
+def test_out_may_be_the_input():
+    x, w_q, scale, b = _args((3, 16), 16)
+    expected = linear_q8_reference(x, w_q, scale, b)
+    linear_q8(x, w_q, scale, b, out=x)  # out overwrites x: computed through a temporary
+    assert_close(x, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_out_with_autograd_records_the_gradient():
+    x, w_q, scale, b = _args((3, 20), 9)
+    x.requires_grad_(True)
+    out = linear_q8(x, w_q, scale, b, out=torch.empty(3, 9))
+    out.sum().backward()
+    assert_close(x.grad, dequantize(w_q, scale).sum(0).expand(3, 20))
+
+
 def test_opcheck():
     x, w_q, scale, b = _args((3, 20), 9)
     torch.library.opcheck(ops.linear_q8.default, (x, w_q, scale, b))
+    torch.library.opcheck(ops.linear_q8_out.default, (x, w_q, scale, b), {"out": torch.empty(3, 9)})
     torch.library.opcheck(ops.linear_q8.default, (x.clone().requires_grad_(), w_q, scale, b))
     torch.library.opcheck(ops.linear_q8_inference.default, (x, w_q, scale, None))
 
@@ -120,12 +143,14 @@ BAD = [  # (changes, match): the CPU kernel and the fake refuse the same way
     (dict(scale=torch.ones(9, dtype=torch.float64)), "'scale' must have dtype Float"),
     (dict(bias=torch.ones(10)), "'bias' must have shape"),
     (dict(x=torch.tensor(1.0)), "'x' must have at least 1"),
+    (dict(out=torch.empty(3, 8)), "'out' must have shape"),
+    (dict(out=torch.empty(9, 3).t()), "'out' must be contiguous"),
 ]
 
 
 def _bad_call(device="cpu", **changes):
     x, w_q, scale, b = _args((3, 20), 9)
-    args = dict(x=x, w_q=w_q, scale=scale, bias=b, **{})
+    args = dict(x=x, w_q=w_q, scale=scale, bias=b)
     args.update(changes)
     args = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
     return linear_q8(**args)

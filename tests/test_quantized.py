@@ -10,7 +10,7 @@ from smallmind_torch import GPT, OptConfig
 from smallmind_torch.config import MAX_CANDIDATES
 from smallmind_torch.study.quantized import weight_format_accuracy
 
-from helpers import TINY, ops_binding_or_skip
+from helpers import TINY, allocations, ops_binding_or_skip
 
 ops_binding_or_skip("_linear_q8")
 INT8 = MAX_CANDIDATES["custom ops"].replace(weights="int8")
@@ -117,3 +117,19 @@ def test_training_with_int8_weights_is_refused(model):
 def test_bad_combinations_are_refused(changes, match):
     with pytest.raises(ValueError, match=match):
         OptConfig(**changes)
+
+
+@pytest.mark.parametrize("phase", [INT8, INT8_FUSED], ids=["custom-ops", "fused-decode"])
+def test_a_decode_step_allocates_what_the_fp32_step_does(model, phase):
+    # the int8 linear writes into the workspace (linear_q8_out) like the fp32 one
+    fp32 = phase.replace(weights="fp32")
+    counts = []
+    for opt in (fp32, phase):
+        model.set_phase(opt)
+        model.setup_caches(1)
+        with torch.inference_mode():
+            model.prefill(torch.randint(0, TINY.vocab_size, (1, 5)))
+            token = torch.tensor([[3]])
+            model.decode_step(token)  # warm-up
+            counts.append(allocations(lambda: model.decode_step(token)))
+    assert counts[1] == counts[0]

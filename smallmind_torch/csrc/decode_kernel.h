@@ -70,21 +70,6 @@ static inline void gemv_cols(const float* a, int64_t M, int64_t K, const float* 
     for (int64_t i = 0; i < M; ++i) emit(i, j, dot(a + i * K, w + j * K, K));
 }
 
-// gemv_cols with an int8 weight w (N, K) and its scales: out = scale[j] * dot(a_i, w_j) + bias[j].
-// Weight row outer, sequences inner: each int8 row is read from memory once per call.
-static inline void gemv_cols_q8(const float* a, int64_t M, int64_t K, const int8_t* w,
-                                const float* scale, const float* bias, int64_t j0, int64_t j1,
-                                float* out, int64_t ldo, bool accumulate) {
-  for (int64_t j = j0; j < j1; ++j) {
-    const int8_t* wj = w + j * K;
-    for (int64_t i = 0; i < M; ++i) {
-      const float v = dot_q8(a + i * K, wj, K) * scale[j] + (bias ? bias[j] : 0.f);
-      float* o = out + i * ldo + j;
-      *o = accumulate ? *o + v : v;
-    }
-  }
-}
-
 // Matrix m of a block (0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj) on columns [j0, j1):
 // its int8 form when the layer has one, else the float32 weight.
 static inline void layer_gemv(const DecodeLayer& layer, int m, const float* a, int64_t M,

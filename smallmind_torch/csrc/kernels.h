@@ -9,8 +9,9 @@
 // and call a kernel through SMALLMIND_DISPATCH(current_isa(), ...).
 //
 // In reading order: vec_math.h (the vector type of the ISA and row helpers), layer_norm_row.h,
-// gemm_kernel.h, attention_kernel.h (also the causal softmax rows), decode_kernel.h (the fused
-// decode block and the whole-model decode step), linear_q8_kernel.h (weight-only int8 linear).
+// gemm_kernel.h, attention_kernel.h (also the causal softmax rows), linear_q8_kernel.h (weight-only
+// int8 matrix-vector products), decode_kernel.h (the fused decode block and the whole-model
+// decode step, on float32 or int8 weights).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -76,8 +77,8 @@ struct DecodeStep {
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"
 #include "attention_kernel.h"
-#include "decode_kernel.h"
 #include "linear_q8_kernel.h"
+#include "decode_kernel.h"
 #undef SMALLMIND_ISA_NS
 #undef SMALLMIND_ISA_LEVEL
 #pragma GCC pop_options
@@ -90,8 +91,8 @@ struct DecodeStep {
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"
 #include "attention_kernel.h"
-#include "decode_kernel.h"
 #include "linear_q8_kernel.h"
+#include "decode_kernel.h"
 #undef SMALLMIND_ISA_NS
 #undef SMALLMIND_ISA_LEVEL
 #pragma GCC pop_options
@@ -104,7 +105,7 @@ struct DecodeStep {
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"
 #include "attention_kernel.h"
-#include "decode_kernel.h"
 #include "linear_q8_kernel.h"
+#include "decode_kernel.h"
 #undef SMALLMIND_ISA_NS
 #undef SMALLMIND_ISA_LEVEL

@@ -1,8 +1,9 @@
-// Weight-only int8 linear (the first kernel of the quantized phase): linear_q8(x, w_q, scale,
-// bias) = x @ (scale[:, None] * w_q)^T + bias (and its no-autograd twin linear_q8_inference), x float32 (..., K), w_q int8 (N, K) contiguous,
-// scale float32 (N,), bias float32 (N,) or None; a new (..., N) float32 tensor. The kernel,
-// once per ISA, is in linear_q8_kernel.h; the quantization (per output channel, symmetric) and
-// the plain-PyTorch reference are in smallmind_torch/ops/_linear_q8.py.
+// Weight-only int8 linear (the `weights` switch): linear_q8(x, w_q, scale, bias) =
+// x @ (scale[:, None] * w_q)^T + bias, x float32 (..., K), w_q int8 (N, K) contiguous, scale
+// float32 (N,), bias float32 (N,) or None; a new (..., N) float32 tensor. linear_q8_inference is
+// its no-autograd twin; linear_q8_out writes a contiguous `out` (through a temporary when out
+// overlaps an input). The kernel, once per ISA, is in linear_q8_kernel.h; the quantization (per
+// output channel, symmetric) and the plain-PyTorch reference are in ops/_linear_q8.py.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -20,8 +21,10 @@ void linear_q8_kernel(const float* x, int64_t M, int64_t K, const int8_t* w, con
   SMALLMIND_DISPATCH(current_isa(), linear_q8, x, M, K, w, scale, bias, y, N, num_threads());
 }
 
-at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& scale,
-                     const std::optional<at::Tensor>& bias) {
+// Validates and returns the output shape (..., N).
+std::vector<int64_t> linear_q8_check(const at::Tensor& x, const at::Tensor& w_q,
+                                     const at::Tensor& scale,
+                                     const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "linear_q8";
   check_cpu_float32(x, op, "x");
   check_min_dim(x, 1, op, "x");
@@ -39,16 +42,47 @@ at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& w_q, const at::Tenso
     check_shape(*bias, {N}, op, "bias");
     check_contiguous(*bias, op, "bias");
   }
-  std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
-  out_sizes.back() = N;
-  at::Tensor y = at::empty(out_sizes, x.options().memory_format(at::MemoryFormat::Contiguous));
-  if (y.numel() == 0) return y;
-  if (K == 0) return y.zero_().add_(bias ? *bias : y.new_zeros({N}));
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
+}
+
+// y (contiguous, the checked shape) = linear_q8(x, ...).
+void linear_q8_into(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& scale,
+                    const std::optional<at::Tensor>& bias, at::Tensor& y) {
+  const int64_t N = w_q.size(0), K = w_q.size(1);
+  if (y.numel() == 0) return;
+  if (K == 0) {
+    y.zero_();
+    if (bias) y.add_(*bias);
+    return;
+  }
   const at::Tensor xc = x.contiguous();
   linear_q8_kernel(xc.const_data_ptr<float>(), xc.numel() / K, K, w_q.const_data_ptr<int8_t>(),
                    scale.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
                    y.data_ptr<float>(), N);
+}
+
+at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& scale,
+                     const std::optional<at::Tensor>& bias) {
+  at::Tensor y = at::empty(linear_q8_check(x, w_q, scale, bias),
+                           x.options().memory_format(at::MemoryFormat::Contiguous));
+  linear_q8_into(x, w_q, scale, bias, y);
   return y;
+}
+
+void linear_q8_out(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& scale,
+                   const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  const std::vector<int64_t> shape = linear_q8_check(x, w_q, scale, bias);
+  check_out_float32(out, shape, "linear_q8", "out");
+  if (may_overlap(out, x) || may_overlap(out, scale) ||
+      (bias.has_value() && may_overlap(out, *bias)) || extents_intersect(out, w_q)) {
+    at::Tensor tmp = at::empty(shape, x.options());  // out overwrites an input
+    linear_q8_into(x, w_q, scale, bias, tmp);
+    out.copy_(tmp);
+    return;
+  }
+  linear_q8_into(x, w_q, scale, bias, out);
 }
 
 }  // namespace
@@ -57,9 +91,13 @@ at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& w_q, const at::Tenso
 TORCH_LIBRARY_FRAGMENT(smallmind, m) {
   m.def("linear_q8(Tensor x, Tensor w_q, Tensor scale, Tensor? bias=None) -> Tensor");
   m.def("linear_q8_inference(Tensor x, Tensor w_q, Tensor scale, Tensor? bias=None) -> Tensor");
+  m.def(
+      "linear_q8_out(Tensor x, Tensor w_q, Tensor scale, Tensor? bias=None, *, Tensor(a!) out) "
+      "-> ()");
 }
 
 TORCH_LIBRARY_IMPL(smallmind, CPU, m) {
   m.impl("linear_q8", &smallmind::linear_q8);
   m.impl("linear_q8_inference", &smallmind::linear_q8);
+  m.impl("linear_q8_out", &smallmind::linear_q8_out);
 }

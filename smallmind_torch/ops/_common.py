@@ -26,6 +26,7 @@ import torch
 
 F32 = torch.float32
 I64 = torch.int64
+I8 = torch.int8
 _DTYPE_NAMES = {torch.float32: "Float (torch.float32)", torch.int64: "Long (torch.int64)",
                 torch.int8: "Char (torch.int8)"}
 

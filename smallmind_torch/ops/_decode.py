@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._build import load
-from ._common import CALL_ERRORS, I64, check_contiguous, check_dim, check_eps, check_shape, \
+from ._common import CALL_ERRORS, I8, I64, check_contiguous, check_dim, check_eps, check_shape, \
     check_tensor, diagnose, tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
@@ -69,7 +69,7 @@ def decode_step_q8_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_
                          v_caches, n_head, eps, logits, next_tokens, weights_q8, scales_q8)
         return logits, next_tokens
     except CALL_ERRORS as exc:
-        for name, seq, dtype in (("weights_q8", weights_q8, torch.int8),
+        for name, seq, dtype in (("weights_q8", weights_q8, I8),
                                  ("scales_q8", scales_q8, torch.float32)):
             for i, t in enumerate(seq if isinstance(seq, (list, tuple)) else ()):
                 problem = tensor_problem("decode_step_q8_", f"{name}[{i}]", t, dtype)
@@ -254,7 +254,7 @@ def _decode_step_q8_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_
     shapes = _param_shapes(wte.shape[1])
     for i, (w, scale) in enumerate(zip(weights_q8, scales_q8)):
         shape = tuple(wte.shape) if i == n - 1 else shapes[_Q8_PARAMS[i % 4]]
-        check_tensor(op, f"weights_q8[{i}]", w, torch.int8)
+        check_tensor(op, f"weights_q8[{i}]", w, I8)
         check_shape(op, f"weights_q8[{i}]", w, shape)
         check_contiguous(op, f"weights_q8[{i}]", w)
         _check_matrix(op, f"scales_q8[{i}]", scale)

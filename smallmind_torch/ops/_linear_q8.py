@@ -11,17 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from ._build import load
-from ._common import CALL_ERRORS, check_contiguous, check_dim, check_min_dim, check_shape, \
-    check_tensor, diagnose, needs_grad, tensor_problem
+from ._common import CALL_ERRORS, I8, check_contiguous, check_dim, check_min_dim, check_out, \
+    check_shape, check_tensor, diagnose, needs_grad, tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
 _linear_q8 = torch.ops.smallmind.linear_q8.default
 _linear_q8_inference = torch.ops.smallmind.linear_q8_inference.default
+_linear_q8_out = torch.ops.smallmind.linear_q8_out.default
 
 __all__ = ["dequantize", "linear_q8", "linear_q8_reference", "quantize_per_channel"]
-
-I8 = torch.int8
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple:
@@ -49,16 +48,24 @@ def linear_q8_reference(x, w_q, scale, bias=None):
     return F.linear(x, dequantize(w_q, scale), bias)
 
 
-def linear_q8(x: torch.Tensor, w_q: torch.Tensor, scale: torch.Tensor, bias=None) -> torch.Tensor:
-    """x (..., K) float32 @ (scale[:, None] * w_q)^T + bias -> (..., N) float32."""
+def linear_q8(x: torch.Tensor, w_q: torch.Tensor, scale: torch.Tensor, bias=None,
+              out=None) -> torch.Tensor:
+    """x (..., K) float32 @ (scale[:, None] * w_q)^T + bias -> (..., N) float32; with `out`
+    ((..., N)), written there."""
     try:
-        return (_linear_q8 if needs_grad(x, bias) else _linear_q8_inference)(x, w_q, scale, bias)
+        grad = needs_grad(x, bias)
+        if out is None:
+            return (_linear_q8 if grad else _linear_q8_inference)(x, w_q, scale, bias)
+        if grad:  # the out-variant records no gradient: compute with autograd, record the copy
+            return out.copy_(_linear_q8(x, w_q, scale, bias))
+        _linear_q8_out(x, w_q, scale, bias, out=out)
+        return out
     except CALL_ERRORS as exc:
         problem = tensor_problem("linear_q8", "w_q", w_q, I8)
         if problem is not None:
             raise problem from exc
         diagnose("linear_q8", exc, tensors=(("x", x), ("scale", scale)),
-                 optional=(("bias", bias),))
+                 optional=(("bias", bias), ("out", out)))
         raise
 
 
@@ -88,6 +95,11 @@ def _linear_q8_fake(x, w_q, scale, bias=None):
 @torch.library.register_fake("smallmind::linear_q8_inference")
 def _linear_q8_inference_fake(x, w_q, scale, bias=None):
     return _linear_q8_fake(x, w_q, scale, bias)
+
+
+@torch.library.register_fake("smallmind::linear_q8_out")
+def _linear_q8_out_fake(x, w_q, scale, bias=None, *, out):
+    check_out("linear_q8", out, _linear_q8_fake(x, w_q, scale, bias).shape)
 
 
 # ---- autograd: through x and bias (the int8 weight and its scale are constants) ----

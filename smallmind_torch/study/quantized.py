@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..config import OptConfig
-from .harness import check_input, fixed_prompt
+from ..train.corpus import get_batch
+from ..train.loop import lm_loss
+from .harness import _first_mismatch, check_input, fixed_prompt
 
 AGREEMENT_TOKENS = (50, 200)
 
@@ -38,8 +40,13 @@ class FormatAccuracy:
         return {**asdict(self), "val_loss_change": self.val_loss_change}
 
 
-def _greedy(model, prompt, n):
-    return model.generate(prompt, n, temperature=0.0)[:, prompt.size(1):]
+def _run(model, phase, x, prompt, val) -> tuple:
+    """Under `phase`: the logits of x, the greedy continuation of the prompt (as long as the
+    longest agreement count), the validation loss (None without data)."""
+    model.set_phase(phase)
+    with torch.inference_mode():
+        tokens = model.generate(prompt, max(AGREEMENT_TOKENS))[0, prompt.size(1):]
+        return model(x), tokens, None if val is None else _loss(model, val)
 
 
 def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
@@ -48,19 +55,11 @@ def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
     reference on `model`'s weights; the model is left in reference. Generation longer than
     block_size crops the context as generate always does."""
     config = model.config
-    x = check_input(config)
-    prompt = fixed_prompt(config)
+    x, prompt = check_input(config), fixed_prompt(config)
     val = None if val_data is None else _val_batches(val_data, config.block_size, val_batches,
                                                      batch_size)
-    runs = {}
-    for name in ("reference", phase):
-        model.set_phase(name)
-        with torch.inference_mode():
-            runs[name is phase] = (model(x),
-                                   {n: _greedy(model, prompt, n) for n in AGREEMENT_TOKENS},
-                                   None if val is None else _loss(model, val))
-    model.set_phase("reference")
-    (ref_logits, ref_tokens, ref_loss), (logits, tokens, loss) = runs[False], runs[True]
+    logits, tokens, loss = _run(model, phase, x, prompt, val)
+    ref_logits, ref_tokens, ref_loss = _run(model, "reference", x, prompt, val)
     diff = (logits - ref_logits).abs().flatten()
     # torch.quantile takes at most 2^24 values; the check input gives block_size x vocab
     quantiles = torch.quantile(diff[:2**24].double(),
@@ -69,11 +68,10 @@ def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
         phase=_phase_name(phase), max_abs_logit_diff=float(diff.max()),
         logit_diff_quantiles=dict(zip(("p50", "p90", "p99"), map(float, quantiles))),
         val_loss=loss, val_loss_reference=ref_loss)
-    for n in AGREEMENT_TOKENS:
-        equal = (tokens[n] == ref_tokens[n])[0]
-        result.greedy_agreement[str(n)] = float(equal.float().mean())
-        differs = (~equal).nonzero()
-        result.first_divergence[str(n)] = int(differs[0]) if len(differs) else n
+    for n in AGREEMENT_TOKENS:  # greedy: the first n tokens of the longest continuation
+        result.greedy_agreement[str(n)] = float((tokens[:n] == ref_tokens[:n]).float().mean())
+        mismatch = _first_mismatch(tokens[:n], ref_tokens[:n])
+        result.first_divergence[str(n)] = n if mismatch is None else mismatch
     return result
 
 
@@ -85,16 +83,10 @@ def _phase_name(phase) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "reference"
 
 
-def _val_batches(data, block_size, n, batch_size):
+def _val_batches(data, block_size, n, batch_size) -> list:
     g = torch.Generator().manual_seed(1338)  # the same batches for every format
-    starts = torch.randint(0, len(data) - block_size - 1, (n, batch_size), generator=g)
-    return [(torch.stack([data[s:s + block_size] for s in row]),
-             torch.stack([data[s + 1:s + 1 + block_size] for s in row])) for row in starts]
+    return [get_batch(data, batch_size, block_size, g) for _ in range(n)]
 
 
 def _loss(model, batches) -> float:
-    total = 0.0
-    for x, y in batches:
-        logits = model(x)
-        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()))
-    return total / len(batches)
+    return sum(float(lm_loss(model, x, y)) for x, y in batches) / len(batches)
