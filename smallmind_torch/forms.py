@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
 from .labels import region
@@ -73,27 +74,30 @@ LINEAR = {"torch": linear_torch, "custom": linear_custom}
 
 # ---- beyond the seed: int8 weights (the `weights` switch) ------------------------------------
 
-def quantized_weight(module):
-    """(w_q, scale) of module.weight (ops.quantize_per_channel), made once per version of the
-    weight: an in-place change (load_state_dict, an optimizer step) or a new weight tensor
-    quantizes again at the next call. Kept as a plain attribute of the module, so the
-    state_dict stays fp32 and switching back to fp32 weights gives the exact model."""
-    w = module.weight
-    cached = module.__dict__.get("weight_q8")
-    if cached is None or cached[0] is not w or cached[1] != w._version:
+# weight -> (its version when quantized, w_q, scale); keyed by identity, dropped with the weight
+_QUANTIZED = WeakIdKeyDictionary()
+
+
+def quantized_weight(weight):
+    """(w_q, scale) of a float weight (ops.quantize_per_channel), made once per version of the
+    weight: an in-place change (load_state_dict, an optimizer step) quantizes it again at the
+    next call. Held beside the model, not in it: the state_dict stays fp32 and switching back
+    to fp32 weights gives the exact model."""
+    cached = _QUANTIZED.get(weight)
+    if cached is None or cached[0] != weight._version:
         with torch.no_grad():
-            w_q, scale = ops.quantize_per_channel(w)
-        cached = module.__dict__["weight_q8"] = (w, w._version, w_q, scale)
-    return cached[2], cached[3]
+            w_q, scale = ops.quantize_per_channel(weight)
+        cached = _QUANTIZED[weight] = (weight._version, w_q, scale)
+    return cached[1], cached[2]
 
 
-def linear_int8(x, module, out=None):
-    if torch.is_grad_enabled() and module.weight.requires_grad:
+def linear_int8(x, weight, bias, out=None):
+    if torch.is_grad_enabled() and weight.requires_grad:
         raise RuntimeError("weights='int8' is for inference: the int8 copy of a weight has no "
                            "gradient; run under torch.no_grad() / torch.inference_mode(), or "
                            "train with weights='fp32'")
-    w_q, scale = quantized_weight(module)
-    return ops.linear_q8(x, w_q, scale, module.bias, out=out)
+    w_q, scale = quantized_weight(weight)
+    return ops.linear_q8(x, w_q, scale, bias, out=out)
 
 
 # ---- bottleneck 7: token embedding (its backward matters in training) ------------------------
@@ -122,13 +126,6 @@ def labelled_linear(form):
     def linear(x, module, out=None):
         with region("linear"):
             return form(x, module.weight, module.bias, out=out)
-    return linear
-
-
-def labelled_linear_int8():
-    def linear(x, module, out=None):
-        with region("linear"):
-            return linear_int8(x, module, out=out)
     return linear
 
 

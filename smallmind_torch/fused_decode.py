@@ -10,7 +10,7 @@ The unit in one file, read top to bottom:
 - `decode_step` / `decode_greedy`: the model's decode step on the op, what the `fused_decode`
   switch selects for one new token per sequence; logits or, for greedy generation, the next
   token ids, views of the model's workspace. `decode_step_q8` / `decode_greedy_q8`: the same
-  on `decode_step_q8_` with the int8 weights of the `weights` switch (`q8_modules`: which
+  on `decode_step_q8_` with the int8 weights of the `weights` switch (`q8_weights`: which
   weights, in the op's order; quantized again when a weight changes).
 
 Why: a decode step through the module path is ~150 small op calls, each paying the dispatcher
@@ -43,13 +43,11 @@ def block_params(block) -> list:
 # `decode_step_q8_`'s int8 weights: these four matrices of every block (their BLOCK_PARAMS
 # positions), then the lm head
 Q8_PARAMS = (2, 4, 8, 10)
-Q8_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
-def q8_modules(model) -> list:
-    """The linear modules whose weights decode_step_q8_ takes as int8, in its order."""
-    return [block.get_submodule(name) for block in model.transformer.h
-            for name in Q8_MODULES] + [model.lm_head]
+def q8_weights(model) -> list:
+    """The float weights decode_step_q8_ takes as int8, in its order."""
+    return [params[i] for params in model.block_params for i in Q8_PARAMS] + [model.lm_head.weight]
 
 
 def decode_block_reference(x, params, k_cache, v_cache, pos: int, n_head: int, eps: float):
@@ -108,8 +106,7 @@ class StepArgs:
     only looks up its two workspace buffers."""
 
     __slots__ = ("wte", "wpe", "flat", "ln_f_w", "ln_f_b", "k_caches", "v_caches", "n_head",
-                 "eps", "vocab", "q8_modules", "q8_sources", "q8_versions", "weights_q8",
-                 "scales_q8")
+                 "eps", "vocab", "q8_sources", "q8_versions", "weights_q8", "scales_q8")
 
     def __init__(self, model, q8: bool = False):
         tr, c = model.transformer, model.config
@@ -122,16 +119,14 @@ class StepArgs:
         self.k_caches = [cache.k_cache for cache in model.kv_caches]
         self.v_caches = [cache.v_cache for cache in model.kv_caches]
         self.n_head, self.eps, self.vocab = c.n_head, c.layer_norm_epsilon, c.vocab_size
-        self.q8_modules = q8_modules(model) if q8 else None
-        # the float weights, held like `flat`: a step reads their versions, not the modules
-        self.q8_sources = [m.weight for m in self.q8_modules] if q8 else None
+        self.q8_sources = q8_weights(model) if q8 else None  # the float weights, like `flat`
         self.q8_versions = None
 
     def refresh_q8(self):
         """The int8 weights, quantized again where a weight changed since (its version)."""
         versions = [w._version for w in self.q8_sources]
         if versions != self.q8_versions:
-            pairs = [quantized_weight(m) for m in self.q8_modules]
+            pairs = [quantized_weight(w) for w in self.q8_sources]
             self.weights_q8, self.scales_q8 = [w for w, _ in pairs], [s for _, s in pairs]
             self.q8_versions = versions
 

@@ -22,7 +22,7 @@ from . import compiled, fused_decode, generation, phases, workspace
 from .attention import resolve as resolve_attention
 from .config import ModelConfig, OptConfig
 from .forms import (EMBEDDING, LAYER_NORM, LINEAR, labelled_embedding, labelled_layer_norm,
-                    labelled_linear, labelled_linear_int8)
+                    labelled_linear, linear_int8)
 from .kv_cache import KVCache
 from .labels import region
 
@@ -111,8 +111,8 @@ def resolve_forms(opt: OptConfig) -> Forms:
         def decode_greedy(model, token, start):
             return decode(model, token, start)[:, -1, :].argmax(dim=-1, keepdim=True)
     return Forms(layer_norm=labelled_layer_norm(LAYER_NORM[opt.layernorm]),
-                 linear=(labelled_linear_int8() if opt.weights == "int8"
-                         else labelled_linear(LINEAR[opt.matmul])),
+                 linear=labelled_linear(linear_int8 if opt.weights == "int8"
+                                        else LINEAR[opt.matmul]),
                  embedding=labelled_embedding(EMBEDDING[opt.embedding_backward]),
                  attention=attention, attention_into=attention_into,
                  forward=forward, decode=decode, decode_greedy=decode_greedy,
