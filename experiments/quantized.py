@@ -4,7 +4,8 @@ costs in accuracy (study/quantized.py).
 The int8 combinations are two of `max`'s candidates with weights='int8': "fused decode" (the
 whole decode step in one decode_step_q8_ call, the prefill on linear_q8) and "custom ops"
 (every linear layer and the lm head on the linear_q8 op). Every contender runs on the same
-weights, in its own model of one process, alternating run by run; medians (min-max).
+weights, in its own model of one process, alternating run by run; medians ± half their range
+(! = runs more than 1.5x apart).
 
 Run: `python experiments/quantized.py [--checkpoint DIR] [--shapes seed gpt2-small]
       [--threads 1 2] [--runs 5] [--new-tokens 50]`
@@ -20,6 +21,8 @@ from smallmind_torch import GPT, ModelConfig
 from smallmind_torch.config import MAX_CANDIDATES
 from smallmind_torch.study.harness import fixed_prompt, measure_generation
 from smallmind_torch.study.quantized import weight_format_accuracy
+from smallmind_torch.study.results import spread
+from smallmind_torch.study.tables import with_spread_value
 from smallmind_torch.study.timing import threads as run_threads
 
 INT8 = {f"int8 weights ({label})": MAX_CANDIDATES[label].replace(weights="int8")
@@ -46,8 +49,9 @@ def _models(shape: str, checkpoint):
     return models
 
 
-def _span(values) -> str:
-    return f"{statistics.median(values):.4g} ({min(values):.4g}-{max(values):.4g})"
+def _figure(values, digits) -> str:
+    s = spread(values)  # the study's median with its ± (half range / median) and ! flag
+    return with_spread_value(s["median"], s, digits)
 
 
 def speed(shape, checkpoint, thread_counts, runs, new_tokens) -> list:
@@ -66,7 +70,7 @@ def speed(shape, checkpoint, thread_counts, runs, new_tokens) -> list:
                         figures[name][k] += run.get(k, [])
         base = statistics.median(figures[next(iter(models))]["tokens_per_s"])
         for name, f in figures.items():
-            rows.append((shape, n, name, _span(f["tokens_per_s"]), _span(f["decode_ms"]),
+            rows.append((shape, n, name, _figure(f["tokens_per_s"], 1), _figure(f["decode_ms"], 3),
                          f"{statistics.median(f['tokens_per_s']) / base:.2f}x"))
     return rows
 
@@ -95,10 +99,10 @@ def main(argv=None) -> int:
     print(f"weights: seed {'checkpoint ' + checkpoint if checkpoint else 'random'}, "
           f"gpt2-small random; {args.new_tokens} new tokens after 16, greedy; "
           f"{args.runs} runs, alternating")
-    print(f"{'shape':<11} {'threads':>7}  {'contender':<31} {'tokens/s':<24} {'decode ms':<24} x fp32")
+    print(f"{'shape':<11} {'threads':>7}  {'contender':<31} {'tokens/s':<16} {'decode ms':<16} x fp32")
     for shape in args.shapes:
         for row in speed(shape, checkpoint, args.threads, args.runs, args.new_tokens):
-            print(f"{row[0]:<11} {row[1]:>7}  {row[2]:<31} {row[3]:<24} {row[4]:<24} {row[5]}")
+            print(f"{row[0]:<11} {row[1]:>7}  {row[2]:<31} {row[3]:<16} {row[4]:<16} {row[5]}")
     if "seed" in args.shapes:
         acc = accuracy(checkpoint)
         q = acc.logit_diff_quantiles

@@ -1,5 +1,8 @@
-"""What several test modules share: shapes, a skip for unbuildable custom ops, allocation counts."""
+"""What several test modules share: shapes, a skip for unbuildable custom ops, allocation counts,
+the experiment scripts as modules."""
 import importlib
+import importlib.util
+from pathlib import Path
 
 import pytest
 from torch.profiler import ProfilerActivity, profile
@@ -55,3 +58,12 @@ def allocations(fn):
         fn()
     nbytes, count = allocations_from_events(prof.profiler.kineto_results.events())
     return count, nbytes
+
+
+def load_experiment(name: str):
+    """experiments/<name>.py as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -188,12 +188,8 @@ def test_the_worker_answers_json_lines(tmp_path):
 
 
 def test_the_experiment_script_runs_the_command(capsys):
-    import importlib.util
-    from pathlib import Path
+    from helpers import load_experiment
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "peers.py"
-    spec = importlib.util.spec_from_file_location("experiment_peers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_experiment("peers")
     assert module.main(["--tiny", "--engines", "nope"]) == 2
     assert "unknown engine 'nope'" in capsys.readouterr().err

@@ -178,13 +178,9 @@ def test_bench_cli_writes_json(tmp_path):
 
 
 def test_experiment_script_main(capsys):
-    import importlib.util
-    from pathlib import Path
+    from helpers import load_experiment
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "phase1_batched_attention.py"
-    spec = importlib.util.spec_from_file_location("exp_phase1", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_experiment("phase1_batched_attention")
     assert mod.main(["--tiny", "--no-progress", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "phase1" in out and "tokens/s" in out

@@ -10,7 +10,7 @@ from smallmind_torch import GPT, OptConfig
 from smallmind_torch.config import MAX_CANDIDATES
 from smallmind_torch.study.quantized import weight_format_accuracy
 
-from helpers import TINY, allocations, ops_binding_or_skip
+from helpers import TINY, allocations, load_experiment, ops_binding_or_skip
 
 ops_binding_or_skip("_linear_q8")
 INT8 = MAX_CANDIDATES["custom ops"].replace(weights="int8")
@@ -133,3 +133,11 @@ def test_a_decode_step_allocates_what_the_fp32_step_does(model, phase):
             model.decode_step(token)  # warm-up
             counts.append(allocations(lambda: model.decode_step(token)))
     assert counts[1] == counts[0]
+
+
+def test_the_experiment_prints_speed_and_accuracy(tmp_path, capsys):
+    assert load_experiment("quantized").main(["--shapes", "seed", "--threads", "1", "--runs", "1", "--new-tokens", "3",
+                            "--checkpoint", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "int8 weights (fused decode)" in out and "x fp32" in out
+    assert "greedy tokens equal over 200" in out and "validation loss: fp32" in out

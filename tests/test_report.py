@@ -1,6 +1,5 @@
 """run_all on a tiny configuration writes REPORT.md, results.json and the plots; the tables
 render FAILED / unavailable rows."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,20 +7,15 @@ from smallmind_torch.study import plots, report, tables
 from smallmind_torch.study.harness import BenchSettings
 from smallmind_torch.study.results import Check, PeerResult, PhaseResult, StudyResult
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_experiment
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_run_all_tiny(tmp_path):
     out, logdir = tmp_path / "results", tmp_path / "runs"
-    rc = _load("run_all").main(["--tiny", "--out", str(out), "--logdir", str(logdir), "--no-progress",
-                                "--threads", "1", "--phases", "reference", "phase0", "phase1", "max"])
+    rc = load_experiment("run_all").main(["--tiny", "--out", str(out), "--logdir", str(logdir),
+                                          "--no-progress", "--threads", "1", "--phases",
+                                          "reference", "phase0", "phase1", "max"])
     assert rc == 0
     text = (out / "REPORT.md").read_text()
     for heading in ("## The story", "## Main table", "## Where a token's time goes",
