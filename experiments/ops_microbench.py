@@ -204,10 +204,13 @@ def decode_cases(ops):
 
 
 def q8_cases(ops):
-    """Weight-only int8 linear (`linear_q8`) at decode (M = 1), seed and GPT-2 small layers,
-    against float32 F.linear on the float weight it was quantized from; bytes = what the int8
-    weight and its scales take (a float32 weight is 4x the weight bytes)."""
-    linear_q8, quantize = _get(ops, "linear_q8"), _get(ops, "quantize_per_channel")
+    """The linear ops on low-precision weights at decode (M = 1), seed and GPT-2 small layers,
+    against float32 F.linear on the float weight they were made from: `linear_q8` (int8
+    weights), `linear_w8a8` (int8 activations too: VNNI where present) and `linear_bf16`;
+    bytes = what the op's weight (and scales) take (a float32 weight is 4 bytes a weight)."""
+    from smallmind_torch.weight_formats import quantize_per_channel, to_bf16
+
+    kernels = {name: _get(ops, name) for name in ("linear_q8", "linear_w8a8", "linear_bf16")}
     cases = []
     g = torch.Generator().manual_seed(0)
     for c, vocab, label in ((C, V, "seed"), (768, 50257, "gpt2-small")):
@@ -215,11 +218,14 @@ def q8_cases(ops):
                            (c, vocab, "lm head")):
             w, bias, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), \
                 torch.randn(1, k, generator=g)
-            w_q, scale = quantize(w) if quantize else (None, None)
-            cases.append(("linear_q8", f"{label} 1x{k}x{n} ({what}) vs fp32", "bytes",
-                          (lambda x=x, w_q=w_q, s=scale, b=bias: linear_q8(x, w_q, s, b))
-                          if linear_q8 else None,
-                          lambda x=x, w=w, b=bias: F.linear(x, w, b), None, n * k + 4 * n))
+            args = {"linear_q8": quantize_per_channel(w), "linear_w8a8": quantize_per_channel(w),
+                    "linear_bf16": (to_bf16(w),)}
+            nbytes = {"linear_q8": n * k + 4 * n, "linear_w8a8": n * k + 4 * n,
+                      "linear_bf16": 2 * n * k}
+            for name, fn in kernels.items():
+                cases.append((name, f"{label} 1x{k}x{n} ({what}) vs fp32", "bytes",
+                              (lambda x=x, a=args[name], b=bias, fn=fn: fn(x, *a, b)) if fn else None,
+                              lambda x=x, w=w, b=bias: F.linear(x, w, b), None, nbytes[name]))
     return cases
 
 

@@ -4,7 +4,8 @@
 row of the study's bottleneck table (docs/study.md); each field names the *form* that row
 runs in. `PHASES` holds the fixed presets and `MAX_CANDIDATES` what "max" chooses from: data,
 not code paths (`phases.resolve` turns a name into an OptConfig, `model.resolve_forms` an
-OptConfig into callables).
+OptConfig into callables). `MAX_PRESETS` names the presets chosen by measurement: "max" and
+"max-int8".
 """
 from __future__ import annotations
 
@@ -78,10 +79,15 @@ FORMS: dict[str, tuple] = {
     # beyond the seed: torch.compile of the forward and of a static-shape decode step
     # (compiled.py), instead of hand-written ops; "max-autotune" also tunes Inductor's kernels
     "compile": ("off", "inductor", "max-autotune"),
-    # beyond the seed: the linear layers' and the lm head's weights as stored for the matmuls;
-    # "int8" = weight-only int8 per output channel, float32 activations and arithmetic (our
-    # linear_q8 op), quantized from the fp32 parameters, which stay as they are
-    "weights": ("fp32", "int8"),
+    # beyond the seed: the linear layers' and the lm head's weights as stored for the matmuls,
+    # made once from the fp32 parameters, which stay as they are (weight_formats.py);
+    # "int8" = weight-only int8 per output channel, float32 activations and arithmetic;
+    # "bf16" = bfloat16 weights and activations in the dot products, float32 accumulation
+    # (native bf16 dot products on AVX512_BF16); "w8a8" = int8's weights with int8 activations
+    # (each row quantized on the fly) and exact int32 dot products (VNNI where present), as
+    # the engines' int8 compute types do; with matmul="torch" each is computed in float32 on
+    # the rounded operands by the library's GEMM (the naive form)
+    "weights": ("fp32", "int8", "bf16", "w8a8"),
 }
 
 # Forms that only make sense on top of others: (switch, form) -> the switches it needs.
@@ -90,20 +96,33 @@ REQUIRES = {
     # compiled code allocates its own intermediates and runs its own decode step
     ("compile", "inductor"): {"workspace": False, "fused_decode": False},
     ("compile", "max-autotune"): {"workspace": False, "fused_decode": False},
-    # int8 weights run on our kernels (linear_q8 for the custom matmul, decode_step_q8_ for
-    # the fused decode step); compiled code reads fp32 weights
-    ("weights", "int8"): {"matmul": "custom", "compile": "off"},
+    # compiled code reads the fp32 weights; the fused decode step has int8 variants
+    # (decode_step_q8_, for int8 and w8a8), no bf16 one
+    ("weights", "int8"): {"compile": "off"},
+    ("weights", "w8a8"): {"compile": "off"},
+    ("weights", "bf16"): {"compile": "off", "fused_decode": False},
 }
 
-# Forms whose output is not the reference's up to float rounding: their error is measured
-# (study/quantized.py) and bounded by their own tests, instead of being checked to 1e-4.
-LOSSY_FORMS = {("weights", "int8")}
+# Forms whose output is not the reference's up to float rounding: their error against fp32 is
+# measured (study/quantized.py) and bounded by their own tests; a phase with one is checked to
+# 1e-4 against `reference_for(opt)`, the reference forms on the same rounded weights.
+LOSSY_FORMS = {("weights", "int8"), ("weights", "bf16"), ("weights", "w8a8")}
+
+# The check's bound on |logit difference| against reference_for(opt), by weight format, where
+# float rounding (1e-4) is not enough: w8a8 rounds the activations to int8, and wherever two
+# forms' float results straddle a rounding boundary an activation moves by one int8 step
+# (max |row| / 127), which moves logits by up to a few 1e-2. Greedy tokens must still match.
+CHECK_TOLERANCE = {"w8a8": 0.1}
+
+
+def check_tolerance(opt: "OptConfig", tolerance: float = 1e-4) -> float:
+    """The bound a phase's logits are checked to: `tolerance`, or its format's if larger."""
+    return max(tolerance, CHECK_TOLERANCE.get(opt.weights, 0.0))
 
 # Forms that need the C++ extension from ops/.
 CUSTOM_OP_FORMS = {
     "fused_attention": "custom", "softmax": "custom", "matmul": "custom",
     "layernorm": "custom", "embedding_backward": "custom", "fused_decode": True,
-    "weights": "int8",
 }
 
 
@@ -193,7 +212,29 @@ MAX_CANDIDATES: dict[str, OptConfig] = {
     "sdpa + kv cache": _REFERENCE.replace(fused_attention="sdpa", workspace=True, kv_cache=True),
 }
 
+# "max-int8" is the fastest combination with int8 weights (weight-only, or w8a8 with int8
+# activations), chosen the same way; its output is checked against reference_for(...), i.e.
+# reference's forms on the same int8 weights. The last candidate needs no custom op (the
+# library's GEMM on the dequantized weights).
+MAX_INT8_CANDIDATES: dict[str, OptConfig] = {
+    "int8 fused decode": MAX_CANDIDATES["fused decode"].replace(weights="int8"),
+    # int8 activations too: VNNI dot products where the CPU has them
+    "w8a8 fused decode": MAX_CANDIDATES["fused decode"].replace(weights="w8a8"),
+    "int8 custom ops": MAX_CANDIDATES["custom ops"].replace(weights="int8"),
+    "int8 sdpa + kv cache": MAX_CANDIDATES["sdpa + kv cache"].replace(weights="int8"),
+}
+
+# preset name -> the candidates it chooses from
+MAX_PRESETS: dict[str, dict] = {"max": MAX_CANDIDATES, "max-int8": MAX_INT8_CANDIDATES}
+
+
+def reference_for(opt: OptConfig) -> OptConfig:
+    """What a phase's output is checked against: `reference`'s forms with the phase's weight
+    format (for fp32 weights, `reference` itself)."""
+    return _REFERENCE.replace(weights=opt.weights)
+
+
 def presets() -> tuple:
     """Every name a phase can be given by: the presets of PHASES (read at call time, so one
-    added to it counts), then "max"."""
-    return (*PHASES, "max")
+    added to it counts), then "max" and "max-int8"."""
+    return (*PHASES, *MAX_PRESETS)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
-
 from . import ops
 from .labels import region
+from .weight_formats import bf16_weight, dequantize, quantize_rows, quantized_weight, round_to_bf16
 
 
 # ---- bottleneck 6: LayerNorm ----------------------------------------------------------------
@@ -72,32 +71,64 @@ def linear_custom(x, weight, bias, out=None):
 LINEAR = {"torch": linear_torch, "custom": linear_custom}
 
 
-# ---- beyond the seed: int8 weights (the `weights` switch) ------------------------------------
+# ---- beyond the seed: int8 and bf16 weights (the `weights` switch) ---------------------------
+# Each format has the naive form right above the fast one: "torch" computes in float32 on the
+# operands as the format rounds them (the weight dequantized, for bf16 the activations rounded
+# too) with the library's GEMM; "custom" is our kernel on the stored copy.
 
-# weight -> (its version when quantized, w_q, scale); keyed by identity, dropped with the weight
-_QUANTIZED = WeakIdKeyDictionary()
-
-
-def quantized_weight(weight):
-    """(w_q, scale) of a float weight (ops.quantize_per_channel), made once per version of the
-    weight: an in-place change (load_state_dict, an optimizer step) quantizes it again at the
-    next call. Held beside the model, not in it: the state_dict stays fp32 and switching back
-    to fp32 weights gives the exact model."""
-    cached = _QUANTIZED.get(weight)
-    if cached is None or cached[0] != weight._version:
-        with torch.no_grad():
-            w_q, scale = ops.quantize_per_channel(weight)
-        cached = _QUANTIZED[weight] = (weight._version, w_q, scale)
-    return cached[1], cached[2]
-
-
-def linear_int8(x, weight, bias, out=None):
+def _inference_only(weight, fmt):
     if torch.is_grad_enabled() and weight.requires_grad:
-        raise RuntimeError("weights='int8' is for inference: the int8 copy of a weight has no "
-                           "gradient; run under torch.no_grad() / torch.inference_mode(), or "
-                           "train with weights='fp32'")
+        raise RuntimeError(f"weights={fmt!r} is for inference: the {fmt} copy of a weight has no "
+                           f"gradient; run under torch.no_grad() / torch.inference_mode(), or "
+                           f"train with weights='fp32'")
+
+
+def linear_int8_torch(x, weight, bias, out=None):
+    _inference_only(weight, "int8")
+    return linear_torch(x, dequantize(*quantized_weight(weight)).to(weight.dtype), bias, out=out)
+
+
+def _int8_custom(fmt: str, op: str):
+    """Our kernel `op` (linear_q8, linear_w8a8) on the int8 copy of the weight."""
+    def linear(x, weight, bias, out=None):
+        _inference_only(weight, fmt)
+        w_q, scale = quantized_weight(weight)
+        return getattr(ops, op)(x, w_q, scale, bias, out=out)
+    return linear
+
+
+linear_int8_custom = _int8_custom("int8", "linear_q8")
+
+
+def linear_w8a8_torch(x, weight, bias, out=None):
+    _inference_only(weight, "w8a8")
     w_q, scale = quantized_weight(weight)
-    return ops.linear_q8(x, w_q, scale, bias, out=out)
+    q, s = quantize_rows(x)
+    y = F.linear(q.to(x.dtype), w_q.to(x.dtype)) * s.to(x.dtype)[..., None] * scale.to(x.dtype)
+    y = y if bias is None else y + bias
+    return y if out is None else out.copy_(y)
+
+
+linear_w8a8_custom = _int8_custom("w8a8", "linear_w8a8")
+
+
+def linear_bf16_torch(x, weight, bias, out=None):
+    _inference_only(weight, "bf16")
+    return linear_torch(round_to_bf16(x), bf16_weight(weight).to(weight.dtype), bias, out=out)
+
+
+def linear_bf16_custom(x, weight, bias, out=None):
+    _inference_only(weight, "bf16")
+    return ops.linear_bf16(x, bf16_weight(weight), bias, out=out)
+
+
+# weights -> matmul -> form
+LINEAR_BY_WEIGHTS = {
+    "fp32": LINEAR,
+    "int8": {"torch": linear_int8_torch, "custom": linear_int8_custom},
+    "bf16": {"torch": linear_bf16_torch, "custom": linear_bf16_custom},
+    "w8a8": {"torch": linear_w8a8_torch, "custom": linear_w8a8_custom},
+}
 
 
 # ---- bottleneck 7: token embedding (its backward matters in training) ------------------------

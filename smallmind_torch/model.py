@@ -9,6 +9,8 @@ kv_cache.py, so that a reader can diff the reference against the fast paths.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import threading
 from dataclasses import dataclass
@@ -20,9 +22,9 @@ from torch import nn
 
 from . import compiled, fused_decode, generation, phases, workspace
 from .attention import resolve as resolve_attention
-from .config import ModelConfig, OptConfig
-from .forms import (EMBEDDING, LAYER_NORM, LINEAR, labelled_embedding, labelled_layer_norm,
-                    labelled_linear, linear_int8)
+from .config import MAX_PRESETS, ModelConfig, OptConfig
+from .forms import (EMBEDDING, LAYER_NORM, LINEAR_BY_WEIGHTS, labelled_embedding,
+                    labelled_layer_norm, labelled_linear)
 from .kv_cache import KVCache
 from .labels import region
 
@@ -97,8 +99,9 @@ def resolve_forms(opt: OptConfig) -> Forms:
     forward = workspace.inference_forward if opt.workspace else GPT.allocating_forward
     if opt.compile != "off":
         forward = compiled.compile_forward(forward, opt.compile)
-    if opt.fused_decode and opt.weights == "int8":  # the same step on the int8 weights
-        decode, decode_greedy = fused_decode.decode_step_q8, fused_decode.decode_greedy_q8
+    if opt.fused_decode and opt.weights in ("int8", "w8a8"):  # the same step on int8 weights
+        decode = functools.partial(fused_decode.decode_step_q8, weights=opt.weights)
+        decode_greedy = functools.partial(fused_decode.decode_greedy_q8, weights=opt.weights)
     elif opt.fused_decode:  # the argmax in the same C++ call
         decode, decode_greedy = fused_decode.decode_step, fused_decode.decode_greedy
     else:
@@ -111,8 +114,7 @@ def resolve_forms(opt: OptConfig) -> Forms:
         def decode_greedy(model, token, start):
             return decode(model, token, start)[:, -1, :].argmax(dim=-1, keepdim=True)
     return Forms(layer_norm=labelled_layer_norm(LAYER_NORM[opt.layernorm]),
-                 linear=labelled_linear(linear_int8 if opt.weights == "int8"
-                                        else LINEAR[opt.matmul]),
+                 linear=labelled_linear(LINEAR_BY_WEIGHTS[opt.weights][opt.matmul]),
                  embedding=labelled_embedding(EMBEDDING[opt.embedding_backward]),
                  attention=attention, attention_into=attention_into,
                  forward=forward, decode=decode, decode_greedy=decode_greedy,
@@ -196,7 +198,7 @@ class GPT(nn.Module):
     # ---- phases ---------------------------------------------------------------------------
 
     def set_phase(self, phase: "str | OptConfig") -> "GPT":
-        """Switch every form in place: a preset name (config.presets(): PHASES and "max") or an
+        """Switch every form in place: a preset name (config.presets(): PHASES, "max", "max-int8") or an
         OptConfig. Parameters are untouched; KV caches and the workspace belong to the previous
         phase and are dropped. `self.phase` says what runs (for "max": which candidate). The
         `init` switch acts at construction only: pass `phase=` to GPT(...) for fast init."""
@@ -210,12 +212,12 @@ class GPT(nn.Module):
         return self
 
     def _apply(self, fn, *args, **kwargs):
-        # .to(device / dtype): "max" is chosen again for the new device and dtype, and the
+        # .to(device / dtype): "max" (and "max-int8") is chosen again for the new device and dtype, and the
         # buffers of the previous phase are dropped.
         super()._apply(fn, *args, **kwargs)
         if hasattr(self, "phase"):
-            if self.requested_phase == "max":
-                self.set_phase("max")
+            if isinstance(self.requested_phase, str) and self.requested_phase in MAX_PRESETS:
+                self.set_phase(self.requested_phase)
             self.reset_caches()
         return self
 

@@ -6,7 +6,8 @@ the name it was asked by and a one-line description of what it is. The model
 (`GPT.set_phase`), the study, the traces, the CLI and the experiments all go through it, so
 `smallmind bench --phases max` and `smallmind profile --phase max` run the same configuration
 and say which. "max" is the fastest of the MAX_CANDIDATES that run for the model's device and
-dtype, measured on this machine (tuning.py) when more than one runs.
+dtype, measured on this machine (tuning.py) when more than one runs; "max-int8" likewise of the
+int8 candidates (config.MAX_PRESETS).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops, tuning
-from .config import MAX_CANDIDATES, PHASES, OptConfig, presets
+from .config import MAX_PRESETS, PHASES, OptConfig, presets
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class Phase:
 
 def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
     """Why `opt` cannot run for a model on `device` with `dtype` parameters (None: it can).
-    The custom ops are CPU float32 kernels, built on first use."""
+    The custom ops are CPU float32 kernels, built on first use; the bf16 linear op needs native
+    bf16 dot products."""
     if not opt.needs_custom_ops:
         return None
     if torch.device(device).type != "cpu":
@@ -38,26 +40,30 @@ def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
         ops.load_all()
     except ops.CustomOpsUnavailable as exc:
         return str(exc)
+    if opt.weights == "bf16" and opt.matmul == "custom" and not ops.has_bf16_dot():
+        return ("weights='bf16' with matmul='custom' runs on native bf16 dot products "
+                "(AVX512_BF16), which this CPU does not have; weights='bf16' with "
+                "matmul='torch' runs anywhere")
     return None
 
 
-def choose_max(device, dtype, model=None) -> Phase:
-    """The fastest of MAX_CANDIDATES that runs for this device and dtype: measured on `model`
-    when several run (tuning.choose), else the first that runs."""
+def choose_max(device, dtype, model=None, name: str = "max") -> Phase:
+    """The fastest of MAX_PRESETS[name]'s candidates that runs for this device and dtype:
+    measured on `model` when several run (tuning.choose), else the first that runs."""
     runnable, skipped = {}, []
-    for label, opt in MAX_CANDIDATES.items():
+    for label, opt in MAX_PRESETS[name].items():
         problem = custom_ops_problem(opt, device, dtype)
         if problem is None:
             runnable[label] = opt
         elif not skipped or problem != skipped[-1][1]:
             skipped.append((label, problem))
     if model is not None and torch.device(device).type == "cpu" and len(runnable) > 1:
-        choice = tuning.choose(model, runnable)
+        choice = tuning.choose(model, runnable, name)
         label, how = choice.label, choice.describe()
     else:
         label, how = next(iter(runnable)), "the first that runs here"
     notes = [how] + [f"not {label}: {problem}" for label, problem in skipped]
-    return Phase("max", runnable[label], f"max = {label} ({'; '.join(notes)})")
+    return Phase(name, runnable[label], f"{name} = {label} ({'; '.join(notes)})")
 
 
 def resolve(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, model=None) -> Phase:
@@ -65,11 +71,12 @@ def resolve(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, mode
     "max", measured on `model` when given).
 
     Raises ValueError for an unknown name and ops.CustomOpsUnavailable when a fixed preset or
-    an OptConfig needs custom ops that cannot run here ("max" never raises: it falls back)."""
+    an OptConfig needs custom ops that cannot run here ("max" and "max-int8" never raise: each
+    falls back to its last candidate, which needs no custom op)."""
     if isinstance(phase, OptConfig):
         name, opt = "custom", phase
-    elif isinstance(phase, str) and phase == "max":
-        return choose_max(device, dtype, model)
+    elif isinstance(phase, str) and phase in MAX_PRESETS:
+        return choose_max(device, dtype, model, phase)
     elif isinstance(phase, str) and phase in PHASES:
         name, opt = phase, PHASES[phase]
     else:
@@ -79,6 +86,6 @@ def resolve(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, mode
         raise ops.CustomOpsUnavailable(
             f"phase {name!r} uses custom ops ({', '.join(opt.custom_op_forms)}), which cannot "
             f"run here: {problem}. Presets without custom forms (reference, phase0, phase1) "
-            f"and 'max' run anywhere.")
+            f"and {' and '.join(repr(n) for n in MAX_PRESETS)} run anywhere.")
     forms = opt.custom_op_forms
     return Phase(name, opt, f"{name} ({'custom ops: ' + ', '.join(forms) if forms else 'PyTorch only'})")

@@ -6,7 +6,8 @@ is fastest everywhere. On first use for a model shape and thread count, each can
 the study's generation in miniature on the model itself: a prefill of a 16-token prompt and a
 few decode steps, candidates alternating round by round after one warm-up round, the score
 being the median prefill plus 49 median decode steps (the protocol's 50 tokens). A candidate
-whose logits or greedy tokens differ from `reference` is never chosen. The choice and its times go into
+whose logits or greedy tokens differ from `reference` (for int8 weights: reference's forms on the
+same int8 weights, config.reference_for; logits within config.check_tolerance) is never chosen. The choice and its times go into
 `max.json` in the ops build directory, which is keyed by everything the kernels depend on
 (torch installation, compiler, CPU, sources), so a new machine or a rebuilt library measures
 again. `SMALLMIND_MAX=first` skips the measurement (the first runnable candidate, in list
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import ops
-from .config import OptConfig
+from .config import OptConfig, check_tolerance, reference_for
 
 PROMPT_LEN = 16      # as the study's protocol
 NEW_TOKENS = 50
@@ -52,9 +53,9 @@ def _cache_file() -> Path:
     return ops.build_directory() / "max.json"
 
 
-def _key(model) -> str:
+def _key(model, preset: str) -> str:
     c = model.config
-    return (f"n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} vocab={c.vocab_size} "
+    return (f"{preset}: n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} vocab={c.vocab_size} "
             f"block={c.block_size} threads={torch.get_num_threads()} isa={ops.isa()}")
 
 
@@ -85,26 +86,31 @@ def _timed(fn) -> float:
 
 
 def measure(model, candidates: dict) -> dict:
-    """label -> estimated ms for the protocol's generation on `model` (None: incorrect).
-    Leaves the model in the reference phase."""
+    """label -> estimated ms for the protocol's generation on `model` (None: incorrect, i.e.
+    not the output of reference_for(candidate)). Leaves the model in the reference phase."""
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_LEN), generator=g)
     steps = min(DECODE_STEPS, model.config.block_size - PROMPT_LEN)
-    model.set_phase("reference")
-    with torch.no_grad():
-        expected = model(prompt)[:, -1]
-        tokens = model.generate(prompt, steps + 1)[0, PROMPT_LEN:]
+    expected_of = {}  # reference_for(...) -> (last logits of the prompt, greedy tokens)
+    for opt in candidates.values():
+        reference = reference_for(opt)
+        if reference not in expected_of:
+            model.set_phase(reference)
+            with torch.no_grad():
+                expected_of[reference] = (model(prompt)[:, -1],
+                                          model.generate(prompt, steps + 1)[0, PROMPT_LEN:])
     times = {label: ([], []) for label in candidates}
     wrong = set()
     for round_ in range(ROUNDS + 1):  # round 0 warms up (first calls allocate, build views)
         for label, opt in candidates.items():
             if label in wrong:
                 continue
+            expected, tokens = expected_of[reference_for(opt)]
             model.set_phase(opt)
             prefill_s = _timed(lambda: model.prefill(prompt))
             logits = model.prefill(prompt)
             decode = []
-            ok = float((logits - expected).abs().max()) <= TOLERANCE
+            ok = float((logits - expected).abs().max()) <= check_tolerance(opt, TOLERANCE)
             for i in range(steps):
                 ok = ok and int(logits.argmax()) == int(tokens[i])
                 token = tokens[i].view(1, 1)
@@ -124,17 +130,17 @@ def measure(model, candidates: dict) -> dict:
             for label, (p, d) in times.items()}
 
 
-def choose(model, candidates: "dict[str, OptConfig]") -> Choice:
+def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max") -> Choice:
     """The fastest correct candidate for `model` on this machine (cached after the first time);
-    `candidates` are the runnable ones, in MAX_CANDIDATES order."""
+    `candidates` are the runnable ones of MAX_PRESETS[preset], in its order."""
     if len(candidates) == 1 or os.environ.get("SMALLMIND_MAX") == "first":
         return Choice(next(iter(candidates)), {}, "fixed order")
-    key = _key(model)
+    key = _key(model, preset)
     entry = _read_cache().get(key)
     if isinstance(entry, dict) and entry.get("chosen") in candidates \
             and set(entry.get("times_ms", {})) == set(candidates):
         return Choice(entry["chosen"], entry["times_ms"], "cached")
-    print(f"smallmind: choosing max for this machine ({len(candidates)} candidates, "
+    print(f"smallmind: choosing {preset} for this machine ({len(candidates)} candidates, "
           f"{model.config.n_layer} layers x {model.config.n_embd}, "
           f"{torch.get_num_threads()} threads; a few seconds, once)", file=sys.stderr)
     times = measure(model, candidates)

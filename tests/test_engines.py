@@ -1,6 +1,7 @@
-"""`smallmind peers`: every engine gives reference's greedy tokens on the same weights, the
-driver runs each engine in its own process and reports every status, an engine that disagrees
-is FAILED and not timed, bad arguments are one-line errors. Tiny shapes; no speed asserted."""
+"""`smallmind peers`: every fp32 engine gives reference's greedy tokens on the same weights and
+every int8 engine has its agreement with them measured, the driver runs each engine in its own
+process and reports every status, an fp32 engine that disagrees is FAILED and not timed (an
+int8 one is timed), bad arguments are one-line errors. Tiny shapes; no speed asserted."""
 import json
 
 import pytest
@@ -18,7 +19,9 @@ from helpers import TINY
 PROMPT, N = [5, 1, 17, 3], 6
 
 
-ENGINES = ["smallmind", "smallmind:reference", "onnxruntime", "ctranslate2", "hf", "hf-compiled"]
+ENGINES = ["smallmind", "smallmind:reference", "smallmind:max-int8", "onnxruntime",
+           "onnxruntime-int8", "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled"]
+INT8 = {"smallmind:max-int8", "onnxruntime-int8", "ctranslate2-int8"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,8 @@ def peers_run(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ENGINES)
 def test_each_engine_gives_reference_greedy_tokens(peers_run, name):
-    """In its own process, on both prompts: checked against reference before it is timed."""
+    """In its own process, on both prompts: checked against reference before it is timed (an
+    int8 engine: its agreement measured)."""
     data, _, _ = peers_run
     engine = "smallmind:max" if name == "smallmind" else name
     missing = engines.missing_packages(name)
@@ -56,6 +60,12 @@ def test_each_engine_gives_reference_greedy_tokens(peers_run, name):
         assert row["status"] == "ok", row
         assert len(row["runs"]) == 1 and row["tokens_per_s"]["median"] > 0
         assert row["first_token_ms"]["median"] > 0 and row["decode_ms"]["median"] > 0
+        assert row["weights"] == ("int8" if name in INT8 else "fp32")
+        if name in INT8:
+            assert 0.0 <= row["agreement"] <= 1.0
+            assert (row["first_mismatch"] is None) == (row["agreement"] == 1.0)
+        else:
+            assert row["agreement"] is None and row["first_mismatch"] is None
 
 
 def test_peers_tiny_writes_tables_and_json_with_every_status(peers_run):
@@ -65,14 +75,18 @@ def test_peers_tiny_writes_tables_and_json_with_every_status(peers_run):
         rows = {r["engine"]: r for r in case["rows"]}
         assert list(rows) == ["smallmind:max", *ENGINES[1:]]
         assert all(r["status"] in ("ok", "not installed") for r in rows.values())
-        ok_peers = [n for n in engines.PEERS if rows[n]["status"] == "ok"]
-        if ok_peers:
-            best = max(rows[n]["tokens_per_s"]["median"] for n in ok_peers)
-            ratio = case["ratios"]["1"]["smallmind:max"]["x_best_peer"]
-            assert ratio == pytest.approx(rows["smallmind:max"]["tokens_per_s"]["median"] / best)
+        for key, fmt in (("x_best_peer", "fp32"), ("x_best_int8_peer", "int8")):
+            ok_peers = [n for n in engines.PEERS if rows[n]["status"] == "ok"
+                        and rows[n]["weights"] == fmt]
+            if ok_peers:
+                best = max(rows[n]["tokens_per_s"]["median"] for n in ok_peers)
+                ratio = case["ratios"]["1"]["smallmind:max"][key]
+                assert ratio == pytest.approx(rows["smallmind:max"]["tokens_per_s"]["median"] / best)
     assert data["settings"]["runs"] == 1 and data["env"]["cpu"]
-    assert "x best peer" in text and "first token x ORT" in text and "tiny, prompt 20" in text
-    assert md.count("| ok |") == sum(r["status"] == "ok" for c in data["cases"] for r in c["rows"])
+    assert "x best fp32 peer" in text and "x best int8 peer" in text and "first token x ORT" in text
+    assert "tiny, prompt 20" in text and "of tokens = fp32 reference" in text
+    assert md.count("| ok |") == sum(r["status"] == "ok" and r["weights"] == "fp32"
+                                     for c in data["cases"] for r in c["rows"])
 
 
 def test_the_exported_decode_step_matches_the_model_with_past_kv():
@@ -95,18 +109,27 @@ def test_engine_names():
     for bad in ["nope", "smallmind:nope", "hf:max"]:
         with pytest.raises(ValueError):
             engines.split_name(bad)
-    assert set(engines.PEERS) == {"onnxruntime", "ctranslate2", "hf", "hf-compiled"}
+    assert set(engines.PEERS) == {"onnxruntime", "onnxruntime-int8", "ctranslate2",
+                                  "ctranslate2-int8", "hf", "hf-compiled"}
+    assert engines.engine_weights("smallmind:max-int8") == "int8"
+    assert engines.engine_weights("smallmind", "max-int8") == "int8"
+    assert engines.engine_weights("smallmind") == engines.engine_weights("hf") == "fp32"
 
 
-def test_an_engine_that_disagrees_is_failed_and_not_timed(monkeypatch, tmp_path, capsys):
+def _shift_reference(monkeypatch, index):
+    """peer_bench compares every engine with reference's tokens with token `index` changed."""
     real = peer_bench.reference_tokens
 
-    def shifted(model, prompt, n):  # reference's tokens with token 3 changed
+    def shifted(model, prompt, n):
         tokens = real(model, prompt, n)
-        tokens[3] = (tokens[3] + 1) % model.config.vocab_size
+        tokens[index] = (tokens[index] + 1) % model.config.vocab_size
         return tokens
 
     monkeypatch.setattr(peer_bench, "reference_tokens", shifted)
+
+
+def test_an_engine_that_disagrees_is_failed_and_not_timed(monkeypatch, tmp_path, capsys):
+    _shift_reference(monkeypatch, 3)
     monkeypatch.setattr(peer_bench, "missing_packages",
                         lambda name: ["ctranslate2"] if name == "ctranslate2" else [])
     out = tmp_path / "peers.json"
@@ -120,6 +143,16 @@ def test_an_engine_that_disagrees_is_failed_and_not_timed(monkeypatch, tmp_path,
     text = capsys.readouterr().out
     assert "FAILED: greedy tokens differ from reference's (first at token 3)" in text
     assert "not installed: ctranslate2 missing" in text
+
+
+def test_an_int8_engine_that_disagrees_is_timed_with_its_agreement(monkeypatch, tmp_path):
+    _shift_reference(monkeypatch, 2)
+    out = tmp_path / "peers.json"
+    assert main(["peers", "--tiny", "--quiet", "--engines", "smallmind:max-int8", "--json",
+                 str(out)]) == 0
+    row = json.loads(out.read_text())["cases"][0]["rows"][0]
+    assert row["status"] == "ok" and len(row["runs"]) == 1 and row["first_mismatch"] <= 2
+    assert row["agreement"] <= 5 / 6
 
 
 def test_a_worker_that_cannot_prepare_is_an_error_with_the_reason(tmp_path):
@@ -144,7 +177,7 @@ def test_ratios_and_tables_from_rows():
     assert ratios["ctranslate2"]["x_best_peer"] == 1.0 and "hf" not in ratios
     table = format_case(case)
     assert "1.20x" in table and "0.50x" in table and "error" in table
-    assert "| smallmind:max | 2 | 300 |" in markdown(PeersResult({"runs": 3}, {}, {}, [case]))
+    assert "| smallmind:max | fp32 | 2 | 300 |" in markdown(PeersResult({"runs": 3}, {}, {}, [case]))
 
 
 @pytest.mark.parametrize("args, message", [

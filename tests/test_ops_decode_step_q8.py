@@ -30,10 +30,9 @@ def _call(fn, m, q8, tokens, pos, kc, vc, n_head, logits, nxt):
               vc, n_head, 1e-5, logits, nxt, *q8)
 
 
-@pytest.mark.parametrize("shape", [(1, 256, 8, 512, 4, 12, 1), (3, 48, 3, 97, 2, 10, 4),
-                                   (2, 36, 1, 50, 1, 6, 2)],
-                         ids=["seed", "B3-odd", "one-head"])
-def test_matches_reference_at_every_position(shape, isa):
+def _steps(shape, int8_activations=False, follow_kernel=False):
+    """(kernel logits, next tokens, reference logits) at every position of a random model;
+    follow_kernel: the reference goes on from the kernel's caches at each step."""
     B, C, nh, V, L, S, max_b = shape
     m = _model(C, V, L, S)
     q8 = _q8(m)
@@ -45,11 +44,23 @@ def test_matches_reference_at_every_position(shape, isa):
         logits, nxt = torch.empty(B, V), torch.empty(B, dtype=torch.long)
         rlogits, rnxt = torch.empty(B, V), torch.empty(B, dtype=torch.long)
         with torch.no_grad():
-            _call(decode_step_q8_, m, q8, tokens, pos, kc, vc, nh, logits, nxt)
+            _call(decode_step_q8_, m, (*q8, int8_activations), tokens, pos, kc, vc, nh, logits, nxt)
             decode_step_reference(tokens, pos, m["wte"], m["wpe"], m["block_params"], m["ln_f_w"],
-                                  m["ln_f_b"], rkc, rvc, nh, 1e-5, rlogits, rnxt, *q8)
+                                  m["ln_f_b"], rkc, rvc, nh, 1e-5, rlogits, rnxt, *q8,
+                                  int8_activations=int8_activations)
+        yield logits, nxt, rlogits, (kc, vc, rkc, rvc)
+        if follow_kernel:
+            rkc[:], rvc[:] = [t.clone() for t in kc], [t.clone() for t in vc]
+
+
+@pytest.mark.parametrize("shape", [(1, 256, 8, 512, 4, 12, 1), (3, 48, 3, 97, 2, 10, 4),
+                                   (2, 36, 1, 50, 1, 6, 2)],
+                         ids=["seed", "B3-odd", "one-head"])
+def test_matches_reference_at_every_position(shape, isa):
+    for logits, nxt, rlogits, caches in _steps(shape):
         assert_close(logits, rlogits, rtol=1e-4, atol=1e-4)
         assert torch.equal(nxt, logits.argmax(-1))
+        kc, vc, rkc, rvc = caches
         for a, b in zip(kc + vc, rkc + rvc):
             assert_close(a, b, rtol=1e-4, atol=1e-4)
 
@@ -71,9 +82,10 @@ def test_int8_is_close_to_the_fp32_step():
     assert 0 < (out[0] - out[1]).abs().max() < 0.05 * out[0].abs().max()
 
 
-def test_allocates_nothing_after_warm_up():
+@pytest.mark.parametrize("int8_activations", [False, True])
+def test_allocates_nothing_after_warm_up(int8_activations):
     m = _model(32, 20, 2, 8)
-    q8 = _q8(m)
+    q8 = (*_q8(m), int8_activations)
     kc, vc = _caches(2, 1, 2, 8, 16)
     logits, nxt = torch.empty(1, 20), torch.empty(1, dtype=torch.long)
     tokens = torch.tensor([3])
@@ -84,9 +96,10 @@ def test_allocates_nothing_after_warm_up():
     assert (count, nbytes) == (0, 0)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("int8_activations", [False, True])
+def test_opcheck(int8_activations):
     m = _model(32, 20, 2, 8)
-    q8 = _q8(m)
+    q8 = (*_q8(m), int8_activations)
     kc, vc = _caches(2, 1, 2, 8, 16)
     args = (torch.tensor([3]), 2, m["wte"], m["wpe"], m["block_params"], m["ln_f_w"], m["ln_f_b"],
             kc, vc, 2, 1e-5, torch.empty(1, 20), torch.empty(1, dtype=torch.long), *q8)
@@ -127,3 +140,20 @@ def test_bad_input(kwargs, match, device):
 def test_logits_over_an_int8_weight_are_refused():
     with pytest.raises(RuntimeError, match="share memory|overlap"):
         _bad(alias=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 256, 8, 512, 4, 12, 1), (3, 48, 3, 97, 2, 10, 4)],
+                         ids=["seed", "B3-odd"])
+def test_int8_activations_match_the_reference(shape, isa):
+    """w8a8: each matrix's input rows quantized on the fly, as the reference quantizes them. The
+    kernel's LayerNorm and attention round differently from PyTorch's, and now and then an
+    activation could land on the other side of a rounding boundary (one int8 step, of about
+    max|row| / 127): the logits agree to 1e-6 of their scale except where such a step moved
+    them (the int8-weight-only step is off by ~1e-2 of it everywhere)."""
+    close = []
+    for logits, nxt, rlogits, _ in _steps(shape, int8_activations=True, follow_kernel=True):
+        scale = float(rlogits.abs().max())
+        assert_close(logits, rlogits, rtol=0, atol=0.05 * scale)
+        assert torch.equal(nxt, logits.argmax(-1))
+        close.append(float(((logits - rlogits).abs() <= 1e-6 * scale).float().mean()))
+    assert sum(close) / len(close) > 0.9

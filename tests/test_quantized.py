@@ -1,20 +1,31 @@
-"""The `weights` switch: int8 weights (weight-only, per output channel) on the linear layers
-and the lm head. Not the reference up to float rounding, so bounded here: logits, greedy
-tokens and validation loss against reference on a tiny trained-free shape, and the exactness
-of everything around it (fp32 parameters untouched, requantized after an edit)."""
+"""The `weights` switch: int8 (weight-only, per output channel), w8a8 (int8 activations too) and
+bf16 weights on the linear layers and the lm head, and the `max-int8` preset. Not the reference
+up to float rounding, so
+bounded here against fp32 reference: logits, greedy tokens and validation loss on a tiny shape;
+and the exactness of everything around them (each format's naive form against its fast one,
+fp32 parameters untouched, a new copy after an edit)."""
 import pytest
 import torch
 from torch.testing import assert_close
 
-from smallmind_torch import GPT, OptConfig
-from smallmind_torch.config import MAX_CANDIDATES
-from smallmind_torch.study.quantized import weight_format_accuracy
+from smallmind_torch import GPT, OptConfig, ops, phases
+from smallmind_torch.config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, reference_for
+from smallmind_torch.study.quantized import decode_weight_bytes, weight_format_accuracy
 
 from helpers import TINY, allocations, load_experiment, ops_binding_or_skip
 
 ops_binding_or_skip("_linear_q8")
 INT8 = MAX_CANDIDATES["custom ops"].replace(weights="int8")
 INT8_FUSED = MAX_CANDIDATES["fused decode"].replace(weights="int8")
+BF16 = MAX_CANDIDATES["custom ops"].replace(weights="bf16")
+W8A8 = MAX_CANDIDATES["custom ops"].replace(weights="w8a8")
+W8A8_FUSED = MAX_CANDIDATES["fused decode"].replace(weights="w8a8")
+FAST = {"int8-custom-ops": INT8, "int8-fused-decode": INT8_FUSED, "bf16-custom-ops": BF16,
+        "w8a8-custom-ops": W8A8, "w8a8-fused-decode": W8A8_FUSED}
+# how far a format may move the logits of this tiny random model: half an int8 step of each
+# weight (max |w| / 254 of its row), w8a8 also of each activation; bf16's relative rounding of
+# weights and activations (2^-9)
+BOUND = {"int8": 0.05, "w8a8": 0.08, "bf16": 0.02}
 
 
 @pytest.fixture
@@ -24,23 +35,91 @@ def model():
 
 
 @pytest.mark.parametrize("phase", [INT8, INT8_FUSED, INT8.replace(workspace=False, kv_cache=False),
-                                   OptConfig(matmul="custom", weights="int8")],
-                         ids=["custom-ops", "fused-decode", "allocating", "reference+int8"])
-def test_int8_logits_stay_close_to_reference(model, phase):
+                                   OptConfig(matmul="custom", weights="int8"), BF16,
+                                   OptConfig(weights="bf16"), OptConfig(weights="int8"), W8A8,
+                                   W8A8_FUSED, OptConfig(weights="w8a8")],
+                         ids=["int8-custom-ops", "int8-fused-decode", "int8-allocating",
+                              "int8-reference+custom-matmul", "bf16-custom-ops", "bf16-reference",
+                              "int8-reference", "w8a8-custom-ops", "w8a8-fused-decode",
+                              "w8a8-reference"])
+def test_logits_stay_close_to_fp32_reference(model, phase):
     idx = torch.randint(0, TINY.vocab_size, (2, 9))
     with torch.inference_mode():
         expected = model(idx)
         model.set_phase(phase)
         got = model(idx)
-    # per-channel int8 moves each weight by at most half a step (max |w| / 254 of its row)
-    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
-    assert not torch.equal(got, expected)  # the int8 path really ran
+    assert (got - expected).abs().max() < BOUND[phase.weights] * expected.abs().max()
+    assert not torch.equal(got, expected)  # the format really ran
 
 
-def test_accuracy_figures_are_bounded(model):
+@pytest.mark.parametrize("phase", [INT8, INT8_FUSED], ids=["custom-ops", "fused-decode"])
+def test_int8_kernels_give_the_int8_reference(model, phase):
+    """reference's forms on the dequantized int8 weights (the naive form) against the kernels:
+    the same up to float rounding, logits and greedy tokens (what max-int8 is checked by)."""
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    model.set_phase(phase)
+    with torch.inference_mode():
+        got, tokens = model(idx), model.generate(idx, 40)  # past block_size: re-prefill
+        model.set_phase(reference_for(phase))
+        assert_close(got, model(idx))
+    assert torch.equal(tokens, model.generate(idx, 40))
+
+
+@pytest.mark.parametrize("phase", [W8A8, W8A8_FUSED], ids=["custom-ops", "fused-decode"])
+def test_w8a8_kernels_give_the_w8a8_reference(model, phase):
+    """As for int8, but an activation that lands on the other side of a rounding boundary
+    (our LayerNorm and attention round differently from PyTorch's) moves the logits by an
+    int8 step: close, and the same tokens on this model."""
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    model.set_phase(phase)
+    with torch.inference_mode():
+        got, tokens = model(idx), model.generate(idx, 20)
+        model.set_phase(reference_for(phase))
+        expected = model(idx)
+    assert (got - expected).abs().max() < 0.02 * expected.abs().max()
+    assert ((got - expected).abs() <= 1e-4).float().mean() > 0.9
+    assert torch.equal(tokens, model.generate(idx, 20))
+
+
+def test_bf16_kernel_gives_the_bf16_reference(model):
+    # only the linear layers differ from reference_for: the same activations are rounded
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    with torch.inference_mode():
+        got = model.set_phase(OptConfig(matmul="custom", weights="bf16"))(idx)
+        expected = model.set_phase(OptConfig(weights="bf16"))(idx)
+    assert_close(got, expected, rtol=1e-4, atol=2e-3)  # a rounding flip moves a logit ~1e-3
+
+
+def test_max_int8_is_an_int8_candidate_checked_against_the_int8_reference(model):
+    model.set_phase("max-int8")
+    assert model.opt in MAX_INT8_CANDIDATES.values() and model.opt.weights == "int8"
+    assert model.phase.description.startswith("max-int8 = int8 fused decode")  # first: not measured
+
+
+def test_max_int8_without_custom_ops_falls_back_to_the_library(monkeypatch):
+    def boom():
+        raise ops.CustomOpsUnavailable("no compiler (simulated)")
+
+    monkeypatch.setattr(ops, "load_all", boom)
+    phase = phases.resolve("max-int8")
+    assert phase.opt == MAX_INT8_CANDIDATES["int8 sdpa + kv cache"]
+    assert "simulated" in phase.description
+
+
+def test_max_int8_on_another_dtype_runs_the_library_form():
+    model = GPT(TINY).to(torch.float64).eval().set_phase("max-int8")
+    assert not model.opt.needs_custom_ops and model.opt.weights == "int8"
+    idx = torch.randint(0, TINY.vocab_size, (1, 5))
+    with torch.inference_mode():
+        assert model(idx).dtype == torch.float64
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bf16", "w8a8"])
+def test_accuracy_figures_are_bounded(model, fmt):
     val = torch.randint(0, TINY.vocab_size, (4000,))
-    acc = weight_format_accuracy(model, INT8, val_data=val, val_batches=3, batch_size=2)
-    assert 0 < acc.max_abs_logit_diff < 0.05
+    acc = weight_format_accuracy(model, FAST[f"{fmt}-custom-ops"], val_data=val, val_batches=3,
+                                 batch_size=2)
+    assert 0 < acc.max_abs_logit_diff < BOUND[fmt]
     assert acc.logit_diff_quantiles["p50"] <= acc.logit_diff_quantiles["p99"] <= acc.max_abs_logit_diff
     assert abs(acc.val_loss_change) < 0.02  # nats
     assert set(acc.greedy_agreement) == {"50", "200"}
@@ -48,12 +127,13 @@ def test_accuracy_figures_are_bounded(model):
     assert model.opt == OptConfig()  # left in reference
 
 
-def test_switching_back_gives_the_exact_model_and_the_state_dict_stays_fp32(model):
+@pytest.mark.parametrize("phase", list(FAST.values()), ids=list(FAST))
+def test_switching_back_gives_the_exact_model_and_the_state_dict_stays_fp32(model, phase):
     idx = torch.randint(0, TINY.vocab_size, (1, 7))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.inference_mode():
         expected = model(idx)
-        model.set_phase(INT8)
+        model.set_phase(phase)
         model(idx)
         model.generate(idx, 5)
         model.set_phase("reference")
@@ -71,8 +151,8 @@ def test_the_fused_int8_step_gives_the_tokens_of_the_int8_ops(model):
     assert torch.equal(model.generate(idx, 40), expected)
 
 
-@pytest.mark.parametrize("phase", [INT8, INT8_FUSED], ids=["custom-ops", "fused-decode"])
-def test_an_edited_weight_is_quantized_again(model, phase):
+@pytest.mark.parametrize("phase", list(FAST.values()), ids=list(FAST))
+def test_an_edited_weight_gets_a_new_copy(model, phase):
     idx = torch.randint(0, TINY.vocab_size, (1, 7))
     model.set_phase(phase)
     expected = model.generate(idx, 6)
@@ -86,9 +166,10 @@ def test_an_edited_weight_is_quantized_again(model, phase):
     assert not torch.equal(got, expected)
 
 
-def test_an_edited_weight_changes_the_logits(model):
+@pytest.mark.parametrize("phase", [INT8, BF16, W8A8], ids=["int8", "bf16", "w8a8"])
+def test_an_edited_weight_changes_the_logits(model, phase):
     idx = torch.randint(0, TINY.vocab_size, (1, 7))
-    model.set_phase(INT8)
+    model.set_phase(phase)
     with torch.inference_mode():
         first = model(idx)
     with torch.no_grad():
@@ -97,31 +178,36 @@ def test_an_edited_weight_changes_the_logits(model):
         second = model(idx)
     twin = GPT(TINY).eval()
     twin.load_state_dict(model.state_dict())
-    twin.set_phase(INT8)
+    twin.set_phase(phase)
     with torch.inference_mode():
         assert torch.equal(second, twin(idx))
     assert not torch.equal(first, second)
 
 
-def test_training_with_int8_weights_is_refused(model):
-    model.set_phase(OptConfig(matmul="custom", weights="int8"))
-    with pytest.raises(RuntimeError, match="weights='int8' is for inference"):
+@pytest.mark.parametrize("fmt", ["int8", "bf16", "w8a8"])
+@pytest.mark.parametrize("matmul", ["torch", "custom"])
+def test_training_with_low_precision_weights_is_refused(model, fmt, matmul):
+    model.set_phase(OptConfig(matmul=matmul, weights=fmt))
+    with pytest.raises(RuntimeError, match=f"weights='{fmt}' is for inference"):
         model(torch.randint(0, TINY.vocab_size, (1, 4)))
 
 
 @pytest.mark.parametrize("changes, match", [
-    (dict(weights="int8"), "needs matmul='custom'"),
-    (dict(weights="int8", matmul="custom", compile="inductor"), "compile"),
-    (dict(weights="int4"), "allowed: \\['fp32', 'int8'\\]"),
+    (dict(weights="int8", compile="inductor"), "compile"),
+    (dict(weights="bf16", compile="inductor"), "compile"),
+    (dict(weights="bf16", fused_decode=True, kv_cache=True, workspace=True), "fused_decode=False"),
+    (dict(weights="w8a8", compile="max-autotune"), "compile"),
+    (dict(weights="int4"), "allowed: \\['fp32', 'int8', 'bf16', 'w8a8'\\]"),
 ])
 def test_bad_combinations_are_refused(changes, match):
     with pytest.raises(ValueError, match=match):
         OptConfig(**changes)
 
 
-@pytest.mark.parametrize("phase", [INT8, INT8_FUSED], ids=["custom-ops", "fused-decode"])
+@pytest.mark.parametrize("phase", [INT8, INT8_FUSED, BF16, W8A8, W8A8_FUSED],
+                         ids=["int8", "int8-fused", "bf16", "w8a8", "w8a8-fused"])
 def test_a_decode_step_allocates_what_the_fp32_step_does(model, phase):
-    # the int8 linear writes into the workspace (linear_q8_out) like the fp32 one
+    # the low-precision linears write into the workspace (their out-variants) like fp32's
     fp32 = phase.replace(weights="fp32")
     counts = []
     for opt in (fp32, phase):
@@ -135,9 +221,22 @@ def test_a_decode_step_allocates_what_the_fp32_step_does(model, phase):
     assert counts[1] == counts[0]
 
 
+def test_decode_weight_bytes_count_each_format(model):
+    fp32 = decode_weight_bytes(model)
+    matrices = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)
+                   and m is not model.lm_head) + model.lm_head.weight.numel()
+    rows = sum(m.weight.size(0) for m in model.modules() if isinstance(m, torch.nn.Linear)
+               and m is not model.lm_head) + model.lm_head.weight.size(0)
+    assert decode_weight_bytes(model.set_phase(BF16)) == fp32 - 2 * matrices
+    assert decode_weight_bytes(model.set_phase(INT8)) == fp32 - 3 * matrices + 4 * rows
+    assert decode_weight_bytes(model.set_phase(W8A8)) == decode_weight_bytes(model)
+
+
 def test_the_experiment_prints_speed_and_accuracy(tmp_path, capsys):
-    assert load_experiment("quantized").main(["--shapes", "seed", "--threads", "1", "--runs", "1", "--new-tokens", "3",
-                            "--checkpoint", str(tmp_path / "none")]) == 0
+    assert load_experiment("quantized").main(["--shapes", "seed", "--threads", "1", "--runs", "1",
+                                              "--new-tokens", "3",
+                                              "--checkpoint", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
-    assert "int8 weights (fused decode)" in out and "x fp32" in out
+    assert "int8 (fused decode)" in out and "bf16 (custom ops)" in out and "x fp32" in out
+    assert "w8a8 (fused decode)" in out
     assert "greedy tokens equal over 200" in out and "validation loss: fp32" in out

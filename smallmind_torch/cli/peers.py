@@ -1,6 +1,7 @@
 """`smallmind peers`: smallmind against ONNX Runtime, CTranslate2 and Hugging Face transformers
 on the same weights, each engine in its own process, alternating run by run (docs/study.md;
-study/peer_bench.py). Needs the [peers] extra for the peers; a missing one is "not installed".
+study/peer_bench.py); the int8 engines (smallmind:max-int8, onnxruntime-int8, ctranslate2-int8)
+beside the fp32 ones, their agreement with fp32 reference's tokens measured. Needs the [peers] extra for the peers; a missing one is "not installed".
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ DEFAULTS = dict(runs=5, new_tokens=50, prompt_len=16, threads=[1, 2], long_promp
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", nargs="+", default=None, metavar="ENGINE",
-                   help="smallmind (the --phase preset), smallmind:PRESET, onnxruntime, "
-                        "ctranslate2, hf, hf-compiled (default: smallmind and every peer)")
+                   help="smallmind (the --phase preset), smallmind:PRESET (e.g. "
+                        "smallmind:max-int8), onnxruntime, onnxruntime-int8, ctranslate2, "
+                        "ctranslate2-int8, hf, hf-compiled (default: smallmind, "
+                        "smallmind:max-int8 and every peer)")
     p.add_argument("--shapes", nargs="+", default=None, metavar="SHAPE",
                    help="seed, gpt2-small, tiny, custom (the seed shape changed by the shape "
                         "arguments below) (default: seed gpt2-small)")

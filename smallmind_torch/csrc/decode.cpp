@@ -19,6 +19,8 @@
 // decode_step_q8_(..., weights_q8, scales_q8): the same step with int8 weights (weight-only,
 // per output channel: the `weights` switch) for the four matrices of every block and the lm
 // head, widened to float32 as they are read; biases, LayerNorms and embeddings stay float32.
+// With int8_activations (the `w8a8` form) each matrix's input rows are quantized to int8 on
+// the fly and the dot products are int8 (linear_lowp_kernel.h: VNNI where the CPU has it).
 //
 // decode_block_(x, params, k_cache, v_cache, pos, n_head, eps): one pre-LN GPT-2 block, x
 // (B, C) the residual stream updated in place; params its 12 tensors. Per row b:
@@ -243,7 +245,8 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
                       const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
                       at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
                       double eps, at::Tensor& logits, at::Tensor& next_tokens,
-                      const at::TensorList* q8, const at::TensorList* q8_scales) {
+                      const at::TensorList* q8, const at::TensorList* q8_scales,
+                      bool int8_activations = false) {
   const char* op = q8 ? "decode_step_q8_" : "decode_step_";
   // the model: wte (V, C), wpe (P, C), n_head, eps
   check_matrix(wte, op, "wte");
@@ -359,6 +362,7 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
       layers[l].q[m] = (*q8)[l * kQ8PerBlock + m].const_data_ptr<int8_t>();
       layers[l].qs[m] = (*q8_scales)[l * kQ8PerBlock + m].const_data_ptr<float>();
     }
+    layers[l].int8_activations = int8_activations;
   }
   DecodeStep s;
   s.d = DecodeDims{B, C, nh, hs, S};
@@ -378,6 +382,7 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
   if (q8) {
     s.head_q = (*q8)[kQ8PerBlock * L].const_data_ptr<int8_t>();
     s.head_scale = (*q8_scales)[kQ8PerBlock * L].const_data_ptr<float>();
+    s.int8_activations = int8_activations;
   }
   run_decode_step(current_isa(), s, num_threads());
 }
@@ -396,9 +401,10 @@ void decode_step_q8_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor&
                         const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
                         at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
                         double eps, at::Tensor& logits, at::Tensor& next_tokens,
-                        at::TensorList weights_q8, at::TensorList scales_q8) {
+                        at::TensorList weights_q8, at::TensorList scales_q8,
+                        bool int8_activations) {
   decode_step_impl(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-                   n_head, eps, logits, next_tokens, &weights_q8, &scales_q8);
+                   n_head, eps, logits, next_tokens, &weights_q8, &scales_q8, int8_activations);
 }
 
 }  // namespace
@@ -415,7 +421,7 @@ TORCH_LIBRARY_FRAGMENT(smallmind, m) {
       "decode_step_q8_(Tensor tokens, int pos, Tensor wte, Tensor wpe, Tensor[] block_params, "
       "Tensor ln_f_w, Tensor ln_f_b, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int n_head, "
       "float eps, Tensor(c!) logits, Tensor(d!) next_tokens, Tensor[] weights_q8, "
-      "Tensor[] scales_q8) -> ()");
+      "Tensor[] scales_q8, bool int8_activations=False) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(smallmind, CPU, m) {

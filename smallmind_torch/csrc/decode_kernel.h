@@ -70,6 +70,23 @@ static inline void gemv_cols(const float* a, int64_t M, int64_t K, const float* 
     for (int64_t i = 0; i < M; ++i) emit(i, j, dot(a + i * K, w + j * K, K));
 }
 
+// gemv_cols on int8 weights: with int8 activations (w8a8) the input rows are quantized first,
+// by each thread into its own scratch (a few KiB: cheaper than a barrier), else gemv_cols_q8.
+static inline void gemv_cols_int8(bool int8_activations, const float* a, int64_t M, int64_t K,
+                                  const int8_t* w, const float* scale, const float* bias,
+                                  int64_t j0, int64_t j1, float* out, int64_t ldo,
+                                  bool accumulate) {
+  if (!int8_activations) {
+    gemv_cols_q8(a, M, K, w, scale, bias, j0, j1, out, ldo, accumulate);
+    return;
+  }
+  static thread_local Scratch scratch;
+  float* sa = scratch.get(size_t(M + (M * K + 3) / 4));
+  auto* qa = reinterpret_cast<int8_t*>(sa + M);
+  quantize_rows(a, M, K, qa, sa);
+  gemv_cols_w8a8(qa, sa, M, K, w, scale, bias, j0, j1, out, ldo, accumulate);
+}
+
 // Matrix m of a block (0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj) on columns [j0, j1):
 // its int8 form when the layer has one, else the float32 weight.
 static inline void layer_gemv(const DecodeLayer& layer, int m, const float* a, int64_t M,
@@ -78,7 +95,8 @@ static inline void layer_gemv(const DecodeLayer& layer, int m, const float* a, i
   static const int weight[4] = {c_attn_w, attn_c_proj_w, c_fc_w, mlp_c_proj_w};
   const float* bias = layer.p[weight[m] + 1];
   if (layer.q[m])
-    gemv_cols_q8(a, M, K, layer.q[m], layer.qs[m], bias, j0, j1, out, ldo, accumulate);
+    gemv_cols_int8(layer.int8_activations, a, M, K, layer.q[m], layer.qs[m], bias, j0, j1, out,
+                   ldo, accumulate);
   else
     gemv_cols(a, M, K, layer.p[weight[m]], bias, j0, j1, out, ldo, accumulate);
 }
@@ -261,7 +279,8 @@ static inline void decode_step(const DecodeStep& s, int nthreads) {
     int64_t j0, j1;
     thread_range(V, 16, tid, nth, &j0, &j1);
     if (s.head_q)
-      gemv_cols_q8(h, B, C, s.head_q, s.head_scale, nullptr, j0, j1, s.logits, V, false);
+      gemv_cols_int8(s.int8_activations, h, B, C, s.head_q, s.head_scale, nullptr, j0, j1,
+                     s.logits, V, false);
     else
       gemv_cols(h, B, C, s.wte, nullptr, j0, j1, s.logits, V, false);
     for (int64_t b = 0; b < B; ++b) {

@@ -1,7 +1,7 @@
 // Every kernel of the smallmind ops, compiled once per ISA (see simd.h for the design).
 //
 // The kernel headers below have no include guard: this file includes each of them three
-// times, with SMALLMIND_ISA_LEVEL (2 AVX-512, 1 AVX2 + FMA, 0 plain C++) and
+// times (AVX2 before AVX-512, whose int8 path falls back on AVX2's where VNNI is missing), with SMALLMIND_ISA_LEVEL (2 AVX-512, 1 AVX2 + FMA, 0 plain C++) and
 // SMALLMIND_ISA_NS (the namespace: isa_avx512, isa_avx2, isa_scalar) defined, the first two
 // inside `#pragma GCC target(...)` so that their intrinsics compile into a library built for
 // the baseline x86-64. Everything they use from the standard library, OpenMP and ATen is
@@ -9,18 +9,20 @@
 // and call a kernel through SMALLMIND_DISPATCH(current_isa(), ...).
 //
 // In reading order: vec_math.h (the vector type of the ISA and row helpers), layer_norm_row.h,
-// gemm_kernel.h, attention_kernel.h (also the causal softmax rows), linear_q8_kernel.h (weight-only
-// int8 matrix-vector products), decode_kernel.h (the fused decode block and the whole-model
+// gemm_kernel.h, attention_kernel.h (also the causal softmax rows), linear_lowp_kernel.h (int8 and
+// bf16 weights), decode_kernel.h (the fused decode block and the whole-model
 // decode step, on float32 or int8 weights).
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "common.h"
@@ -45,6 +47,7 @@ struct DecodeLayer {
   // (N, K) int8 with float32 scales (N,) standing for p[2], p[4], p[8], p[10]
   const int8_t* q[4] = {nullptr, nullptr, nullptr, nullptr};
   const float* qs[4] = {nullptr, nullptr, nullptr, nullptr};
+  bool int8_activations = false;  // w8a8: each matrix's input rows quantized on the fly
 };
 
 // The whole-model decode step (decode_step_ in decode.cpp).
@@ -63,25 +66,12 @@ struct DecodeStep {
   int64_t* next_tokens;   // (B,): argmax of each row of logits
   const int8_t* head_q = nullptr;     // the lm head as int8 (vocab, C), or null: wte
   const float* head_scale = nullptr;  // its scales (vocab,)
+  bool int8_activations = false;      // w8a8 (the layers' flag too)
 };
 
 }  // namespace smallmind
 
 #if SMALLMIND_X86
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-#define SMALLMIND_ISA_LEVEL 2
-#define SMALLMIND_ISA_NS isa_avx512
-#include "vec_math.h"
-#include "layer_norm_row.h"
-#include "gemm_kernel.h"
-#include "attention_kernel.h"
-#include "linear_q8_kernel.h"
-#include "decode_kernel.h"
-#undef SMALLMIND_ISA_NS
-#undef SMALLMIND_ISA_LEVEL
-#pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
@@ -91,7 +81,21 @@ struct DecodeStep {
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"
 #include "attention_kernel.h"
-#include "linear_q8_kernel.h"
+#include "linear_lowp_kernel.h"
+#include "decode_kernel.h"
+#undef SMALLMIND_ISA_NS
+#undef SMALLMIND_ISA_LEVEL
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define SMALLMIND_ISA_LEVEL 2
+#define SMALLMIND_ISA_NS isa_avx512
+#include "vec_math.h"
+#include "layer_norm_row.h"
+#include "gemm_kernel.h"
+#include "attention_kernel.h"
+#include "linear_lowp_kernel.h"
 #include "decode_kernel.h"
 #undef SMALLMIND_ISA_NS
 #undef SMALLMIND_ISA_LEVEL
@@ -105,7 +109,7 @@ struct DecodeStep {
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"
 #include "attention_kernel.h"
-#include "linear_q8_kernel.h"
+#include "linear_lowp_kernel.h"
 #include "decode_kernel.h"
 #undef SMALLMIND_ISA_NS
 #undef SMALLMIND_ISA_LEVEL

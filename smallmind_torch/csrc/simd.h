@@ -53,6 +53,27 @@ inline Isa detect_isa() {
   return Isa::scalar;
 }
 
+// Native bf16 dot products (AVX512_BF16's vdpbf16ps): the bf16 linear op's fast path, within
+// the AVX-512 ISA (an AVX-512 CPU without them widens bf16 to float32 instead).
+inline bool cpu_has_bf16_dot() {
+#if SMALLMIND_X86
+  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512bf16"));
+  return has;
+#else
+  return false;
+#endif
+}
+
+// AVX512_VNNI's int8 dot products (vpdpbusd): the w8a8 path of the AVX-512 ISA.
+inline bool cpu_has_vnni() {
+#if SMALLMIND_X86
+  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vnni"));
+  return has;
+#else
+  return false;
+#endif
+}
+
 inline Isa best_isa() {
   static const Isa best = detect_isa();
   return best;

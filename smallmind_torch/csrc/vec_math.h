@@ -39,6 +39,11 @@ static inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
 static inline V vload_i8(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
+// a bfloat16 is the high half of a float32: widen each to 32 bits, shift it up
+static inline V vload_bf16(const c10::BFloat16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
 static inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
 static inline V vsub(V a, V b) { return _mm512_sub_ps(a, b); }
 static inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
@@ -104,6 +109,10 @@ static inline V vload(const float* p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
 static inline V vload_i8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+static inline V vload_bf16(const c10::BFloat16* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
 static inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
 static inline V vsub(V a, V b) { return _mm256_sub_ps(a, b); }
@@ -172,6 +181,7 @@ static inline V vset1(float a) { return a; }
 static inline V vload(const float* p) { return *p; }
 static inline void vstore(float* p, V v) { *p = v; }
 static inline V vload_i8(const int8_t* p) { return float(*p); }
+static inline V vload_bf16(const c10::BFloat16* p) { return float(*p); }
 static inline V vadd(V a, V b) { return a + b; }
 static inline V vsub(V a, V b) { return a - b; }
 static inline V vmul(V a, V b) { return a * b; }
@@ -255,8 +265,9 @@ static inline void scale_inplace(float* y, int64_t n, float a) {
 // W weights as floats: float32 as they are, int8 widened (weight-only int8: float32 math)
 static inline V vload_weight(const float* p) { return vload(p); }
 static inline V vload_weight(const int8_t* p) { return vload_i8(p); }
+static inline V vload_weight(const c10::BFloat16* p) { return vload_bf16(p); }
 
-// dot(a, w) over n, w float32 (dot) or int8 (dot_q8)
+// dot(a, w) over n, w float32 (dot), int8 (dot_q8) or bfloat16 (linear_bf16_kernel.h)
 template <class Weight>
 static inline float dot_weights(const float* a, const Weight* w, int64_t n) {
   int64_t j = 0;

@@ -29,6 +29,10 @@ _EXPORTS = {
     "layer_norm": "_layer_norm", "layer_norm_reference": "_layer_norm",
     "linear_q8": "_linear_q8", "linear_q8_reference": "_linear_q8",
     "quantize_per_channel": "_linear_q8", "dequantize": "_linear_q8",
+    "linear_bf16": "_linear_bf16", "linear_bf16_reference": "_linear_bf16",
+    "linear_bf16_kernel": "_linear_bf16", "has_bf16_dot": "_linear_bf16",
+    "linear_w8a8": "_linear_w8a8", "linear_w8a8_reference": "_linear_w8a8",
+    "linear_w8a8_kernel": "_linear_w8a8",
 }
 
 

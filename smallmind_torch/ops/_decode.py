@@ -55,18 +55,21 @@ def _diagnose_step(op, exc, tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b,
 
 
 def decode_step_q8_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
-                    v_caches, n_head: int, eps: float, logits, next_tokens, weights_q8, scales_q8):
+                    v_caches, n_head: int, eps: float, logits, next_tokens, weights_q8, scales_q8,
+                    int8_activations: bool = False):
     """`decode_step_` with int8 weights (the `weights` switch): weights_q8 / scales_q8 hold, per
     block, c_attn, attn.c_proj, c_fc and mlp.c_proj as int8 (N, K) with float32 scales (N,)
     (ops.quantize_per_channel), then the lm head's; the float32 weights in block_params are
-    not read. Returns (logits, next_tokens)."""
+    not read. With int8_activations (w8a8) each matrix's input rows are quantized to int8 as
+    linear_w8a8 does. Returns (logits, next_tokens)."""
     try:
         if torch.is_grad_enabled() and (wte.requires_grad or any(p.requires_grad
                                                                  for p in block_params)):
             raise RuntimeError("smallmind::decode_step_q8_ is inference only (no autograd); call "
                                "it under torch.no_grad() or torch.inference_mode()")
         _decode_step_q8_(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
-                         v_caches, n_head, eps, logits, next_tokens, weights_q8, scales_q8)
+                         v_caches, n_head, eps, logits, next_tokens, weights_q8, scales_q8,
+                         bool(int8_activations))
         return logits, next_tokens
     except CALL_ERRORS as exc:
         for name, seq, dtype in (("weights_q8", weights_q8, I8),
@@ -240,7 +243,8 @@ _Q8_PARAMS = (2, 4, 8, 10)  # BLOCK_PARAMS positions of the four weight matrices
 
 @torch.library.register_fake("smallmind::decode_step_q8_")
 def _decode_step_q8_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-                         n_head, eps, logits, next_tokens, weights_q8, scales_q8):
+                         n_head, eps, logits, next_tokens, weights_q8, scales_q8,
+                         int8_activations=False):
     op = "decode_step_q8_"
     _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
                      n_head, eps, logits, next_tokens, op)

@@ -1,125 +1,34 @@
 """The engines that `smallmind peers` runs side by side on the same weights: one small adapter
-per engine, a registry, and the timing of one generation.
-
-An adapter is made for a thread count, prepared once from the shared weights file (export,
-conversion, compilation: `prepare` returns what that one-time work cost, in seconds) and then
-asked for greedy generations: `generate(prompt_ids, n) -> (tokens, stamps)`, the n new token
-ids and the `time.perf_counter()` at which each one was known. `timed_run` turns one call into
-a `RunTiming` (tokens/s with prefill included, first-token time, the intervals between
-consecutive tokens), the protocol of docs/study.md.
+per engine and a registry (the interface, the weights file and the timing of one generation
+are in engine_base.py, re-exported here).
 
 Each adapter runs in its own process (engine_worker.py), so one engine's thread pools and
 libraries never slow another's; every import of an engine's package happens inside its
 adapter, so a worker loads only what its engine needs (and torch, which the package imports).
 
-    smallmind     our model in a preset (`smallmind` = the --phase preset, `smallmind:PRESET`)
+    smallmind     our model in a preset (`smallmind` = the --phase preset, `smallmind:PRESET`;
+                  `smallmind:max-int8` runs on int8 weights)
     onnxruntime   the decode step with past K/V exported from our model (onnx_export.py), CPU
                   execution provider, IO binding: outputs of one step bound as the next's inputs
+    onnxruntime-int8  the same graph after ONNX Runtime's dynamic quantization (quantize_dynamic:
+                  int8 weights per output channel, activations quantized on the fly)
     ctranslate2   CTranslate2's own converter from the Hugging Face model, greedy
+    ctranslate2-int8  the same model loaded with compute_type="int8" (CTranslate2 quantizes the
+                  weights on load and runs its int8 GEMMs)
     hf            transformers `GPT2LMHeadModel.generate`
     hf-compiled   the same with a static cache and `torch.compile` (compiled on the first call
                   of each prompt shape: that call's extra time is the compile time)
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
-import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# ---- the shared weights ----------------------------------------------------------------------
-
-
-def save_weights(model, path: "str | Path") -> Path:
-    """The model's config and state_dict in one file, read back by `load_weights`."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, path)
-    return path
-
-
-def load_weights(path: "str | Path"):
-    """A GPT (reference preset, eval mode) with the weights saved by `save_weights`."""
-    import torch
-
-    from ..config import ModelConfig
-    from ..model import GPT
-
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    model = GPT(ModelConfig(**data["config"]), phase="reference")
-    model.load_state_dict(data["state_dict"])
-    return model.eval()
-
-
-# ---- one timed generation --------------------------------------------------------------------
-
-@dataclass
-class RunTiming:
-    tokens: list            # the generated token ids
-    total_s: float          # call to return: prefill + every token
-    first_token_s: float    # call to the first token: prefill + first token
-    steps_s: list           # intervals between consecutive tokens (decode steps)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return len(self.tokens) / self.total_s
-
-    @property
-    def decode_s(self) -> "float | None":
-        return statistics.median(self.steps_s) if self.steps_s else None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def timed_run(engine, prompt: list, new_tokens: int) -> RunTiming:
-    start = time.perf_counter()
-    tokens, stamps = engine.generate(prompt, new_tokens)
-    total = time.perf_counter() - start
-    tokens = [int(t) for t in tokens]
-    if len(tokens) != new_tokens or len(stamps) != new_tokens:
-        raise RuntimeError(f"{engine.name} returned {len(tokens)} tokens and {len(stamps)} time "
-                           f"stamps for {new_tokens} new tokens")
-    return RunTiming(tokens, total, stamps[0] - start, [b - a for a, b in zip(stamps, stamps[1:])])
-
-
-# ---- adapters --------------------------------------------------------------------------------
-
-class Engine:
-    name = ""
-    label = ""
-    requires: tuple = ()    # modules the engine imports (missing: "not installed")
-
-    def __init__(self, threads: int):
-        self.threads = threads
-
-    def prepare(self, weights: Path, workdir: Path) -> dict:
-        """Load / export / convert from the weights file once; the one-time costs (seconds)."""
-        raise NotImplementedError
-
-    def generate(self, prompt: list, n: int) -> tuple:
-        raise NotImplementedError
-
-    def version(self) -> str:
-        """The version of the engine's own package (its first requirement)."""
-        try:
-            module = importlib.import_module(self.requires[0])
-        except Exception:  # pragma: no cover - reporting only
-            return "?"
-        return f"{self.requires[0]} {getattr(module, '__version__', '?')}"
-
-
-def _torch_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-
+from .engine_base import (Engine, RunTiming, _torch_threads, load_weights, save_weights,  # noqa: F401
+                          timed_run)
 
 class SmallmindEngine(Engine):
     name = "smallmind"
@@ -130,6 +39,7 @@ class SmallmindEngine(Engine):
         self.preset = preset
         self.name = f"smallmind:{preset}"
         self.label = f"smallmind {preset}"
+        self.weights = preset_weights(preset)
 
     def prepare(self, weights, workdir):
         _torch_threads(self.threads)
@@ -156,19 +66,26 @@ class OnnxRuntimeEngine(Engine):
     label = "ONNX Runtime"
     requires = ("onnxruntime", "onnx", "onnxscript", "torch")
 
-    def prepare(self, weights, workdir):
-        import numpy as np
-        import onnxruntime as ort
-
-        costs = {"export_s": None}  # None: exported by an earlier worker, reused
+    def model_path(self, weights, workdir, costs: dict) -> Path:
+        """The exported decode step (exported once per weights: the other thread counts and
+        the int8 engine reuse it); costs["export_s"] None when reused."""
+        costs["export_s"] = None
         path = workdir / "onnxruntime" / "decode_step.onnx"
-        if not path.exists():  # exported once per weights; the other thread counts reuse it
+        if not path.exists():
             from .onnx_export import export_decode_step
 
             _torch_threads(self.threads)
             start = time.perf_counter()
             export_decode_step(load_weights(weights), path)
             costs["export_s"] = time.perf_counter() - start
+        return path
+
+    def prepare(self, weights, workdir):
+        import numpy as np
+        import onnxruntime as ort
+
+        costs = {}
+        path = self.model_path(weights, workdir, costs)
         start = time.perf_counter()
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
@@ -204,6 +121,28 @@ class OnnxRuntimeEngine(Engine):
         return tokens, stamps
 
 
+class OnnxRuntimeInt8Engine(OnnxRuntimeEngine):
+    name = "onnxruntime-int8"
+    label = "ONNX Runtime, dynamic int8"
+    weights = "int8"
+
+    def model_path(self, weights, workdir, costs: dict) -> Path:
+        """The exported step after quantize_dynamic (once per weights, reused like the export):
+        int8 weights per output channel of every MatMul, activations quantized per call."""
+        fp32 = super().model_path(weights, workdir, costs)
+        costs["quantize_s"] = None
+        path = workdir / "onnxruntime" / "decode_step.int8.onnx"
+        if not path.exists():
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            start = time.perf_counter()
+            tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.onnx")
+            quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, per_channel=True)
+            os.replace(tmp, path)
+            costs["quantize_s"] = time.perf_counter() - start
+        return path
+
+
 def _token(i: int) -> str:
     """The vocabulary entry of token id i in the converted model (our ids have no text)."""
     return f"<{i}>"
@@ -228,6 +167,7 @@ class CTranslate2Engine(Engine):
     name = "ctranslate2"
     label = "CTranslate2"
     requires = ("ctranslate2", "transformers", "torch")
+    compute_type = "float32"
 
     def prepare(self, weights, workdir):
         import ctranslate2
@@ -244,7 +184,7 @@ class CTranslate2Engine(Engine):
             os.replace(tmp, out)
             costs["convert_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        self.generator = ctranslate2.Generator(str(out), device="cpu", compute_type="float32",
+        self.generator = ctranslate2.Generator(str(out), device="cpu", compute_type=self.compute_type,
                                                intra_threads=self.threads, inter_threads=1)
         costs["load_s"] = time.perf_counter() - start
         return costs
@@ -260,6 +200,13 @@ class CTranslate2Engine(Engine):
             [[_token(i) for i in prompt]], max_length=n, sampling_topk=1, beam_size=1,
             end_token=[], include_prompt_in_result=False, callback=stamp)
         return result[0].sequences_ids[0], stamps
+
+
+class CTranslate2Int8Engine(CTranslate2Engine):
+    name = "ctranslate2-int8"
+    label = "CTranslate2, int8"
+    weights = "int8"
+    compute_type = "int8"  # quantized from the float32 conversion as it loads
 
 
 class HFEngine(Engine):
@@ -324,8 +271,9 @@ class HFCompiledEngine(HFEngine):
 
 # ---- registry --------------------------------------------------------------------------------
 
-ENGINES: dict = {cls.name: cls for cls in (SmallmindEngine, OnnxRuntimeEngine, CTranslate2Engine,
-                                            HFEngine, HFCompiledEngine)}
+ENGINES: dict = {cls.name: cls for cls in (SmallmindEngine, OnnxRuntimeEngine, OnnxRuntimeInt8Engine,
+                                            CTranslate2Engine, CTranslate2Int8Engine, HFEngine,
+                                            HFCompiledEngine)}
 PEERS = tuple(name for name in ENGINES if name != "smallmind")   # the engines we measure against
 
 
@@ -362,3 +310,22 @@ def missing_packages(name: str) -> list:
 
 def is_peer(name: str) -> bool:
     return split_name(name)[0] != "smallmind"
+
+
+def preset_weights(preset: str) -> str:
+    """The weight format a preset computes with ("max-int8": int8)."""
+    from ..config import MAX_PRESETS, PHASES
+
+    if preset in MAX_PRESETS:
+        return next(iter(MAX_PRESETS[preset].values())).weights
+    return PHASES[preset].weights
+
+
+def engine_weights(name: str, default_preset: str = "max") -> str:
+    """The weight format an engine computes with: "fp32", or "int8" for the int8 engines and
+    `smallmind:max-int8`; its greedy tokens are compared with fp32 reference's, and for a
+    lossy format the agreement is measured, not required."""
+    base, preset = split_name(name)
+    if base == "smallmind":
+        return preset_weights(preset or default_preset)
+    return ENGINES[base].weights

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..compiled import compiled_graphs
-from ..config import OptConfig
-from ..forms import LINEAR
+from ..config import OptConfig, check_tolerance, reference_for
+from ..forms import LINEAR_BY_WEIGHTS
 from ..ops import CustomOpsUnavailable
 from .machine import environment, last_level_cache_bytes, memory_bandwidth_gbs, mm_gflops
 from .profiling import profile_generation
@@ -169,10 +169,15 @@ def measure_generation(model, prompt, new_tokens: int, runs: int, *, warmup: boo
 # ---- GEMM ------------------------------------------------------------------------------------
 
 def matmul_gflops(opt: OptConfig, sizes=(128, 256, 512), *, device="cpu", repeat=5) -> tuple:
-    """({n: GFLOPS of `LINEAR[opt.matmul](a, w, None)`}, {n: GFLOPS of torch.mm}) on square
-    n x n matrices. The two are timed alternately, so that their ratio compares them under
+    """({n: GFLOPS of the preset's linear form on `a, w`}, {n: GFLOPS of torch.mm}) on square
+    n x n matrices (for int8 / bf16 weights, w's copy in that format: made at the first call,
+    before the timing). The two are timed alternately, so that their ratio compares them under
     the same machine state (on a shared machine the rate drifts from second to second)."""
-    linear = LINEAR[opt.matmul]
+    form = LINEAR_BY_WEIGHTS[opt.weights][opt.matmul]
+
+    def linear(a, w, bias):
+        with torch.no_grad():
+            return form(a, w, bias)
     ours, aten = {}, {}
     for n in sizes:
         g = torch.Generator().manual_seed(n)
@@ -222,7 +227,8 @@ def measure_machine(model=None, settings: BenchSettings = BenchSettings(), *, de
 
 class ReferenceRun:
     """What every preset is checked against: reference logits on `check_input` and the greedy
-    tokens of the benchmark's generation, computed once per model (its weights)."""
+    tokens of the benchmark's generation, computed once per model (its weights) and weight
+    format (`outputs`; `logits` and `tokens` are fp32 reference's)."""
 
     def __init__(self, model, settings: BenchSettings = BenchSettings(), prompt=None):
         device = _device_of(model)
@@ -231,15 +237,24 @@ class ReferenceRun:
             prompt = fixed_prompt(model.config, settings.prompt_len, settings.seed, device)
         self.prompt = prompt.to(device).view(1, -1)[:, -model.config.block_size:]
         self.check_x = check_input(model.config, settings.seed, device)
-        previous = model.requested_phase
-        model.set_phase("reference")
-        try:
-            with torch.no_grad():
-                self.logits = model(self.check_x).float().cpu()
-                self.tokens = model.generate(self.prompt, settings.new_tokens, temperature=0.0)[
-                    0, self.prompt.size(1):].cpu()
-        finally:
-            model.set_phase(previous)
+        self._outputs = {}
+        self.logits, self.tokens = self.outputs(model, OptConfig())
+
+    def outputs(self, model, opt: OptConfig) -> tuple:
+        """(logits, tokens) of reference_for(opt): reference's forms on opt's weight format."""
+        reference = reference_for(opt)
+        if reference.weights not in self._outputs:
+            previous = model.requested_phase
+            model.set_phase(reference)
+            try:
+                with torch.no_grad():
+                    logits = model(self.check_x).float().cpu()
+                    tokens = model.generate(self.prompt, self.settings.new_tokens, temperature=0.0)[
+                        0, self.prompt.size(1):].cpu()
+            finally:
+                model.set_phase(previous)
+            self._outputs[reference.weights] = (logits, tokens)
+        return self._outputs[reference.weights]
 
 
 def _first_mismatch(a, b) -> "int | None":
@@ -283,10 +298,19 @@ def measure_preset(model, preset: "str | OptConfig", settings: BenchSettings = B
         # correctness first: logits on the fixed input, then the warm-up run's greedy tokens
         with torch.no_grad():
             logits = model(reference.check_x).float().cpu()
-        max_diff = float((logits - reference.logits).abs().max())
+        expected_logits, expected_tokens = reference.outputs(model, model.opt)
+        max_diff = float((logits - expected_logits).abs().max())
         tokens, _, _ = timed_stream(model, prompt, n)  # the protocol's warm-up run
-        mismatch = _first_mismatch(tokens, reference.tokens)
-        result.check = Check(max_diff, mismatch is None, settings.tolerance, mismatch)
+        mismatch = _first_mismatch(tokens, expected_tokens)
+        result.check = Check(max_diff, mismatch is None,
+                             check_tolerance(model.opt, settings.tolerance), mismatch,
+                             model.opt.weights)
+        if model.opt.weights != "fp32":  # what the format costs, against fp32 reference
+            divergence = _first_mismatch(tokens, reference.tokens)
+            result.accuracy = {
+                "max_abs_logit_diff": float((logits - reference.logits).abs().max()),
+                "greedy_agreement": float((tokens == reference.tokens).float().mean()),
+                "first_divergence": len(tokens) if divergence is None else divergence}
         if not result.check.passed:
             result.status, result.reason = "FAILED", result.check.describe()
             return result

@@ -6,9 +6,10 @@ temporary directory and `reference`'s greedy tokens are computed for every promp
 thread count, one worker process per engine (engine_worker.py) prepares its engine (export,
 conversion: the one-time costs it reports), and for every prompt:
 
-1. each engine generates once: its tokens are checked against reference's. An engine that
-   disagrees is FAILED (first mismatching token) and never timed; one whose package is missing
-   is "not installed"; any other failure is "error: <reason>";
+1. each engine generates once: its tokens are checked against reference's. An fp32 engine that
+   disagrees is FAILED (first mismatching token) and never timed; an int8 engine's agreement
+   (the fraction of equal tokens, the first that differs) is recorded instead; one whose
+   package is missing is "not installed"; any other failure is "error: <reason>";
 2. `runs` rounds, each running every engine that passed once, in a rotating order, with a
    short pause between engines (idle thread pools of the previous one stop spinning); every
    run's tokens are checked again.
@@ -28,10 +29,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .engines import RunTiming, make_engine, missing_packages, save_weights
+from .engines import RunTiming, engine_weights, make_engine, missing_packages, save_weights
 from .peer_results import CaseResult, EngineRow, PeersResult
 
-DEFAULT_ENGINES = ("smallmind", "onnxruntime", "ctranslate2", "hf", "hf-compiled")
+DEFAULT_ENGINES = ("smallmind", "smallmind:max-int8", "onnxruntime", "onnxruntime-int8",
+                   "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled")
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,11 @@ def _generate(worker: Worker, prompt, reference, settings, row: EngineRow) -> "R
     row.counters = {k: v - worker.counters_at_case_start.get(k, 0) for k, v in counters.items()}
     worker.counters = counters
     mismatch = first_mismatch(run.tokens, reference)
+    if row.weights != "fp32":  # a lossy format: how far it agrees, measured, not required
+        n = min(len(run.tokens), len(reference))
+        row.agreement = sum(a == b for a, b in zip(run.tokens, reference)) / max(1, n)
+        row.first_mismatch = mismatch
+        return run
     if mismatch is not None:
         row.status, row.first_mismatch = "FAILED", mismatch
         row.reason = f"greedy tokens differ from reference's (first at token {mismatch})"
@@ -287,7 +294,8 @@ def run_workload(workload: Workload, engines, settings: PeerSettings, tmp: Path,
     cases = [CaseResult(workload.name, len(p), n) for p in workload.prompts]
     for threads in settings.threads:
         log(f"{workload.name}, {threads} thread(s): starting {len(engines)} engine(s)")
-        base_rows = {engine: EngineRow(engine, threads) for engine in engines}
+        base_rows = {engine: EngineRow(engine, threads, weights=engine_weights(engine, settings.phase))
+                     for engine in engines}
         workers = {}
         try:
             workers = _start(engines, weights, tmp, threads, settings, base_rows, log)

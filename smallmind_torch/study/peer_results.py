@@ -3,15 +3,16 @@
 
 A case is one shape and one prompt; its rows are one per (engine, thread count). Ratios are
 taken inside a case and a thread count, i.e. between figures measured in the same run:
-tokens/s over the best peer's (the best engine that is not smallmind), first-token time over
-ONNX Runtime's.
+tokens/s over the best fp32 peer's (the best engine that is not smallmind and computes on fp32
+weights) and over the best int8 peer's, first-token time over ONNX Runtime's. An int8 engine's
+tokens are not required to equal fp32 reference's: their agreement is measured.
 """
 from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from .engines import is_peer
+from .engines import engine_weights, is_peer
 from .results import DISTURBED_RATIO, spread
 
 STATUSES = ("ok", "FAILED", "not installed", "error")
@@ -32,7 +33,9 @@ class EngineRow:
     version: str = ""
     setup: dict = field(default_factory=dict)   # one-time costs in seconds (export_s, ...)
     first_call_s: "float | None" = None  # the check run (the first call: includes any compile)
-    first_mismatch: "int | None" = None  # FAILED: first generated token that differs
+    first_mismatch: "int | None" = None  # first generated token that differs from reference's
+    weights: str = "fp32"                # the weight format the engine computes with
+    agreement: "float | None" = None     # int8: the fraction of its greedy tokens = reference's
     tokens_per_s: "dict | None" = None    # results.spread over the runs: min, median, max, ...
     first_token_ms: "dict | None" = None
     decode_ms: "dict | None" = None
@@ -62,6 +65,13 @@ class EngineRow:
     def describe_status(self) -> str:
         return f"{self.status}: {self.reason}" if self.reason else self.status
 
+    def describe_check(self) -> str:
+        """"ok", or for a lossy engine how far its tokens agree with fp32 reference's."""
+        if self.weights == "fp32" or self.agreement is None:
+            return "ok"
+        first = "" if self.first_mismatch is None else f", first differs at {self.first_mismatch}"
+        return f"{100 * self.agreement:.0f}% of tokens = fp32 reference{first}"
+
     def to_dict(self) -> dict:
         return {**asdict(self), "compile_s": self.compile_s}
 
@@ -78,18 +88,21 @@ class CaseResult:
         return f"{self.shape}, prompt {self.prompt_len}, {self.new_tokens} new tokens"
 
     def ratios(self) -> dict:
-        """{threads: {engine: {"x_best_peer": ..., "first_token_x_onnxruntime": ...}}}."""
+        """{threads: {engine: {"x_best_peer": ..., "x_best_int8_peer": ...,
+        "first_token_x_onnxruntime": ...}}}; x_best_peer is over the best fp32 peer."""
         out = {}
         for threads in sorted({r.threads for r in self.rows}):
             rows = [r for r in self.rows if r.threads == threads and r.ok and r.tokens_per_s]
-            peers = [r for r in rows if is_peer(r.engine)]
-            best = max((r.tokens_per_s["median"] for r in peers), default=None)
+            best = {fmt: max((r.tokens_per_s["median"] for r in rows
+                              if is_peer(r.engine) and r.weights == fmt), default=None)
+                    for fmt in ("fp32", "int8")}
             ort = next((r for r in rows if r.engine == "onnxruntime"), None)
             group = {}
             for r in rows:
                 ratio = {}
-                if best:
-                    ratio["x_best_peer"] = r.tokens_per_s["median"] / best
+                for fmt, key in (("fp32", "x_best_peer"), ("int8", "x_best_int8_peer")):
+                    if best[fmt]:
+                        ratio[key] = r.tokens_per_s["median"] / best[fmt]
                 if ort is not None and ort.first_token_ms and r.first_token_ms:
                     ratio["first_token_x_onnxruntime"] = (r.first_token_ms["median"]
                                                           / ort.first_token_ms["median"])
@@ -117,8 +130,8 @@ class PeersResult:
 
 # ---- tables ----------------------------------------------------------------------------------
 
-HEADER = ["engine", "threads", "tokens/s", "min-max", "first token ms", "decode ms",
-          "x best peer", "first token x ORT", "one-time", "check"]
+HEADER = ["engine", "weights", "threads", "tokens/s", "min-max", "first token ms", "decode ms",
+          "x best fp32 peer", "x best int8 peer", "first token x ORT", "one-time", "check"]
 
 
 def _num(value, digits=None) -> str:
@@ -136,7 +149,7 @@ def _short_label(row: EngineRow) -> str:
 
 def _one_time(row: EngineRow) -> str:
     parts = []
-    for key, word in (("export_s", "export"), ("convert_s", "convert")):
+    for key, word in (("export_s", "export"), ("quantize_s", "quantize"), ("convert_s", "convert")):
         if key in row.setup:
             value = row.setup[key]
             parts.append(f"{word} reused" if value is None else f"{word} {value:.1f} s")
@@ -163,25 +176,25 @@ def case_rows(case: CaseResult) -> list:
     rows = []
     for r in case.rows:
         if not r.ok:
-            rows.append([_short_label(r), str(r.threads), *["-"] * 6, _one_time(r), r.describe_status()])
+            rows.append([_short_label(r), r.weights, str(r.threads), *["-"] * 7, _one_time(r),
+                         r.describe_status()])
             continue
         ratio = ratios.get(r.threads, {}).get(r.engine, {})
         tps, first, decode = r.tokens_per_s, r.first_token_ms, r.decode_ms
-        x_best, x_ort = ratio.get("x_best_peer"), ratio.get("first_token_x_onnxruntime")
+        x = (lambda key: f"{ratio[key]:.2f}x" if ratio.get(key) is not None else "-")
         rows.append([
-            _short_label(r), str(r.threads), _num(tps["median"] if tps else None),
+            _short_label(r), r.weights, str(r.threads), _num(tps["median"] if tps else None),
             _range(tps), _num(first["median"] if first else None),
             _num(decode["median"] if decode else None),
-            f"{x_best:.2f}x" if x_best is not None else "-",
-            f"{x_ort:.2f}x" if x_ort is not None else "-",
-            _one_time(r), "ok"])
+            x("x_best_peer"), x("x_best_int8_peer"), x("first_token_x_onnxruntime"),
+            _one_time(r), r.describe_check()])
     return rows
 
 
 def format_case(case: CaseResult) -> str:
     rows = [HEADER] + case_rows(case)
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    right = {1, 2, 3, 4, 5, 6, 7}
+    right = {2, 3, 4, 5, 6, 7, 8, 9}
     lines = [case.title]
     for row in rows:
         lines.append("  ".join(cell.rjust(w) if i in right else cell.ljust(w)

@@ -1,23 +1,40 @@
-"""What a weight format costs in accuracy: int8 weights are not the reference up to float
-rounding, so their error is measured, not checked to 1e-4 (config.LOSSY_FORMS).
+"""What a weight format gains in speed and costs in accuracy: int8, w8a8 and bf16 weights are not
+the reference up to float rounding, so their error against fp32 is measured
+(config.LOSSY_FORMS).
 
-For one model, a lossy phase against `reference` on the same weights: the max |logit
+Accuracy, for one model, a lossy phase against `reference` on the same weights: the max |logit
 difference| and its distribution over every position of the check input, greedy-token
 agreement over 50 and 200 new tokens (the fraction of positions equal, and how far the two
 agree from the start), and, when validation data is given, the validation loss under both.
+
+Speed: every format of FORMATS on the same weights, each in its own model of one process,
+alternating run by run at each thread count (the protocol's generation: tokens/s with
+prefill, median decode step).
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..config import OptConfig
+from ..config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, OptConfig
 from ..train.corpus import get_batch
 from ..train.loop import lm_loss
-from .harness import _first_mismatch, check_input, fixed_prompt
+from .harness import _first_mismatch, check_input, fixed_prompt, measure_generation
+from .results import spread
+from .timing import threads as run_threads
 
 AGREEMENT_TOKENS = (50, 200)
+
+# label -> phase: fp32 `max` first (every ratio is against it), then the quantized ones: the
+# two int8 fused decode steps `max-int8` chooses between (the main table says which it chose)
+FORMATS = {
+    "fp32 (max)": "max",
+    "int8 (fused decode)": MAX_INT8_CANDIDATES["int8 fused decode"],
+    "w8a8 (fused decode)": MAX_INT8_CANDIDATES["w8a8 fused decode"],
+    "bf16 (custom ops)": MAX_CANDIDATES["custom ops"].replace(weights="bf16"),
+}
 
 
 @dataclass
@@ -90,3 +107,110 @@ def _val_batches(data, block_size, n, batch_size) -> list:
 
 def _loss(model, batches) -> float:
     return sum(float(lm_loss(model, x, y)) for x, y in batches) / len(batches)
+
+
+# ---- speed and accuracy of every format, for the report --------------------------------------
+
+def measure_speed(model, formats: "dict | None" = None, thread_counts=(1, 2), runs: int = 5,
+                  new_tokens: int = 50, prompt=None) -> list:
+    """One row per (thread count, format): tokens/s and decode ms (results.spread of the runs),
+    the ratio to the first format's median tokens/s, what ran (for max / max-int8: which
+    candidate) and the bytes of weights a decode step reads. Each format runs in its own copy
+    of `model`; formats alternate run by run after a warm-up run each."""
+    from ..model import GPT
+
+    formats = formats or FORMATS
+    prompt = prompt if prompt is not None else fixed_prompt(model.config)
+    rows = []
+    for n in thread_counts:
+        with run_threads(n):
+            models = {}
+            for label, phase in formats.items():  # set in the thread count: max measures in it
+                copy = GPT(model.config).eval()
+                copy.load_state_dict(model.state_dict())
+                models[label] = copy.set_phase(phase)
+            figures = {label: {"tokens_per_s": [], "decode_ms": []} for label in models}
+            for m in models.values():
+                measure_generation(m, prompt, new_tokens, 1)  # warm-up
+            for _ in range(runs):
+                for label, m in models.items():
+                    _, run = measure_generation(m, prompt, new_tokens, 1, warmup=False)
+                    for key in figures[label]:
+                        figures[label][key] += run.get(key, [])
+        base = statistics.median(figures[next(iter(models))]["tokens_per_s"])
+        for label, f in figures.items():
+            tps = spread(f["tokens_per_s"])
+            rows.append({"format": label, "threads": n, "ran": models[label].phase.description.split(" (")[0],
+                         "weights": models[label].opt.weights,
+                         "decode_weight_bytes": decode_weight_bytes(models[label]),
+                         "tokens_per_s": tps, "decode_ms": spread(f["decode_ms"]) if f["decode_ms"] else None,
+                         "x_first": tps["median"] / base})
+    return rows
+
+
+BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "w8a8": 1, "bf16": 2}
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights a decode step reads in the model's format: the matrices of the linear
+    layers and the lm head at their format's width (int8, w8a8: plus a float32 scale per row), the
+    rest (LayerNorms, biases, the position row, the token row) in float32."""
+    from .harness import weight_bytes_per_decode
+
+    fmt = model.opt.weights
+    total = weight_bytes_per_decode(model)
+    if fmt == "fp32":
+        return total
+    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for w in {id(w): w for w in matrices}.values():  # the tied lm head once
+        rows, cols = w.shape
+        total -= w.numel() * 4
+        total += rows * cols * BYTES_PER_WEIGHT[fmt] + (rows * 4 if fmt in ("int8", "w8a8") else 0)
+    return total
+
+
+def measure_formats(model, val_data=None, *, formats: "dict | None" = None, thread_counts=(1, 2),
+                    runs: int = 5, new_tokens: int = 50, val_batches: int = 10,
+                    batch_size: int = 8) -> dict:
+    """The report's section: speed of every format (measure_speed) and the accuracy of each
+    lossy one against fp32 reference (weight_format_accuracy, with the validation loss when
+    `val_data` is given). The model is left in reference."""
+    formats = formats or FORMATS
+    speed = measure_speed(model, formats, thread_counts, runs, new_tokens)
+    accuracy = {}
+    for label, phase in formats.items():
+        model.set_phase(phase)
+        if model.opt.weights != "fp32":
+            accuracy[label] = weight_format_accuracy(model, model.opt, val_data, val_batches,
+                                                     batch_size).to_dict()
+    model.set_phase("reference")
+    return {"speed": speed, "accuracy": accuracy,
+            "settings": {"thread_counts": list(thread_counts), "runs": runs,
+                         "new_tokens": new_tokens}}
+
+
+def _cell(s, digits) -> str:
+    from .tables import with_spread_value
+
+    return "-" if not s else with_spread_value(s["median"], s, digits)
+
+
+def markdown(section: dict) -> str:
+    """The speed table and the accuracy table of measure_formats."""
+    out = ["| format | threads | what ran | weights MB / decode step | tokens/s | decode ms | x fp32 max |",
+           "|---|---|---|---|---|---|---|"]
+    for r in section["speed"]:
+        out.append(f"| {r['format']} | {r['threads']} | {r['ran']} | {r['decode_weight_bytes'] / 1e6:.1f} | "
+                   f"{_cell(r['tokens_per_s'], 1)} | {_cell(r['decode_ms'], 3)} | {r['x_first']:.2f}x |")
+    out += ["", "| format | max abs logit diff | p50 / p90 / p99 | greedy tokens equal (50 / 200) | "
+                "first difference (50 / 200) | val loss fp32 | val loss | change (nats) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for label, a in section["accuracy"].items():
+        q, agree, first = a["logit_diff_quantiles"], a["greedy_agreement"], a["first_divergence"]
+        loss = (lambda v: "-" if v is None else f"{v:.4f}")
+        change = a.get("val_loss_change")
+        out.append(f"| {label} | {a['max_abs_logit_diff']:.4f} | {q['p50']:.4f} / {q['p90']:.4f} / "
+                   f"{q['p99']:.4f} | {100 * agree['50']:.0f}% / {100 * agree['200']:.0f}% | "
+                   f"{first['50']} / {first['200']} | {loss(a['val_loss_reference'])} | "
+                   f"{loss(a['val_loss'])} | {'-' if change is None else f'{change:+.4f}'} |")
+    return "\n".join(out) + "\n"

@@ -70,6 +70,33 @@ def _story(study: StudyResult) -> list:
     return lines
 
 
+QUANTIZED_NOTE = (
+    "The `weights` switch on the same weights: the two int8 fused decode steps that `max-int8` "
+    "chooses between (weight-only int8 with float32 activations, and w8a8 with int8 "
+    "activations on VNNI dot products where the CPU has them; the main table says which "
+    "`max-int8` chose) and bf16 on the custom ops, each in its own model, alternating run by "
+    "run with fp32 `max`. Then what each format costs against fp32 reference: |logit "
+    "difference| over the check input, greedy tokens over 50 and 200 new tokens (a near-tie "
+    "decided the other way changes every token after it), and the validation loss of the "
+    "trained checkpoint.")
+ENGINES_NOTE = (
+    "`smallmind peers` (or this part of `make study`): ONNX Runtime runs the decode step "
+    "exported from this model with its past keys and values (and, at int8, the same graph "
+    "after its dynamic quantization), CTranslate2 its own conversion of the Hugging Face model "
+    "(at int8, loaded with compute_type int8); every fp32 engine's greedy tokens are checked "
+    "against reference before it is timed, and every int8 engine's agreement with them is "
+    "measured.")
+
+
+def _markdown_section(lines, title, note, body, plot=None, plots=None):
+    """A section whose body is Markdown made elsewhere (None: no section)."""
+    if not body:
+        return
+    lines += ["", f"## {title}", "", note, "", body, ""]
+    if plot and plots and plot in plots:
+        lines += [f"![{plot}]({Path(plots[plot]).name})", ""]
+
+
 def _section(lines, title, rows_fn, note="", plot=None, plots=None):
     header, rows = rows_fn
     if not rows:
@@ -123,7 +150,9 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
               f"(docs/study.md): greedy, {s['new_tokens']} new tokens after a {s['prompt_len']}-token "
               f"prompt, batch 1, {s['runs']} runs after a warm-up, median, prefill included; every "
               f"preset checked against `reference` first (max |logit diff| <= {s['tolerance']:g} and "
-              "identical greedy tokens).", "", "## The story", ""]
+              "identical greedy tokens; a preset on int8 weights, `max-int8`, against reference's "
+              "forms on the same int8 weights, its cost against fp32 shown beside).", "",
+              "## The story", ""]
     lines += _story(study)
     lines += ["## Main table", "", t.md_table(*t.table_rows(study)), "",
               "Ratios are measured in the same run (absolute times drift on a shared machine). "
@@ -159,15 +188,10 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
              "with one it stays flat.", "batches", plots)
     if plots and "positions" in plots:
         lines += [f"![positions]({Path(plots['positions']).name})", ""]
-    engines = study.sections.get("engines_markdown")
-    if engines:
-        lines += ["", "## Peer engines on the same weights (each in its own process)", "",
-                  "`smallmind peers` (or this part of `make study`): ONNX Runtime runs the decode "
-                  "step exported from this model with its past keys and values, CTranslate2 its "
-                  "own conversion of the Hugging Face model; every engine's greedy tokens are "
-                  "checked against reference before it is timed.", "", engines, ""]
-        if plots and "engines" in plots:
-            lines += [f"![engines]({Path(plots['engines']).name})", ""]
+    _markdown_section(lines, "Weight formats: int8, w8a8 and bf16 against fp32",
+                      QUANTIZED_NOTE, study.sections.get("quantized_markdown"))
+    _markdown_section(lines, "Peer engines on the same weights (each in its own process)",
+                      ENGINES_NOTE, study.sections.get("engines_markdown"), "engines", plots)
     if traces:
         lines += ["", "## Profiler traces", "", VIEWERS, ""]
         for name, tr in traces.items():

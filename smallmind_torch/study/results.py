@@ -23,12 +23,14 @@ def spread(values) -> dict:
 
 @dataclass
 class Check:
-    """Agreement with the `reference` preset on the same weights."""
+    """Agreement with the `reference` preset on the same weights (for a lossy weight format:
+    reference's forms on the same rounded weights, config.reference_for)."""
 
     max_abs_diff: float
     tokens_equal: bool
     tolerance: float
     first_mismatch: "int | None" = None  # index of the first differing generated token
+    weights: str = "fp32"                # the weight format both ran on
 
     @property
     def passed(self) -> bool:
@@ -36,7 +38,8 @@ class Check:
 
     def describe(self) -> str:
         if self.passed:
-            return f"ok (max diff {self.max_abs_diff:.1e})"
+            on = "" if self.weights == "fp32" else f" vs reference on the {self.weights} weights"
+            return f"ok (max diff {self.max_abs_diff:.1e}{on})"
         parts = []
         if not (math.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.tolerance):
             parts.append(f"max |logit diff| {self.max_abs_diff:.3g} > {self.tolerance:g}")
@@ -113,11 +116,19 @@ class PhaseResult(_StatusAndMemory):
     time_split: dict = field(default_factory=dict)   # category -> percent (sums to 100)
     time_split_ms: dict = field(default_factory=dict)
     roofline: dict = field(default_factory=dict)
+    # lossy weight formats: against fp32 reference, max_abs_logit_diff on the check input and
+    # greedy_agreement (the fraction of equal tokens) and first_divergence of the generation
+    accuracy: "dict | None" = None
     env: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
 
     def describe_ok(self) -> str:
-        return self.check.describe() if self.check else "ok"
+        text = self.check.describe() if self.check else "ok"
+        if self.accuracy:
+            a = self.accuracy
+            text += (f"; vs fp32: max |logit diff| {a['max_abs_logit_diff']:.3g}, greedy tokens "
+                     f"{100 * a['greedy_agreement']:.0f}% equal")
+        return text
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -20,7 +20,7 @@ from .training import TrainingResult, measure_init, measure_training_step
 from .waterfall import measure_waterfall
 
 GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
-PARTS = ("waterfall", "training", "init", "scaling", "engines")
+PARTS = ("waterfall", "training", "init", "scaling", "quantized", "engines")
 # phase0's attention writes one score at a time into a tensor that requires grad: autograd
 # keeps a copy of the score tensor per write, B x nh x T x T floats times T^2/2 writes per
 # layer; at 8 x 128 tokens that is over a hundred GB (a run here was killed at 24 GiB).
@@ -97,6 +97,9 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
     - "scaling": tokens/s at batch 1, 4, 16 and decode ms by position per preset (scaling.py).
     `presets_of`: part -> preset names (default: the study's presets, minus phase0 for
     scaling: its no-cache line has the reference's shape at 30x the minutes).
+    - "quantized": fp32 max against the int8 and bf16 weight formats, speed at 1 and 2 threads
+      and accuracy against fp32 reference, the validation loss too when the weights are a
+      checkpoint (quantized.py);
     - "engines": the peer engines on the model's weights and, for `engine_shapes` with
       "gpt2-small", at the large shape, each in its own process (peer_bench.py).
     Tiny settings shrink every part (and skip the large shape)."""
@@ -139,6 +142,21 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
         return [measure_scaling(model, n, name=n, **kw).to_dict()
                 for n in progress_over(chosen["scaling"], "batches and positions", progress)]
 
+    def quantized():
+        from .quantized import markdown, measure_formats
+
+        val = None
+        if study.weights.startswith("checkpoint"):  # trained on the default corpus
+            from ..train.corpus import default_tokens, train_val_split
+            from ..train.tokenizer import Tokenizer
+
+            _, val = train_val_split(default_tokens(Tokenizer.default()))
+        section = measure_formats(model, val, thread_counts=(1,) if tiny else (1, 2),
+                                  runs=1 if tiny else 5, new_tokens=settings.new_tokens,
+                                  val_batches=1 if tiny else 10, batch_size=2 if tiny else 8)
+        study.sections["quantized_markdown"] = markdown(section)
+        return section
+
     def engines():
         from .peer_bench import PeerSettings, make_workload, run_peers
         from .peer_results import markdown
@@ -167,6 +185,7 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
         run_part("training", training)
         run_part("init", init)
         run_part("scaling", scaling)
+        run_part("quantized", quantized)
         run_part("engines", engines)
     finally:
         model.set_phase(previous)

@@ -1,0 +1,338 @@
+// Matrix-vector products on low-precision weights, one ISA (no include guard: kernels.h
+// includes this once per ISA): the kernels of the linear_q8 and linear_bf16 ops and of the
+// int8 decode step (decode_kernel.h).
+//
+// y[m, n] = scale[n] * sum_k x[m, k] * w[n, k] (+ bias[n]), x and y float32, w (N, K) int8
+// quantized per output channel (row n of the float weight ~ scale[n] * w[n, :]) or bfloat16
+// (no scale). A decode step reads every weight once, so int8 weights move a quarter and bf16
+// weights half of the bytes of float32 ones. The generic path widens each weight vector as it
+// is read (vload_weight) and fuses it into float32 accumulators, so the only error is the
+// operands' rounding; on a CPU with AVX512_BF16, bf16 runs on its native dot product
+// (vdpbf16ps: 32 bf16 products per instruction, summed into 16 float32 lanes).
+//
+// w8a8 (int8 weights and int8 activations, as the engines' int8 compute types do): each row
+// of x is quantized on the fly (quantize_rows: symmetric, per row), the dot products are exact
+// int32 sums of int8 products, then scaled: y = (sum * sx[m]) * sw[n] + bias[n]. With
+// AVX512_VNNI one vpdpbusd adds 64 products (gemv_cols_w8a8_vnni); elsewhere vpmaddubsw +
+// vpmaddwd (AVX2, also the AVX-512 path of a CPU without VNNI) or plain C++. vpmaddubsw takes
+// unsigned bytes: it is given |a| and w with a's sign, so each product is a * w (|a|, |w| <=
+// 127 keeps its int16 pair sums from saturating).
+
+namespace smallmind {
+namespace SMALLMIND_ISA_NS {
+
+constexpr int kLowpRows = 4;
+
+// R rows of x (row r at x + r * K) against one weight row: R dot products sharing each widened
+// weight vector.
+template <int R, class Weight>
+static inline void dot_rows(const float* x, int64_t K, const Weight* w, float* t) {
+  V acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = vzero();
+  int64_t k = 0;
+  for (; k + W <= K; k += W) {
+    const V wv = vload_weight(w + k);
+    for (int r = 0; r < R; ++r) acc[r] = vfmadd(vload(x + r * K + k), wv, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) {
+    t[r] = vhsum(acc[r]);
+    for (int64_t j = k; j < K; ++j) t[r] += x[r * K + j] * float(w[j]);
+  }
+}
+
+// For columns j in [j0, j1) and rows i < M in groups of kLowpRows (weight row outer, so each
+// weight row is read from memory once per call): dots(i, rows, j, t) fills t[0, rows) with
+// the sums of rows i.. against weight row j; then out[i * ldo + j] = (or += if accumulate)
+// value(i, j, t) + bias[j] (bias may be null).
+template <class Sum, class Dots, class Value>
+static inline void gemv_driver(int64_t M, int64_t j0, int64_t j1, const float* bias, float* out,
+                               int64_t ldo, bool accumulate, const Dots& dots,
+                               const Value& value) {
+  Sum t[kLowpRows];
+  for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t i = 0; i < M; i += kLowpRows) {
+      const int rows = int(std::min<int64_t>(kLowpRows, M - i));
+      dots(i, rows, j, t);
+      for (int r = 0; r < rows; ++r) {
+        const float v = value(i + r, j, t[r]) + (bias ? bias[j] : 0.f);
+        float* o = out + (i + r) * ldo + j;
+        *o = accumulate ? *o + v : v;
+      }
+    }
+  }
+}
+
+// out[i * ldo + j] (=, or += if accumulate) scale[j] * dot(x_i, w_j) + bias[j] for rows i < M
+// of x (M, K) and columns j in [j0, j1) of w (N, K): gemv_cols (decode_kernel.h) on
+// low-precision weights, each weight vector widened once per group of rows. scale and bias
+// may be null.
+template <class Weight>
+static inline void gemv_cols_lowp(const float* x, int64_t M, int64_t K, const Weight* w,
+                                  const float* scale, const float* bias, int64_t j0, int64_t j1,
+                                  float* out, int64_t ldo, bool accumulate) {
+  gemv_driver<float>(
+      M, j0, j1, bias, out, ldo, accumulate,
+      [&](int64_t i, int rows, int64_t j, float* t) {
+        if (rows == kLowpRows)
+          dot_rows<kLowpRows>(x + i * K, K, w + j * K, t);
+        else
+          for (int r = 0; r < rows; ++r) t[r] = dot_weights(x + (i + r) * K, w + j * K, K);
+      },
+      [&](int64_t, int64_t j, float t) { return scale ? t * scale[j] : t; });
+}
+
+static inline void gemv_cols_q8(const float* x, int64_t M, int64_t K, const int8_t* w,
+                                const float* scale, const float* bias, int64_t j0, int64_t j1,
+                                float* out, int64_t ldo, bool accumulate) {
+  gemv_cols_lowp(x, M, K, w, scale, bias, j0, j1, out, ldo, accumulate);
+}
+
+#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
+// bf16 on the native dot product: xb (M, K) are the activations rounded to bf16. Each
+// vdpbf16ps adds a pair of products per lane; the tail of a row is read through a mask (zeros
+// beyond K add nothing). Called only where cpu_has_bf16_dot().
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void gemv_cols_bf16_dot(const c10::BFloat16* xb, int64_t M, int64_t K,
+                               const c10::BFloat16* w, const float* bias, int64_t j0, int64_t j1,
+                               float* out, int64_t ldo) {
+  constexpr int kPairs = 32;  // bf16 per 512-bit vector
+  const int64_t full = K / kPairs * kPairs;
+  const __mmask32 tail = static_cast<__mmask32>((uint64_t(1) << (K - full)) - 1);
+  auto load = [](const c10::BFloat16* p) {
+    return (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(p));
+  };
+  auto load_tail = [tail](const c10::BFloat16* p) {
+    return (__m512bh)_mm512_maskz_loadu_epi16(tail, reinterpret_cast<const void*>(p));
+  };
+  for (int64_t j = j0; j < j1; ++j) {
+    const c10::BFloat16* wj = w + j * K;
+    for (int64_t i0 = 0; i0 < M; i0 += kLowpRows) {
+      const int rows = int(std::min<int64_t>(kLowpRows, M - i0));
+      __m512 acc[kLowpRows];
+      for (int r = 0; r < kLowpRows; ++r) acc[r] = _mm512_setzero_ps();
+      for (int64_t k = 0; k < full; k += kPairs) {
+        const __m512bh wv = load(wj + k);
+        for (int r = 0; r < rows; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], load(xb + (i0 + r) * K + k), wv);
+      }
+      if (full < K) {
+        const __m512bh wv = load_tail(wj + full);
+        for (int r = 0; r < rows; ++r)
+          acc[r] = _mm512_dpbf16_ps(acc[r], load_tail(xb + (i0 + r) * K + full), wv);
+      }
+      for (int r = 0; r < rows; ++r)
+        out[(i0 + r) * ldo + j] = _mm512_reduce_add_ps(acc[r]) + (bias ? bias[j] : 0.f);
+    }
+  }
+}
+#endif
+
+// ---- w8a8 ----
+
+// Symmetric per-row quantization of x (M, K): sx[m] = max |x[m, :]| / 127 (1 for a row of
+// zeros), q[m, k] = round(x[m, k] / sx[m]) (half to even) in [-127, 127]; a row holding NaN or
+// inf gets sx[m] = NaN (its outputs are NaN: int8 cannot carry it). As weight_formats.py's
+// quantize_rows, to the bit.
+static inline void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* sx) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * K;
+    int8_t* qm = q + m * K;
+    float amax = 0.f;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const float a = std::fabs(xm[k]);
+      finite = finite && a <= std::numeric_limits<float>::max();
+      amax = a > amax ? a : amax;
+    }
+    if (!finite) {
+      sx[m] = std::numeric_limits<float>::quiet_NaN();
+      std::fill(qm, qm + K, int8_t(0));
+      continue;
+    }
+    const float s = amax > 0.f ? amax / 127.f : 1.f;
+    sx[m] = s;
+    for (int64_t k = 0; k < K; ++k) {
+      const float r = std::nearbyint(xm[k] / s);
+      qm[k] = int8_t(r > 127.f ? 127.f : (r < -127.f ? -127.f : r));
+    }
+  }
+}
+
+// R int8 rows of a (row r at a + r * K) against one int8 weight row: R exact int32 sums.
+#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
+// AVX-512 without VNNI: the AVX2 path (kernels.h includes it first); with VNNI,
+// gemv_cols_w8a8_vnni below replaces the whole loop.
+template <int R>
+static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int32_t* t) {
+  isa_avx2::dot_i8_rows<R>(a, K, w, t);
+}
+#elif SMALLMIND_ISA_LEVEL == 1
+template <int R>
+static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int32_t* t) {
+  __m256i acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi16(1);
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+    for (int r = 0; r < R; ++r) {
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * K + k));
+      const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(av), _mm256_sign_epi8(wv, av));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(pairs, ones));
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc[r]), _mm256_extracti128_si256(acc[r], 1));
+    const __m128i s2 = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    t[r] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+    for (int64_t j = k; j < K; ++j) t[r] += int32_t(a[r * K + j]) * int32_t(w[j]);
+  }
+}
+#else
+template <int R>
+static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int32_t* t) {
+  for (int r = 0; r < R; ++r) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += int32_t(a[r * K + k]) * int32_t(w[k]);
+    t[r] = s;
+  }
+}
+#endif
+
+// out[i * ldo + j] (=, or += if accumulate) (dot(qa_i, w_j) * sa[i]) * sw[j] + bias[j] for
+// rows i < M of the quantized activations qa (M, K) and columns j in [j0, j1) of w (N, K):
+// gemv_cols_lowp on int8 activations. bias may be null.
+static inline void gemv_cols_w8a8_generic(const int8_t* qa, const float* sa, int64_t M,
+                                          int64_t K, const int8_t* w, const float* sw,
+                                          const float* bias, int64_t j0, int64_t j1, float* out,
+                                          int64_t ldo, bool accumulate) {
+  gemv_driver<int32_t>(
+      M, j0, j1, bias, out, ldo, accumulate,
+      [&](int64_t i, int rows, int64_t j, int32_t* t) {
+        if (rows == kLowpRows)
+          dot_i8_rows<kLowpRows>(qa + i * K, K, w + j * K, t);
+        else
+          for (int r = 0; r < rows; ++r) dot_i8_rows<1>(qa + (i + r) * K, K, w + j * K, t + r);
+      },
+      [&](int64_t i, int64_t j, int32_t t) { return float(t) * sa[i] * sw[j]; });
+}
+
+#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
+// gemv_cols_w8a8 on AVX512_VNNI. vpdpbusd multiplies unsigned by signed bytes: the
+// activations go in as q + 128 (offset once per call into `au`), and 128 * sum(w), accumulated
+// by a second vpdpbusd per weight vector, is taken off at the end. Weight row outer, each read
+// once front to back (a stream the prefetcher follows); two accumulators per sum, so that
+// consecutive vpdpbusd do not wait on each other.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+static void gemv_cols_w8a8_vnni(const int8_t* qa, const float* sa, int64_t M, int64_t K,
+                                const int8_t* w, const float* sw, const float* bias, int64_t j0,
+                                int64_t j1, float* out, int64_t ldo, bool accumulate) {
+  static thread_local Scratch scratch;
+  auto* au = reinterpret_cast<uint8_t*>(scratch.get(size_t((M * K + 3) / 4)));
+  for (int64_t n = 0; n < M * K; ++n) au[n] = uint8_t(qa[n]) ^ 0x80u;
+  const __m512i offset = _mm512_set1_epi8(char(0x80));
+  const int64_t full = K / 64 * 64;
+  const __mmask64 tail = full < K ? (__mmask64(1) << (K - full)) - 1 : 0;
+  for (int64_t j = j0; j < j1; ++j) {
+    const int8_t* wj = w + j * K;
+    for (int64_t i = 0; i < M; ++i) {
+      const uint8_t* a = au + i * K;
+      __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, corr0 = acc0, corr1 = acc0;
+      int64_t k = 0;
+      for (; k + 128 <= full; k += 128) {
+        const __m512i w0 = _mm512_loadu_si512(wj + k), w1 = _mm512_loadu_si512(wj + k + 64);
+        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(a + k), w0);
+        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512(a + k + 64), w1);
+        corr0 = _mm512_dpbusd_epi32(corr0, offset, w0);
+        corr1 = _mm512_dpbusd_epi32(corr1, offset, w1);
+      }
+      if (k < full) {
+        const __m512i w0 = _mm512_loadu_si512(wj + k);
+        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(a + k), w0);
+        corr0 = _mm512_dpbusd_epi32(corr0, offset, w0);
+      }
+      if (tail) {  // beyond K: w reads as 0, so those lanes add nothing
+        const __m512i w0 = _mm512_maskz_loadu_epi8(tail, wj + full);
+        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_maskz_loadu_epi8(tail, a + full), w0);
+        corr1 = _mm512_dpbusd_epi32(corr1, offset, w0);
+      }
+      const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(acc0, acc1),
+                                           _mm512_add_epi32(corr0, corr1));
+      const float v = float(_mm512_reduce_add_epi32(sum)) * sa[i] * sw[j] + (bias ? bias[j] : 0.f);
+      float* o = out + i * ldo + j;
+      *o = accumulate ? *o + v : v;
+    }
+  }
+}
+#endif
+
+static inline void gemv_cols_w8a8(const int8_t* qa, const float* sa, int64_t M, int64_t K,
+                                  const int8_t* w, const float* sw, const float* bias, int64_t j0,
+                                  int64_t j1, float* out, int64_t ldo, bool accumulate) {
+#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
+  if (cpu_has_vnni()) {
+    gemv_cols_w8a8_vnni(qa, sa, M, K, w, sw, bias, j0, j1, out, ldo, accumulate);
+    return;
+  }
+#endif
+  gemv_cols_w8a8_generic(qa, sa, M, K, w, sw, bias, j0, j1, out, ldo, accumulate);
+}
+
+// Threads split the output features (each thread one contiguous range of whole weight rows):
+// one OpenMP region per call, none for a single thread or a small N. part(j0, j1) computes
+// columns [j0, j1).
+template <class Part>
+static inline void split_columns(int64_t N, int nthreads, const Part& part) {
+  // a thread per at least 64 weight rows: below that the region costs more than it saves
+  const int64_t teams = std::max<int64_t>(1, std::min<int64_t>(nthreads, N / 64));
+  if (teams <= 1) {
+    part(int64_t(0), N);
+    return;
+  }
+#pragma omp parallel num_threads(int(teams))
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    part(N * t / nt, N * (t + 1) / nt);
+  }
+}
+
+// The linear_q8 op: x (M, K) row-major, y (M, N) row-major.
+static inline void linear_q8(const float* x, int64_t M, int64_t K, const int8_t* w,
+                             const float* scale, const float* bias, float* y, int64_t N,
+                             int nthreads) {
+  split_columns(N, nthreads, [&](int64_t j0, int64_t j1) {
+    gemv_cols_q8(x, M, K, w, scale, bias, j0, j1, y, N, false);
+  });
+}
+
+// The linear_bf16 op: xb (M, K) the activations rounded to bf16, xr the same values as float32
+// (the generic path reads these), y (M, N) row-major.
+static inline void linear_bf16(const c10::BFloat16* xb, const float* xr, int64_t M, int64_t K,
+                               const c10::BFloat16* w, const float* bias, float* y, int64_t N,
+                               int nthreads) {
+#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
+  if (cpu_has_bf16_dot()) {
+    split_columns(N, nthreads, [&](int64_t j0, int64_t j1) {
+      gemv_cols_bf16_dot(xb, M, K, w, bias, j0, j1, y, N);
+    });
+    return;
+  }
+#endif
+  (void)xb;
+  split_columns(N, nthreads, [&](int64_t j0, int64_t j1) {
+    gemv_cols_lowp(xr, M, K, w, static_cast<const float*>(nullptr), bias, j0, j1, y, N, false);
+  });
+}
+
+// The linear_w8a8 op: x (M, K) quantized into qa (M, K) and sa (M,) (quantize_rows), then y
+// (M, N) row-major.
+static inline void linear_w8a8(const float* x, int8_t* qa, float* sa, int64_t M, int64_t K,
+                               const int8_t* w, const float* sw, const float* bias, float* y,
+                               int64_t N, int nthreads) {
+  quantize_rows(x, M, K, qa, sa);
+  split_columns(N, nthreads, [&](int64_t j0, int64_t j1) {
+    gemv_cols_w8a8(qa, sa, M, K, w, sw, bias, j0, j1, y, N, false);
+  });
+}
+
+}  // namespace SMALLMIND_ISA_NS
+}  // namespace smallmind
