@@ -10,7 +10,8 @@ from torch.testing import assert_close
 
 from smallmind_torch import GPT, OptConfig, ops, phases
 from smallmind_torch.config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, reference_for
-from smallmind_torch.study.quantized import decode_weight_bytes, weight_format_accuracy
+from smallmind_torch.study.harness import decode_weight_bytes
+from smallmind_torch.study.quantized import weight_format_accuracy
 
 from helpers import TINY, allocations, load_experiment, ops_binding_or_skip
 

@@ -6,11 +6,14 @@
 //     rounded to bf16 as a bf16 dot product reads them, the products summed in float32;
 //   linear_w8a8(x, w_q, scale, bias): linear_q8's weights with the rows of x quantized to int8
 //     on the fly (symmetric, per row), exact int32 dot products (VNNI where the CPU has it).
+// Both run the library's GEMM from kLibraryGemmRows rows on (prefill; see there).
 // Each has a no-autograd twin (*_inference) and an out-variant (*_out) that writes a contiguous
 // `out` (through a temporary when out overlaps an input). The kernels, once per ISA, are in
 // linear_lowp_kernel.h; the formats and the plain-PyTorch references are in weight_formats.py
 // and ops/_linear_q8.py, ops/_linear_bf16.py.
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -88,11 +91,45 @@ bool overlaps_any(const at::Tensor& out, const at::Tensor& x, const at::Tensor& 
 
 // ---- int8 weights: linear_q8 (float32 activations) and linear_w8a8 (int8 activations) ----
 
+// From this many rows on (a prefill), the library's GEMM does the work: our kernels are shaped
+// for decode (each weight row read once, against a handful of rows), and cannot block for a
+// large M as a GEMM does. The weight goes in dequantized (int8) or as its integers (w8a8,
+// whose int32 sums a float32 GEMM holds exactly below 2^24), made once per call.
+constexpr int64_t kLibraryGemmRows = 32;
+
+template <bool Int8Activations>
+void int8_gemm(const at::Tensor& x2, const at::Tensor& w_q, const at::Tensor& scale,
+               const std::optional<at::Tensor>& bias, at::Tensor y2) {
+  at::Tensor w = w_q.to(at::kFloat);  // (N, K)
+  if constexpr (!Int8Activations) {
+    w.mul_(scale.unsqueeze(1));  // as weight_formats.dequantize
+    if (bias)
+      at::addmm_out(y2, *bias, x2, w.t());
+    else
+      at::mm_out(y2, x2, w.t());
+  } else {
+    const int64_t M = x2.size(0), K = x2.size(1);
+    at::Tensor q = at::empty({M, K}, x2.options().dtype(at::kChar));
+    at::Tensor s = at::empty({M}, x2.options());
+    [&] {
+      SMALLMIND_DISPATCH(current_isa(), quantize_rows, x2.const_data_ptr<float>(), M, K,
+                         q.data_ptr<int8_t>(), s.data_ptr<float>());
+    }();
+    at::mm_out(y2, q.to(at::kFloat), w.t());
+    y2.mul_(s.unsqueeze(1)).mul_(scale);  // (sum * sx) * sw, as the kernels
+    if (bias) y2.add_(*bias);
+  }
+}
+
 template <bool Int8Activations>
 void int8_into(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& scale,
                const std::optional<at::Tensor>& bias, at::Tensor& y) {
   const int64_t N = w_q.size(0), K = w_q.size(1);
   lowp_into(x, K, bias, y, [&](const at::Tensor& xc, int64_t M, at::Tensor& out) {
+    if (M >= kLibraryGemmRows) {
+      int8_gemm<Int8Activations>(xc.view({M, K}), w_q, scale, bias, out.view({M, N}));
+      return;
+    }
     const float* b = bias ? bias->const_data_ptr<float>() : nullptr;
     if constexpr (Int8Activations) {
       // the activations quantized per row, in per-thread scratch (no allocation per call)

@@ -103,6 +103,25 @@ def weight_bytes_per_decode(model) -> int:
     return total + wte[0].numel() * wte.element_size()
 
 
+BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "w8a8": 1, "bf16": 2}
+
+
+def decode_weight_bytes(model) -> int:
+    """weight_bytes_per_decode in the format of the model's phase: the matrices of the linear
+    layers and the lm head at their format's width (int8, w8a8: plus a float32 scale per row),
+    the rest (LayerNorms, biases, the position row, the token row) in float32."""
+    fmt = model.opt.weights
+    total = weight_bytes_per_decode(model)
+    if fmt == "fp32":
+        return total
+    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for w in {id(w): w for w in matrices}.values():  # the tied lm head once
+        rows, cols = w.shape
+        total -= w.numel() * 4
+        total += rows * cols * BYTES_PER_WEIGHT[fmt] + (rows * 4 if fmt in ("int8", "w8a8") else 0)
+    return total
+
+
 
 # ---- generation timing -----------------------------------------------------------------------
 
@@ -336,7 +355,7 @@ def measure_preset(model, preset: "str | OptConfig", settings: BenchSettings = B
         result.gflops, mm_now = matmul_gflops(model.opt, settings.gemm_sizes, device=device,
                                               repeat=settings.gemm_repeat)
         if machine is not None:
-            result.roofline = roofline(result, machine, mm_now)
+            result.roofline = roofline(result, machine, mm_now, decode_weight_bytes(model))
     except CustomOpsUnavailable as exc:  # a custom op that fails only when first used
         result.status, result.reason = "unavailable", str(exc)
     except Exception as exc:
@@ -344,13 +363,18 @@ def measure_preset(model, preset: "str | OptConfig", settings: BenchSettings = B
     return result
 
 
-def roofline(result: PhaseResult, machine: MachineLimits, mm_gflops_now: "dict | None" = None) -> dict:
-    """Decode as a fraction of the bandwidth roofline; GEMM as a fraction of torch.mm (timed
-    alongside the preset's GEMM when given, else the machine's figure)."""
-    out = {"ideal_decode_ms": machine.ideal_decode_ms, "ideal_decode_ms_dram": machine.ideal_decode_ms_dram}
+def roofline(result: PhaseResult, machine: MachineLimits, mm_gflops_now: "dict | None" = None,
+             weight_bytes: "int | None" = None) -> dict:
+    """Decode as a fraction of the bandwidth roofline (the preset's `weight_bytes` read once per
+    token at the machine's bandwidth; default the fp32 weights); GEMM as a fraction of torch.mm
+    (timed alongside the preset's GEMM when given, else the machine's figure)."""
+    weight_bytes = weight_bytes or machine.weight_bytes
+    scale = weight_bytes / machine.weight_bytes  # int8 weights: a quarter of the bytes
+    out = {"weight_bytes": weight_bytes, "ideal_decode_ms": machine.ideal_decode_ms * scale,
+           "ideal_decode_ms_dram": machine.ideal_decode_ms_dram * scale}
     if result.decode_ms:
-        out["decode_fraction_of_roofline"] = machine.ideal_decode_ms / result.decode_ms
-        out["decode_gbs"] = machine.weight_bytes / (result.decode_ms * 1e-3) / 1e9  # weights read
+        out["decode_fraction_of_roofline"] = out["ideal_decode_ms"] / result.decode_ms
+        out["decode_gbs"] = weight_bytes / (result.decode_ms * 1e-3) / 1e9  # weights read
     reference_mm = mm_gflops_now or machine.mm_gflops
     for n, g in result.gflops.items():
         if n in reference_mm:

@@ -21,7 +21,8 @@ import torch
 from ..config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, OptConfig
 from ..train.corpus import get_batch
 from ..train.loop import lm_loss
-from .harness import _first_mismatch, check_input, fixed_prompt, measure_generation
+from .harness import (_first_mismatch, check_input, decode_weight_bytes, fixed_prompt,
+                      measure_generation)
 from .results import spread
 from .timing import threads as run_threads
 
@@ -146,27 +147,6 @@ def measure_speed(model, formats: "dict | None" = None, thread_counts=(1, 2), ru
                          "tokens_per_s": tps, "decode_ms": spread(f["decode_ms"]) if f["decode_ms"] else None,
                          "x_first": tps["median"] / base})
     return rows
-
-
-BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "w8a8": 1, "bf16": 2}
-
-
-def decode_weight_bytes(model) -> int:
-    """Bytes of weights a decode step reads in the model's format: the matrices of the linear
-    layers and the lm head at their format's width (int8, w8a8: plus a float32 scale per row), the
-    rest (LayerNorms, biases, the position row, the token row) in float32."""
-    from .harness import weight_bytes_per_decode
-
-    fmt = model.opt.weights
-    total = weight_bytes_per_decode(model)
-    if fmt == "fp32":
-        return total
-    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    for w in {id(w): w for w in matrices}.values():  # the tied lm head once
-        rows, cols = w.shape
-        total -= w.numel() * 4
-        total += rows * cols * BYTES_PER_WEIGHT[fmt] + (rows * 4 if fmt in ("int8", "w8a8") else 0)
-    return total
 
 
 def measure_formats(model, val_data=None, *, formats: "dict | None" = None, thread_counts=(1, 2),

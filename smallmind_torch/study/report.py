@@ -129,10 +129,12 @@ def _roofline_rows(study: StudyResult) -> tuple:
         if r.ok and r.roofline:
             ro = r.roofline
             sizes = sizes or [k.split("_")[1] for k in ro if k.startswith("gemm_")]
-            rows.append([name, t.fmt(r.decode_ms, 3), t.fmt(ro.get("decode_gbs"), 1),
+            weight_bytes = ro.get("weight_bytes", study.machine.weight_bytes)
+            rows.append([name, t.fmt(r.decode_ms, 3), t.fmt(weight_bytes / 1e6, 1),
+                         t.fmt(ro.get("decode_gbs"), 1),
                          f"{100 * ro['decode_fraction_of_roofline']:.1f} %" if "decode_fraction_of_roofline" in ro else "-",
                          *[f"{100 * ro[f'gemm_{n}_fraction_of_torch_mm']:.0f} %" for n in sizes]])
-    return ["phase", "decode ms", "weights GB/s", "decode / roofline",
+    return ["phase", "decode ms", "weights MB / step", "weights GB/s", "decode / roofline",
             *[f"GEMM {n} / torch.mm" for n in sizes]], rows
 
 
