@@ -11,8 +11,11 @@
 // `out` (through a temporary when out overlaps an input). The kernels, once per ISA, are in
 // linear_lowp_kernel.h; the formats and the plain-PyTorch references are in weight_formats.py
 // and ops/_linear_q8.py, ops/_linear_bf16.py.
+#include <ATen/Parallel.h>
+#include <ATen/ops/_int_mm.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
@@ -93,31 +96,55 @@ bool overlaps_any(const at::Tensor& out, const at::Tensor& x, const at::Tensor& 
 
 // From this many rows on (a prefill), the library's GEMM does the work: our kernels are shaped
 // for decode (each weight row read once, against a handful of rows), and cannot block for a
-// large M as a GEMM does. The weight goes in dequantized (int8) or as its integers (w8a8,
-// whose int32 sums a float32 GEMM holds exactly below 2^24), made once per call.
+// large M as a GEMM does. int8: the float32 GEMM on the weight dequantized (into scratch, a
+// block of rows at a time); w8a8: the library's int8 GEMM (torch._int_mm) on the quantized
+// rows and the int8 weight, whose int32 sums are exact as ours are.
 constexpr int64_t kLibraryGemmRows = 32;
+
+// The weight dequantized for int8_gemm, scale[n] * w_q[n, k], in per-thread scratch (a fresh
+// allocation per call would page-fault through megabytes).
+at::Tensor dequantized(const at::Tensor& w_q, const at::Tensor& scale) {
+  static thread_local Scratch scratch;
+  const int64_t N = w_q.size(0), K = w_q.size(1);
+  float* w = scratch.get(size_t(N * K));
+  const int8_t* q = w_q.const_data_ptr<int8_t>();
+  const float* sw = scale.const_data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t k = 0; k < K; ++k) w[n * K + k] = float(q[n * K + k]) * sw[n];
+  });
+  return at::from_blob(w, {N, K}, w_q.options().dtype(at::kFloat));
+}
 
 template <bool Int8Activations>
 void int8_gemm(const at::Tensor& x2, const at::Tensor& w_q, const at::Tensor& scale,
                const std::optional<at::Tensor>& bias, at::Tensor y2) {
-  at::Tensor w = w_q.to(at::kFloat);  // (N, K)
-  if constexpr (!Int8Activations) {
-    w.mul_(scale.unsqueeze(1));  // as weight_formats.dequantize
-    if (bias)
-      at::addmm_out(y2, *bias, x2, w.t());
-    else
-      at::mm_out(y2, x2, w.t());
-  } else {
-    const int64_t M = x2.size(0), K = x2.size(1);
-    at::Tensor q = at::empty({M, K}, x2.options().dtype(at::kChar));
-    at::Tensor s = at::empty({M}, x2.options());
+  const int64_t M = x2.size(0), K = x2.size(1), N = w_q.size(0);
+  if constexpr (Int8Activations) {
+    // the rows of x quantized (in scratch), then the library's int8 GEMM (exact int32 sums;
+    // VNNI / AMX where the CPU has them), scaled as the kernels scale
+    static thread_local Scratch scratch;
+    float* s = scratch.get(size_t(M + (M * K + 3) / 4));
+    auto* q = reinterpret_cast<int8_t*>(s + M);
     [&] {
-      SMALLMIND_DISPATCH(current_isa(), quantize_rows, x2.const_data_ptr<float>(), M, K,
-                         q.data_ptr<int8_t>(), s.data_ptr<float>());
+      SMALLMIND_DISPATCH(current_isa(), quantize_rows, x2.const_data_ptr<float>(), M, K, q, s);
     }();
-    at::mm_out(y2, q.to(at::kFloat), w.t());
-    y2.mul_(s.unsqueeze(1)).mul_(scale);  // (sum * sx) * sw, as the kernels
+    y2.copy_(at::_int_mm(at::from_blob(q, {M, K}, x2.options().dtype(at::kChar)), w_q.t()));
+    y2.mul_(at::from_blob(s, {M, 1}, x2.options())).mul_(scale);  // (sum * sx) * sw
     if (bias) y2.add_(*bias);
+  } else {
+    // the weight dequantized a block of rows at a time: its copy stays a few MiB, however
+    // large N
+    constexpr int64_t kBlockRows = 1024;
+    for (int64_t n0 = 0; n0 < N; n0 += kBlockRows) {
+      const int64_t rows = std::min(kBlockRows, N - n0);
+      const at::Tensor w = dequantized(w_q.narrow(0, n0, rows), scale.narrow(0, n0, rows));
+      at::Tensor y = y2.narrow(1, n0, rows);
+      if (bias)
+        at::addmm_out(y, bias->narrow(0, n0, rows), x2, w.t());
+      else
+        at::mm_out(y, x2, w.t());
+    }
   }
 }
 
