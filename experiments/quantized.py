@@ -19,7 +19,7 @@ import torch
 
 from smallmind_torch import GPT, ModelConfig
 from smallmind_torch.study.quantized import FORMATS, measure_speed, weight_format_accuracy
-from smallmind_torch.study.tables import with_spread_value
+from smallmind_torch.study.tables import spread_cell
 
 SHAPES = {"seed": ModelConfig(),
           "gpt2-small": ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
@@ -34,10 +34,6 @@ def _model(shape: str, checkpoint):
         return model.eval()
     torch.manual_seed(0)
     return GPT(SHAPES[shape]).eval()
-
-
-def _figure(s, digits) -> str:
-    return "-" if not s else with_spread_value(s["median"], s, digits)
 
 
 def accuracy(model) -> dict:
@@ -72,8 +68,8 @@ def main(argv=None) -> int:
         model = _model(shape, checkpoint)
         for r in measure_speed(model, FORMATS, args.threads, args.runs, args.new_tokens):
             print(f"{shape:<11} {r['threads']:>7}  {r['format']:<18} {r['ran']:<26} "
-                  f"{r['decode_weight_bytes'] / 1e6:>8.1f}  {_figure(r['tokens_per_s'], 1):<16} "
-                  f"{_figure(r['decode_ms'], 3):<16} {r['x_first']:.2f}x")
+                  f"{r['decode_weight_bytes'] / 1e6:>8.1f}  {spread_cell(r['tokens_per_s'], 1):<16} "
+                  f"{spread_cell(r['decode_ms'], 3):<16} {r['x_first']:.2f}x")
         if shape == "seed":
             seed_model = model
     if "seed" in args.shapes:

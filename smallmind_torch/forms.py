@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from . import ops
 from .labels import region
-from .weight_formats import bf16_weight, dequantize, quantize_rows, quantized_weight, round_to_bf16
+from .weight_formats import (bf16_weight, dequantize, linear_w8a8_reference, quantized_weight,
+                             round_to_bf16)
 
 
 # ---- bottleneck 6: LayerNorm ----------------------------------------------------------------
@@ -102,10 +104,7 @@ linear_int8_custom = _int8_custom("int8", "linear_q8")
 
 def linear_w8a8_torch(x, weight, bias, out=None):
     _inference_only(weight, "w8a8")
-    w_q, scale = quantized_weight(weight)
-    q, s = quantize_rows(x)
-    y = F.linear(q.to(x.dtype), w_q.to(x.dtype)) * s.to(x.dtype)[..., None] * scale.to(x.dtype)
-    y = y if bias is None else y + bias
+    y = linear_w8a8_reference(x, *quantized_weight(weight), bias)
     return y if out is None else out.copy_(y)
 
 

@@ -28,8 +28,7 @@ class Phase:
 
 def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
     """Why `opt` cannot run for a model on `device` with `dtype` parameters (None: it can).
-    The custom ops are CPU float32 kernels, built on first use; the bf16 linear op needs native
-    bf16 dot products."""
+    The custom ops are CPU float32 kernels, built on first use."""
     if not opt.needs_custom_ops:
         return None
     if torch.device(device).type != "cpu":
@@ -40,10 +39,6 @@ def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
         ops.load_all()
     except ops.CustomOpsUnavailable as exc:
         return str(exc)
-    if opt.weights == "bf16" and opt.matmul == "custom" and not ops.has_bf16_dot():
-        return ("weights='bf16' with matmul='custom' runs on native bf16 dot products "
-                "(AVX512_BF16), which this CPU does not have; weights='bf16' with "
-                "matmul='torch' runs anywhere")
     return None
 
 

@@ -15,6 +15,7 @@ next call.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 I8 = torch.int8
@@ -63,6 +64,14 @@ def quantize_rows(x: torch.Tensor) -> tuple:
     q = torch.round(x / s[..., None]).clamp_(-127, 127)
     q = torch.where(finite[..., None], q, torch.zeros_like(q)).to(I8)
     return q, torch.where(finite, s, torch.full_like(s, float("nan")))
+
+
+def linear_w8a8_reference(x, w_q, scale, bias=None):
+    """What the w8a8 form computes, in plain PyTorch and x's dtype: the int8 rows of x against
+    w_q (exact sums in float32 below 2^24), scaled as the kernels scale, (sum * s_x) * scale."""
+    q, s = quantize_rows(x)
+    y = F.linear(q.to(x.dtype), w_q.to(x.dtype)) * s.to(x.dtype)[..., None] * scale.to(x.dtype)
+    return y if bias is None else y + bias
 
 
 def round_to_bf16(x: torch.Tensor) -> torch.Tensor:

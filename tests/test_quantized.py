@@ -91,6 +91,17 @@ def test_bf16_kernel_gives_the_bf16_reference(model):
     assert_close(got, expected, rtol=1e-4, atol=2e-3)  # a rounding flip moves a logit ~1e-3
 
 
+@pytest.mark.parametrize("isa", ["avx2", "scalar"])
+def test_bf16_runs_where_there_are_no_native_bf16_dot_products(model, isa):
+    """Without AVX512_BF16 (here: another ISA selected) the op widens each bf16 to float32."""
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    with torch.inference_mode():
+        expected = model.set_phase(OptConfig(matmul="custom", weights="bf16"))(idx)
+        with ops.use_isa(isa):
+            got = model.set_phase(OptConfig(matmul="custom", weights="bf16"))(idx)
+    assert_close(got, expected, rtol=1e-4, atol=2e-3)
+
+
 def test_max_int8_is_an_int8_candidate_checked_against_the_int8_reference(model):
     model.set_phase("max-int8")
     assert model.opt in MAX_INT8_CANDIDATES.values() and model.opt.weights == "int8"

@@ -70,33 +70,47 @@ static inline void gemv_cols(const float* a, int64_t M, int64_t K, const float* 
     for (int64_t i = 0; i < M; ++i) emit(i, j, dot(a + i * K, w + j * K, K));
 }
 
-// gemv_cols on int8 weights: with int8 activations (w8a8) the input rows are quantized first,
-// by each thread into its own scratch (a few KiB: cheaper than a barrier), else gemv_cols_q8.
-static inline void gemv_cols_int8(bool int8_activations, const float* a, int64_t M, int64_t K,
-                                  const int8_t* w, const float* scale, const float* bias,
-                                  int64_t j0, int64_t j1, float* out, int64_t ldo,
-                                  bool accumulate) {
+// The input rows of a w8a8 matrix, prepared (prepare_w8a8_rows) by this thread into its own
+// scratch (a few KiB: cheaper than a barrier), once for every call of the matrix that reads
+// them: c_attn is called once per head and per q, k, v.
+struct Int8Rows {
+  const int8_t* q;
+  const float* s;
+};
+
+static inline Int8Rows prepare_input(const float* a, int64_t M, int64_t K) {
+  static thread_local Scratch scratch;
+  float* s = scratch.get(size_t(M + (M * K + 3) / 4));
+  auto* q = reinterpret_cast<int8_t*>(s + M);
+  prepare_w8a8_rows(a, M, K, q, s);
+  return {q, s};
+}
+
+// gemv_cols on int8 weights: with int8 activations (w8a8) on the prepared rows `a8` (prepared
+// here when null), else gemv_cols_q8 on the float rows `a`.
+static inline void gemv_cols_int8(bool int8_activations, const float* a, const Int8Rows* a8,
+                                  int64_t M, int64_t K, const int8_t* w, const float* scale,
+                                  const float* bias, int64_t j0, int64_t j1, float* out,
+                                  int64_t ldo, bool accumulate) {
   if (!int8_activations) {
     gemv_cols_q8(a, M, K, w, scale, bias, j0, j1, out, ldo, accumulate);
     return;
   }
-  static thread_local Scratch scratch;
-  float* sa = scratch.get(size_t(M + (M * K + 3) / 4));
-  auto* qa = reinterpret_cast<int8_t*>(sa + M);
-  quantize_rows(a, M, K, qa, sa);
-  gemv_cols_w8a8(qa, sa, M, K, w, scale, bias, j0, j1, out, ldo, accumulate);
+  const Int8Rows rows = a8 ? *a8 : prepare_input(a, M, K);
+  gemv_cols_w8a8(rows.q, rows.s, M, K, w, scale, bias, j0, j1, out, ldo, accumulate);
 }
 
 // Matrix m of a block (0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj) on columns [j0, j1):
-// its int8 form when the layer has one, else the float32 weight.
+// its int8 form when the layer has one (a8: the rows already prepared for w8a8, or null), else
+// the float32 weight.
 static inline void layer_gemv(const DecodeLayer& layer, int m, const float* a, int64_t M,
                               int64_t K, int64_t j0, int64_t j1, float* out, int64_t ldo,
-                              bool accumulate) {
+                              bool accumulate, const Int8Rows* a8 = nullptr) {
   static const int weight[4] = {c_attn_w, attn_c_proj_w, c_fc_w, mlp_c_proj_w};
   const float* bias = layer.p[weight[m] + 1];
   if (layer.q[m])
-    gemv_cols_int8(layer.int8_activations, a, M, K, layer.q[m], layer.qs[m], bias, j0, j1, out,
-                   ldo, accumulate);
+    gemv_cols_int8(layer.int8_activations, a, a8, M, K, layer.q[m], layer.qs[m], bias, j0, j1,
+                   out, ldo, accumulate);
   else
     gemv_cols(a, M, K, layer.p[weight[m]], bias, j0, j1, out, ldo, accumulate);
 }
@@ -167,10 +181,13 @@ static inline void block_layer(const DecodeDims& d, const DecodeLayer& layer, in
   // cache[b, head, pos] = k, v; y = softmax(q K^T / sqrt(hs)) V
   layer_norm_rows(x, B, C, p[ln_1_w], p[ln_1_b], eps, h);
   thread_range(d.nh, 1, tid, nth, &j0, &j1);
+  Int8Rows h8{};  // w8a8: h prepared once for every c_attn call below
+  const bool prepare = layer.q[0] && layer.int8_activations && j0 < j1;
+  if (prepare) h8 = prepare_input(h, B, C);
   for (int64_t hd = j0; hd < j1; ++hd) {
     for (int64_t part = 0; part < 3; ++part) {  // q, k, v
       const int64_t c0 = part * C + hd * hs;
-      layer_gemv(layer, 0, h, B, C, c0, c0 + hs, sh.qkv, 3 * C, false);
+      layer_gemv(layer, 0, h, B, C, c0, c0 + hs, sh.qkv, 3 * C, false, prepare ? &h8 : nullptr);
     }
     for (int64_t b = 0; b < B; ++b)
       attend_unit(sh.qkv + b * 3 * C, d, b, hd, pos, layer.k_cache, layer.v_cache, att,
@@ -279,8 +296,8 @@ static inline void decode_step(const DecodeStep& s, int nthreads) {
     int64_t j0, j1;
     thread_range(V, 16, tid, nth, &j0, &j1);
     if (s.head_q)
-      gemv_cols_int8(s.int8_activations, h, B, C, s.head_q, s.head_scale, nullptr, j0, j1,
-                     s.logits, V, false);
+      gemv_cols_int8(s.int8_activations, h, nullptr, B, C, s.head_q, s.head_scale, nullptr, j0,
+                     j1, s.logits, V, false);
     else
       gemv_cols(h, B, C, s.wte, nullptr, j0, j1, s.logits, V, false);
     for (int64_t b = 0; b < B; ++b) {

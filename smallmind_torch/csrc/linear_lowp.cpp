@@ -159,7 +159,7 @@ void int8_into(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& sca
     }
     const float* b = bias ? bias->const_data_ptr<float>() : nullptr;
     if constexpr (Int8Activations) {
-      // the activations quantized per row, in per-thread scratch (no allocation per call)
+      // the activations quantized per row (prepared), in per-thread scratch (no allocation)
       static thread_local Scratch scratch;
       float* sa = scratch.get(size_t(M + (M * K + 3) / 4));
       auto* qa = reinterpret_cast<int8_t*>(sa + M);

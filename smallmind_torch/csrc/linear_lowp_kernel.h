@@ -24,9 +24,13 @@ namespace SMALLMIND_ISA_NS {
 constexpr int kLowpRows = 4;
 
 // R rows of x (row r at x + r * K) against one weight row: R dot products sharing each widened
-// weight vector.
+// weight vector (one row: dot_weights, whose two accumulators hide the FMA latency).
 template <int R, class Weight>
 static inline void dot_rows(const float* x, int64_t K, const Weight* w, float* t) {
+  if constexpr (R == 1) {
+    t[0] = dot_weights(x, w, K);
+    return;
+  }
   V acc[R];
   for (int r = 0; r < R; ++r) acc[r] = vzero();
   int64_t k = 0;
@@ -41,9 +45,10 @@ static inline void dot_rows(const float* x, int64_t K, const Weight* w, float* t
 }
 
 // For columns j in [j0, j1) and rows i < M in groups of kLowpRows (weight row outer, so each
-// weight row is read from memory once per call): dots(i, rows, j, t) fills t[0, rows) with
-// the sums of rows i.. against weight row j; then out[i * ldo + j] = (or += if accumulate)
-// value(i, j, t) + bias[j] (bias may be null).
+// weight row is read from memory once per call): dots(i, R, j, t) fills t[0, R) with the sums
+// of rows i .. i + R - 1 against weight row j (R a std::integral_constant: kLowpRows, or 1 for
+// the rows left over); then out[i * ldo + j] = (or += if accumulate) value(i, j, t) + bias[j]
+// (bias may be null).
 template <class Sum, class Dots, class Value>
 static inline void gemv_driver(int64_t M, int64_t j0, int64_t j1, const float* bias, float* out,
                                int64_t ldo, bool accumulate, const Dots& dots,
@@ -52,7 +57,10 @@ static inline void gemv_driver(int64_t M, int64_t j0, int64_t j1, const float* b
   for (int64_t j = j0; j < j1; ++j) {
     for (int64_t i = 0; i < M; i += kLowpRows) {
       const int rows = int(std::min<int64_t>(kLowpRows, M - i));
-      dots(i, rows, j, t);
+      if (rows == kLowpRows)
+        dots(i, std::integral_constant<int, kLowpRows>(), j, t);
+      else
+        for (int r = 0; r < rows; ++r) dots(i + r, std::integral_constant<int, 1>(), j, t + r);
       for (int r = 0; r < rows; ++r) {
         const float v = value(i + r, j, t[r]) + (bias ? bias[j] : 0.f);
         float* o = out + (i + r) * ldo + j;
@@ -72,12 +80,7 @@ static inline void gemv_cols_lowp(const float* x, int64_t M, int64_t K, const We
                                   float* out, int64_t ldo, bool accumulate) {
   gemv_driver<float>(
       M, j0, j1, bias, out, ldo, accumulate,
-      [&](int64_t i, int rows, int64_t j, float* t) {
-        if (rows == kLowpRows)
-          dot_rows<kLowpRows>(x + i * K, K, w + j * K, t);
-        else
-          for (int r = 0; r < rows; ++r) t[r] = dot_weights(x + (i + r) * K, w + j * K, K);
-      },
+      [&](int64_t i, auto R, int64_t j, float* t) { dot_rows<R()>(x + i * K, K, w + j * K, t); },
       [&](int64_t, int64_t j, float t) { return scale ? t * scale[j] : t; });
 }
 
@@ -157,6 +160,18 @@ static inline void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q
   }
 }
 
+// The activations as gemv_cols_w8a8 reads them: x (M, K) quantized (quantize_rows) into qa
+// (M, K) and sa (M,), qa signed, or offset by 128 where the kernel runs on VNNI (vpdpbusd takes
+// unsigned bytes; 128 * sum(w) is taken off after the sums).
+static inline void prepare_w8a8_rows(const float* x, int64_t M, int64_t K, int8_t* qa,
+                                     float* sa) {
+  quantize_rows(x, M, K, qa, sa);
+#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
+  if (cpu_has_vnni())
+    for (int64_t n = 0; n < M * K; ++n) qa[n] = int8_t(uint8_t(qa[n]) ^ 0x80u);
+#endif
+}
+
 // R int8 rows of a (row r at a + r * K) against one int8 weight row: R exact int32 sums.
 #if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
 // AVX-512 without VNNI: the AVX2 path (kernels.h includes it first); with VNNI,
@@ -199,36 +214,31 @@ static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int3
 #endif
 
 // out[i * ldo + j] (=, or += if accumulate) (dot(qa_i, w_j) * sa[i]) * sw[j] + bias[j] for
-// rows i < M of the quantized activations qa (M, K) and columns j in [j0, j1) of w (N, K):
-// gemv_cols_lowp on int8 activations. bias may be null.
+// rows i < M of the activations qa, sa (prepare_w8a8_rows) and columns j in [j0, j1) of w (N,
+// K): gemv_cols_lowp on int8 activations. bias may be null.
 static inline void gemv_cols_w8a8_generic(const int8_t* qa, const float* sa, int64_t M,
                                           int64_t K, const int8_t* w, const float* sw,
                                           const float* bias, int64_t j0, int64_t j1, float* out,
                                           int64_t ldo, bool accumulate) {
   gemv_driver<int32_t>(
       M, j0, j1, bias, out, ldo, accumulate,
-      [&](int64_t i, int rows, int64_t j, int32_t* t) {
-        if (rows == kLowpRows)
-          dot_i8_rows<kLowpRows>(qa + i * K, K, w + j * K, t);
-        else
-          for (int r = 0; r < rows; ++r) dot_i8_rows<1>(qa + (i + r) * K, K, w + j * K, t + r);
+      [&](int64_t i, auto R, int64_t j, int32_t* t) {
+        dot_i8_rows<R()>(qa + i * K, K, w + j * K, t);
       },
       [&](int64_t i, int64_t j, int32_t t) { return float(t) * sa[i] * sw[j]; });
 }
 
 #if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
 // gemv_cols_w8a8 on AVX512_VNNI. vpdpbusd multiplies unsigned by signed bytes: the
-// activations go in as q + 128 (offset once per call into `au`), and 128 * sum(w), accumulated
-// by a second vpdpbusd per weight vector, is taken off at the end. Weight row outer, each read
+// activations come in as q + 128 (prepare_w8a8_rows), and 128 * sum(w), accumulated by a
+// second vpdpbusd per weight vector, is taken off at the end. Weight row outer, each read
 // once front to back (a stream the prefetcher follows); two accumulators per sum, so that
 // consecutive vpdpbusd do not wait on each other.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 static void gemv_cols_w8a8_vnni(const int8_t* qa, const float* sa, int64_t M, int64_t K,
                                 const int8_t* w, const float* sw, const float* bias, int64_t j0,
                                 int64_t j1, float* out, int64_t ldo, bool accumulate) {
-  static thread_local Scratch scratch;
-  auto* au = reinterpret_cast<uint8_t*>(scratch.get(size_t((M * K + 3) / 4)));
-  for (int64_t n = 0; n < M * K; ++n) au[n] = uint8_t(qa[n]) ^ 0x80u;
+  const auto* au = reinterpret_cast<const uint8_t*>(qa);
   const __m512i offset = _mm512_set1_epi8(char(0x80));
   const int64_t full = K / 64 * 64;
   const __mmask64 tail = full < K ? (__mmask64(1) << (K - full)) - 1 : 0;
@@ -323,12 +333,12 @@ static inline void linear_bf16(const c10::BFloat16* xb, const float* xr, int64_t
   });
 }
 
-// The linear_w8a8 op: x (M, K) quantized into qa (M, K) and sa (M,) (quantize_rows), then y
-// (M, N) row-major.
+// The linear_w8a8 op: x (M, K) prepared into qa (M, K) and sa (M,) (prepare_w8a8_rows), then
+// y (M, N) row-major.
 static inline void linear_w8a8(const float* x, int8_t* qa, float* sa, int64_t M, int64_t K,
                                const int8_t* w, const float* sw, const float* bias, float* y,
                                int64_t N, int nthreads) {
-  quantize_rows(x, M, K, qa, sa);
+  prepare_w8a8_rows(x, M, K, qa, sa);
   split_columns(N, nthreads, [&](int64_t j0, int64_t j1) {
     gemv_cols_w8a8(qa, sa, M, K, w, sw, bias, j0, j1, y, N, false);
   });

@@ -151,3 +151,45 @@ def check_q_offset(op: str, q_offset, tq, tk) -> None:
                  lambda: f"smallmind::{op}: q_offset must satisfy 0 <= q_offset <= Tk - Tq "
                          f"(query i attends keys 0..q_offset+i), got q_offset = {q_offset}, "
                          f"Tq = {tq}, Tk = {tk}")
+
+
+# ---- the linear ops on low-precision weights (_linear_q8, _linear_bf16, _linear_w8a8) ----
+
+def call_lowp(variants, args, out):
+    """One call of a low-precision linear op: (autograd op, its no-autograd twin, its
+    out-variant) on args = (x, weight..., bias), into `out` when given."""
+    op, inference, op_out = variants
+    x, bias = args[0], args[-1]
+    grad = needs_grad(x, bias)
+    if out is None:
+        return (op if grad else inference)(*args)
+    if grad:  # the out-variant records no gradient: compute with autograd, record the copy
+        return out.copy_(op(*args))
+    op_out(*args, out=out)
+    return out
+
+
+def check_x_and_bias(op: str, x, w, w_name: str, w_dtype, bias):
+    """The fakes' checks of x, the weight and the bias; (N, K)."""
+    check_tensor(op, "x", x)
+    check_min_dim(op, "x", x, 1)
+    check_tensor(op, w_name, w, w_dtype)
+    check_dim(op, w_name, w, 2)
+    check_contiguous(op, w_name, w)
+    N, K = w.shape
+    torch._check(x.shape[-1] == K, lambda: f"smallmind::{op}: size mismatch, x.size(-1) = "
+                                           f"{x.shape[-1]} but {w_name}.size(1) (K) = {K} "
+                                           f"(they must be equal)")
+    if bias is not None:
+        check_tensor(op, "bias", bias)
+        check_shape(op, "bias", bias, (N,))
+        check_contiguous(op, "bias", bias)
+    return N, K
+
+
+def grad_x_and_bias(ctx, grad, weight, bias_index):
+    """The gradients through x (grad @ the float weight) and the bias (the rows' sum)."""
+    grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) \
+        if ctx.has_bias and ctx.needs_input_grad[bias_index] else None
+    return grad_x, grad_bias

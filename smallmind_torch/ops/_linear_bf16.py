@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from ..weight_formats import round_to_bf16
 from ._build import load
-from ._common import BF16, CALL_ERRORS, check_out, diagnose, tensor_problem
-from ._linear_q8 import call_lowp, check_x_and_bias, grad_x_and_bias
+from ._common import BF16, CALL_ERRORS, call_lowp, check_out, check_x_and_bias, diagnose, \
+    grad_x_and_bias, tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 

@@ -1,4 +1,4 @@
-"""Bindings of csrc/linear_q8.cpp: weight-only int8 linear, the first kernel of the quantized
+"""Bindings of csrc/linear_lowp.cpp's int8 op: weight-only int8 linear, the first kernel of the quantized
 phase. A weight (N, K) is quantized once per output channel, symmetrically
 (weight_formats.quantize_per_channel, re-exported here); `linear_q8(x, w_q, scale, bias)` is
 then x @ (scale[:, None] * w_q)^T + bias with float32 activations and float32 arithmetic: the
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from ..weight_formats import dequantize, quantize_per_channel
 from ._build import load
-from ._common import CALL_ERRORS, I8, check_contiguous, check_dim, check_min_dim, check_out, \
-    check_shape, check_tensor, diagnose, needs_grad, tensor_problem
+from ._common import CALL_ERRORS, I8, call_lowp, check_contiguous, check_out, check_shape, \
+    check_tensor, check_x_and_bias, diagnose, grad_x_and_bias, tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
@@ -50,38 +50,6 @@ def call_int8(op: str, variants, x, w_q, scale, bias, out):
         raise
 
 
-def call_lowp(variants, args, out):
-    """One call of a low-precision linear op: (autograd op, its no-autograd twin, its
-    out-variant) on args = (x, weight..., bias), into `out` when given."""
-    op, inference, op_out = variants
-    x, bias = args[0], args[-1]
-    grad = needs_grad(x, bias)
-    if out is None:
-        return (op if grad else inference)(*args)
-    if grad:  # the out-variant records no gradient: compute with autograd, record the copy
-        return out.copy_(op(*args))
-    op_out(*args, out=out)
-    return out
-
-
-def check_x_and_bias(op: str, x, w, w_name: str, w_dtype, bias):
-    """The fakes' checks of x, the weight and the bias; (N, K)."""
-    check_tensor(op, "x", x)
-    check_min_dim(op, "x", x, 1)
-    check_tensor(op, w_name, w, w_dtype)
-    check_dim(op, w_name, w, 2)
-    check_contiguous(op, w_name, w)
-    N, K = w.shape
-    torch._check(x.shape[-1] == K, lambda: f"smallmind::{op}: size mismatch, x.size(-1) = "
-                                           f"{x.shape[-1]} but {w_name}.size(1) (K) = {K} "
-                                           f"(they must be equal)")
-    if bias is not None:
-        check_tensor(op, "bias", bias)
-        check_shape(op, "bias", bias, (N,))
-        check_contiguous(op, "bias", bias)
-    return N, K
-
-
 # ---- fake: the kernel's checks, then the shape (linear_w8a8 takes the same arguments) ----
 
 def register_int8_fakes(op: str) -> None:
@@ -107,14 +75,6 @@ register_int8_fakes("linear_q8")
 
 
 # ---- autograd: through x and bias (the int8 weight and its scale are constants) ----
-
-def grad_x_and_bias(ctx, grad, weight, bias_index):
-    """The gradients through x (grad @ the float weight) and the bias (the rows' sum)."""
-    grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) \
-        if ctx.has_bias and ctx.needs_input_grad[bias_index] else None
-    return grad_x, grad_bias
-
 
 def _setup_context(ctx, inputs, output):
     x, w_q, scale, bias = inputs

@@ -8,9 +8,8 @@ or inf gives NaN outputs. The gradient flows straight through the rounding of x.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..weight_formats import quantize_rows
+from ..weight_formats import linear_w8a8_reference  # noqa: F401 (ops.linear_w8a8_reference)
 from ._build import load
 from ._linear_q8 import call_int8, register_int8_autograd, register_int8_fakes
 
@@ -26,14 +25,6 @@ __all__ = ["linear_w8a8", "linear_w8a8_kernel", "linear_w8a8_reference"]
 def linear_w8a8_kernel() -> str:
     """What linear_w8a8 runs on now (it follows the selected ISA, ops.set_isa)."""
     return torch.ops.smallmind.linear_w8a8_kernel()
-
-
-def linear_w8a8_reference(x, w_q, scale, bias=None):
-    """Plain PyTorch: the int8 rows of x against w_q in float32 (exact while the sums stay
-    below 2^24), scaled as the kernel scales."""
-    q, s = quantize_rows(x)
-    y = F.linear(q.float(), w_q.float()) * s[..., None] * scale
-    return y if bias is None else y + bias
 
 
 def linear_w8a8(x: torch.Tensor, w_q: torch.Tensor, scale: torch.Tensor, bias=None,

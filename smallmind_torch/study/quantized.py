@@ -24,6 +24,7 @@ from ..train.loop import lm_loss
 from .harness import (_first_mismatch, check_input, decode_weight_bytes, fixed_prompt,
                       measure_generation)
 from .results import spread
+from .tables import spread_cell
 from .timing import threads as run_threads
 
 AGREEMENT_TOKENS = (50, 200)
@@ -169,19 +170,13 @@ def measure_formats(model, val_data=None, *, formats: "dict | None" = None, thre
                          "new_tokens": new_tokens}}
 
 
-def _cell(s, digits) -> str:
-    from .tables import with_spread_value
-
-    return "-" if not s else with_spread_value(s["median"], s, digits)
-
-
 def markdown(section: dict) -> str:
     """The speed table and the accuracy table of measure_formats."""
     out = ["| format | threads | what ran | weights MB / decode step | tokens/s | decode ms | x fp32 max |",
            "|---|---|---|---|---|---|---|"]
     for r in section["speed"]:
         out.append(f"| {r['format']} | {r['threads']} | {r['ran']} | {r['decode_weight_bytes'] / 1e6:.1f} | "
-                   f"{_cell(r['tokens_per_s'], 1)} | {_cell(r['decode_ms'], 3)} | {r['x_first']:.2f}x |")
+                   f"{spread_cell(r['tokens_per_s'], 1)} | {spread_cell(r['decode_ms'], 3)} | {r['x_first']:.2f}x |")
     out += ["", "| format | max abs logit diff | p50 / p90 / p99 | greedy tokens equal (50 / 200) | "
                 "first difference (50 / 200) | val loss fp32 | val loss | change (nats) |",
             "|---|---|---|---|---|---|---|---|"]

@@ -196,3 +196,8 @@ def with_spread_value(value, s, digits=1):
     if value is None or not s or s["runs"] < 2 or not s["median"]:
         return text
     return f"{text} ±{50 * (s['max'] - s['min']) / s['median']:.0f}%{'!' if s['disturbed'] else ''}"
+
+
+def spread_cell(s: "dict | None", digits=1) -> str:
+    """A figure given by its spread dict alone (results.spread): its median with the ±."""
+    return "-" if not s else with_spread_value(s["median"], s, digits)
