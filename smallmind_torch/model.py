@@ -9,8 +9,8 @@ kv_cache.py, so that a reader can diff the reference against the fast paths.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-
 import math
 import threading
 from dataclasses import dataclass
@@ -210,6 +210,17 @@ class GPT(nn.Module):
             self.forms = resolve_forms(self.opt)
             self.reset_caches()
         return self
+
+    @contextlib.contextmanager
+    def using(self, phase: "str | OptConfig"):
+        """`with model.using(phase):` runs the block in `phase`, then returns to the phase the
+        model had before."""
+        previous = self.requested_phase
+        self.set_phase(phase)
+        try:
+            yield self
+        finally:
+            self.set_phase(previous)
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device / dtype): "max" (and "max-int8") is chosen again for the new device and dtype, and the
