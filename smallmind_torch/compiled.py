@@ -31,11 +31,11 @@ def compiled_graphs() -> int:
 def static_decode(model, token, input_pos):
     """One token per sequence, token (B, 1) at the position held in input_pos (1,), through
     the KV cache; logits (B, 1, V). The same steps as GPT.allocating_forward for one token."""
-    forms, c = model.forms, model.config
+    forms, c = model.phase.forms, model.config
     B, nh, hs = token.size(0), c.n_head, c.head_dim
     x = forms.embedding(token, model.transformer.wte.weight) + model.transformer.wpe(input_pos)
     filled = (model.positions <= input_pos).view(1, -1)  # (1, S): the keys this token attends
-    for block, cache in zip(model.transformer.h, model.kv_caches):
+    for block, cache in zip(model.transformer.h, model.phase.kv_caches):
         q, k, v = forms.linear(forms.layer_norm(x, block.ln_1), block.attn.c_attn).split(c.n_embd, dim=2)
         q = q.view(B, 1, nh, hs).transpose(1, 2)  # (B, nh, 1, hs)
         keys = cache.k_cache[:B].index_copy_(2, input_pos, k.view(B, 1, nh, hs).transpose(1, 2))

@@ -4,7 +4,7 @@ Each function takes an optional `out`: without it the form allocates its result 
 supports autograd (phase 0, reference, training); with it the form writes into `out`
 and takes any scratch from the workspace `ws` (see workspace.py). The tables map a
 switch's form to its function; `labelled_*` bind one form to a module's parameters under its
-profiler label, once, when a phase is set (model.resolve_forms).
+profiler label, once, when a phase is set (runtime.resolve_forms).
 """
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .labels import region
-from .weight_formats import (bf16_weight, dequantize, linear_w8a8_reference, quantized_weight,
-                             round_to_bf16)
+from .weight_formats import QuantizedWeight, linear_w8a8_reference, round_to_bf16
 
 
 # ---- bottleneck 6: LayerNorm ----------------------------------------------------------------
@@ -74,60 +73,56 @@ LINEAR = {"torch": linear_torch, "custom": linear_custom}
 
 
 # ---- beyond the seed: int8 and bf16 weights (the `weights` switch) ---------------------------
-# Each format has the naive form right above the fast one: "torch" computes in float32 on the
-# operands as the format rounds them (the weight dequantized, for bf16 the activations rounded
-# too) with the library's GEMM; "custom" is our kernel on the stored copy.
+# Each form takes the weight as its format stores it (weight_formats.prepare: made once, when the
+# phase is set) and has the naive form right above the fast one: "torch" computes in float32 on
+# the operands as the format rounds them (the weight dequantized, for bf16 the activations
+# rounded too) with the library's GEMM; "custom" is our kernel on the stored copy.
 
-def _inference_only(weight, fmt):
-    if torch.is_grad_enabled() and weight.requires_grad:
-        raise RuntimeError(f"weights={fmt!r} is for inference: the {fmt} copy of a weight has no "
-                           f"gradient; run under torch.no_grad() / torch.inference_mode(), or "
-                           f"train with weights='fp32'")
+def linear_int8_torch(x, weight: QuantizedWeight, bias, out=None):
+    return linear_torch(x, weight.dequantize().to(x.dtype), bias, out=out)
 
 
-def linear_int8_torch(x, weight, bias, out=None):
-    _inference_only(weight, "int8")
-    return linear_torch(x, dequantize(*quantized_weight(weight)).to(weight.dtype), bias, out=out)
+def linear_int8_custom(x, weight: QuantizedWeight, bias, out=None):
+    return ops.linear_q8(x, weight.w_q, weight.scale, bias, out=out)
 
 
-def _int8_custom(fmt: str, op: str):
-    """Our kernel `op` (linear_q8, linear_w8a8) on the int8 copy of the weight."""
-    def linear(x, weight, bias, out=None):
-        _inference_only(weight, fmt)
-        w_q, scale = quantized_weight(weight)
-        return getattr(ops, op)(x, w_q, scale, bias, out=out)
-    return linear
-
-
-linear_int8_custom = _int8_custom("int8", "linear_q8")
-
-
-def linear_w8a8_torch(x, weight, bias, out=None):
-    _inference_only(weight, "w8a8")
-    y = linear_w8a8_reference(x, *quantized_weight(weight), bias)
+def linear_w8a8_torch(x, weight: QuantizedWeight, bias, out=None):
+    y = linear_w8a8_reference(x, weight.w_q, weight.scale, bias)
     return y if out is None else out.copy_(y)
 
 
-linear_w8a8_custom = _int8_custom("w8a8", "linear_w8a8")
+def linear_w8a8_custom(x, weight: QuantizedWeight, bias, out=None):
+    return ops.linear_w8a8(x, weight.w_q, weight.scale, bias, out=out)
 
 
 def linear_bf16_torch(x, weight, bias, out=None):
-    _inference_only(weight, "bf16")
-    return linear_torch(round_to_bf16(x), bf16_weight(weight).to(weight.dtype), bias, out=out)
+    return linear_torch(round_to_bf16(x), weight.to(x.dtype), bias, out=out)
 
 
 def linear_bf16_custom(x, weight, bias, out=None):
-    _inference_only(weight, "bf16")
-    return ops.linear_bf16(x, bf16_weight(weight), bias, out=out)
+    return ops.linear_bf16(x, weight, bias, out=out)
 
 
-# weights -> matmul -> form
+# weights -> matmul -> form(x, the weight as the format stores it, bias, out=None)
 LINEAR_BY_WEIGHTS = {
     "fp32": LINEAR,
     "int8": {"torch": linear_int8_torch, "custom": linear_int8_custom},
     "bf16": {"torch": linear_bf16_torch, "custom": linear_bf16_custom},
     "w8a8": {"torch": linear_w8a8_torch, "custom": linear_w8a8_custom},
 }
+
+
+def inference_only(forward, fmt: str):
+    """`forward(model, ...)` refused while autograd records: a copy of a weight in another
+    format has no gradient to give the fp32 parameter."""
+    refusal = (f"weights={fmt!r} is for inference: the {fmt} copy of a weight has no gradient; "
+               f"run under torch.no_grad() / torch.inference_mode(), or train with weights='fp32'")
+
+    def guarded(model, *args):
+        if torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()):
+            raise RuntimeError(refusal)
+        return forward(model, *args)
+    return guarded
 
 
 # ---- bottleneck 7: token embedding (its backward matters in training) ------------------------
@@ -152,10 +147,17 @@ def labelled_layer_norm(form):
     return layer_norm
 
 
-def labelled_linear(form):
-    def linear(x, module, out=None):
-        with region("linear"):
-            return form(x, module.weight, module.bias, out=out)
+def labelled_linear(form, prepared: "dict | None" = None):
+    """The linear the modules call: `form` on each module's weight, or, given `prepared`
+    (module -> its weight in the phase's format, made when the phase was set), on that."""
+    if prepared is None:
+        def linear(x, module, out=None):
+            with region("linear"):
+                return form(x, module.weight, module.bias, out=out)
+    else:
+        def linear(x, module, out=None):
+            with region("linear"):
+                return form(x, prepared[module], module.bias, out=out)
     return linear
 
 

@@ -6,9 +6,9 @@ outgrows block_size, the positions of every kept token shift, so the cache is re
 from the cropped window: exactly what the no-cache path computes.
 
 Each step runs under `model.lock` (the cache and workspace are the model's state). A stream
-remembers `model.cache_epoch` after its step; if anything else wrote the cache or switched
-the phase before its next step, it stops with an error rather than continue from a cache
-that is no longer its own.
+remembers the phase's runtime and its `epoch` after its step; if anything else wrote the cache
+or switched the phase before its next step, it stops with an error rather than continue from a
+cache that is no longer its own.
 """
 from __future__ import annotations
 
@@ -84,27 +84,31 @@ def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, gen
     # All tokens of the run, written in place: no per-step concatenation.
     tokens = _token_buffer(B, T0 + max_new_tokens, idx.device)
     tokens[:, :T0] = idx
-    use_cache, greedy = model.opt.kv_cache, temperature == 0.0
-    epoch = None
+    use_cache, greedy = model.phase.opt.kv_cache, temperature == 0.0
+    mark = None  # (the runtime, its epoch) after this stream's last step
     for n in range(T0, T0 + max_new_tokens):
         with model.lock:  # held for the step, not across the yield
-            if epoch is not None and model.cache_epoch != epoch:
+            rt = model.phase
+            if mark is not None and (rt is not mark[0] or rt.epoch != mark[1]):
                 raise _interrupted()
-            if use_cache and epoch is not None and model.cache_length < block_size:
+            if use_cache and mark is not None and rt.cache_length < block_size:
                 if greedy:  # the argmax in the step itself (one C++ call with fused decode)
                     tokens[:, n:n + 1] = model.decode_greedy_step(tokens[:, n - 1:n])
                 else:
                     tokens[:, n:n + 1] = sample(model.decode_step(tokens[:, n - 1:n]),
                                                 temperature, top_k, generator)
             else:
+                window = tokens[:, max(0, n - block_size):n]
                 if use_cache:  # first step, or cache full (positions shift): fill it again
-                    if model.kv_caches is None or model.kv_caches[0].max_batch < B:
+                    if rt.kv_caches is None or rt.kv_caches[0].max_batch < B:
                         model.setup_caches(max_batch=B)
-                    logits = model.prefill(tokens[:, max(0, n - block_size):n])
+                    logits = model.prefill(window)
                 else:  # a full forward over the last block_size tokens
-                    logits = model.forward_last(tokens[:, max(0, n - block_size):n])
+                    if mark is None:  # the weights as they are now (prefill does this itself)
+                        rt.refresh(model)
+                    logits = model.forward_last(window)
                 tokens[:, n:n + 1] = sample(logits, temperature, top_k, generator)
-            epoch = model.cache_epoch
+            mark = (rt, rt.epoch)
         yield tokens[:, n:n + 1]
 
 

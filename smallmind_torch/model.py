@@ -2,30 +2,24 @@
 
 The modules below are the readable reference. Each step that a switch covers (LayerNorm,
 the linear layers' matmul, the token embedding, attention) calls the form the current phase
-selected: `set_phase` resolves the OptConfig once into a `Forms` bundle of callables
-(`resolve_forms`), so the hot path never reads a switch. The preallocated-buffer forward lives
-beside this file in workspace.py, the fused decode step in fused_decode.py and the KV cache in
-kv_cache.py, so that a reader can diff the reference against the fast paths.
+selected: `set_phase` resolves the OptConfig once into a runtime (`model.phase`, runtime.py:
+the forms as callables, the weights in the phase's format, the KV caches, the workspace), so
+the hot path never reads a switch. The preallocated-buffer forward lives beside this file in
+workspace.py, the fused decode step in fused_decode.py and the KV cache in kv_cache.py, so that
+a reader can diff the reference against the fast paths.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import threading
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import compiled, fused_decode, generation, phases, workspace
-from .attention import resolve as resolve_attention
+from . import generation, phases
 from .config import MAX_PRESETS, ModelConfig, OptConfig
-from .forms import (EMBEDDING, LAYER_NORM, LINEAR_BY_WEIGHTS, labelled_embedding,
-                    labelled_layer_norm, labelled_linear)
-from .kv_cache import KVCache
 from .labels import region
 
 
@@ -74,60 +68,13 @@ class Block(nn.Module):
         return x + self.mlp(forms.layer_norm(x, self.ln_2), forms)
 
 
-# ---- a phase's forms, resolved once -----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Forms:
-    """Every callable a phase runs. The modules, the workspace forward and the fused decode
-    step call these and never read a switch."""
-
-    layer_norm: Callable      # (x, ln_module, out=None, ws=None)
-    linear: Callable          # (x, linear_module, out=None)
-    embedding: Callable       # (idx, weight) -> (B, T, C)
-    attention: Callable       # (q, k, v, q_offset, future_mask) -> (B, nh, Tq, hs)
-    attention_into: Callable  # (q, k, v, q_offset, future_mask, out, ws) -> out
-    forward: Callable         # (model, idx, start, last_only, use_cache) -> (B, T or 1, V)
-    decode: Callable          # (model, token (B, 1), start) -> (B, 1, V), through the KV cache
-    decode_greedy: Callable   # (model, token (B, 1), start) -> the argmax ids (B, 1)
-    reuses_buffers: bool      # forward / decode return views of the workspace
-
-
-def resolve_forms(opt: OptConfig) -> Forms:
-    """The one place an OptConfig's forms become callables (attention's cross-switch rule is in
-    attention.resolve)."""
-    attention, attention_into = resolve_attention(opt)
-    forward = workspace.inference_forward if opt.workspace else GPT.allocating_forward
-    if opt.compile != "off":
-        forward = compiled.compile_forward(forward, opt.compile)
-    if opt.fused_decode and opt.weights in ("int8", "w8a8"):  # the same step on int8 weights
-        decode = functools.partial(fused_decode.decode_step_q8, weights=opt.weights)
-        decode_greedy = functools.partial(fused_decode.decode_greedy_q8, weights=opt.weights)
-    elif opt.fused_decode:  # the argmax in the same C++ call
-        decode, decode_greedy = fused_decode.decode_step, fused_decode.decode_greedy
-    else:
-        if opt.compile != "off" and opt.kv_cache:
-            decode = compiled.compile_decode(opt.compile)
-        else:
-            def decode(model, token, start):
-                return forward(model, token, start, True, True)
-
-        def decode_greedy(model, token, start):
-            return decode(model, token, start)[:, -1, :].argmax(dim=-1, keepdim=True)
-    return Forms(layer_norm=labelled_layer_norm(LAYER_NORM[opt.layernorm]),
-                 linear=labelled_linear(LINEAR_BY_WEIGHTS[opt.weights][opt.matmul]),
-                 embedding=labelled_embedding(EMBEDDING[opt.embedding_backward]),
-                 attention=attention, attention_into=attention_into,
-                 forward=forward, decode=decode, decode_greedy=decode_greedy,
-                 reuses_buffers=opt.workspace)
-
-
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig(), phase: "str | OptConfig" = "reference"):
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"GPT needs a ModelConfig, got {type(config).__name__}")
         self.config = config
-        opt = phases.resolve(phase, device="cpu", dtype=torch.get_default_dtype()).opt
+        opt = phases.decide(phase, device="cpu", dtype=torch.get_default_dtype()).opt
         # One draw from the global RNG seeds the init, so both init forms (bottleneck 8)
         # give identical parameters under the same torch.manual_seed.
         init_seed = int(torch.randint(0, 2**62, ()))
@@ -146,22 +93,24 @@ class GPT(nn.Module):
         # and indexes with them, so a new position is new data, not a new graph
         self.register_buffer("positions", torch.arange(config.block_size), persistent=False)
         self.register_buffer("input_pos", torch.zeros(1, dtype=torch.long), persistent=False)
-        # The KV cache and the workspace are state of the model object: every call that uses
-        # them holds this lock (two threads calling generate() are served one after the
-        # other), and `cache_epoch` changes whenever the cache is written or reset, so an open
-        # generate_stream notices that another call used the model in between and stops with
-        # an error instead of continuing from someone else's cache.
+        # The phase's state (KV cache, workspace) is the model's: every call that uses it holds
+        # this lock, so two threads calling generate() are served one after the other.
         self.lock = threading.RLock()
-        self.cache_epoch = 0
+        self.register_load_state_dict_post_hook(_tie_lm_head)
+        self.phase = None  # the runtime of the current phase (runtime.PhaseRuntime)
         self.set_phase(phase)
 
-    def __getstate__(self):  # copy.deepcopy / pickle: a lock is not copyable, make a new one
+    def __getstate__(self):  # copy.deepcopy / pickle: no lock, the phase as data (runtime.Phase)
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {k: v for k, v in state.items() if k != "lock"}
+        state = {k: v for k, v in state.items() if k != "lock"}
+        state["phase"] = state["phase"].decision if state.get("phase") is not None else None
+        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.lock = threading.RLock()
+        if self.phase is not None:  # made ready again on the copied parameters
+            self.phase = phases.resolve(self.phase, self)
 
     def _build(self, config):
         self.transformer = nn.ModuleDict(dict(
@@ -199,55 +148,43 @@ class GPT(nn.Module):
 
     def set_phase(self, phase: "str | OptConfig") -> "GPT":
         """Switch every form in place: a preset name (config.presets(): PHASES, "max", "max-int8") or an
-        OptConfig. Parameters are untouched; KV caches and the workspace belong to the previous
-        phase and are dropped. `self.phase` says what runs (for "max": which candidate). The
-        `init` switch acts at construction only: pass `phase=` to GPT(...) for fast init."""
-        param = self.transformer.wte.weight
-        resolved = phases.resolve(phase, device=param.device, dtype=param.dtype, model=self)
+        OptConfig. Parameters are untouched; the previous phase's KV caches and workspace go with
+        it. `self.phase` says what runs (for "max": which candidate). The `init` switch acts at
+        construction only: pass `phase=` to GPT(...) for fast init."""
         with self.lock:
-            self.phase, self.requested_phase = resolved, phase
-            self.opt = resolved.opt
-            self.forms = resolve_forms(self.opt)
-            self.reset_caches()
+            self.phase = phases.resolve(phase, self)
         return self
 
     @contextlib.contextmanager
-    def using(self, phase: "str | OptConfig"):
-        """`with model.using(phase):` runs the block in `phase`, then returns to the phase the
-        model had before."""
-        previous = self.requested_phase
-        self.set_phase(phase)
-        try:
-            yield self
-        finally:
-            self.set_phase(previous)
-
-    def _apply(self, fn, *args, **kwargs):
-        # .to(device / dtype): "max" (and "max-int8") is chosen again for the new device and dtype, and the
-        # buffers of the previous phase are dropped.
-        super()._apply(fn, *args, **kwargs)
-        if hasattr(self, "phase"):
-            if isinstance(self.requested_phase, str) and self.requested_phase in MAX_PRESETS:
-                self.set_phase(self.requested_phase)
-            self.reset_caches()
-        return self
-
-    def reset_caches(self) -> None:
-        self.cache_epoch += 1
-        self.kv_caches: "nn.ModuleList | None" = None
-        self.block_params: "list | None" = None  # fused_decode.block_params of each block
-        self.decode_args = None                  # fused_decode.StepArgs, made at the first step
-        self.cache_length = 0                    # positions held by the KV cache
-        self.cache_batch = 0                     # sequences filled by the last prefill
-        self._workspace: "workspace.Workspace | None" = None
+    def using(self, phase):
+        """`with model.using(phase):` runs the block in `phase` (a name, an OptConfig or a
+        runtime of this model), holding the model's lock, then puts the previous runtime back
+        as it was (its KV cache included)."""
+        with self.lock:
+            previous = self.phase
+            self.phase = phases.resolve(phase, self)
+            try:
+                yield self
+            finally:
+                self.phase = previous
 
     @property
-    def workspace(self) -> "workspace.Workspace":
-        """The phase's preallocated buffers (workspace phases), made on first use."""
-        if self._workspace is None:
-            param = self.transformer.wte.weight
-            self._workspace = workspace.Workspace(dtype=param.dtype, device=param.device)
-        return self._workspace
+    def opt(self):  # TEMP(merge): the study half moves to model.phase.opt
+        return self.phase.opt
+
+    @property
+    def requested_phase(self):  # TEMP(merge): the study half moves to model.using
+        return self.phase.requested
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device / dtype): the phase is made ready again on the moved parameters; "max" (and
+        # "max-int8") is chosen again for the new device and dtype.
+        super()._apply(fn, *args, **kwargs)
+        if getattr(self, "phase", None) is not None:  # not while __init__ builds the modules
+            requested = self.phase.requested
+            chosen_again = isinstance(requested, str) and requested in MAX_PRESETS
+            self.set_phase(requested if chosen_again else self.phase.decision)
+        return self
 
     # ---- forward ----------------------------------------------------------------------------
 
@@ -272,19 +209,21 @@ class GPT(nn.Module):
         """Logits (B, T, vocab_size) of a full forward from position 0 (no KV cache)."""
         self.check_idx(idx, max_len=self.config.block_size)
         with self.lock:
-            logits = self.forms.forward(self, idx, 0, False, False)
-            return logits.clone() if self.forms.reuses_buffers else logits
+            rt = self.phase
+            rt.refresh(self)
+            logits = rt.forms.forward(self, idx, 0, False, False)
+            return logits.clone() if rt.forms.reuses_buffers else logits
 
     def allocating_forward(self, idx, start=0, last_only=False, use_cache=False):
         """The reference forward through the modules (autograd-capable): logits of tokens at
         positions start..start+T-1, through the KV cache if use_cache."""
         B, T = idx.size()
-        forms = self.forms
+        forms, kv_caches = self.phase.forms, self.phase.kv_caches
         tok_emb = forms.embedding(idx, self.transformer.wte.weight)  # (B, T, C)
         pos_emb = self.transformer.wpe.weight[start:start + T]  # (T, C)
         x = tok_emb + pos_emb
         for i, block in enumerate(self.transformer.h):
-            kv_cache = self.kv_caches[i] if use_cache else None
+            kv_cache = kv_caches[i] if use_cache else None
             x = block(x, forms, self.future_mask, start, kv_cache)
         x = forms.layer_norm(x, self.transformer.ln_f)
         if last_only:  # generation needs only the next token's logits
@@ -297,57 +236,53 @@ class GPT(nn.Module):
         No argument checks; on workspace phases a view valid until the next call on the model
         (hold `model.lock` while using it from several threads): the no-cache generation step."""
         with self.lock:
-            return self.forms.forward(self, idx, 0, True, False)[:, -1, :]
+            return self.phase.forms.forward(self, idx, 0, True, False)[:, -1, :]
 
-    def setup_workspace(self, max_batch: int = 1) -> "workspace.Workspace":
-        """Size every workspace buffer for (max_batch, block_size) with one dry forward."""
-        if not self.opt.workspace:
+    def setup_workspace(self, max_batch: int = 1):
+        """Size every workspace buffer for (max_batch, block_size) with one dry forward; the
+        phase's workspace (workspace.Workspace)."""
+        if not self.phase.opt.workspace:
             raise ValueError("setup_workspace needs a phase with workspace=True; "
                              "the current OptConfig has workspace=False")
         _check_batch(max_batch)
         idx = torch.zeros(max_batch, self.config.block_size, dtype=torch.long,
                           device=self.transformer.wte.weight.device)
         with torch.no_grad(), self.lock:
-            workspace.workspace_forward(self, idx, 0, False, False)
-        return self.workspace
+            rt = self.phase
+            rt.refresh(self)
+            rt.forms.forward(self, idx, 0, False, False)
+            return rt.workspace
 
     # ---- KV cache: prefill once, then one token per step ---------------------------------
 
     def setup_caches(self, max_batch: int = 1) -> None:
         """Allocate each layer's K and V buffers once, for up to max_batch sequences."""
-        if not self.opt.kv_cache:
+        if not self.phase.opt.kv_cache:
             raise ValueError("setup_caches needs a phase with kv_cache=True")
         _check_batch(max_batch)
-        c, param = self.config, self.transformer.wte.weight
-        # made outside inference mode even inside it (see Workspace.take)
-        with self.lock, torch.inference_mode(False):
-            self.kv_caches = nn.ModuleList([
-                KVCache(max_batch, c.n_head, c.block_size, c.head_dim, dtype=param.dtype,
-                        device=param.device)
-                for _ in range(c.n_layer)])
-            if self.opt.fused_decode:
-                self.block_params = [fused_decode.block_params(b) for b in self.transformer.h]
-            self.decode_args = None
-            self.cache_length = self.cache_batch = 0
-            self.cache_epoch += 1
+        with self.lock:
+            self.phase.refresh(self)
+            self.phase.setup_caches(self, max_batch)
 
     @torch.no_grad()
     def prefill(self, idx: torch.Tensor) -> torch.Tensor:
         """Run the prompt (B, T <= block_size) into the cache; return next-token logits (B, V)."""
-        if not self.opt.kv_cache:
+        if not self.phase.opt.kv_cache:
             raise ValueError("prefill needs a phase with kv_cache=True")
         self.check_idx(idx, max_len=self.config.block_size)
         B, T = idx.shape
         with self.lock:
-            if self.kv_caches is None:
-                self.setup_caches(max_batch=B)
-            if B > self.kv_caches[0].max_batch:
+            rt = self.phase
+            rt.refresh(self)
+            if rt.kv_caches is None:
+                rt.setup_caches(self, max_batch=B)
+            if B > rt.kv_caches[0].max_batch:
                 raise ValueError(f"batch {B} exceeds the KV cache's max_batch "
-                                 f"{self.kv_caches[0].max_batch}; call setup_caches(max_batch={B})")
-            self.cache_epoch += 1
-            logits = self.forms.forward(self, idx, 0, True, True)[:, -1, :]
-            self.cache_length, self.cache_batch = T, B
-            return logits.clone() if self.forms.reuses_buffers else logits
+                                 f"{rt.kv_caches[0].max_batch}; call setup_caches(max_batch={B})")
+            rt.epoch += 1
+            logits = rt.forms.forward(self, idx, 0, True, True)[:, -1, :]
+            rt.cache_length, rt.cache_batch = T, B
+            return logits.clone() if rt.forms.reuses_buffers else logits
 
     @torch.no_grad()
     def decode_one_token(self, token: torch.Tensor) -> torch.Tensor:
@@ -356,18 +291,21 @@ class GPT(nn.Module):
             raise ValueError(f"token must have shape (B, 1); got {tuple(getattr(token, 'shape', ()))}")
         self.check_idx(token, max_len=1)
         with self.lock:
-            if self.kv_caches is None or self.cache_length == 0:
+            rt = self.phase
+            rt.refresh(self)
+            if rt.kv_caches is None or rt.cache_length == 0:
                 raise ValueError("decode_one_token needs a filled KV cache: call prefill first "
-                                 "(switching phase resets the cache)")
-            if token.size(0) > self.cache_batch:
-                raise ValueError(f"batch {token.size(0)} exceeds the {self.cache_batch} sequences of "
+                                 "(switching phase, or changing the weights of a phase that "
+                                 "made copies of them, resets the cache)")
+            if token.size(0) > rt.cache_batch:
+                raise ValueError(f"batch {token.size(0)} exceeds the {rt.cache_batch} sequences of "
                                  "the last prefill; decode needs every sequence prefilled to the "
                                  "same position")
-            if self.cache_length >= self.config.block_size:
+            if rt.cache_length >= self.config.block_size:
                 raise ValueError(f"the KV cache is full (block_size = {self.config.block_size} "
                                  "tokens); re-prefill a cropped window (generate() does this)")
             logits = self.decode_step(token)
-            return logits.clone() if self.forms.reuses_buffers else logits
+            return logits.clone() if rt.forms.reuses_buffers else logits
 
     @torch.no_grad()
     def decode_step(self, token: torch.Tensor) -> torch.Tensor:
@@ -375,9 +313,10 @@ class GPT(nn.Module):
         logits (B, V), on workspace phases a view valid until the next call on the model (hold
         `model.lock` while using it from several threads)."""
         with self.lock:
-            self.cache_epoch += 1
-            logits = self.forms.decode(self, token, self.cache_length)
-            self.cache_length += 1
+            rt = self.phase
+            rt.epoch += 1
+            logits = rt.forms.decode(self, token, rt.cache_length)
+            rt.cache_length += 1
             return logits[:, -1, :]
 
     @torch.no_grad()
@@ -385,9 +324,10 @@ class GPT(nn.Module):
         """decode_step and its argmax: the next token ids (B, 1), unchecked like decode_step.
         With fused decode both happen in one C++ call and the ids are a workspace view."""
         with self.lock:
-            self.cache_epoch += 1
-            ids = self.forms.decode_greedy(self, token, self.cache_length)
-            self.cache_length += 1
+            rt = self.phase
+            rt.epoch += 1
+            ids = rt.forms.decode_greedy(self, token, rt.cache_length)
+            rt.cache_length += 1
             return ids
 
     # ---- generation ---------------------------------------------------------------------
@@ -424,3 +364,12 @@ class GPT(nn.Module):
 def _check_batch(max_batch) -> None:
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+
+
+def _tie_lm_head(model, incompatible_keys) -> None:
+    """After load_state_dict(..., assign=True), which puts a Parameter of its own under each
+    key: the lm head is the token embedding again (GPT-2 ties them) when the two hold the same
+    values; differing values stay untied (the fused decode step then refuses the model)."""
+    wte, head = model.transformer.wte, model.lm_head
+    if head.weight is not wte.weight and torch.equal(head.weight, wte.weight):
+        head.weight = wte.weight

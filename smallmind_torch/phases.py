@@ -1,29 +1,22 @@
 """A phase, given by name or as an OptConfig, resolved for one model: the only place where
 "max" is decided.
 
-`resolve(phase, device=..., dtype=..., model=...)` returns a `Phase`: the concrete OptConfig,
-the name it was asked by and a one-line description of what it is. The model
-(`GPT.set_phase`), the study, the traces, the CLI and the experiments all go through it, so
-`smallmind bench --phases max` and `smallmind profile --phase max` run the same configuration
-and say which. "max" is the fastest of the MAX_CANDIDATES that run for the model's device and
-dtype, measured on this machine (tuning.py) when more than one runs; "max-int8" likewise of the
-int8 candidates (config.MAX_PRESETS).
+`decide(phase, device=..., dtype=..., model=...)` returns a `runtime.Phase`: the concrete
+OptConfig, the name it was asked by and a one-line description of what it is. `resolve(phase,
+model)` makes that decision ready to run on the model (a `runtime.PhaseRuntime`, what
+`GPT.set_phase` installs). The model, the study, the traces, the CLI and the experiments all go
+through it, so `smallmind bench --phases max` and `smallmind profile --phase max` run the same
+configuration and say which. "max" is the fastest of the MAX_CANDIDATES that run for the model's
+device and dtype, measured on this machine (tuning.py) when more than one runs; "max-int8"
+likewise of the int8 candidates (config.MAX_PRESETS).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from . import ops, tuning
 from .config import MAX_PRESETS, PHASES, OptConfig, presets
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str            # what it was asked by: a preset name, or "custom" for an OptConfig
-    opt: OptConfig       # what runs
-    description: str     # e.g. "max = fused decode (custom ops, CPU float32)"
+from .runtime import Phase, PhaseRuntime
 
 
 def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
@@ -58,10 +51,10 @@ def choose_max(device, dtype, model=None, name: str = "max") -> Phase:
     else:
         label, how = next(iter(runnable)), "the first that runs here"
     notes = [how] + [f"not {label}: {problem}" for label, problem in skipped]
-    return Phase(name, runnable[label], f"{name} = {label} ({'; '.join(notes)})")
+    return Phase(name, runnable[label], f"{name} = {label} ({'; '.join(notes)})", name)
 
 
-def resolve(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, model=None) -> Phase:
+def decide(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, model=None) -> Phase:
     """The concrete phase a model on `device` with `dtype` parameters runs for `phase` (for
     "max", measured on `model` when given).
 
@@ -83,4 +76,21 @@ def resolve(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, mode
             f"run here: {problem}. Presets without custom forms (reference, phase0, phase1) "
             f"and {' and '.join(repr(n) for n in MAX_PRESETS)} run anywhere.")
     forms = opt.custom_op_forms
-    return Phase(name, opt, f"{name} ({'custom ops: ' + ', '.join(forms) if forms else 'PyTorch only'})")
+    return Phase(name, opt, f"{name} ({'custom ops: ' + ', '.join(forms) if forms else 'PyTorch only'})",
+                 phase)
+
+
+def runtime(model, phase: Phase) -> PhaseRuntime:
+    """`phase` made ready to run on `model` (its weights in the phase's format, its forms)."""
+    return PhaseRuntime(model, phase)
+
+
+def resolve(phase: "str | OptConfig | Phase | PhaseRuntime", model) -> PhaseRuntime:
+    """What `model` runs for `phase`: decided for its device and dtype (decide), then made
+    ready on it. A Phase is made ready as it is; a PhaseRuntime of this model is returned."""
+    if isinstance(phase, PhaseRuntime):
+        return phase
+    if not isinstance(phase, Phase):
+        param = model.transformer.wte.weight
+        phase = decide(phase, device=param.device, dtype=param.dtype, model=model)
+    return runtime(model, phase)

@@ -27,6 +27,7 @@ import torch
 
 from . import ops
 from .config import OptConfig, check_tolerance, reference_for
+from .runtime import Phase, PhaseRuntime
 
 PROMPT_LEN = 16      # as the study's protocol
 NEW_TOKENS = 50
@@ -87,7 +88,8 @@ def _timed(fn) -> float:
 
 def measure(model, candidates: dict) -> dict:
     """label -> estimated ms for the protocol's generation on `model` (None: incorrect, i.e.
-    not the output of reference_for(candidate)). Leaves the model in the reference phase."""
+    not the output of reference_for(candidate)). Each candidate and reference runs in a
+    runtime of its own (`model.using`); the model's phase is as it was afterwards."""
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_LEN), generator=g)
     steps = min(DECODE_STEPS, model.config.block_size - PROMPT_LEN)
@@ -95,10 +97,10 @@ def measure(model, candidates: dict) -> dict:
     for opt in candidates.values():
         reference = reference_for(opt)
         if reference not in expected_of:
-            model.set_phase(reference)
-            with torch.no_grad():
+            with torch.no_grad(), model.using(_runtime(model, "reference", reference)):
                 expected_of[reference] = (model(prompt)[:, -1],
                                           model.generate(prompt, steps + 1)[0, PROMPT_LEN:])
+    runtimes = {label: _runtime(model, label, opt) for label, opt in candidates.items()}
     times = {label: ([], []) for label in candidates}
     wrong = set()
     for round_ in range(ROUNDS + 1):  # round 0 warms up (first calls allocate, build views)
@@ -106,17 +108,17 @@ def measure(model, candidates: dict) -> dict:
             if label in wrong:
                 continue
             expected, tokens = expected_of[reference_for(opt)]
-            model.set_phase(opt)
-            prefill_s = _timed(lambda: model.prefill(prompt))
-            logits = model.prefill(prompt)
-            decode = []
-            ok = float((logits - expected).abs().max()) <= check_tolerance(opt, TOLERANCE)
-            for i in range(steps):
-                ok = ok and int(logits.argmax()) == int(tokens[i])
-                token = tokens[i].view(1, 1)
-                start = time.perf_counter()
-                logits = model.decode_step(token)
-                decode.append(time.perf_counter() - start)
+            with model.using(runtimes[label]):
+                prefill_s = _timed(lambda: model.prefill(prompt))
+                logits = model.prefill(prompt)
+                decode = []
+                ok = float((logits - expected).abs().max()) <= check_tolerance(opt, TOLERANCE)
+                for i in range(steps):
+                    ok = ok and int(logits.argmax()) == int(tokens[i])
+                    token = tokens[i].view(1, 1)
+                    start = time.perf_counter()
+                    logits = model.decode_step(token)
+                    decode.append(time.perf_counter() - start)
             if not ok:
                 wrong.add(label)
                 continue
@@ -124,10 +126,13 @@ def measure(model, candidates: dict) -> dict:
                 continue
             times[label][0].append(prefill_s)
             times[label][1].append(statistics.median(decode) if decode else 0.0)
-    model.set_phase("reference")
     return {label: None if label in wrong else
             1e3 * (statistics.median(p) + (NEW_TOKENS - 1) * statistics.median(d))
             for label, (p, d) in times.items()}
+
+
+def _runtime(model, label: str, opt: OptConfig) -> PhaseRuntime:
+    return PhaseRuntime(model, Phase(label, opt, label, opt))
 
 
 def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max") -> Choice:

@@ -1,22 +1,23 @@
 """The weight formats of the `weights` switch, in plain PyTorch: how an fp32 weight becomes
-int8 or bf16, and the copies the linear forms and the decode step read.
+int8 or bf16, and the weight each format's linear form reads.
 
-- int8: symmetric, per output channel (`quantize_per_channel`: scale[n] = max |w[n, :]| / 127,
-  w_q = round(w / scale) in [-127, 127]); the weight it stands for is scale[:, None] * w_q.
+- int8 (and w8a8, which reads the same int8 weights): symmetric, per output channel
+  (`quantize_per_channel`: scale[n] = max |w[n, :]| / 127, w_q = round(w / scale) in
+  [-127, 127]); the weight it stands for is scale[:, None] * w_q. A `QuantizedWeight` holds both.
 - bf16: each weight rounded to the nearest bfloat16 (8 bits of mantissa); the bf16 forms round
   the activations the same way, so that a product is exact in float32 and only the operands'
   rounding is an error (what a native bf16 dot product, AVX512_BF16's vdpbf16ps, computes).
 
-The copies are made once per version of a weight and held beside the model, keyed by the
-weight (`weight_copy`): the state_dict stays fp32, switching back to fp32 gives the exact model,
-and an in-place change of a weight (load_state_dict, an optimizer step) makes a new copy at the
-next call.
+`prepare(weight, fmt)` makes a weight's copy in a format. A phase makes the copies it needs once,
+when it is set (runtime.PhaseRuntime), and keeps them beside the model: the state_dict stays
+fp32, and switching back to fp32 gives the exact model.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 I8 = torch.int8
 
@@ -79,27 +80,30 @@ def round_to_bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(x.dtype)
 
 
-_MAKE = {"int8": quantize_per_channel, "bf16": to_bf16}
-# (weight, format) -> (its version when made, the copy); dropped with the weight
-_COPIES = {fmt: WeakIdKeyDictionary() for fmt in _MAKE}
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """An int8 weight and the float32 scale of each of its rows (quantize_per_channel)."""
+
+    w_q: torch.Tensor    # (N, K) int8
+    scale: torch.Tensor  # (N,) float32
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.w_q, self.scale)
 
 
-def weight_copy(weight: torch.Tensor, fmt: str):
-    """The `fmt` copy of a float weight: (w_q, scale) for "int8", the bf16 tensor for "bf16";
-    made once per version of the weight."""
-    copies = _COPIES[fmt]
-    cached = copies.get(weight)
-    if cached is None or cached[0] != weight._version:
-        with torch.no_grad():
-            cached = copies[weight] = (weight._version, _MAKE[fmt](weight))
-    return cached[1]
+def quantize_weight(weight: torch.Tensor) -> QuantizedWeight:
+    return QuantizedWeight(*quantize_per_channel(weight))
 
 
-def quantized_weight(weight: torch.Tensor) -> tuple:
-    """(w_q, scale): the int8 copy of a float weight."""
-    return weight_copy(weight, "int8")
+# format -> how a float weight is stored in it; int8 and w8a8 read the same int8 weights
+_PREPARE = {"int8": quantize_weight, "w8a8": quantize_weight, "bf16": to_bf16}
 
 
-def bf16_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The bf16 copy of a float weight."""
-    return weight_copy(weight, "bf16")
+def prepare(weight: torch.Tensor, fmt: str):
+    """The weight as the format `fmt` stores it: the weight itself for "fp32", a
+    QuantizedWeight for "int8" and "w8a8", the bf16 tensor for "bf16"."""
+    if fmt == "fp32":
+        return weight
+    # made outside inference mode even inside it, as the workspace's buffers (workspace.py)
+    with torch.inference_mode(False), torch.no_grad():
+        return _PREPARE[fmt](weight)

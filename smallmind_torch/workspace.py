@@ -2,7 +2,8 @@
 
 A `Workspace` hands out named buffers. A name's buffer is allocated the first time it is
 asked for and reused afterwards as a view of the right shape; it only grows if a larger
-shape is asked for. `GPT.setup_workspace(max_batch)` runs one forward at
+shape is asked for. A phase's runtime holds its workspace (runtime.PhaseRuntime.workspace);
+`GPT.setup_workspace(max_batch)` runs one forward at
 (max_batch, block_size) so that every buffer has its final size; from then on an inference
 forward allocates nothing for its intermediates. `allocations` counts the buffers made, so
 tests can check that it stays put.
@@ -64,7 +65,8 @@ def workspace_forward(model, idx, start: int, last_only: bool, use_cache: bool):
     Buffers are shared across layers (layers run one after another), so the whole forward
     needs one residual stream, one LayerNorm output, one qkv, ... whatever n_layer is.
     """
-    forms, c, ws = model.forms, model.config, model.workspace
+    rt, c = model.phase, model.config
+    forms, ws, kv_caches = rt.forms, rt.workspace, rt.kv_caches
     B, T = idx.shape
     C, nh, hs = c.n_embd, c.n_head, c.head_dim
     wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
@@ -83,7 +85,7 @@ def workspace_forward(model, idx, start: int, last_only: bool, use_cache: bool):
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         if use_cache:
             with region("kv_cache"):
-                k, v = model.kv_caches[i].update(start, k, v)  # (B, nh, start + T, hs)
+                k, v = kv_caches[i].update(start, k, v)  # (B, nh, start + T, hs)
         else:  # head-major copies, so that batched matmuls can view them as (B * nh, T, hs)
             with region("other"):
                 k = ws.take("attention.k", B, nh, T, hs).copy_(k)

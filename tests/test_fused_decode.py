@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from smallmind_torch import GPT, ModelConfig, OptConfig, fused_decode
+from smallmind_torch import GPT, ModelConfig, OptConfig, runtime
 from smallmind_torch.config import MAX_CANDIDATES
 
 from helpers import allocations, set_phase_or_skip
@@ -23,7 +23,7 @@ def test_config_requires_kv_cache_and_workspace():
 def test_max_prefers_fused_decode():
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=16, block_size=8))
     set_phase_or_skip(model, FUSED)
-    assert model.set_phase("max").opt.fused_decode
+    assert model.set_phase("max").phase.opt.fused_decode
     assert model.phase.description.startswith("max = fused decode")
 
 
@@ -57,7 +57,7 @@ def test_fused_decode_step_allocates_nothing_after_warm_up():
     model.setup_caches(max_batch=1)
     idx = torch.randint(0, 512, (1, 8))
     model.prefill(idx)
-    ws = model.workspace
+    ws = model.phase.workspace
     with torch.no_grad():
         model.decode_step(idx[:, -1:])  # warm-up: thread_local scratch, first buffers
         n = ws.allocations
@@ -93,30 +93,30 @@ def test_decode_greedy_is_the_argmax_of_the_same_step():
     twin, _ = _prefilled()  # same weights and prompt: twin decodes with decode_step
     with torch.no_grad():
         for t in range(5, 12):
-            ids = fused_decode.decode_greedy(model, idx[:, t:t + 1], t)
+            ids = runtime.fused_decode_greedy(model, idx[:, t:t + 1], t)
             assert ids.shape == (3, 1) and ids.dtype == torch.long
             logits = twin.decode_one_token(idx[:, t:t + 1])
             assert torch.equal(ids.view(3), logits.argmax(-1))
-            assert torch.equal(model.workspace.take("logits", 3, 1, 64).view(3, 64), logits)
+            assert torch.equal(model.phase.workspace.take("logits", 3, 1, 64).view(3, 64), logits)
 
 
 def test_decode_greedy_allocates_nothing_after_warm_up():
     model, idx = _prefilled(batch=2)
     with torch.no_grad():
-        fused_decode.decode_greedy(model, idx[:, 5:6], 5)  # warm-up
-        n = model.workspace.allocations
-        count, nbytes = allocations(lambda: fused_decode.decode_greedy(model, idx[:, 6:7], 6))
+        runtime.fused_decode_greedy(model, idx[:, 5:6], 5)  # warm-up
+        n = model.phase.workspace.allocations
+        count, nbytes = allocations(lambda: runtime.fused_decode_greedy(model, idx[:, 6:7], 6))
     assert (count, nbytes) == (0, 0)
-    assert model.workspace.allocations == n
+    assert model.phase.workspace.allocations == n
 
 
 def test_untied_lm_head_is_refused():
     model, idx = _prefilled(batch=1)
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    model.setup_caches(max_batch=1)
-    model.prefill(idx[:, :5])
     with pytest.raises(ValueError, match="lm head tied to the token embedding"):
-        model.decode_one_token(idx[:, 5:6])
+        model.setup_caches(max_batch=1)  # where the fused step is made
+    with pytest.raises(ValueError, match="lm head tied to the token embedding"):
+        model.generate(idx[:, :5], 3)
 
 
 def test_decode_greedy_inside_then_outside_inference_mode():
@@ -126,8 +126,8 @@ def test_decode_greedy_inside_then_outside_inference_mode():
     model.setup_caches(max_batch=1)
     with torch.inference_mode():
         model.prefill(idx[:, :5])
-        first = fused_decode.decode_greedy(model, idx[:, 5:6], 5).clone()
+        first = runtime.fused_decode_greedy(model, idx[:, 5:6], 5).clone()
     with torch.no_grad():
-        again = fused_decode.decode_greedy(model, idx[:, 5:6], 5)
+        again = runtime.fused_decode_greedy(model, idx[:, 5:6], 5)
         assert torch.equal(again, first)
         again.add_(0)  # a normal tensor: writable outside inference mode

@@ -33,16 +33,16 @@ def test_prefill_then_decode_matches_full_forward_logits():
     assert_close(model.prefill(idx[:, :5]), full[:, 4])
     for t in range(5, 12):
         assert_close(model.decode_one_token(idx[:, t:t + 1]), full[:, t])
-    assert (model.cache_length, model.cache_batch) == (12, 3)
+    assert (model.phase.cache_length, model.phase.cache_batch) == (12, 3)
 
 
 def test_cache_buffers_are_allocated_once():
     model = GPT(TINY).eval().set_phase(KV)
     model.setup_caches(max_batch=2)
-    pointers = [(c.k_cache.data_ptr(), c.v_cache.data_ptr()) for c in model.kv_caches]
-    assert model.kv_caches[0].k_cache.shape == (2, TINY.n_head, TINY.block_size, TINY.head_dim)
+    pointers = [(c.k_cache.data_ptr(), c.v_cache.data_ptr()) for c in model.phase.kv_caches]
+    assert model.phase.kv_caches[0].k_cache.shape == (2, TINY.n_head, TINY.block_size, TINY.head_dim)
     model.generate(torch.zeros(2, 4, dtype=torch.long), 50)
-    assert [(c.k_cache.data_ptr(), c.v_cache.data_ptr()) for c in model.kv_caches] == pointers
+    assert [(c.k_cache.data_ptr(), c.v_cache.data_ptr()) for c in model.phase.kv_caches] == pointers
 
 
 def test_batch_larger_than_cache_is_a_clear_error():
@@ -56,7 +56,7 @@ def test_generate_grows_a_too_small_cache():
     model = GPT(TINY).eval().set_phase(KV)
     model.setup_caches(max_batch=1)
     assert model.generate(torch.zeros(3, 4, dtype=torch.long), 5).shape == (3, 9)
-    assert model.kv_caches[0].max_batch == 3
+    assert model.phase.kv_caches[0].max_batch == 3
 
 
 def test_prompt_longer_than_block_size_with_cache():
@@ -73,7 +73,7 @@ def test_cache_after_phase_switch_is_reset():
     model = GPT(TINY).eval().set_phase(KV)
     model.prefill(torch.zeros(1, 4, dtype=torch.long))
     model.set_phase(KV_WORKSPACE)
-    assert model.kv_caches is None
+    assert model.phase.kv_caches is None
     with pytest.raises(ValueError, match="call prefill first"):
         model.decode_one_token(torch.zeros(1, 1, dtype=torch.long))
 

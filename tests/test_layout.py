@@ -1,14 +1,16 @@
 """The package's layout: no import cycle anywhere (function-level imports included), no module
 much longer than 400 lines, switches resolved once (the hot path reads no switch)."""
 import ast
+import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
 import smallmind_torch
-from smallmind_torch import GPT, OptConfig
-from smallmind_torch.config import MAX_CANDIDATES
+from smallmind_torch import FORMS, GPT, OptConfig, runtime
+from smallmind_torch.config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, check_tolerance, reference_for
 
 from helpers import TINY, set_phase_or_skip
 
@@ -47,7 +49,7 @@ def import_graph() -> dict:
 
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert "smallmind_torch.fused_decode" in graph["smallmind_torch.model"]
+    assert "smallmind_torch.fused_decode" in graph["smallmind_torch.runtime"]
     state, cycles = {}, []
 
     def visit(node, stack):
@@ -65,6 +67,14 @@ def test_the_import_graph_has_no_cycle():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def test_the_model_module_imports_only_what_the_reference_needs():
+    """model.py: the modules and GPT; a phase's runtime (forms, caches, workspace, the fused
+    step) is phases.resolve's business, not the model file's."""
+    assert import_graph()["smallmind_torch.model"] == {
+        "smallmind_torch.config", "smallmind_torch.generation", "smallmind_torch.hf",
+        "smallmind_torch.labels", "smallmind_torch.phases"}
+
+
 def test_no_module_is_much_longer_than_400_lines():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
@@ -72,28 +82,68 @@ def test_no_module_is_much_longer_than_400_lines():
 
 
 class _NoSwitchReads:
-    """Stands in for model.opt: any read of a switch fails the test."""
+    """Stands in for the phase's OptConfig: any read of a switch fails the test."""
 
     def __getattr__(self, name):
         raise AssertionError(f"the hot path read opt.{name}")
 
 
+# every form given by name (a switch's string value): what a hot path must not compare
+FORM_NAMES = {form for forms in FORMS.values() for form in forms if isinstance(form, str)}
+
+
+def _bound_values(fn, seen=None):
+    """The values bound into `fn`: a partial's arguments and a closure's cells, followed into
+    the project's own functions."""
+    seen = set() if seen is None else seen
+    if id(fn) in seen:
+        return
+    seen.add(id(fn))
+    if isinstance(fn, functools.partial):
+        for value in (*fn.args, *fn.keywords.values()):
+            yield value
+            yield from _bound_values(value, seen)
+        yield from _bound_values(fn.func, seen)
+    elif callable(fn) and getattr(fn, "__module__", "").startswith("smallmind_torch"):
+        for cell in getattr(fn, "__closure__", None) or ():
+            value = cell.cell_contents
+            yield value
+            yield from _bound_values(value, seen)
+
+
+LOSSY_PRESETS = [*MAX_INT8_CANDIDATES.values(), MAX_CANDIDATES["custom ops"].replace(weights="bf16")]
+
+
 @pytest.mark.parametrize("phase", ["reference", "phase0", "phase1", "phase2", "phase3",
-                                   *MAX_CANDIDATES.values(),
+                                   *MAX_CANDIDATES.values(), *LOSSY_PRESETS,
                                    OptConfig(kv_cache=True)],
-                         ids=lambda p: p if isinstance(p, str) else "opt")
-def test_the_hot_path_reads_no_switch(phase):
+                         ids=lambda p: p if isinstance(p, str) else f"{p.weights}")
+def test_the_hot_path_reads_no_switch(phase, monkeypatch):
+    """Once a phase is set, a forward, a prefill and a decode step read no switch, compare no
+    form name bound into a callable, and look no weight up (the copies in another format were
+    made when the phase was set)."""
     model = GPT(TINY).eval()
     idx = torch.randint(0, TINY.vocab_size, (2, 6))
-    with torch.no_grad():
-        expected = model(idx)
     set_phase_or_skip(model, phase)
-    use_cache = model.opt.kv_cache
+    rt = model.phase
+    with torch.no_grad(), model.using(reference_for(rt.opt)):
+        expected = model(idx)
+    for field in dataclasses.fields(rt.forms):
+        bound = list(_bound_values(getattr(rt.forms, field.name)))
+        assert not any(isinstance(v, OptConfig) or (isinstance(v, str) and v in FORM_NAMES)
+                       for v in bound), f"Forms.{field.name} binds a switch: {bound}"
+    use_cache = rt.opt.kv_cache
     if use_cache:
         model.prefill(idx[:, :5])
-    model.opt = _NoSwitchReads()
+    tolerance = dict(atol=check_tolerance(rt.opt, 1e-5), rtol=1e-4)
+    rt.opt = _NoSwitchReads()
+
+    def no_lookup(*args):
+        raise AssertionError("the hot path made a weight's copy in another format")
+
+    monkeypatch.setattr(runtime, "prepare", no_lookup)
     with torch.no_grad():
-        torch.testing.assert_close(model(idx), expected)
-        torch.testing.assert_close(model.forward_last(idx), expected[:, -1])
+        torch.testing.assert_close(model(idx), expected, **tolerance)
+        torch.testing.assert_close(model.forward_last(idx), expected[:, -1], **tolerance)
         if use_cache:
-            torch.testing.assert_close(model.decode_step(idx[:, 5:6]), expected[:, -1])
+            torch.testing.assert_close(model.decode_step(idx[:, 5:6]), expected[:, -1], **tolerance)

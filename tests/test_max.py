@@ -1,4 +1,4 @@
-"""One `max`: phases.resolve decides it for every caller, by device, dtype and whether the
+"""One `max`: phases.decide decides it for every caller, by device, dtype and whether the
 custom ops build, and every caller says which configuration it was."""
 import json
 
@@ -20,7 +20,7 @@ def no_custom_ops(monkeypatch):
 
 
 def test_max_without_custom_ops_falls_back_and_says_why(no_custom_ops):
-    phase = phases.resolve("max")
+    phase = phases.decide("max")
     assert phase.opt == MAX_CANDIDATES["sdpa + kv cache"]
     assert phase.description.startswith("max = sdpa + kv cache")
     assert "simulated" in phase.description
@@ -30,7 +30,7 @@ def test_max_without_custom_ops_falls_back_and_says_why(no_custom_ops):
 def test_max_picks_what_runs_for_the_dtype(dtype):
     model = GPT(TINY).to(dtype).eval()
     model.set_phase("max")
-    assert not model.opt.needs_custom_ops
+    assert not model.phase.opt.needs_custom_ops
     assert f"parameters are {dtype}" in model.phase.description
     idx = torch.randint(0, TINY.vocab_size, (1, 5))
     reference = GPT(TINY).to(dtype).eval()
@@ -41,7 +41,7 @@ def test_max_picks_what_runs_for_the_dtype(dtype):
 def test_max_follows_to():
     model = GPT(TINY).eval().set_phase("max")
     model.to(torch.float64)
-    assert not model.opt.needs_custom_ops  # chosen again for the new dtype
+    assert not model.phase.opt.needs_custom_ops  # chosen again for the new dtype
     with torch.no_grad():
         model(torch.zeros(1, 3, dtype=torch.long))
 

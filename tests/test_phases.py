@@ -26,7 +26,7 @@ def test_logits_match_reference(phase, shape, batch):
     set_phase_or_skip(model, phase)
     with torch.no_grad():
         actual = model(idx)
-        expected = model.set_phase(reference_for(model.opt))(idx)
+        expected = model.set_phase(reference_for(model.phase.opt))(idx)
     assert actual.shape == (batch, idx.size(1), config.vocab_size)
     assert_close(actual, expected)
 
@@ -42,7 +42,7 @@ def test_greedy_tokens_match_reference(phase, shape, batch):
     new = 24 if shape == "seed" else config.block_size + 8
     set_phase_or_skip(model, phase)
     actual = model.generate(idx, new)
-    expected = model.set_phase(reference_for(model.opt)).generate(idx, new)
+    expected = model.set_phase(reference_for(model.phase.opt)).generate(idx, new)
     assert actual.shape == (batch, 5 + new)
     assert torch.equal(actual, expected)
 
@@ -55,7 +55,7 @@ def test_full_block_prefill_logits_match(phase):
     set_phase_or_skip(model, phase)
     with torch.no_grad():
         actual = model(idx)
-        assert_close(actual, model.set_phase(reference_for(model.opt))(idx))
+        assert_close(actual, model.set_phase(reference_for(model.phase.opt))(idx))
 
 
 def test_every_single_switch_matches_reference():
@@ -110,12 +110,12 @@ def test_gradients_match_reference_in_training(phase):
 
     expected = grads()
     set_phase_or_skip(model, phase)
-    if ("weights", model.opt.weights) in LOSSY_FORMS:  # int8 copies have no gradient
+    if ("weights", model.phase.opt.weights) in LOSSY_FORMS:  # int8 copies have no gradient
         with pytest.raises(RuntimeError, match="is for inference"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a workspace phase's "inference only" warning
             grads()
         return
-    with pytest.warns(UserWarning, match="inference only") if model.opt.workspace else _nothing():
+    with pytest.warns(UserWarning, match="inference only") if model.phase.opt.workspace else _nothing():
         actual = grads()
     for name in expected:
         assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -104,7 +104,7 @@ def test_bf16_runs_where_there_are_no_native_bf16_dot_products(model, isa):
 
 def test_max_int8_is_an_int8_candidate_checked_against_the_int8_reference(model):
     model.set_phase("max-int8")
-    assert model.opt in MAX_INT8_CANDIDATES.values() and model.opt.weights == "int8"
+    assert model.phase.opt in MAX_INT8_CANDIDATES.values() and model.phase.opt.weights == "int8"
     assert model.phase.description.startswith("max-int8 = int8 fused decode")  # first: not measured
 
 
@@ -113,14 +113,14 @@ def test_max_int8_without_custom_ops_falls_back_to_the_library(monkeypatch):
         raise ops.CustomOpsUnavailable("no compiler (simulated)")
 
     monkeypatch.setattr(ops, "load_all", boom)
-    phase = phases.resolve("max-int8")
+    phase = phases.decide("max-int8")
     assert phase.opt == MAX_INT8_CANDIDATES["int8 sdpa + kv cache"]
     assert "simulated" in phase.description
 
 
 def test_max_int8_on_another_dtype_runs_the_library_form():
     model = GPT(TINY).to(torch.float64).eval().set_phase("max-int8")
-    assert not model.opt.needs_custom_ops and model.opt.weights == "int8"
+    assert not model.phase.opt.needs_custom_ops and model.phase.opt.weights == "int8"
     idx = torch.randint(0, TINY.vocab_size, (1, 5))
     with torch.inference_mode():
         assert model(idx).dtype == torch.float64
@@ -136,7 +136,7 @@ def test_accuracy_figures_are_bounded(model, fmt):
     assert abs(acc.val_loss_change) < 0.02  # nats
     assert set(acc.greedy_agreement) == {"50", "200"}
     assert all(0.0 <= a <= 1.0 for a in acc.greedy_agreement.values())
-    assert model.opt == OptConfig()  # left in reference
+    assert model.phase.opt == OptConfig()  # left in reference
 
 
 @pytest.mark.parametrize("phase", list(FAST.values()), ids=list(FAST))

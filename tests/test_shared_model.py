@@ -73,7 +73,7 @@ def test_an_interleaved_call_stops_an_open_stream_with_a_clear_error(weights, ph
     stream = model.generate_stream(a, 6)
     next(stream)
     assert torch.equal(model.generate(b, 4), expected_b)  # the other call is right
-    if model.opt.kv_cache:  # it wrote the cache this stream was reading
+    if model.phase.opt.kv_cache:  # it wrote the cache this stream was reading
         with pytest.raises(RuntimeError, match=INTERRUPTED):
             next(stream)
     else:  # no cache: nothing of the stream's was touched, it goes on correctly

@@ -78,7 +78,7 @@ def test_inference_mode_then_no_grad(phase):
     with torch.inference_mode():
         first = model(idx)
         model.generate(idx, 3)
-    assert not model.workspace.buffers["residual"].is_inference()
+    assert not model.phase.workspace.buffers["residual"].is_inference()
     with torch.no_grad():
         torch.testing.assert_close(model(idx), first)
     model.generate(idx, 3)
