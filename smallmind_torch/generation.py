@@ -18,15 +18,26 @@ import operator
 import torch
 
 
+# The smallest temperature a float32 logit is divided by (float32's smallest normal number):
+# below it the scalar rounds to 0 in float32 (0 / 0 = NaN) while the distribution is already
+# the argmax's.
+MIN_TEMPERATURE = float(torch.finfo(torch.float32).tiny)
+
+
 def sample(logits, temperature: float, top_k, generator):
-    """Next token (B, 1) from logits (B, V): argmax if temperature == 0, else sampled."""
-    if temperature == 0.0:
+    """Next token (B, 1) from logits (B, V): sampled at `temperature`; greedy (the argmax, the
+    limit as the temperature goes to 0) at 0 and below MIN_TEMPERATURE."""
+    if temperature < MIN_TEMPERATURE:
         return logits.argmax(dim=-1, keepdim=True)
+    # The top k are chosen on the logits themselves (the order a temperature keeps): at huge
+    # temperatures the scaled logits below are all 0 and could not tell them apart.
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        removed = logits < kth_best
     # Shifted by the row max first: the same distribution, and no inf - inf at tiny temperatures.
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
-        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        logits = logits.masked_fill(removed, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
@@ -84,7 +95,7 @@ def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, gen
     # All tokens of the run, written in place: no per-step concatenation.
     tokens = _token_buffer(B, T0 + max_new_tokens, idx.device)
     tokens[:, :T0] = idx
-    use_cache, greedy = model.phase.opt.kv_cache, temperature == 0.0
+    use_cache, greedy = model.phase.opt.kv_cache, temperature < MIN_TEMPERATURE
     mark = None  # (the runtime, its epoch) after this stream's last step
     for n in range(T0, T0 + max_new_tokens):
         with model.lock:  # held for the step, not across the yield

@@ -25,15 +25,41 @@ def _config_from_state_dict(sd, n_head, layer_norm_epsilon=1e-5):
                        block_size=block_size, layer_norm_epsilon=layer_norm_epsilon)
 
 
+# GPT2Config fields that change what the model computes, with the value this model implements
+# (layer_norm_epsilon, n_positions, vocab_size, n_embd, n_layer, n_head become the ModelConfig;
+# n_inner is checked below, tie_word_embeddings in the weights). reorder_and_upcast_attn
+# only reorders the scaling and upcasts to float32, which a float32 model computes in anyway.
+_MATH = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+         "scale_attn_weights": (True,), "scale_attn_by_inverse_layer_idx": (False,),
+         "add_cross_attention": (False,), "is_encoder_decoder": (False,)}
+
+
+def unsupported_config(hf_config) -> "str | None":
+    """Why a transformers GPT2Config describes math this model does not compute (None: it
+    computes the same)."""
+    for name, allowed in _MATH.items():
+        value = getattr(hf_config, name, allowed[0])
+        if value not in allowed:
+            return (f"{name}={value!r} is not implemented here (this model computes "
+                    f"{name}={allowed[0]!r}, GPT-2's)")
+    n_inner, n_embd = getattr(hf_config, "n_inner", None), getattr(hf_config, "n_embd", None)
+    if n_inner is not None and n_inner != 4 * n_embd:
+        return f"n_inner={n_inner!r} is not implemented here (the MLP is 4 x n_embd = {4 * n_embd})"
+    eps = getattr(hf_config, "layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        return f"layer_norm_epsilon={eps!r} must be a number >= 0"
+    return None
+
+
 def from_hf(cls, model_or_state_dict, n_head=None, phase="reference"):
     eps = 1e-5
     if isinstance(model_or_state_dict, dict):
         sd = dict(model_or_state_dict)
     elif hasattr(model_or_state_dict, "state_dict") and hasattr(model_or_state_dict, "config"):
         hf_config = model_or_state_dict.config
-        act = getattr(hf_config, "activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"only GPT-2's tanh GELU is supported, the model uses {act!r}")
+        problem = unsupported_config(hf_config)
+        if problem:
+            raise ValueError(f"cannot import this GPT-2 model: {problem}")
         n_head, eps = hf_config.n_head, hf_config.layer_norm_epsilon
         sd = model_or_state_dict.state_dict()
     else:

@@ -3,8 +3,8 @@ and cached.
 
 A kernel tuned on one CPU can lose to the library on another, so a fixed list cannot say what
 is fastest everywhere. On first use for a model shape and thread count, each candidate runs
-the study's generation in miniature on the model itself: a prefill of a 16-token prompt and a
-few decode steps, candidates alternating round by round after one warm-up round, the score
+the study's generation in miniature on the model itself: a prefill of a 16-token prompt (half
+the context where that is shorter) and a few decode steps, candidates alternating round by round after one warm-up round, the score
 being the median prefill plus 49 median decode steps (the protocol's 50 tokens). A candidate
 whose logits or greedy tokens differ from `reference` (for int8 weights: reference's forms on the
 same int8 weights, config.reference_for; logits within config.check_tolerance) is never chosen. The choice and its times go into
@@ -16,6 +16,7 @@ order), as the tests do for speed and determinism.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -61,11 +62,25 @@ def _key(model, preset: str) -> str:
 
 
 def _read_cache() -> dict:
+    """The cache file's entries; an unreadable file (missing, not JSON, nested past what the
+    parser takes) is an empty cache, measured again and rewritten."""
     try:
         data = json.loads(_cache_file().read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
+
+
+def _valid_entry(entry, candidates) -> bool:
+    """An entry this code wrote for these candidates: the chosen one among them, and a time
+    (finite ms >= 0, or None: wrong) for every one of them."""
+    if not isinstance(entry, dict) or entry.get("chosen") not in candidates:
+        return False
+    times = entry.get("times_ms")
+    return (isinstance(times, dict) and set(times) == set(candidates)
+            and all(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool)
+                                  and math.isfinite(t) and t >= 0) for t in times.values())
+            and times[entry["chosen"]] is not None)
 
 
 def _write_cache(key: str, entry: dict) -> None:
@@ -91,15 +106,17 @@ def measure(model, candidates: dict) -> dict:
     not the output of reference_for(candidate)). Each candidate and reference runs in a
     runtime of its own (`model.using`); the model's phase is as it was afterwards."""
     g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_LEN), generator=g)
-    steps = min(DECODE_STEPS, model.config.block_size - PROMPT_LEN)
+    block = model.config.block_size
+    prompt_len = min(PROMPT_LEN, max(1, block // 2))  # a small context holds a shorter prompt
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g)
+    steps = min(DECODE_STEPS, block - prompt_len)
     expected_of = {}  # reference_for(...) -> (last logits of the prompt, greedy tokens)
     for opt in candidates.values():
         reference = reference_for(opt)
         if reference not in expected_of:
             with torch.no_grad(), model.using(_runtime(model, "reference", reference)):
                 expected_of[reference] = (model(prompt)[:, -1],
-                                          model.generate(prompt, steps + 1)[0, PROMPT_LEN:])
+                                          model.generate(prompt, steps + 1)[0, prompt_len:])
     runtimes = {label: _runtime(model, label, opt) for label, opt in candidates.items()}
     times = {label: ([], []) for label in candidates}
     wrong = set()
@@ -142,8 +159,7 @@ def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max") -> Ch
         return Choice(next(iter(candidates)), {}, "fixed order")
     key = _key(model, preset)
     entry = _read_cache().get(key)
-    if isinstance(entry, dict) and entry.get("chosen") in candidates \
-            and set(entry.get("times_ms", {})) == set(candidates):
+    if _valid_entry(entry, candidates):  # anything else is measured again and overwritten
         return Choice(entry["chosen"], entry["times_ms"], "cached")
     print(f"smallmind: choosing {preset} for this machine ({len(candidates)} candidates, "
           f"{model.config.n_layer} layers x {model.config.n_embd}, "

@@ -69,9 +69,13 @@ def test_every_instant_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp_path, 
         ["config.json", *[f.name for f in ckpt.read_meta(path)["files"].values()]])
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("interrupt_at", range(7))
 def test_ctrl_c_during_a_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, two_models,
-                                                       interrupt_at):
+                                                       interrupt_at, when):
+    """A KeyboardInterrupt just before or just after each fsync and rename of a save: the
+    directory then holds the old checkpoint or the new one, whole (after the commit's rename,
+    nothing the new config.json names may be deleted)."""
     old, new = two_models
     path = tmp_path / "ck"
     _save(path, old, step=1)
@@ -80,9 +84,12 @@ def test_ctrl_c_during_a_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, tw
     def interrupting(real):
         def wrapped(*args, **kwargs):
             calls.append(real)
+            if len(calls) - 1 == interrupt_at and when == "before":
+                raise KeyboardInterrupt
+            result = real(*args, **kwargs)
             if len(calls) - 1 == interrupt_at:
                 raise KeyboardInterrupt
-            return real(*args, **kwargs)
+            return result
         return wrapped
 
     monkeypatch.setattr(os, "fsync", interrupting(os.fsync))
@@ -94,7 +101,10 @@ def test_ctrl_c_during_a_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, tw
     monkeypatch.undo()
     model, _, meta = ckpt.load_checkpoint(path)
     assert _same_weights(model, old if meta["step"] == 1 else new)
-    assert meta["step"] == (1 if interrupt_at <= 4 else 2)  # call 4 is the commit (rename)
+    commit = 4  # call 4 is the commit (the rename)
+    assert meta["step"] == (2 if interrupt_at > commit or (interrupt_at == commit and when == "after")
+                            else 1)
+    assert ckpt.load_train_state(path)["note"].item() == meta["step"]
 
 
 def test_a_full_disk_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_path, monkeypatch, two_models):
@@ -214,3 +224,67 @@ def test_an_unwritable_out_dir_fails_before_training(tmp_path, capsys):
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "cannot write checkpoints to" in err and "Traceback" not in err
+
+
+def _foreign_directory(path):
+    """A Hugging Face model directory, say: files with the names our version 1 used."""
+    path.mkdir()
+    files = {"model.safetensors": b"weights", "tokenizer.json": b"{}", "train_state.pt": b"x",
+             "config.json": b'{"model_type": "gpt2"}', "notes.txt": b"mine"}
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    return files
+
+
+def test_a_directory_of_someone_elses_files_is_never_written(tmp_path, two_models, capsys):
+    path = tmp_path / "hf-model"
+    files = _foreign_directory(path)
+    with pytest.raises(ckpt.CheckpointError, match="is not empty and is not a smallmind checkpoint"):
+        _save(path, two_models[0], step=1)
+    args = ["train", "--steps", "1", "--no-progress", "--out", str(path),
+            "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16"]
+    assert cli.main(args) == 1  # refused before training
+    err = capsys.readouterr().err
+    assert "is not a smallmind checkpoint" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == files
+
+
+def test_leftovers_of_a_killed_first_save_do_not_block_the_next(tmp_path, two_models):
+    path = tmp_path / "ck"
+    path.mkdir()
+    (path / "model-0123456789ab.safetensors").write_bytes(b"partial")
+    (path / ".config.json.tmp-0123456789ab").write_bytes(b"{")
+    _save(path, two_models[0], step=1)
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        ["config.json", *[f.name for f in ckpt.read_meta(path)["files"].values()]])
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "train_state"])
+def test_every_file_of_a_checkpoint_is_verified(tmp_path, two_models, name):
+    path = _save(tmp_path / "ck", two_models[0], step=1)
+    f = ckpt.read_meta(path)["files"][name]
+    f.write_bytes(f.read_bytes() + b" ")
+    with pytest.raises(ckpt.CheckpointError, match="does not match the hash"):
+        ckpt.load_checkpoint(path) if name == "tokenizer" else ckpt.load_train_state(path)
+
+
+@pytest.mark.parametrize("key", ["weights", "tokenizer", "train_state", "model_config"])
+def test_a_missing_hash_fails_the_load(tmp_path, two_models, key):
+    path = _save(tmp_path / "ck", two_models[0], step=1)
+    meta = json.loads((path / "config.json").read_text())
+    del meta["sha256"][key]
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ckpt.CheckpointError, match=f"records no hash of {key}"):
+        ckpt.load_checkpoint(path)
+
+
+def test_version_2_checkpoints_load(tmp_path, two_models):
+    """Version 2 recorded the hashes of the weights and the model shape only."""
+    path = _save(tmp_path / "ck", two_models[0], step=3)
+    meta = json.loads((path / "config.json").read_text())
+    meta["version"] = 2
+    meta["sha256"] = {k: meta["sha256"][k] for k in ("weights", "model_config")}
+    (path / "config.json").write_text(json.dumps(meta))
+    model, _, meta = ckpt.load_checkpoint(path)
+    assert meta["step"] == 3 and _same_weights(model, two_models[0])
+    assert ckpt.load_train_state(path)["step"] == 3

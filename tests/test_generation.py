@@ -1,4 +1,5 @@
 """Sampling and streaming."""
+import pytest
 import torch
 
 from smallmind_torch import GPT
@@ -15,10 +16,20 @@ def test_sampling_is_reproducible_with_a_seeded_generator():
     assert not torch.equal(runs[0], other)
 
 
-def test_top_k_one_is_greedy():
+@pytest.mark.parametrize("temperature", [1.0, 1e30, 3.5e38, float("inf")])
+def test_top_k_one_is_greedy(temperature):
+    """At any temperature, huge ones included (where the scaled logits are all 0)."""
     model = GPT(TINY).eval()
     idx = torch.zeros(1, 3, dtype=torch.long)
-    assert torch.equal(model.generate(idx, 20, temperature=1.0, top_k=1), model.generate(idx, 20))
+    assert torch.equal(model.generate(idx, 20, temperature=temperature, top_k=1),
+                       model.generate(idx, 20))
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-320, 1e-40])
+def test_temperatures_below_float32s_smallest_normal_are_greedy(temperature):
+    model = GPT(TINY).eval()
+    idx = torch.zeros(1, 3, dtype=torch.long)
+    assert torch.equal(model.generate(idx, 10, temperature=temperature), model.generate(idx, 10))
 
 
 def test_stream_yields_the_generated_tokens():

@@ -34,6 +34,31 @@ def test_from_hf_matches_transformers(shape):
         assert torch.equal(model.set_phase(phase).generate(idx, new), expected), phase
 
 
+# GPT2Config fields that change the math, each at a value other than GPT-2's
+MATH_FIELDS = [dict(activation_function="relu"), dict(activation_function="gelu"),
+               dict(activation_function="gelu_pytorch_tanh"), dict(scale_attn_weights=False),
+               dict(scale_attn_by_inverse_layer_idx=True), dict(reorder_and_upcast_attn=True),
+               dict(layer_norm_epsilon=1e-2), dict(n_inner=96), dict(tie_word_embeddings=False),
+               dict(add_cross_attention=True)]
+
+
+@pytest.mark.parametrize("field", MATH_FIELDS, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
+def test_every_config_field_that_changes_the_math_is_imported_or_refused(field):
+    """Imported only where this model computes what transformers computes; else refused."""
+    hf = random_hf(HF_SHAPES[0] | field)
+    if not field.get("tie_word_embeddings", True):
+        with torch.no_grad():  # untied: give the head values of its own
+            hf.lm_head.weight.copy_(torch.randn_like(hf.lm_head.weight))
+    idx = torch.randint(0, HF_SHAPES[0]["vocab_size"], (2, 10))
+    try:
+        model = GPT.from_hf(hf)
+    except ValueError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    with torch.no_grad():
+        assert_close(model(idx), hf(idx).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_from_hf_state_dict_needs_n_head():
     hf = random_hf(HF_SHAPES[0])
     with pytest.raises(ValueError, match="n_head"):

@@ -125,3 +125,11 @@ def test_encode_batch_names_a_lone_surrogate():
     with pytest.raises(TypeError, match="list of str"):
         tok.encode_batch([None])
     assert tok.encode_batch(["a b", "c"]) == [tok.encode("a b"), tok.encode("c")]
+
+
+def test_text_never_gives_a_special_token_unless_allowed(tok):
+    text = f"user text with {EOT} inside"
+    ids = tok.encode(text)
+    assert tok.eot_id not in ids and tok.decode(ids) == text
+    assert tok.eot_id in tok.encode(text, allow_special=True)
+    assert tok.encode_batch([text, EOT]) == [ids, tok.encode(EOT)]

@@ -36,7 +36,9 @@ def encode_text(text: str, tokenizer: Tokenizer) -> torch.Tensor:
 @lru_cache(maxsize=4)
 def _default_tokens(tokenizer_json: str) -> torch.Tensor:
     tok = Tokenizer.from_str(tokenizer_json)
-    return torch.tensor(tok.encode_batch([default_corpus()])[0], dtype=torch.long)
+    # the documents' separators are the special token
+    return torch.tensor(tok.encode_batch([default_corpus()], allow_special=True)[0],
+                        dtype=torch.long)
 
 
 def default_tokens(tokenizer: Tokenizer) -> torch.Tensor:

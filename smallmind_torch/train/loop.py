@@ -29,7 +29,7 @@ from ..model import GPT
 from ..study.timing import threads
 from . import distributed
 from .checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint,
-                         load_train_state, save_checkpoint)
+                         load_train_state, save_checkpoint, check_target)
 from .corpus import default_tokens, get_batch, train_val_split
 from .tokenizer import Tokenizer
 
@@ -175,6 +175,7 @@ def _train(cfg, model_config, resume, progress, tokenizer, data, stop_at, ctx) -
             torch.manual_seed(cfg.seed)
             model = GPT(model_config)
         if cfg.save and ctx.is_main:
+            check_target(out_dir)  # never a directory of someone else's files
             _check_writable(out_dir)
         if tokenizer.vocab_size > model_config.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's "

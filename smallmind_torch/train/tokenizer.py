@@ -3,7 +3,8 @@
 Built on Hugging Face `tokenizers`: the 256 byte symbols of GPT-2's byte-level alphabet,
 one special token `<|endoftext|>`, and BPE merges up to `vocab_size` in all. Encoding then
 decoding any UTF-8 text gives the text back unchanged (no prefix space, no normalizer, no
-trimming, special tokens kept on decode).
+trimming, special tokens kept on decode). Text never gives a special token's id unless the
+caller allows it (`encode(text, allow_special=True)`, as the corpus does between documents).
 
 `Tokenizer.default()` loads the tokenizer shipped in `smallmind_torch/assets/tokenizer.json`,
 trained once on the default corpus; rebuild it with `python -m smallmind_torch.train.corpus`.
@@ -11,6 +12,7 @@ trained once on the default corpus; rebuild it with `python -m smallmind_torch.t
 from __future__ import annotations
 
 import codecs
+import json
 import operator
 import os
 from functools import lru_cache
@@ -60,6 +62,11 @@ class Tokenizer:
                 except KeyError as e:
                     raise ValueError(f"token {piece!r} is not in the byte-level alphabet") from e
         self.eot_id: int | None = self._vocab.get(EOT)
+        # The same BPE without its added tokens: plain text encodes through it, so that text
+        # which happens to spell "<|endoftext|>" gives the ids of those characters
+        plain = json.loads(hf_tokenizer.to_str())
+        plain["added_tokens"] = []
+        self._plain = _HFTokenizer.from_str(json.dumps(plain))
 
     # ---- core API -------------------------------------------------------------------
     @property
@@ -69,15 +76,18 @@ class Tokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def encode(self, text: str) -> list[int]:
-        return self.encode_batch([text])[0]
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Token ids of `text`. A special token's text ("<|endoftext|>") gives its special id
+        only with allow_special=True; else it is plain text, encoded like any other."""
+        return self.encode_batch([text], allow_special)[0]
 
-    def encode_batch(self, texts: "list[str]") -> "list[list[int]]":
+    def encode_batch(self, texts: "list[str]", allow_special: bool = False) -> "list[list[int]]":
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("encode takes a str (encode_batch a list of str), got "
                             f"{type(texts).__name__ if isinstance(texts, str) else [type(t).__name__ for t in texts]}")
         try:
-            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+            tok = self._tok if allow_special else self._plain
+            return [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
         except TypeError as exc:  # the Rust side rejects what UTF-8 cannot hold
             for n, text in enumerate(texts):
                 bad = next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF), None)
