@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from smallmind_torch.study.machine import memory_bandwidth_gbs, mm_gflops
-from smallmind_torch.study.timing import median_time, threads as run_threads
+from smallmind_torch.study.timing import median_time
+from smallmind_torch.threads import threads as run_threads
 
 # seed shapes
 C, NH, HS, T, V, HIDDEN = 256, 8, 32, 128, 512, 1024

@@ -79,7 +79,7 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
 
 def threads_from_args(args: argparse.Namespace):
     """The `with` block that runs a command with --threads threads."""
-    from ..study.timing import threads
+    from ..threads import threads
 
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be >= 1")

@@ -25,7 +25,7 @@ from .harness import (_first_mismatch, check_input, decode_weight_bytes, fixed_p
                       measure_generation)
 from .results import spread
 from .tables import spread_cell
-from .timing import threads as run_threads
+from ..threads import threads as run_threads
 
 AGREEMENT_TOKENS = (50, 200)
 

@@ -1,15 +1,14 @@
 """Timing helpers shared by the benchmarks, the harness and the experiments.
 
 One way to time a thing: `median_time(fn)`. GPU work is synchronized with `device_sync`
-instead of bare `torch.cuda` calls, so the same code times CPU and CUDA. One way to run with a
-given number of threads: `with threads(n):`.
+instead of bare `torch.cuda` calls, so the same code times CPU and CUDA. (One way to run with a
+given number of threads: `with smallmind_torch.threads.threads(n):`.)
 """
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -48,16 +47,3 @@ def median_time(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 3,
 def gflops(flops: float, seconds: float) -> float:
     return flops / seconds / 1e9
 
-
-@contextlib.contextmanager
-def threads(n: "int | None") -> Iterator[None]:
-    """torch.set_num_threads(n) inside the block (n=None: leave it), restored after."""
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"the thread count must be an int >= 1, got {n!r}")
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
