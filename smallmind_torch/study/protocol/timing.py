@@ -1,8 +1,9 @@
-"""Timing helpers shared by the benchmarks, the harness and the experiments.
+"""Timing helpers shared by the measurements and the experiments.
 
-One way to time a thing: `median_time(fn)`. GPU work is synchronized with `device_sync`
-instead of bare `torch.cuda` calls, so the same code times CPU and CUDA. (One way to run with a
-given number of threads: `with smallmind_torch.threads.threads(n):`.)
+One way to time a thing: `median_time(fn)`; one way to keep a figure's runs: `spread(runs)`.
+GPU work is synchronized with `device_sync` instead of bare `torch.cuda` calls, so the same
+code times CPU and CUDA. (One way to run with a given number of threads:
+`with smallmind_torch.threads.threads(n):`.)
 """
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ import time
 from typing import Callable
 
 import torch
+
+# Runs of one figure whose slowest and fastest differ by more than this factor are flagged as
+# disturbed: on a shared machine the figure says more about the neighbours than the code.
+DISTURBED_RATIO = 1.5
+
+
+def spread(values) -> dict:
+    """min / median / max of a figure's runs, and whether they differ by more than
+    DISTURBED_RATIO."""
+    values = sorted(values)
+    lo, hi = values[0], values[-1]
+    return {"min": lo, "median": statistics.median(values), "max": hi, "runs": len(values),
+            "disturbed": bool(lo > 0 and hi / lo > DISTURBED_RATIO)}
 
 
 def device_sync(device: "torch.device | str | None" = None) -> None:
