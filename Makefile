@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(PY) -m smallmind_torch.cli build-ops
 
-# STUDY_ARGS="--engine-shapes seed gpt2-small" adds the peer engines at GPT-2 small (~10 min)
+# STUDY_ARGS="--engine-shapes seed gpt2-small" adds the peer engines at GPT-2 small (~10 min);
+# STUDY_ARGS="--only PART" runs one part again into results/results.json (smallmind study --help)
 study: $(STAMP)
 	$(PY) -m smallmind_torch.cli train --if-missing --out checkpoints/seed
 	$(PY) -m smallmind_torch.cli generate --checkpoint checkpoints/seed --phase max \
 		--prompt "The for statement" --max-new-tokens 60 --temperature 0
-	$(PY) experiments/run_all.py --checkpoint checkpoints/seed --out results $(STUDY_ARGS)
+	$(PY) -m smallmind_torch.cli study --checkpoint checkpoints/seed --out results $(STUDY_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

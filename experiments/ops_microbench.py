@@ -4,7 +4,7 @@ Seed model: n_embd=256, n_head=8 (head_dim 32), T=block_size=128, vocab 512, MLP
 For every op: our time, ATen's time on the same inputs, the speed-up (ATen time / our
 time, > 1 means ours is faster), GFLOPS for the GEMMs (against torch.mm's peak measured in
 the same run) and achieved GB/s for the memory-bound ops (against the machine's measured
-read bandwidth, same run). All timing goes through `smallmind_torch.study.timing.median_time`;
+read bandwidth, same run). All timing goes through `smallmind_torch.study.protocol.timing.median_time`;
 each pair is timed in alternating rounds and the best median is kept, which damps the
 noise of a shared machine.
 
@@ -34,8 +34,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from smallmind_torch.study.machine import memory_bandwidth_gbs, mm_gflops
-from smallmind_torch.study.timing import median_time, threads as run_threads
+from smallmind_torch.study.protocol.machine import memory_bandwidth_gbs, mm_gflops
+from smallmind_torch.study.protocol.timing import median_time
+from smallmind_torch.threads import threads
 
 # seed shapes
 C, NH, HS, T, V, HIDDEN = 256, 8, 32, 128, 512, 1024
@@ -323,7 +324,7 @@ def main(argv=None) -> int:
                         "more on a busy machine)")
     p.add_argument("--json", metavar="PATH", help="also write {env, rows} as JSON here")
     args = p.parse_args(argv)
-    with run_threads(args.threads):
+    with threads(args.threads):
         env, rows = run(args.quick, args.isa, tuple(args.only), args.rounds)
     print(format_table(env, rows))
     if args.json:

@@ -1,6 +1,6 @@
 """Weight formats against fp32 `max`: int8 (`max-int8`) and bf16 (custom ops) at the seed and
 GPT-2 small shapes, speed at 1 and 2 threads and what each format costs in accuracy
-(study/quantized.py, the report's section of the same name).
+(study/measure/quantized.py, the report's section of the same name).
 
 Every format runs on the same weights, in its own model of one process, alternating run by
 run; medians ± half their range (! = runs more than 1.5x apart). The accuracy is measured on
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from smallmind_torch import GPT, ModelConfig
-from smallmind_torch.study.quantized import FORMATS, measure_speed, weight_format_accuracy
-from smallmind_torch.study.tables import spread_cell
+from smallmind_torch.study.measure.quantized import FORMATS, measure_speed, weight_format_accuracy
+from smallmind_torch.study.report.tables import spread_cell
 
 SHAPES = {"seed": ModelConfig(),
           "gpt2-small": ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
@@ -43,9 +43,10 @@ def accuracy(model) -> dict:
     _, val = train_val_split(default_tokens(Tokenizer.default()))  # the seed shape's corpus
     out = {}
     for label, phase in FORMATS.items():
-        model.set_phase(phase)
-        if model.opt.weights != "fp32":
-            out[label] = weight_format_accuracy(model, model.opt, val_data=val)
+        with model.using(phase):
+            opt = model.phase.opt  # what ran: for max-int8, its candidate
+        if opt.weights != "fp32":
+            out[label] = weight_format_accuracy(model, opt, val_data=val)
     return out
 
 
@@ -67,9 +68,9 @@ def main(argv=None) -> int:
     for shape in args.shapes:
         model = _model(shape, checkpoint)
         for r in measure_speed(model, FORMATS, args.threads, args.runs, args.new_tokens):
-            print(f"{shape:<11} {r['threads']:>7}  {r['format']:<18} {r['ran']:<26} "
-                  f"{r['decode_weight_bytes'] / 1e6:>8.1f}  {spread_cell(r['tokens_per_s'], 1):<16} "
-                  f"{spread_cell(r['decode_ms'], 3):<16} {r['x_first']:.2f}x")
+            print(f"{shape:<11} {r.threads:>7}  {r.format:<18} {r.ran:<26} "
+                  f"{r.decode_weight_bytes / 1e6:>8.1f}  {spread_cell(r.tokens_per_s, 1):<16} "
+                  f"{spread_cell(r.decode_ms, 3):<16} {r.x_first:.2f}x")
         if shape == "seed":
             seed_model = model
     if "seed" in args.shapes:

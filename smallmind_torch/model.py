@@ -168,14 +168,6 @@ class GPT(nn.Module):
             finally:
                 self.phase = previous
 
-    @property
-    def opt(self):  # TEMP(merge): the study half moves to model.phase.opt
-        return self.phase.opt
-
-    @property
-    def requested_phase(self):  # TEMP(merge): the study half moves to model.using
-        return self.phase.requested
-
     def _apply(self, fn, *args, **kwargs):
         # .to(device / dtype): the phase is made ready again on the moved parameters; "max" (and
         # "max-int8") is chosen again for the new device and dtype.

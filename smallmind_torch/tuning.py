@@ -7,7 +7,8 @@ the study's generation in miniature on the model itself: a prefill of a 16-token
 the context where that is shorter) and a few decode steps, candidates alternating round by round after one warm-up round, the score
 being the median prefill plus 49 median decode steps (the protocol's 50 tokens). A candidate
 whose logits or greedy tokens differ from `reference` (for int8 weights: reference's forms on the
-same int8 weights, config.reference_for; logits within config.check_tolerance) is never chosen. The choice and its times go into
+same int8 weights, config.reference_for; logits within config.check_tolerance; the study's
+check, check.ReferenceRun) is never chosen. The choice and its times go into
 `max.json` in the ops build directory, which is keyed by everything the kernels depend on
 (torch installation, compiler, CPU, sources), so a new machine or a rebuilt library measures
 again. `SMALLMIND_MAX=first` skips the measurement (the first runnable candidate, in list
@@ -27,7 +28,8 @@ from pathlib import Path
 import torch
 
 from . import ops
-from .config import OptConfig, check_tolerance, reference_for
+from .check import ReferenceRun
+from .config import OptConfig, check_tolerance
 from .runtime import Phase, PhaseRuntime
 
 PROMPT_LEN = 16      # as the study's protocol
@@ -103,43 +105,38 @@ def _timed(fn) -> float:
 
 def measure(model, candidates: dict) -> dict:
     """label -> estimated ms for the protocol's generation on `model` (None: incorrect, i.e.
-    not the output of reference_for(candidate)). Each candidate and reference runs in a
-    runtime of its own (`model.using`); the model's phase is as it was afterwards."""
+    not the output of reference_for(candidate): check.ReferenceRun, the study's check, on the
+    tuning prompt). Each candidate runs in a runtime of its own (`model.using`); the model's
+    phase is as it was afterwards."""
     g = torch.Generator().manual_seed(0)
     block = model.config.block_size
     prompt_len = min(PROMPT_LEN, max(1, block // 2))  # a small context holds a shorter prompt
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g)
     steps = min(DECODE_STEPS, block - prompt_len)
-    expected_of = {}  # reference_for(...) -> (last logits of the prompt, greedy tokens)
-    for opt in candidates.values():
-        reference = reference_for(opt)
-        if reference not in expected_of:
-            with torch.no_grad(), model.using(_runtime(model, "reference", reference)):
-                expected_of[reference] = (model(prompt)[:, -1],
-                                          model.generate(prompt, steps + 1)[0, prompt_len:])
+    reference = ReferenceRun(model, prompt, prompt, steps + 1)
     runtimes = {label: _runtime(model, label, opt) for label, opt in candidates.items()}
     times = {label: ([], []) for label in candidates}
     wrong = set()
-    for round_ in range(ROUNDS + 1):  # round 0 warms up (first calls allocate, build views)
+    for round_ in range(ROUNDS + 1):  # round 0 checks and warms up (first calls allocate)
         for label, opt in candidates.items():
             if label in wrong:
                 continue
-            expected, tokens = expected_of[reference_for(opt)]
-            with model.using(runtimes[label]):
+            expected = reference.outputs(model, opt)[1]
+            with torch.no_grad(), model.using(runtimes[label]):
+                if round_ == 0:
+                    logits_of_prompt = model(prompt)
                 prefill_s = _timed(lambda: model.prefill(prompt))
                 logits = model.prefill(prompt)
-                decode = []
-                ok = float((logits - expected).abs().max()) <= check_tolerance(opt, TOLERANCE)
-                for i in range(steps):
-                    ok = ok and int(logits.argmax()) == int(tokens[i])
-                    token = tokens[i].view(1, 1)
+                chosen, decode = [int(logits.argmax())], []
+                for i in range(steps):  # fed reference's tokens: the steps are the same work
                     start = time.perf_counter()
-                    logits = model.decode_step(token)
+                    logits = model.decode_step(expected[i].view(1, 1))
                     decode.append(time.perf_counter() - start)
-            if not ok:
-                wrong.add(label)
-                continue
+                    chosen.append(int(logits.argmax()))
             if round_ == 0:
+                max_diff, mismatch = reference.compare(model, opt, logits_of_prompt, chosen)
+                if not (max_diff <= check_tolerance(opt, TOLERANCE) and mismatch is None):
+                    wrong.add(label)
                 continue
             times[label][0].append(prefill_s)
             times[label][1].append(statistics.median(decode) if decode else 0.0)

@@ -9,7 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from smallmind_torch import ModelConfig
 from smallmind_torch.ops import CustomOpsUnavailable
-from smallmind_torch.study.profiling import allocations_from_events
+from smallmind_torch.study.protocol.profiling import allocations_from_events
 
 # The seed shape and two others (odd head size, a single head) that every preset must match.
 SHAPES = {

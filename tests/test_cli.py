@@ -32,7 +32,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_commands_registry():
-    assert {"train", "generate", "bench", "profile", "build-ops"} <= set(core.COMMANDS)
+    assert {"train", "generate", "bench", "profile", "build-ops", "peers", "study"} <= set(core.COMMANDS)
     with pytest.raises(ValueError):
         core.register(core.Command("train", "dup", lambda p: None, lambda a: 0))
     assert cli.main(["--help"]) == 0

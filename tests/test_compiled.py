@@ -6,7 +6,8 @@ import torch
 
 from smallmind_torch import GPT, OptConfig
 from smallmind_torch.compiled import compiled_graphs
-from smallmind_torch.study import harness
+from smallmind_torch.study import BenchSettings
+from smallmind_torch.study.measure.preset import measure_preset
 
 from helpers import TINY
 
@@ -41,7 +42,7 @@ def test_inductor_matches_reference_without_recompiling_per_token(inductor):
 
 def test_the_study_reports_compile_time_and_recompiles():
     model = GPT(TINY).eval()
-    r = harness.measure_preset(model, "compiled", harness.BenchSettings.tiny(profile=False))
+    r = measure_preset(model, "compiled", BenchSettings.tiny(profile=False))
     assert r.status == "ok", r.reason
     assert r.compile_s > 0 and r.graphs_compiled >= 2 and r.recompiles == 0
 

@@ -9,10 +9,13 @@ import torch
 
 from smallmind_torch import GPT
 from smallmind_torch.cli import main
-from smallmind_torch.study import engines, peer_bench
-from smallmind_torch.study.onnx_export import DecodeWithPast, empty_past
-from smallmind_torch.study.results import spread
-from smallmind_torch.study.peer_results import (CaseResult, EngineRow, PeersResult, format_case, markdown)
+from smallmind_torch.study.peers import bench as peer_bench
+from smallmind_torch.study.peers import engines
+from smallmind_torch.study.peers.base import save_weights
+from smallmind_torch.study.peers.onnx_export import DecodeWithPast, empty_past
+from smallmind_torch.study.protocol.timing import spread
+from smallmind_torch.study.report.peer_tables import format_case, markdown
+from smallmind_torch.study.results import CaseResult, EngineRow, PeersResult
 
 from helpers import TINY
 
@@ -156,16 +159,18 @@ def test_an_int8_engine_that_disagrees_is_timed_with_its_agreement(monkeypatch, 
 
 
 def test_a_worker_that_cannot_prepare_is_an_error_with_the_reason(tmp_path):
-    rows = {"smallmind:reference": EngineRow("smallmind:reference", 1)}
-    ready = peer_bench._start(list(rows), tmp_path / "no-such-weights.pt", tmp_path, 1,
-                              peer_bench.PeerSettings(), rows, lambda msg: None)
-    row = rows["smallmind:reference"]
-    assert ready == {} and row.status == "error" and "FileNotFoundError" in row.reason
+    for in_process in (False, True):  # in its own process, and in this one (smallmind bench)
+        rows = {"smallmind:reference": EngineRow("smallmind:reference", 1, is_peer=False)}
+        ready = peer_bench.start_workers(list(rows), tmp_path / "no-such-weights.pt", tmp_path, 1,
+                                         peer_bench.PeerSettings(), rows, lambda msg: None,
+                                         in_process)
+        row = rows["smallmind:reference"]
+        assert ready == {} and row.status == "error" and "FileNotFoundError" in row.reason
 
 
 def test_ratios_and_tables_from_rows():
     def row(engine, tps, first, status="ok"):
-        r = EngineRow(engine, 2, status=status, label=engine)
+        r = EngineRow(engine, 2, engines.is_peer(engine), status=status, label=engine)
         if status == "ok":
             r.tokens_per_s, r.first_token_ms, r.decode_ms = spread([tps]), spread([first]), spread([1])
         return r
@@ -209,15 +214,17 @@ def test_the_worker_answers_json_lines(tmp_path):
 
     torch.manual_seed(0)
     model = GPT(TINY).eval()
-    weights, workdir = engines.save_weights(model, tmp_path / "weights.pt"), tmp_path
+    weights, workdir = save_weights(model, tmp_path / "weights.pt"), tmp_path
     ref = peer_bench.reference_tokens(model, PROMPT, N)
-    cmds = json.dumps({"prompt": PROMPT, "new_tokens": N}) + "\nnot json\n"
-    out = subprocess.run([sys.executable, "-m", "smallmind_torch.study.engine_worker", "--engine",
+    cmds = (json.dumps({"prompt": PROMPT, "new_tokens": N}) + "\nnot json\n"
+            + json.dumps({"op": "profile", "prompt": PROMPT, "new_tokens": N}) + "\n")
+    out = subprocess.run([sys.executable, "-m", "smallmind_torch.study.peers.worker", "--engine",
                           "smallmind:reference", "--weights", str(weights), "--workdir", str(workdir)],
                          input=cmds, capture_output=True, text=True, timeout=120)
-    started, ready, run, bad = [json.loads(line) for line in out.stdout.splitlines()]
+    started, ready, run, bad, profiled = [json.loads(line) for line in out.stdout.splitlines()]
     assert started["started"] and ready["ok"] and ready["ready"] and run["tokens"] == ref
     assert not bad["ok"] and "bad command" in bad["error"]
+    assert profiled["ok"] and profiled["bytes_per_token"] > 0 and profiled["allocs_per_token"] > 0
 
 
 def test_the_experiment_script_runs_the_command(capsys):

@@ -1,5 +1,6 @@
-"""The package's layout: no import cycle anywhere (function-level imports included), no module
-much longer than 400 lines, switches resolved once (the hot path reads no switch)."""
+"""The package's layout: no import cycle anywhere (function-level imports included), no import
+from train/ or the model half into study/, no private name imported from another module, no
+module much longer than 400 lines, switches resolved once (the hot path reads no switch)."""
 import ast
 import dataclasses
 import functools
@@ -73,6 +74,46 @@ def test_the_model_module_imports_only_what_the_reference_needs():
     assert import_graph()["smallmind_torch.model"] == {
         "smallmind_torch.config", "smallmind_torch.generation", "smallmind_torch.hf",
         "smallmind_torch.labels", "smallmind_torch.phases"}
+
+
+def test_nothing_in_train_or_the_model_half_imports_the_study():
+    """The study measures the model and training; they never reach back up into it."""
+    graph = import_graph()
+    below = [m for m in graph if m.startswith(("smallmind_torch.train", "smallmind_torch.ops"))
+             or m.count(".") <= 1 and not m.endswith((".study", ".cli"))]
+    assert "smallmind_torch.train.loop" in below and "smallmind_torch.model" in below
+    upward = {m: sorted(e for e in graph[m] if e.startswith("smallmind_torch.study"))
+              for m in below}
+    assert not {m: e for m, e in upward.items() if e}
+
+
+def private_imports() -> list:
+    """(module, name) for every `_private` name a module imports from another project module
+    (a package's own private submodules, `from . import _x`, are its own)."""
+    graph_modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    found = []
+    for name, path in graph_modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            if not base.startswith("smallmind_torch"):
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                own_submodule = base == package and f"{base}.{alias.name}" in graph_modules
+                if private and not own_submodule:
+                    found.append((name, alias.name))
+    return found
+
+
+def test_no_module_imports_a_private_name_from_another():
+    assert ("smallmind_torch.study.run", "PARTS") not in private_imports()
+    assert not private_imports()
 
 
 def test_no_module_is_much_longer_than_400_lines():

@@ -10,8 +10,8 @@ from torch.testing import assert_close
 
 from smallmind_torch import GPT, OptConfig, ops, phases
 from smallmind_torch.config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, reference_for
-from smallmind_torch.study.harness import decode_weight_bytes
-from smallmind_torch.study.quantized import weight_format_accuracy
+from smallmind_torch.study.measure.quantized import weight_format_accuracy
+from smallmind_torch.study.protocol.machine import decode_weight_bytes
 
 from helpers import TINY, allocations, load_experiment, ops_binding_or_skip
 
@@ -136,7 +136,7 @@ def test_accuracy_figures_are_bounded(model, fmt):
     assert abs(acc.val_loss_change) < 0.02  # nats
     assert set(acc.greedy_agreement) == {"50", "200"}
     assert all(0.0 <= a <= 1.0 for a in acc.greedy_agreement.values())
-    assert model.phase.opt == OptConfig()  # left in reference
+    assert model.phase.opt == OptConfig()  # its phase restored: reference
 
 
 @pytest.mark.parametrize("phase", list(FAST.values()), ids=list(FAST))

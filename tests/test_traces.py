@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from smallmind_torch import GPT
-from smallmind_torch.study import traces
+from smallmind_torch.study.measure import traces
+from smallmind_torch.study.report.tables import text_table, top_ops_rows
 
 from helpers import TINY
 
@@ -30,7 +31,7 @@ def test_trace_files_exist_and_are_json(written):
         names = {e.get("name") for e in data["traceEvents"]}
         assert "linear" in names and "attention_scores" in names  # the labels are in the trace
         assert any(e.get("name") == "[memory]" for e in data["traceEvents"])  # profile_memory
-    assert "Self CPU" in r.table and r.top_ops
+    assert r.top_ops and "Self CPU" in text_table(*top_ops_rows(r))  # rendered from the data
     assert sum(r.time_split.values()) == pytest.approx(100.0, abs=0.5)
 
 
@@ -105,10 +106,10 @@ def test_other_python_threads_stay_out_of_the_op_table(tmp_path):
     thread = threading.Thread(target=event_loop, daemon=True)
     thread.start()
     try:
-        result = traces.write_traces(GPT(TINY).eval(), "phase1", tmp_path, prompt_len=4, verbose=False)
+        result = traces.write_traces(GPT(TINY).eval(), "phase1", tmp_path, prompt_len=4)
     finally:
         stop.set()
         thread.join()
     names = [op["name"] for op in result.top_ops]
     assert names and not [n for n in names if ".py(" in n or n.startswith("<built-in")], names
-    assert "selectors" not in result.table
+    assert "selectors" not in text_table(*top_ops_rows(result))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, build_ops, generate, peers, profile, train  # noqa: F401  (each registers its command)
+from . import bench, build_ops, generate, peers, profile, study, train  # noqa: F401  (each registers its command)
 from .core import COMMANDS, CommandError, UsageError, error
 
 

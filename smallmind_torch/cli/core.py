@@ -79,7 +79,7 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
 
 def threads_from_args(args: argparse.Namespace):
     """The `with` block that runs a command with --threads threads."""
-    from ..study.timing import threads
+    from ..threads import threads
 
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be >= 1")
@@ -184,7 +184,7 @@ def build_model(args: argparse.Namespace) -> tuple:
 
 
 def add_settings_arguments(p: argparse.ArgumentParser) -> None:
-    """The protocol's knobs (study.harness.BenchSettings) that the command line exposes."""
+    """The protocol's knobs (study BenchSettings) that the command line exposes."""
     p.add_argument("--new-tokens", type=int, default=None, help="tokens per generation (50)")
     p.add_argument("--runs", type=int, default=None, help="timed runs after one warm-up (3)")
     p.add_argument("--prompt-len", type=int, default=None, help="fixed prompt length (16)")
@@ -193,7 +193,7 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from ..study.harness import BenchSettings
+    from ..study import BenchSettings
 
     over = {k: getattr(args, k) for k in ("new_tokens", "runs", "prompt_len")
             if getattr(args, k, None) is not None}

@@ -17,9 +17,8 @@ from .core import (add_model_arguments, add_settings_arguments, build_model, set
 def run_experiment(preset: str, description: str, argv=None,
                    extra_presets: "dict | None" = None) -> int:
     """Measure `preset` (and `extra_presets`, name -> OptConfig, in the same run)."""
-    from ..study.report import print_study, write_json
-    from ..study.run import run_study
-    from ..study.traces import print_trace_summary, write_traces
+    from ..study import print_study, print_trace_summary, run_study, write_traces
+    from ..study.report.markdown import write_json
 
     p = argparse.ArgumentParser(description=f"{preset}: {description}")
     add_settings_arguments(p)
@@ -41,7 +40,7 @@ def run_experiment(preset: str, description: str, argv=None,
             print_trace_summary(write_traces(model, preset, args.traces,
                                              prompt_len=settings.prompt_len))
     if args.json:
-        write_json(study, args.json)
+        write_json(study.to_dict(), args.json)
     result = study.phases[preset]
     return 0 if result.status in ("ok", "unavailable") else 1
 

@@ -1,6 +1,6 @@
 """`smallmind peers`: smallmind against ONNX Runtime, CTranslate2 and Hugging Face transformers
 on the same weights, each engine in its own process, alternating run by run (docs/study.md;
-study/peer_bench.py); the int8 engines (smallmind:max-int8, onnxruntime-int8, ctranslate2-int8)
+study/peers/); the int8 engines (smallmind:max-int8, onnxruntime-int8, ctranslate2-int8)
 beside the fp32 ones, their agreement with fp32 reference's tokens measured. Needs the [peers] extra for the peers; a missing one is "not installed".
 """
 from __future__ import annotations
@@ -84,8 +84,8 @@ def _workload(name: str, args, opts):
     from dataclasses import asdict
 
     from ..config import ModelConfig
-    from ..study.harness import fixed_prompt
-    from ..study.peer_bench import make_workload
+    from ..study.peers.bench import make_workload
+    from ..study.protocol.settings import fixed_prompt
 
     length = opts["prompt_len"]
     if name == "seed" and args.checkpoint:
@@ -107,10 +107,10 @@ def _workload(name: str, args, opts):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..study.engines import split_name
-    from ..study.peer_bench import DEFAULT_ENGINES, PeerSettings, run_peers
-    from ..study.peer_results import format_text, markdown
-    from ..study.report import write_json
+    from ..study.peers.bench import DEFAULT_ENGINES, PeerSettings, run_peers
+    from ..study.peers.engines import split_name
+    from ..study.report.markdown import write_json
+    from ..study.report.peer_tables import format_text, markdown
 
     opts = _options(args)
     shapes = _shapes(args)

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..study.traces import print_trace_summary, write_traces
+    from ..study import print_trace_summary, write_traces
 
     check_presets([args.phase])
     with threads_from_args(args):

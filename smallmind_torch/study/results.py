@@ -1,36 +1,29 @@
-"""The study's result types: plain dataclasses with `to_dict()` (results.json), no measuring."""
+"""Every result type of the study: plain dataclasses, data only (no measuring, no rendering).
+
+`to_dict()` is what results.json holds: the fields, plus a few derived figures for readers of
+the file (DERIVED); `from_dict()` reads it back, so that the report renders from results.json
+alone (report/). A StudyResult holds one typed section per part of the study.
+"""
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from .data import Data
 from .seed import SEED
 
-# Runs of one figure whose slowest and fastest differ by more than this factor are flagged as
-# disturbed: on a shared machine the figure says more about the neighbours than the code.
-DISTURBED_RATIO = 1.5
-
-
-def spread(values) -> dict:
-    """min / median / max of a figure's runs, and whether they differ by more than
-    DISTURBED_RATIO."""
-    values = sorted(values)
-    lo, hi = values[0], values[-1]
-    return {"min": lo, "median": statistics.median(values), "max": hi, "runs": len(values),
-            "disturbed": bool(lo > 0 and hi / lo > DISTURBED_RATIO)}
-
-
 @dataclass
-class Check:
+class Check(Data):
     """Agreement with the `reference` preset on the same weights (for a lossy weight format:
     reference's forms on the same rounded weights, config.reference_for)."""
 
     max_abs_diff: float
     tokens_equal: bool
     tolerance: float
-    first_mismatch: "int | None" = None  # index of the first differing generated token
-    weights: str = "fp32"                # the weight format both ran on
+    first_mismatch: int | None = None  # index of the first differing generated token
+    weights: str = "fp32"              # the weight format both ran on
+    DERIVED = ("passed",)
 
     @property
     def passed(self) -> bool:
@@ -47,18 +40,15 @@ class Check:
             parts.append(f"greedy tokens differ from reference's (first at token {self.first_mismatch})")
         return "; ".join(parts)
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
-
 
 @dataclass
-class Profiled:
+class Profiled(Data):
     """What one profiled generation gives: allocations and the labelled time split."""
 
     alloc_bytes: int
     alloc_count: int
-    total_ms: float                      # profiled time (sum of the root step regions)
-    split_ms: dict                       # category -> self time (ms), "other" included
+    total_ms: float                    # profiled time (sum of the root step regions)
+    split_ms: dict                     # category -> self time (ms), "other" included
     n_tokens: int
 
     @property
@@ -76,17 +66,14 @@ class Profiled:
 
 
 class _StatusAndMemory:
-    """What a preset's row and the peer's row share: a status and bytes per token."""
-
-    status: str
-    bytes_per_token: "float | None"
+    """What a preset's row and an engine's row share: a status and bytes per token."""
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     @property
-    def mb_per_token(self) -> "float | None":
+    def mb_per_token(self) -> float | None:
         return None if self.bytes_per_token is None else self.bytes_per_token / 1e6
 
     def describe_status(self) -> str:
@@ -96,31 +83,32 @@ class _StatusAndMemory:
 
 
 @dataclass
-class PhaseResult(_StatusAndMemory):
+class PhaseResult(_StatusAndMemory, Data):
     name: str
-    status: str                          # "ok" | "FAILED" | "unavailable" | "error"
+    status: str                        # "ok" | "FAILED" | "unavailable" | "error"
     reason: str = ""
-    phase: str = ""                      # what ran, e.g. "max = fused decode" (phases.resolve)
+    phase: str = ""                    # what ran, e.g. "max = fused decode" (phases.resolve)
     opt: dict = field(default_factory=dict)
-    check: "Check | None" = None
-    tokens_per_s: "float | None" = None
-    decode_ms: "float | None" = None
-    prefill_ms: "float | None" = None
-    bytes_per_token: "float | None" = None
-    allocs_per_token: "float | None" = None
+    check: Check | None = None
+    tokens_per_s: float | None = None
+    decode_ms: float | None = None
+    prefill_ms: float | None = None
+    bytes_per_token: float | None = None
+    allocs_per_token: float | None = None
     spread: dict = field(default_factory=dict)       # figure -> spread() of its runs
-    compile_s: "float | None" = None     # compiled phases: the first forward + generation
-    graphs_compiled: "int | None" = None  # ... the graphs compiled then
-    recompiles: "int | None" = None      # ... and during the timed runs (must be 0)
-    gflops: dict = field(default_factory=dict)       # size -> GFLOPS with the preset's matmul
+    compile_s: float | None = None     # compiled phases: the first forward + generation
+    graphs_compiled: int | None = None  # ... the graphs compiled then
+    recompiles: int | None = None      # ... and during the timed runs (must be 0)
+    gflops: dict[int, float] = field(default_factory=dict)  # size -> GFLOPS, preset's matmul
     time_split: dict = field(default_factory=dict)   # category -> percent (sums to 100)
     time_split_ms: dict = field(default_factory=dict)
     roofline: dict = field(default_factory=dict)
     # lossy weight formats: against fp32 reference, max_abs_logit_diff on the check input and
     # greedy_agreement (the fraction of equal tokens) and first_divergence of the generation
-    accuracy: "dict | None" = None
+    accuracy: dict | None = None
     env: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    DERIVED = ("mb_per_token",)
 
     def describe_ok(self) -> str:
         text = self.check.describe() if self.check else "ok"
@@ -130,44 +118,18 @@ class PhaseResult(_StatusAndMemory):
                      f"{100 * a['greedy_agreement']:.0f}% equal")
         return text
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["check"] = self.check.to_dict() if self.check else None
-        d["mb_per_token"] = self.mb_per_token
-        d["gflops"] = {str(k): v for k, v in self.gflops.items()}
-        return d
-
 
 @dataclass
-class PeerResult(_StatusAndMemory):
-    name: str
-    status: str                          # "ok" | "FAILED" | "not installed" | "error"
-    reason: str = ""
-    tokens_per_s: "float | None" = None
-    decode_ms: "float | None" = None
-    bytes_per_token: "float | None" = None
-    allocs_per_token: "float | None" = None
-    tokens_equal: "bool | None" = None
-    spread: dict = field(default_factory=dict)       # figure -> spread() of its runs
-    env: dict = field(default_factory=dict)
-
-    def describe_ok(self) -> str:
-        return "ok (greedy tokens = reference)"
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "mb_per_token": self.mb_per_token}
-
-
-@dataclass
-class MachineLimits:
-    weight_bytes: int                    # parameter bytes read by one decode step
-    bandwidth_weights_gbs: float         # stream read over a buffer the size of the weights
+class MachineLimits(Data):
+    weight_bytes: int                  # parameter bytes read by one decode step
+    bandwidth_weights_gbs: float       # stream read over a buffer the size of the weights
     large_bytes: int
-    bandwidth_large_gbs: float           # ... over a buffer larger than the last-level cache
-    llc_bytes: "int | None"
-    mm_gflops: dict                      # size -> torch.mm GFLOPS
+    bandwidth_large_gbs: float         # ... over a buffer larger than the last-level cache
+    llc_bytes: int | None
+    mm_gflops: dict[int, float]        # size -> torch.mm GFLOPS
     env: dict = field(default_factory=dict)
     spread: dict = field(default_factory=dict)  # figure -> spread() of its samples (best is kept)
+    DERIVED = ("mm_peak_gflops", "ideal_decode_ms", "ideal_decode_ms_dram", "disturbed")
 
     @property
     def disturbed(self) -> list:
@@ -187,28 +149,238 @@ class MachineLimits:
     def ideal_decode_ms_dram(self) -> float:
         return self.weight_bytes / (self.bandwidth_large_gbs * 1e9) * 1e3
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mm_gflops"] = {str(k): v for k, v in self.mm_gflops.items()}
-        d.update(mm_peak_gflops=self.mm_peak_gflops, ideal_decode_ms=self.ideal_decode_ms,
-                 ideal_decode_ms_dram=self.ideal_decode_ms_dram, disturbed=self.disturbed)
-        return d
+
+# ---- the engines (peers/): one row per engine and thread count -------------------------------
+
+@dataclass
+class EngineRow(_StatusAndMemory, Data):
+    engine: str                        # registry name: smallmind:max, onnxruntime, hf, ...
+    threads: int
+    is_peer: bool                      # an engine we measure against (not smallmind)
+    status: str = "ok"                 # "ok" | "FAILED" | "not installed" | "error"
+    reason: str = ""
+    label: str = ""                    # what ran, e.g. "smallmind max = fused decode"
+    version: str = ""
+    setup: dict = field(default_factory=dict)   # one-time costs in seconds (export_s, ...)
+    first_call_s: float | None = None  # the check run (the first call: includes any compile)
+    first_mismatch: int | None = None  # first generated token that differs from reference's
+    weights: str = "fp32"              # the weight format the engine computes with
+    agreement: float | None = None     # int8: the fraction of its greedy tokens = reference's
+    tokens_per_s: dict | None = None   # spread() over the runs: min, median, max, ...
+    first_token_ms: dict | None = None
+    decode_ms: dict | None = None
+    bytes_per_token: float | None = None   # one profiled generation (the study's peers)
+    allocs_per_token: float | None = None
+    runs: list = field(default_factory=list)    # per run: total_s, first_token_s, decode_s
+    counters: dict = field(default_factory=dict)  # hf-compiled: this case's FX graph cache hits, misses
+    DERIVED = ("compile_s", "mb_per_token")
+
+    @property
+    def compile_s(self) -> float | None:
+        """hf-compiled: the first call's time beyond a steady run's (the compile)."""
+        if not self.engine.startswith("hf-compiled") or self.first_call_s is None or not self.runs:
+            return None
+        return max(0.0, self.first_call_s - statistics.median(r["total_s"] for r in self.runs))
+
+    def describe_check(self) -> str:
+        """"ok", or for a lossy engine how far its tokens agree with fp32 reference's."""
+        if self.weights == "fp32" or self.agreement is None:
+            return "ok"
+        first = "" if self.first_mismatch is None else f", first differs at {self.first_mismatch}"
+        return f"{100 * self.agreement:.0f}% of tokens = fp32 reference{first}"
+
+    def describe_ok(self) -> str:
+        check = self.describe_check()
+        return "ok (greedy tokens = reference)" if check == "ok" else check
 
 
 @dataclass
-class StudyResult:
+class CaseResult(Data):
+    """One shape and one prompt of `smallmind peers`: a row per (engine, thread count). Ratios
+    are taken inside a case and a thread count, between figures measured in the same run."""
+
+    shape: str
+    prompt_len: int
+    new_tokens: int
+    rows: list[EngineRow] = field(default_factory=list)  # in run order
+
+    @property
+    def title(self) -> str:
+        return f"{self.shape}, prompt {self.prompt_len}, {self.new_tokens} new tokens"
+
+    def ratios(self) -> dict:
+        """{threads: {engine: {"x_best_peer": ..., "x_best_int8_peer": ...,
+        "first_token_x_onnxruntime": ...}}}; x_best_peer is over the best fp32 peer."""
+        out = {}
+        for threads in sorted({r.threads for r in self.rows}):
+            rows = [r for r in self.rows if r.threads == threads and r.ok and r.tokens_per_s]
+            best = {fmt: max((r.tokens_per_s["median"] for r in rows
+                              if r.is_peer and r.weights == fmt), default=None)
+                    for fmt in ("fp32", "int8")}
+            ort = next((r for r in rows if r.engine == "onnxruntime"), None)
+            group = {}
+            for r in rows:
+                ratio = {}
+                for fmt, key in (("fp32", "x_best_peer"), ("int8", "x_best_int8_peer")):
+                    if best[fmt]:
+                        ratio[key] = r.tokens_per_s["median"] / best[fmt]
+                if ort is not None and ort.first_token_ms and r.first_token_ms:
+                    ratio["first_token_x_onnxruntime"] = (r.first_token_ms["median"]
+                                                          / ort.first_token_ms["median"])
+                group[r.engine] = ratio
+            out[threads] = group
+        return out
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"ratios": {str(k): v for k, v in self.ratios().items()}}
+
+
+@dataclass
+class PeersResult(Data):
+    settings: dict
+    env: dict
+    shapes: dict = field(default_factory=dict)  # name -> model_config, num_parameters, weights
+    cases: list[CaseResult] = field(default_factory=list)
+
+
+# ---- the parts beyond the presets' table -----------------------------------------------------
+
+@dataclass
+class WaterfallRow(Data):
+    """One step from phase0 to max (measure/waterfall.py)."""
+
+    label: str
+    preset: str | None                 # a preset's name, or None for switches on the step above
+    opt: dict
+    status: str
+    reason: str = ""
+    tokens_per_s: float | None = None
+    ms_per_token: float | None = None
+    spread: dict | None = None
+
+
+@dataclass
+class TrainingResult(Data):
+    name: str
+    status: str                        # "ok" | "unavailable" | "error" | "skipped"
+    reason: str = ""
+    shape: dict = field(default_factory=dict)
+    batch: tuple = ()                  # (batch size, tokens per sequence)
+    ms_per_step: float | None = None
+    tokens_per_s: float | None = None
+    allocs_per_step: float | None = None
+    mb_per_step: float | None = None
+    time_split: dict = field(default_factory=dict)     # category -> percent
+    time_split_ms: dict = field(default_factory=dict)  # category -> ms per step
+    spread: dict = field(default_factory=dict)
+    DERIVED = ("embedding_backward_percent",)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def embedding_backward_percent(self) -> float | None:
+        return self.time_split.get("embedding_backward") if self.time_split else None
+
+
+@dataclass
+class InitResult(Data):
+    shape: dict
+    form: str
+    ms: float
+    spread: dict
+
+
+@dataclass
+class ScalingResult(Data):
+    name: str
+    status: str                                   # "ok" | "unavailable" | "error"
+    reason: str = ""
+    phase: str = ""
+    tokens_per_s_by_batch: dict[int, float] = field(default_factory=dict)  # B -> total tokens/s
+    batch_spread: dict[int, dict] = field(default_factory=dict)
+    decode_ms_by_position: dict[int, float] = field(default_factory=dict)  # position -> ms
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class FormatAccuracy(Data):
+    phase: str
+    max_abs_logit_diff: float
+    logit_diff_quantiles: dict                    # "p50", "p90", "p99" of |logit diff|
+    greedy_agreement: dict = field(default_factory=dict)   # "50": fraction of equal tokens
+    first_divergence: dict = field(default_factory=dict)   # "50": index of the first difference
+    val_loss: float | None = None
+    val_loss_reference: float | None = None
+    DERIVED = ("val_loss_change",)
+
+    @property
+    def val_loss_change(self) -> float | None:
+        if self.val_loss is None or self.val_loss_reference is None:
+            return None
+        return self.val_loss - self.val_loss_reference
+
+
+@dataclass
+class FormatSpeed(Data):
+    """One weight format at one thread count (measure/quantized.py)."""
+
+    format: str
+    threads: int
+    ran: str                           # what ran (for max / max-int8: which candidate)
+    weights: str
+    decode_weight_bytes: int           # bytes of weights one decode step reads
+    tokens_per_s: dict                 # spread() of the runs
+    decode_ms: dict | None
+    x_first: float                     # median tokens/s over the first format's
+
+
+@dataclass
+class QuantizedResult(Data):
+    speed: list[FormatSpeed]
+    accuracy: dict[str, FormatAccuracy]  # lossy formats only
+    settings: dict
+
+
+@dataclass
+class TraceResult(Data):
+    name: str
+    status: str                        # "ok" | "unavailable" | "error"
+    reason: str = ""
+    phase: str = ""                    # what ran, e.g. "max = fused decode"
+    run_dir: str = ""
+    trace_files: list = field(default_factory=list)   # TensorBoard traces (*.pt.trace.json)
+    chrome_trace: str = ""
+    pictures: list = field(default_factory=list)      # step PNG, flame-graph SVG, memory HTML
+    time_split: dict = field(default_factory=dict)    # category -> percent over the active steps
+    top_ops: list = field(default_factory=list)       # per op: name, count, self_cpu_ms, ...
+
+
+# ---- the whole study -------------------------------------------------------------------------
+
+@dataclass
+class StudyResult(Data):
     model_config: dict
     num_parameters: int
     settings: dict
     env: dict
-    machine: "MachineLimits | None"
-    phases: dict                         # name -> PhaseResult (in run order)
-    peers: dict                          # name -> PeerResult
+    machine: MachineLimits | None
+    phases: dict[str, PhaseResult]     # in run order
+    peers: dict[str, EngineRow]        # the peers of the main table (HF generate)
     weights: str = "random"
     seed: dict = field(default_factory=lambda: SEED)
-    # beyond the presets' table (run.extend_study): "waterfall", "training", "init",
-    # "scaling", "engines", ... as plain data, and how long each part of the run took
-    sections: dict = field(default_factory=dict)
+    # the parts beyond the presets' table (run.py), empty where not run
+    waterfall: list[WaterfallRow] = field(default_factory=list)
+    training: dict[str, list[TrainingResult]] = field(default_factory=dict)  # "model", "large"
+    init: dict[str, list[InitResult]] = field(default_factory=dict)          # "model", "large"
+    scaling: list[ScalingResult] = field(default_factory=list)
+    quantized: QuantizedResult | None = None
+    engines: PeersResult | None = None
+    traces: dict[str, TraceResult] = field(default_factory=dict)
     durations: dict = field(default_factory=dict)   # part -> seconds
 
     def ratios(self) -> dict:
@@ -224,20 +396,11 @@ class StudyResult:
             row["speedup_vs_seed_baseline"] = r.tokens_per_s / SEED["baseline"]["tokens_per_s"]
             for peer_name, p in self.peers.items():
                 if p.ok and p.tokens_per_s:
-                    row[f"speedup_vs_{peer_name}"] = r.tokens_per_s / p.tokens_per_s
+                    row[f"speedup_vs_{peer_name}"] = r.tokens_per_s / p.tokens_per_s["median"]
                     if p.bytes_per_token and r.bytes_per_token is not None:
                         row[f"memory_vs_{peer_name}"] = r.bytes_per_token / p.bytes_per_token
             out[name] = row
         return out
 
     def to_dict(self) -> dict:
-        return {
-            "model_config": self.model_config, "num_parameters": self.num_parameters,
-            "weights": self.weights, "settings": self.settings, "env": self.env,
-            "machine": self.machine.to_dict() if self.machine else None,
-            "phases": {k: v.to_dict() for k, v in self.phases.items()},
-            "peers": {k: v.to_dict() for k, v in self.peers.items()},
-            "ratios": self.ratios(), "seed": self.seed,
-            "sections": self.sections, "durations": self.durations,
-        }
-
+        return super().to_dict() | {"ratios": self.ratios()}

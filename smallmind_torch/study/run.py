@@ -1,26 +1,40 @@
-"""The whole study in one run: every preset, the peers and the machine limits, one model's
-weights."""
+"""The whole study on one model's weights, part by part: orchestration only (what each part
+measures is in measure/, what the report shows in report/). `smallmind study` runs it.
+
+    run_study     the presets' table: every preset, its peers (HF), the machine's limits
+    extend_study  the parts beyond it (PARTS: waterfall, training, init, scaling, quantized, engines)
+    trace_study   profiler traces per preset
+    run_steps     any of these in order (STEPS), into a new study or one read from results.json
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Callable, Iterable
 
 from ..config import ModelConfig, OptConfig, presets
 from ..model import GPT
-from .harness import (BenchSettings, ReferenceRun, _device_of, fixed_prompt, measure_machine,
-                      measure_preset, progress_over)
-from .machine import environment
-from .peers import PEERS
-from .results import StudyResult
-from .scaling import measure_scaling
-from .training import TrainingResult, measure_init, measure_training_step
-from .waterfall import measure_waterfall
+from .measure.peer import measure_peer
+from .measure.preset import measure_preset, reference_run
+from .measure.quantized import measure_formats
+from .measure.scaling import measure_scaling
+from .measure.traces import write_traces
+from .measure.training import measure_init, measure_training_step
+from .measure.waterfall import measure_waterfall
+from .peers.bench import PeerSettings, make_workload, run_peers
+from .peers.engines import PEERS
+from .protocol.machine import environment, measure_machine
+from .protocol.settings import BenchSettings, device_of, fixed_prompt, progress_over
+from .results import StudyResult, TrainingResult
 
 GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 PARTS = ("waterfall", "training", "init", "scaling", "quantized", "engines")
+STEPS = ("presets", *PARTS, "traces")  # what `smallmind study --only` can run again
+ENGINE_SHAPES = ("seed", "gpt2-small")  # of the engines part: the model's, and GPT2_SMALL
 # phase0's attention writes one score at a time into a tensor that requires grad: autograd
 # keeps a copy of the score tensor per write, B x nh x T x T floats times T^2/2 writes per
 # layer; at 8 x 128 tokens that is over a hundred GB (a run here was killed at 24 GiB).
@@ -49,40 +63,35 @@ def _phase_items(phases) -> list:
 def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
               settings: BenchSettings = BenchSettings(), *, machine: bool = True,
               progress: bool = False, weights: str = "random", prompt=None,
+              peers_in_process: bool = False,
               on_result: "Callable[[object], None] | None" = None) -> StudyResult:
-    """Every preset (default: config.presets()), the peers and the machine
-    limits, on one model's weights, in one run. The model's phase is restored at the end.
-    `prompt`: a (1, T) LongTensor instead of the fixed random prompt (e.g. encoded text)."""
-    device = _device_of(model)
-    previous = model.requested_phase
-    items = _phase_items(phases)
+    """Every preset (default: config.presets()), the peers (engines.PEERS; each in its own
+    process, or in this one with `peers_in_process`) and the machine limits, on one model's
+    weights, in one run; the model's phase is left as it was. `prompt`: a (1, T) LongTensor
+    instead of the fixed random prompt (e.g. encoded text)."""
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise ValueError(f"unknown peer(s) {unknown}; known: {list(PEERS)}")
     start = time.perf_counter()
-    try:
-        limits = measure_machine(model, settings, progress=progress) if machine else None
-        reference = ReferenceRun(model, settings, prompt)
-        results = {}
-        bar = progress_over(items, "presets", progress)
-        for name, preset in bar:
-            if progress and hasattr(bar, "set_postfix_str"):
-                bar.set_postfix_str(name)
-            r = measure_preset(model, preset, settings, reference=reference, machine=limits,
-                               name=name, progress=progress)
-            results[name] = r
-            if on_result:
-                on_result(r)
-        peer_results = {}
-        for p in peers:
-            peer_results[p] = PEERS[p](model, settings, reference=reference, progress=progress)
-            if on_result:
-                on_result(peer_results[p])
-    finally:
-        model.set_phase(previous)
+    limits = measure_machine(model, settings, progress=progress) if machine else None
+    reference = reference_run(model, settings, prompt)
+    results, peer_rows = {}, {}
+    bar = progress_over(_phase_items(phases), "presets", progress)
+    for name, preset in bar:
+        if progress and hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(name)
+        results[name] = measure_preset(model, preset, settings, reference=reference,
+                                       machine=limits, name=name, progress=progress)
+        if on_result:
+            on_result(results[name])
+    for name in peers:
+        peer_rows[name] = measure_peer(model, name, settings, reference,
+                                       in_process=peers_in_process, progress=progress)
+        if on_result:
+            on_result(peer_rows[name])
     return StudyResult(model_config=asdict(model.config), num_parameters=model.num_parameters(),
-                       settings=settings.to_dict(), env=environment(device), machine=limits,
-                       phases=results, peers=peer_results, weights=weights,
+                       settings=settings.to_dict(), env=environment(device_of(model)),
+                       machine=limits, phases=results, peers=peer_rows, weights=weights,
                        durations={"presets, peers and machine limits": time.perf_counter() - start})
 
 
@@ -101,66 +110,52 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
       and accuracy against fp32 reference, the validation loss too when the weights are a
       checkpoint (quantized.py);
     - "engines": the peer engines on the model's weights and, for `engine_shapes` with
-      "gpt2-small", at the large shape, each in its own process (peer_bench.py).
+      "gpt2-small", at the large shape, each in its own process (peers/bench.py).
     Tiny settings shrink every part (and skip the large shape)."""
     names = [n for n in study.phases if study.phases[n].ok or study.phases[n].status == "unavailable"]
-    chosen = {"waterfall": None, "training": names, "init": None,
-              "scaling": [n for n in names if n != "phase0"], **(presets_of or {})}
+    chosen = {"training": names, "scaling": [n for n in names if n != "phase0"],
+              **(presets_of or {})}
     tiny = settings.smoke
     large = None if tiny else large
-    timed = study.durations
-
-    def run_part(part, fn):
-        if part in parts:
-            begin = time.perf_counter()
-            study.sections[part] = fn()
-            timed[part] = time.perf_counter() - begin
 
     def training():
         batch = (2, 16) if tiny else (8, model.config.block_size)
 
         def step(n):
             if n == "phase0" and batch[1] > 32:  # see PHASE0_TRAINING
-                return TrainingResult(n, "skipped", PHASE0_TRAINING).to_dict()
-            return measure_training_step(model, n, batch=batch, steps=1 if tiny else 3, name=n).to_dict()
+                return TrainingResult(n, "skipped", PHASE0_TRAINING)
+            return measure_training_step(model, n, batch=batch, steps=1 if tiny else 3, name=n)
         out = {"model": [step(n) for n in progress_over(chosen["training"], "training steps", progress)]}
         if large is not None:
             big = GPT(large)
-            out["large"] = [measure_training_step(big, n, batch=(1, 256), steps=2, name=n).to_dict()
+            out["large"] = [measure_training_step(big, n, batch=(1, 256), steps=2, name=n)
                             for n in progress_over(("reference", "phase3", "max"),
                                                    "training steps, GPT-2 small", progress)]
         return out
 
     def init():
         shapes = {"model": model.config, **({"large": large} if large is not None else {})}
-        return {key: [measure_init(config, form, repeat=1 if tiny else 3).to_dict()
+        return {key: [measure_init(config, form, repeat=1 if tiny else 3)
                       for form in ("default", "fast")] for key, config in shapes.items()}
 
     def scaling():
         kw = dict(new_tokens=settings.new_tokens, prompt_len=settings.prompt_len,
                   runs=settings.runs, batches=(1, 2) if tiny else (1, 4, 16))
-        return [measure_scaling(model, n, name=n, **kw).to_dict()
+        return [measure_scaling(model, n, name=n, **kw)
                 for n in progress_over(chosen["scaling"], "batches and positions", progress)]
 
     def quantized():
-        from .quantized import markdown, measure_formats
-
         val = None
         if study.weights.startswith("checkpoint"):  # trained on the default corpus
             from ..train.corpus import default_tokens, train_val_split
             from ..train.tokenizer import Tokenizer
 
             _, val = train_val_split(default_tokens(Tokenizer.default()))
-        section = measure_formats(model, val, thread_counts=(1,) if tiny else (1, 2),
-                                  runs=1 if tiny else 5, new_tokens=settings.new_tokens,
-                                  val_batches=1 if tiny else 10, batch_size=2 if tiny else 8)
-        study.sections["quantized_markdown"] = markdown(section)
-        return section
+        return measure_formats(model, val, thread_counts=(1,) if tiny else (1, 2),
+                               runs=1 if tiny else 5, new_tokens=settings.new_tokens,
+                               val_batches=1 if tiny else 10, batch_size=2 if tiny else 8)
 
     def engines():
-        from .peer_bench import PeerSettings, make_workload, run_peers
-        from .peer_results import markdown
-
         n = settings.new_tokens
         first = (prompt if prompt is not None else fixed_prompt(model.config, settings.prompt_len,
                                                                   settings.seed))[0].tolist()
@@ -170,23 +165,65 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
             workloads.append(make_workload(
                 "gpt2-small", big, fixed_prompt(large, settings.prompt_len, settings.seed)[0].tolist(),
                 new_tokens=n, long_prompt=512, seed=settings.seed, weights="random"))
-        peers = run_peers(workloads, settings=PeerSettings(
+        return run_peers(workloads, settings=PeerSettings(
             new_tokens=n, runs=1 if tiny else engine_runs, threads=(1,) if tiny else (1, 2),
             compile_backend=os.environ.get("SMALLMIND_COMPILE_BACKEND", "inductor")),
             log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None)
-        study.sections["engines_markdown"] = markdown(peers)
-        return peers.to_dict()
 
-    previous = model.requested_phase
-    try:
-        if progress and "waterfall" in parts:
-            print("smallmind: the waterfall: phase0 to max, switch by switch", file=sys.stderr)
-        run_part("waterfall", lambda: measure_waterfall(model, settings, study.phases))
-        run_part("training", training)
-        run_part("init", init)
-        run_part("scaling", scaling)
-        run_part("quantized", quantized)
-        run_part("engines", engines)
-    finally:
-        model.set_phase(previous)
+    measure = {"waterfall": lambda: measure_waterfall(model, settings, study.phases),
+               "training": training, "init": init, "scaling": scaling, "quantized": quantized,
+               "engines": engines}
+    for part in PARTS:
+        if part in parts:
+            if progress and part == "waterfall":
+                print("smallmind: the waterfall: phase0 to max, switch by switch", file=sys.stderr)
+            begin = time.perf_counter()
+            setattr(study, part, measure[part]())
+            study.durations[part] = time.perf_counter() - begin
+    return study
+
+
+def trace_study(study: StudyResult, model, settings: BenchSettings, logdir="runs", out="results",
+                phases=None, progress=False) -> StudyResult:
+    """Profiler traces of each of `phases` (default: the study's presets) under logdir; their
+    small offline pictures are copied beside the report (out/traces/, paths relative to out)."""
+    begin = time.perf_counter()
+    for name in progress_over(list(phases or study.phases), "traces", progress):
+        # phase0's per-element loops make a trace of tens of MB per step: profile one
+        trace = write_traces(model, name, logdir, prompt_len=settings.prompt_len,
+                             seed=settings.seed, active=1 if name == "phase0" else 2)
+        kept = []
+        for picture in trace.pictures:
+            target = Path(out) / "traces" / trace.name / Path(picture).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(picture, target)
+            kept.append(str(target.relative_to(out)))
+        trace.pictures = kept
+        study.traces[name] = trace
+    study.durations["traces"] = time.perf_counter() - begin
+    return study
+
+
+def run_steps(model, settings: BenchSettings, steps=STEPS, *, study: "StudyResult | None" = None,
+              phases=None, peers=("hf",), logdir="runs", out="results", engine_shapes=("seed",),
+              progress=False, weights="random", prompt=None) -> StudyResult:
+    """`steps` (of STEPS) in order, into `study` (e.g. read from an earlier results.json: each
+    step replaces its own section, "presets" the presets' table, the peers and the limits) or
+    into a new study, which starts with "presets"."""
+    for step in steps:
+        if step not in STEPS:
+            raise ValueError(f"unknown step {step!r}; choose from: {', '.join(STEPS)}")
+        if step == "presets":
+            fresh = run_study(model, phases, peers, settings, progress=progress, weights=weights,
+                              prompt=prompt)
+            study = fresh if study is None else replace(
+                fresh, **{name: getattr(study, name) for name in (*PARTS, "traces")},
+                durations=study.durations | fresh.durations)
+        elif study is None:
+            raise ValueError(f"{step!r} extends a study: run 'presets' first")
+        elif step == "traces":
+            trace_study(study, model, settings, logdir, out, phases, progress)
+        else:
+            extend_study(study, model, settings, [step], progress=progress, prompt=prompt,
+                         engine_shapes=engine_shapes)
     return study

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import GPT
-from ..study.timing import threads
+from ..threads import threads
 from . import distributed
 from .checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint,
                          load_train_state, save_checkpoint, check_target)

@@ -14,18 +14,20 @@ prefill, median decode step).
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
-from ..config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, OptConfig
-from ..train.corpus import get_batch
-from ..train.loop import lm_loss
-from .harness import (_first_mismatch, check_input, decode_weight_bytes, fixed_prompt,
-                      measure_generation)
-from .results import spread
-from .tables import spread_cell
-from .timing import threads as run_threads
+from ...config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, OptConfig
+from ...threads import threads
+from ...train.corpus import get_batch
+from ...train.loop import lm_loss
+from ...check import first_mismatch
+from ..protocol.machine import decode_weight_bytes
+from ..protocol.settings import check_input, fixed_prompt
+from ..protocol.timing import spread
+from ..results import FormatAccuracy, FormatSpeed, QuantizedResult
+from .preset import measure_generation
 
 AGREEMENT_TOKENS = (50, 200)
 
@@ -39,31 +41,10 @@ FORMATS = {
 }
 
 
-@dataclass
-class FormatAccuracy:
-    phase: str
-    max_abs_logit_diff: float
-    logit_diff_quantiles: dict            # "p50", "p90", "p99" of |logit diff|
-    greedy_agreement: dict = field(default_factory=dict)   # "50": fraction of equal tokens
-    first_divergence: dict = field(default_factory=dict)   # "50": index of the first difference
-    val_loss: "float | None" = None
-    val_loss_reference: "float | None" = None
-
-    @property
-    def val_loss_change(self) -> "float | None":
-        if self.val_loss is None or self.val_loss_reference is None:
-            return None
-        return self.val_loss - self.val_loss_reference
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "val_loss_change": self.val_loss_change}
-
-
 def _run(model, phase, x, prompt, val) -> tuple:
     """Under `phase`: the logits of x, the greedy continuation of the prompt (as long as the
     longest agreement count), the validation loss (None without data)."""
-    model.set_phase(phase)
-    with torch.inference_mode():
+    with model.using(phase), torch.inference_mode():
         tokens = model.generate(prompt, max(AGREEMENT_TOKENS))[0, prompt.size(1):]
         return model(x), tokens, None if val is None else _loss(model, val)
 
@@ -71,7 +52,7 @@ def _run(model, phase, x, prompt, val) -> tuple:
 def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
                            val_batches: int = 10, batch_size: int = 8) -> FormatAccuracy:
     """`phase` (a preset name or an OptConfig, e.g. phase3 with weights='int8') against
-    reference on `model`'s weights; the model is left in reference. Generation longer than
+    reference on `model`'s weights; the model's phase is restored after. Generation longer than
     block_size crops the context as generate always does."""
     config = model.config
     x, prompt = check_input(config), fixed_prompt(config)
@@ -89,7 +70,7 @@ def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
         val_loss=loss, val_loss_reference=ref_loss)
     for n in AGREEMENT_TOKENS:  # greedy: the first n tokens of the longest continuation
         result.greedy_agreement[str(n)] = float((tokens[:n] == ref_tokens[:n]).float().mean())
-        mismatch = _first_mismatch(tokens[:n], ref_tokens[:n])
+        mismatch = first_mismatch(tokens[:n], ref_tokens[:n])
         result.first_divergence[str(n)] = n if mismatch is None else mismatch
     return result
 
@@ -115,17 +96,17 @@ def _loss(model, batches) -> float:
 
 def measure_speed(model, formats: "dict | None" = None, thread_counts=(1, 2), runs: int = 5,
                   new_tokens: int = 50, prompt=None) -> list:
-    """One row per (thread count, format): tokens/s and decode ms (results.spread of the runs),
+    """A FormatSpeed per (thread count, format): tokens/s and decode ms (spread of the runs),
     the ratio to the first format's median tokens/s, what ran (for max / max-int8: which
     candidate) and the bytes of weights a decode step reads. Each format runs in its own copy
     of `model`; formats alternate run by run after a warm-up run each."""
-    from ..model import GPT
+    from ...model import GPT
 
     formats = formats or FORMATS
     prompt = prompt if prompt is not None else fixed_prompt(model.config)
     rows = []
     for n in thread_counts:
-        with run_threads(n):
+        with threads(n):
             models = {}
             for label, phase in formats.items():  # set in the thread count: max measures in it
                 copy = GPT(model.config).eval()
@@ -142,50 +123,27 @@ def measure_speed(model, formats: "dict | None" = None, thread_counts=(1, 2), ru
         base = statistics.median(figures[next(iter(models))]["tokens_per_s"])
         for label, f in figures.items():
             tps = spread(f["tokens_per_s"])
-            rows.append({"format": label, "threads": n, "ran": models[label].phase.description.split(" (")[0],
-                         "weights": models[label].opt.weights,
-                         "decode_weight_bytes": decode_weight_bytes(models[label]),
-                         "tokens_per_s": tps, "decode_ms": spread(f["decode_ms"]) if f["decode_ms"] else None,
-                         "x_first": tps["median"] / base})
+            phase = models[label].phase
+            rows.append(FormatSpeed(label, n, phase.description.split(" (")[0], phase.opt.weights,
+                                    decode_weight_bytes(models[label]), tps,
+                                    spread(f["decode_ms"]) if f["decode_ms"] else None,
+                                    tps["median"] / base))
     return rows
 
 
 def measure_formats(model, val_data=None, *, formats: "dict | None" = None, thread_counts=(1, 2),
                     runs: int = 5, new_tokens: int = 50, val_batches: int = 10,
-                    batch_size: int = 8) -> dict:
+                    batch_size: int = 8) -> QuantizedResult:
     """The report's section: speed of every format (measure_speed) and the accuracy of each
     lossy one against fp32 reference (weight_format_accuracy, with the validation loss when
-    `val_data` is given). The model is left in reference."""
+    `val_data` is given)."""
     formats = formats or FORMATS
     speed = measure_speed(model, formats, thread_counts, runs, new_tokens)
     accuracy = {}
     for label, phase in formats.items():
-        model.set_phase(phase)
-        if model.opt.weights != "fp32":
-            accuracy[label] = weight_format_accuracy(model, model.opt, val_data, val_batches,
-                                                     batch_size).to_dict()
-    model.set_phase("reference")
-    return {"speed": speed, "accuracy": accuracy,
-            "settings": {"thread_counts": list(thread_counts), "runs": runs,
-                         "new_tokens": new_tokens}}
-
-
-def markdown(section: dict) -> str:
-    """The speed table and the accuracy table of measure_formats."""
-    out = ["| format | threads | what ran | weights MB / decode step | tokens/s | decode ms | x fp32 max |",
-           "|---|---|---|---|---|---|---|"]
-    for r in section["speed"]:
-        out.append(f"| {r['format']} | {r['threads']} | {r['ran']} | {r['decode_weight_bytes'] / 1e6:.1f} | "
-                   f"{spread_cell(r['tokens_per_s'], 1)} | {spread_cell(r['decode_ms'], 3)} | {r['x_first']:.2f}x |")
-    out += ["", "| format | max abs logit diff | p50 / p90 / p99 | greedy tokens equal (50 / 200) | "
-                "first difference (50 / 200) | val loss fp32 | val loss | change (nats) |",
-            "|---|---|---|---|---|---|---|---|"]
-    for label, a in section["accuracy"].items():
-        q, agree, first = a["logit_diff_quantiles"], a["greedy_agreement"], a["first_divergence"]
-        loss = (lambda v: "-" if v is None else f"{v:.4f}")
-        change = a.get("val_loss_change")
-        out.append(f"| {label} | {a['max_abs_logit_diff']:.4f} | {q['p50']:.4f} / {q['p90']:.4f} / "
-                   f"{q['p99']:.4f} | {100 * agree['50']:.0f}% / {100 * agree['200']:.0f}% | "
-                   f"{first['50']} / {first['200']} | {loss(a['val_loss_reference'])} | "
-                   f"{loss(a['val_loss'])} | {'-' if change is None else f'{change:+.4f}'} |")
-    return "\n".join(out) + "\n"
+        with model.using(phase):
+            opt = model.phase.opt  # what ran: for max-int8, its candidate
+        if opt.weights != "fp32":
+            accuracy[label] = weight_format_accuracy(model, opt, val_data, val_batches, batch_size)
+    return QuantizedResult(speed, accuracy, {"thread_counts": list(thread_counts), "runs": runs,
+                                             "new_tokens": new_tokens})

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..labels import CATEGORIES
-from .results import StudyResult
-from .seed import SEED
+from ...labels import CATEGORIES
+from ..results import StudyResult
+from ..seed import SEED
 
 FILES = {"tokens_per_s": "tokens_per_s.png", "decode_split": "decode_split.png",
          "waterfall": "waterfall.png", "roofline": "roofline.png",
@@ -46,11 +46,11 @@ def tokens_per_s(study: StudyResult, path: Path):
     """Tokens/s per preset with min-max whiskers, the seed's baseline and target, the peers."""
     plt = pyplot()
     ok = {n: r for n, r in study.phases.items() if r.ok}
-    peers = {n: p for n, p in study.peers.items() if p.ok}
+    peers = {n: p for n, p in study.peers.items() if p.ok and p.tokens_per_s}
     rows = [("seed baseline (C#)", SEED["baseline"]["tokens_per_s"], None, "#999999"),
             ("seed final target", sum(SEED["final_target"]["tokens_per_s"]) / 2, None, "#cccccc"),
             *[(n, r.tokens_per_s, r.spread.get("tokens_per_s"), "#1f77b4") for n, r in ok.items()],
-            *[(f"{n} (peer)", p.tokens_per_s, p.spread.get("tokens_per_s"), "#ff7f0e")
+            *[(f"{n} (peer)", p.tokens_per_s["median"], p.tokens_per_s, "#ff7f0e")
               for n, p in peers.items()]]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
     for i, (name, value, s, color) in enumerate(rows):
@@ -99,20 +99,20 @@ def waterfall(study: StudyResult, path: Path):
     """What each switch bought: ms per token from phase0 to max, one bar per step spanning
     the previous step's time to this one's (log scale), with the factor."""
     plt = pyplot()
-    rows = [r for r in study.sections.get("waterfall", []) if r["ms_per_token"]]
+    rows = [r for r in study.waterfall if r.ms_per_token]
     if len(rows) < 2:
         return None
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
-    previous = rows[0]["ms_per_token"]
+    previous = rows[0].ms_per_token
     for i, r in enumerate(rows):
-        ms = r["ms_per_token"]
+        ms = r.ms_per_token
         lo, hi = (ms, previous) if i else (ms, ms * 1.02)
         color = "#999999" if i == 0 else ("#2ca02c" if ms <= previous else "#d62728")
         ax.barh(i, hi - lo, left=lo, color=color)
         note = f"{ms:.3g} ms" if i == 0 else f"{ms:.3g} ms ({previous / ms:.2f}x)"
         ax.text(max(hi, ms), i, "  " + note, va="center", fontsize=8)
         previous = ms
-    ax.set_yticks(range(len(rows)), [r["label"] for r in rows])
+    ax.set_yticks(range(len(rows)), [r.label for r in rows])
     ax.invert_yaxis()
     _log(ax)
     ax.set_xlabel("ms per generated token (log scale; green: faster than the step above)")
@@ -140,11 +140,11 @@ def roofline(study: StudyResult, path: Path):
     left.invert_yaxis()
     left.legend(fontsize=7, loc="lower right")
     left.set_title("Decode step vs the bandwidth roofline")
-    sizes = sorted(m.mm_gflops, key=int)
+    sizes = sorted(m.mm_gflops)
     right.plot(sizes, [m.mm_gflops[n] for n in sizes], "k--", marker="o", label="torch.mm (machine)")
     for n, r in ok.items():
         if r.gflops:
-            xs = sorted(r.gflops, key=int)
+            xs = sorted(r.gflops)
             right.plot(xs, [r.gflops[x] for x in xs], marker=".", label=n)
     _log(right, base=2)
     right.set_xlabel("square matrix size N")
@@ -156,15 +156,15 @@ def roofline(study: StudyResult, path: Path):
 
 def _scaling_lines(study: StudyResult, path: Path, curve: str, title: str, xlabel: str,
                    ylabel: str, x_base: "int | None"):
-    """One line per preset of a scaling curve (`curve`: a scaling result's x -> y dict)."""
+    """One line per preset of a scaling curve (`curve`: a ScalingResult's x -> y dict)."""
     plt = pyplot()
-    rows = [r for r in study.sections.get("scaling", []) if r["status"] == "ok"]
+    rows = [r for r in study.scaling if r.ok]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     for r in rows:
-        xs = sorted(r[curve], key=int)
-        ax.plot([int(x) for x in xs], [r[curve][x] for x in xs], marker=".", label=r["name"])
+        points = sorted(getattr(r, curve).items())
+        ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=r.name)
     if x_base:
         _log(ax, base=x_base)
     _log(ax, "y")
@@ -209,8 +209,8 @@ def memory(study: StudyResult, path: Path):
 def engines(study: StudyResult, path: Path):
     """Our max beside the peer engines, tokens/s per case and thread count (whiskers: min-max)."""
     plt = pyplot()
-    cases = study.sections.get("engines", {}).get("cases", [])
-    panels = [(c, t) for c in cases for t in sorted({r["threads"] for r in c["rows"]})]
+    cases = study.engines.cases if study.engines else []
+    panels = [(c, t) for c in cases for t in sorted({r.threads for r in c.rows})]
     if not panels:
         return None
     per_row = 2 if len(panels) == 4 else min(3, len(panels))  # a grid that reads on a page
@@ -219,16 +219,15 @@ def engines(study: StudyResult, path: Path):
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (case, threads) in zip(axes.flat, panels):
-        rows = [r for r in case["rows"] if r["threads"] == threads and r["status"] == "ok"
-                and r["tokens_per_s"]]
-        names = [r["engine"] for r in rows]
-        med = [r["tokens_per_s"]["median"] for r in rows]
-        err = [[m - r["tokens_per_s"]["min"] for m, r in zip(med, rows)],
-               [r["tokens_per_s"]["max"] - m for m, r in zip(med, rows)]]
+        rows = [r for r in case.rows if r.threads == threads and r.ok and r.tokens_per_s]
+        names = [r.engine for r in rows]
+        med = [r.tokens_per_s["median"] for r in rows]
+        err = [[m - r.tokens_per_s["min"] for m, r in zip(med, rows)],
+               [r.tokens_per_s["max"] - m for m, r in zip(med, rows)]]
         colors = ["#1f77b4" if n.startswith("smallmind") else "#ff7f0e" for n in names]
         ax.bar(range(len(rows)), med, yerr=err, color=colors, capsize=3)
         ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{case['shape']}, prompt {case['prompt_len']}, {threads} thread(s)", fontsize=8)
+        ax.set_title(f"{case.shape}, prompt {case.prompt_len}, {threads} thread(s)", fontsize=8)
         ax.set_ylabel("tokens / s")
     fig.suptitle("smallmind (blue) and the peer engines (orange) on the same weights", fontsize=10)
     return save_figure(fig, path)

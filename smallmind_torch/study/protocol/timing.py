@@ -1,17 +1,30 @@
-"""Timing helpers shared by the benchmarks, the harness and the experiments.
+"""Timing helpers shared by the measurements and the experiments.
 
-One way to time a thing: `median_time(fn)`. GPU work is synchronized with `device_sync`
-instead of bare `torch.cuda` calls, so the same code times CPU and CUDA. One way to run with a
-given number of threads: `with threads(n):`.
+One way to time a thing: `median_time(fn)`; one way to keep a figure's runs: `spread(runs)`.
+GPU work is synchronized with `device_sync` instead of bare `torch.cuda` calls, so the same
+code times CPU and CUDA. (One way to run with a given number of threads:
+`with smallmind_torch.threads.threads(n):`.)
 """
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
+
+# Runs of one figure whose slowest and fastest differ by more than this factor are flagged as
+# disturbed: on a shared machine the figure says more about the neighbours than the code.
+DISTURBED_RATIO = 1.5
+
+
+def spread(values) -> dict:
+    """min / median / max of a figure's runs, and whether they differ by more than
+    DISTURBED_RATIO."""
+    values = sorted(values)
+    lo, hi = values[0], values[-1]
+    return {"min": lo, "median": statistics.median(values), "max": hi, "runs": len(values),
+            "disturbed": bool(lo > 0 and hi / lo > DISTURBED_RATIO)}
 
 
 def device_sync(device: "torch.device | str | None" = None) -> None:
@@ -48,16 +61,3 @@ def median_time(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 3,
 def gflops(flops: float, seconds: float) -> float:
     return flops / seconds / 1e9
 
-
-@contextlib.contextmanager
-def threads(n: "int | None") -> Iterator[None]:
-    """torch.set_num_threads(n) inside the block (n=None: leave it), restored after."""
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"the thread count must be an int >= 1, got {n!r}")
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from ..config import PHASES
-from .harness import BenchSettings, ReferenceRun, measure_preset
+from ...config import PHASES
+from ...check import ReferenceRun
+from ..protocol.settings import BenchSettings
+from ..results import WaterfallRow
+from .preset import measure_preset, reference_run
 
 # (label, preset name or the switches flipped on top of the previous step)
 STEPS = (
@@ -29,28 +32,23 @@ STEPS = (
 
 def measure_waterfall(model, settings: BenchSettings, known: "dict | None" = None, *,
                       reference: "ReferenceRun | None" = None) -> list:
-    """[{label, preset, ms_per_token, tokens_per_s, status, reason}] for STEPS in order. `known`:
-    name -> PhaseResult already measured (the presets of the same run)."""
+    """A WaterfallRow per step of STEPS, in order. `known`: name -> PhaseResult already
+    measured (the presets of the same run)."""
     known = known or {}
     settings = BenchSettings(**{**settings.to_dict(), "profile": False})
-    reference = reference or ReferenceRun(model, settings)
-    previous = model.requested_phase
+    reference = reference or reference_run(model, settings)
     rows, opt = [], None
-    try:
-        for label, step in STEPS:
-            if isinstance(step, str):
-                result = known.get(step) or measure_preset(model, step, settings,
-                                                           reference=reference, name=step)
-                opt = PHASES.get(step, opt)
-            else:
-                opt = opt.replace(**step)
-                result = measure_preset(model, opt, settings, reference=reference, name=label)
-            rows.append({"label": label, "preset": step if isinstance(step, str) else None,
-                         "opt": result.opt or (asdict(opt) if opt else {}),
-                         "status": result.status, "reason": result.reason,
-                         "tokens_per_s": result.tokens_per_s,
-                         "ms_per_token": 1e3 / result.tokens_per_s if result.tokens_per_s else None,
-                         "spread": result.spread.get("tokens_per_s")})
-    finally:
-        model.set_phase(previous)
+    for label, step in STEPS:
+        if isinstance(step, str):
+            result = known.get(step) or measure_preset(model, step, settings,
+                                                       reference=reference, name=step)
+            opt = PHASES.get(step, opt)
+        else:
+            opt = opt.replace(**step)
+            result = measure_preset(model, opt, settings, reference=reference, name=label)
+        rows.append(WaterfallRow(
+            label, step if isinstance(step, str) else None,
+            result.opt or (asdict(opt) if opt else {}), result.status, result.reason,
+            result.tokens_per_s, 1e3 / result.tokens_per_s if result.tokens_per_s else None,
+            result.spread.get("tokens_per_s")))
     return rows

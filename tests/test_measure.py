@@ -1,5 +1,6 @@
 """The measurement library on a tiny shape: every figure present and sane, the correctness
-check in every result, FAILED / unavailable / not-installed rows. Correctness only, never speed."""
+check in every result, FAILED / unavailable / not-installed rows, the peers in their own
+process and in this one. Correctness only, never speed."""
 import json
 import math
 
@@ -8,7 +9,10 @@ import torch
 
 from smallmind_torch import GPT, PHASES, OptConfig, attention
 from smallmind_torch.labels import CATEGORIES
-from smallmind_torch.study import harness, peers, profiling, run
+from smallmind_torch.study import BenchSettings, run
+from smallmind_torch.study.measure.peer import measure_peer
+from smallmind_torch.study.measure.preset import measure_preset, reference_run
+from smallmind_torch.study.protocol import profiling
 
 from helpers import TINY
 
@@ -27,7 +31,7 @@ def model():
     return GPT(TINY).eval()
 
 
-SETTINGS = harness.BenchSettings.tiny()
+SETTINGS = BenchSettings.tiny()
 
 
 def _positive(x):
@@ -56,14 +60,16 @@ def test_study_on_tiny_shape(model):
     m = study.machine
     assert _positive(m.bandwidth_weights_gbs) and _positive(m.bandwidth_large_gbs) and _positive(m.mm_peak_gflops)
     assert m.weight_bytes > 0 and _positive(m.ideal_decode_ms)
-    hf = study.peers["hf"]
-    assert hf.status == "ok" and hf.tokens_equal, hf.reason
-    assert _positive(hf.tokens_per_s) and _positive(hf.bytes_per_token) and _positive(hf.allocs_per_token)
+    hf = study.peers["hf"]  # in its own process, through the HF engine adapter
+    assert hf.status == "ok" and hf.first_mismatch is None and hf.is_peer, hf.reason
+    assert len(hf.runs) == SETTINGS.runs and hf.threads == torch.get_num_threads()
+    assert _positive(hf.tokens_per_s["median"]) and _positive(hf.decode_ms["median"])
+    assert _positive(hf.bytes_per_token) and _positive(hf.allocs_per_token)  # profiled there
     ratios = study.ratios()
-    assert _positive(ratios["max"]["speedup_vs_hf"])
+    assert _positive(ratios["max"]["speedup_vs_hf"]) and _positive(ratios["max"]["memory_vs_hf"])
     d = json.loads(json.dumps(study.to_dict()))
     assert d["phases"]["phase1"]["check"]["passed"] is True
-    assert model.opt == PHASES["reference"]  # the phase is restored
+    assert model.phase.opt == PHASES["reference"]  # the phase is restored
 
 
 def test_phase0_allocates_more_than_phase1(model):
@@ -90,10 +96,10 @@ def test_wrong_form_is_reported_failed_not_benchmarked(model, monkeypatch):
 
 
 def test_different_weights_fail_the_check(model):
-    reference = harness.ReferenceRun(model, SETTINGS)
+    reference = reference_run(model, SETTINGS)
     with torch.no_grad():
         model.transformer.h[0].mlp.c_fc.weight.mul_(3.0)
-    r = harness.measure_preset(model, "reference", SETTINGS, reference=reference)
+    r = measure_preset(model, "reference", SETTINGS, reference=reference)
     assert r.status == "FAILED" and not r.check.passed
 
 
@@ -114,8 +120,23 @@ def test_hf_not_installed(model, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "transformers", None)
-    r = peers.measure_hf(model, SETTINGS)
+    r = measure_peer(model, "hf", SETTINGS, reference_run(model, SETTINGS), in_process=True)
     assert r.status == "not installed" and r.tokens_per_s is None
+
+
+def test_a_peer_that_disagrees_is_failed_and_not_profiled(model):
+    reference = reference_run(model, SETTINGS)
+    reference.tokens[2] = (reference.tokens[2] + 1) % TINY.vocab_size
+    r = measure_peer(model, "hf", SETTINGS, reference, in_process=True)
+    assert r.status == "FAILED" and r.first_mismatch == 2
+    assert r.runs == [] and r.tokens_per_s is None and r.bytes_per_token is None
+
+
+def test_the_phase_is_restored_after_each_measurement(model):
+    model.set_phase("phase1")
+    r = measure_preset(model, "max", SETTINGS)
+    assert r.ok and r.phase.startswith("max")
+    assert model.phase.name == "phase1" and model.phase.opt == PHASES["phase1"]
 
 
 def test_new_presets_are_picked_up(monkeypatch):
@@ -159,22 +180,25 @@ def test_split_excludes_nested_labels_and_counts_allocations():
 
 def test_settings_validate():
     with pytest.raises(ValueError):
-        harness.BenchSettings(new_tokens=0)
-    assert harness.BenchSettings().new_tokens == 50 and harness.BenchSettings().runs == 3
-    assert harness.BenchSettings().smoke is False and harness.BenchSettings.tiny().smoke is True
+        BenchSettings(new_tokens=0)
+    assert BenchSettings().new_tokens == 50 and BenchSettings().runs == 3
+    assert BenchSettings().smoke is False and BenchSettings.tiny().smoke is True
 
 
 def test_bench_cli_writes_json(tmp_path):
     from smallmind_torch import cli
 
     path = tmp_path / "bench.json"
-    rc = cli.main(["bench", "--tiny", "--phases", "reference", "max", "--peers", "--no-progress",
-                   "--no-machine", "--threads", "1", "--json", str(path)])
+    rc = cli.main(["bench", "--tiny", "--phases", "reference", "max", "--peers", "hf",
+                   "--no-progress", "--no-machine", "--threads", "1", "--json", str(path)])
     assert rc == 0
     data = json.loads(path.read_text())
     assert set(data["phases"]) == {"reference", "max"}
     assert data["phases"]["max"]["status"] == "ok"
+    hf = data["peers"]["hf"]  # in this process: its allocations profiled beside the presets'
+    assert hf["status"] == "ok" and hf["bytes_per_token"] > 0 and hf["allocs_per_token"] > 0
     assert cli.main(["bench", "--tiny", "--phases", "nope"]) == 2
+    assert cli.main(["bench", "--tiny", "--peers", "nope"]) == 2
 
 
 def test_experiment_script_main(capsys):
@@ -199,7 +223,7 @@ def test_quiet_profiler_drops_only_the_noise(capfd):
 
 
 def test_every_figure_has_its_spread_and_tiny_mode_says_so(model, capsys):
-    from smallmind_torch.study.report import print_study
+    from smallmind_torch.study import print_study
 
     study = run.run_study(model, ["reference"], [], SETTINGS)
     r = study.phases["reference"]

@@ -1,22 +1,23 @@
-"""REPORT.md, results.json and the terminal summary of a `results.StudyResult`.
+"""REPORT.md, results.json and the plots of a `results.StudyResult`.
 
 REPORT.md tells the run's story in its own figures (nothing hand-written): the machine first,
 then the seed's baseline, phase 0 and each phase (what it switched, what that bought, what
 the profile shows), what each switch bought (waterfall), the machine's limits, training and
-initialization, torch.compile, batches and context length, the peer engines, the traces and
-how long each part of the run took. `print_study` is the terminal's short version.
+initialization, torch.compile, batches and context length, the weight formats, the peer
+engines, the traces and how long each part of the run took. It renders from the results
+alone: `render_report(load_study("results/results.json"), "results")` writes it again.
 """
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from ..labels import CATEGORIES
+from ...labels import CATEGORIES
+from ..results import StudyResult
+from ..seed import SEED
 from . import tables as t
+from .peer_tables import markdown as engines_markdown
 from .plots import plot_all
-from .results import StudyResult
-from .seed import SEED
 
 VIEWERS = ("The traces open offline: `tensorboard --logdir runs` (torch-tb-profiler; its pages "
            "load chart code from a CDN, so they need a network) and `*.chrome_trace.json` in "
@@ -109,36 +110,14 @@ def _section(lines, title, rows_fn, note="", plot=None, plots=None):
         lines += [f"![{plot}]({Path(plots[plot]).name})", ""]
 
 
-def _machine_lines(study: StudyResult) -> list:
-    m, s = study.machine, study.settings
-    mm = ", ".join(f"{n}: {g:.1f}" for n, g in sorted(m.mm_gflops.items(), key=lambda kv: int(kv[0])))
-    llc = f"{m.llc_bytes / 2**20:.0f} MiB" if m.llc_bytes else "unknown"
-    return [f"- read bandwidth: {m.bandwidth_weights_gbs:.1f} GB/s over a buffer the size of the weights "
-            f"({m.weight_bytes / 1e6:.1f} MB), {m.bandwidth_large_gbs:.1f} GB/s over "
-            f"{m.large_bytes / 2**20:.0f} MiB (last-level cache: {llc})",
-            f"- torch.mm GFLOPS by size: {mm}; peak {m.mm_peak_gflops:.1f}",
-            f"- each limit is the best of {s.get('machine_samples', 1)} interleaved samples"
-            + (f"; DISTURBED (samples differ by more than 1.5x): {', '.join(m.disturbed)}"
-               if m.disturbed else "; no limit's samples were disturbed"),
-            f"- ideal decode step (every weight read once at that bandwidth): {m.ideal_decode_ms:.3f} ms"]
+def _quantized_markdown(study: StudyResult) -> "str | None":
+    if study.quantized is None:
+        return None
+    return (t.md_table(*t.format_speed_rows(study.quantized)) + "\n\n"
+            + t.md_table(*t.format_accuracy_rows(study.quantized)) + "\n")
 
 
-def _roofline_rows(study: StudyResult) -> tuple:
-    rows, sizes = [], []
-    for name, r in study.phases.items():
-        if r.ok and r.roofline:
-            ro = r.roofline
-            sizes = sizes or [k.split("_")[1] for k in ro if k.startswith("gemm_")]
-            weight_bytes = ro.get("weight_bytes", study.machine.weight_bytes)
-            rows.append([name, t.fmt(r.decode_ms, 3), t.fmt(weight_bytes / 1e6, 1),
-                         t.fmt(ro.get("decode_gbs"), 1),
-                         f"{100 * ro['decode_fraction_of_roofline']:.1f} %" if "decode_fraction_of_roofline" in ro else "-",
-                         *[f"{100 * ro[f'gemm_{n}_fraction_of_torch_mm']:.0f} %" for n in sizes]])
-    return ["phase", "decode ms", "weights MB / step", "weights GB/s", "decode / roofline",
-            *[f"GEMM {n} / torch.mm" for n in sizes]], rows
-
-
-def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "dict | None" = None) -> str:
+def markdown_report(study: StudyResult, plots: "dict | None" = None) -> str:
     s, c, env = study.settings, study.model_config, study.env
     lines = ["# smallmind-torch: the study's results", ""]
     if s.get("smoke"):
@@ -170,8 +149,8 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
     _section(lines, "What each switch bought", t.waterfall_rows(study),
              "Every step is checked against reference and timed with the protocol.", "waterfall", plots)
     if study.machine:
-        lines += ["", "## The machine's limits and the roofline", "", *_machine_lines(study), ""]
-        _section(lines, "Roofline per preset", _roofline_rows(study), plot="roofline", plots=plots)
+        lines += ["", "## The machine's limits and the roofline", "", *t.machine_lines(study), ""]
+        _section(lines, "Roofline per preset", t.roofline_rows(study), plot="roofline", plots=plots)
     _section(lines, "Training: one optimizer step (forward, backward, AdamW)", t.training_rows(study),
              "Batch 8 x block_size tokens at the model's shape. The seed put the embedding "
              "gradient at 10-15 % of its training time (its bottleneck 7); the % columns are "
@@ -191,18 +170,17 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
     if plots and "positions" in plots:
         lines += [f"![positions]({Path(plots['positions']).name})", ""]
     _markdown_section(lines, "Weight formats: int8, w8a8 and bf16 against fp32",
-                      QUANTIZED_NOTE, study.sections.get("quantized_markdown"))
+                      QUANTIZED_NOTE, _quantized_markdown(study))
     _markdown_section(lines, "Peer engines on the same weights (each in its own process)",
-                      ENGINES_NOTE, study.sections.get("engines_markdown"), "engines", plots)
-    if traces:
+                      ENGINES_NOTE, study.engines and engines_markdown(study.engines), "engines", plots)
+    if study.traces:
         lines += ["", "## Profiler traces", "", VIEWERS, ""]
-        for name, tr in traces.items():
-            tr = tr if isinstance(tr, dict) else tr.to_dict()
-            if tr["status"] == "ok":
-                views = ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in tr.get("pictures", []))
-                lines.append(f"- {name}: `{tr['chrome_trace']}`" + (f"; offline: {views}" if views else ""))
+        for name, tr in study.traces.items():
+            if tr.status == "ok":
+                views = ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in tr.pictures)
+                lines.append(f"- {name}: `{tr.chrome_trace}`" + (f"; offline: {views}" if views else ""))
             else:
-                lines.append(f"- {name}: {tr['status']}: {t.short(tr['reason'], 200)}")
+                lines.append(f"- {name}: {tr.status}: {t.short(tr.reason, 200)}")
     if plots and "memory" in plots:
         lines += ["", f"![memory]({Path(plots['memory']).name})"]
     if study.durations:
@@ -212,50 +190,29 @@ def markdown_report(study: StudyResult, traces: "dict | None" = None, plots: "di
     return "\n".join(lines)
 
 
-def write_json(study: "StudyResult | dict", path: "str | Path") -> Path:
-    """The study (or its to_dict()) as results.json-style JSON at `path`."""
+def write_json(data: dict, path: "str | Path") -> Path:
+    """`data` (a result's to_dict()) as JSON at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = study if isinstance(study, dict) else study.to_dict()
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 
-def write_report(study: StudyResult, out_dir: "str | Path" = "results", traces: "dict | None" = None) -> dict:
-    """Write REPORT.md, results.json and the plots into out_dir; return their paths."""
+def load_study(path: "str | Path") -> StudyResult:
+    """The StudyResult of a results.json (write_report's)."""
+    return StudyResult.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def render_report(study: StudyResult, out_dir: "str | Path" = "results") -> dict:
+    """Write REPORT.md and the plots of `study` into out_dir; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_all(study, out_dir)
-    data = study.to_dict()
-    if traces:
-        data["traces"] = {k: (v if isinstance(v, dict) else v.to_dict()) for k, v in traces.items()}
-    write_json(data, out_dir / "results.json")
-    (out_dir / "REPORT.md").write_text(markdown_report(study, traces, plots), encoding="utf-8")
-    return {"report": str(out_dir / "REPORT.md"), "json": str(out_dir / "results.json"), **plots}
+    (out_dir / "REPORT.md").write_text(markdown_report(study, plots), encoding="utf-8")
+    return {"report": str(out_dir / "REPORT.md"), **plots}
 
 
-def print_study(study: StudyResult, out=None) -> None:
-    """The main table, what max ran as, the time split, the machine's limits and the roofline
-    fractions, as text."""
-    out = out or sys.stdout
-    c = study.model_config
-    print(f"\nmodel: {c['n_layer']} layers, {c['n_head']} heads, n_embd {c['n_embd']}, vocab "
-          f"{c['vocab_size']}, block {c['block_size']} ({study.num_parameters / 1e6:.2f} M params, "
-          f"{study.weights}); {study.settings['new_tokens']} new tokens, {study.settings['runs']} runs",
-          file=out)
-    if study.settings.get("smoke"):
-        print(f"\n{t.TINY_NOTE}", file=out)
-    print(t.format_table(study), file=out)
-    print(t.SPREAD_NOTE.replace("`", ""), file=out)
-    if "max" in study.phases and study.phases["max"].phase:
-        print(f"\n{study.phases['max'].phase}", file=out)
-    if any(r.ok and r.time_split for r in study.phases.values()):
-        print("\ntime split (% of profiled generation time):", file=out)
-        print(t.text_table(*t.split_rows(study)), file=out)
-    m = study.machine
-    if m:
-        print("\nmachine:\n" + "\n".join(_machine_lines(study)), file=out)
-        print(t.text_table(*_roofline_rows(study)), file=out)
-    e = study.env
-    print(f"\nenvironment: torch {e['torch']}, {e['threads']} threads, {e['cpu']} "
-          f"({e.get('cpu_capability', '?')}), device {e['device']}", file=out)
+def write_report(study: StudyResult, out_dir: "str | Path" = "results") -> dict:
+    """Write results.json, REPORT.md and the plots into out_dir; return their paths."""
+    json_path = write_json(study.to_dict(), Path(out_dir) / "results.json")
+    return {**render_report(study, out_dir), "json": str(json_path)}

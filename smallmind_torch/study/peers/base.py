@@ -1,5 +1,5 @@
-"""What every engine of `smallmind peers` shares: the weights file they all load, the timing of
-one generation, and the adapter interface (engines.py has the adapters and the registry).
+"""What every engine shares: the weights file they all load, the timing of one generation, and
+the adapter interface (engines.py has the adapters and the registry).
 
 An adapter is made for a thread count, prepared once from the shared weights file (export,
 conversion, compilation: `prepare` returns what that one-time work cost, in seconds) and then
@@ -33,8 +33,8 @@ def load_weights(path: "str | Path"):
     """A GPT (reference preset, eval mode) with the weights saved by `save_weights`."""
     import torch
 
-    from ..config import ModelConfig
-    from ..model import GPT
+    from ...config import ModelConfig
+    from ...model import GPT
 
     data = torch.load(path, map_location="cpu", weights_only=True)
     model = GPT(ModelConfig(**data["config"]), phase="reference")
@@ -85,6 +85,12 @@ class Engine:
     def __init__(self, threads: int):
         self.threads = threads
 
+    def use_threads(self) -> None:
+        """torch's intra-op threads for this engine's process (an engine imports torch lazily)."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+
     def prepare(self, weights: Path, workdir: Path) -> dict:
         """Load / export / convert from the weights file once; the one-time costs (seconds)."""
         raise NotImplementedError
@@ -100,8 +106,3 @@ class Engine:
             return "?"
         return f"{self.requires[0]} {getattr(module, '__version__', '?')}"
 
-
-def _torch_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)

@@ -9,36 +9,14 @@ against position, where the KV cache and the fused kernels pay off or do not.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 
-from ..config import OptConfig
-from ..ops import CustomOpsUnavailable
-from .harness import fixed_prompt, measure_generation
-from .results import spread
-from .timing import sample_times
-
-
-@dataclass
-class ScalingResult:
-    name: str
-    status: str                                   # "ok" | "unavailable" | "error"
-    reason: str = ""
-    phase: str = ""
-    tokens_per_s_by_batch: dict = field(default_factory=dict)   # B -> total tokens/s
-    batch_spread: dict = field(default_factory=dict)
-    decode_ms_by_position: dict = field(default_factory=dict)   # position -> ms
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tokens_per_s_by_batch"] = {str(k): v for k, v in self.tokens_per_s_by_batch.items()}
-        d["decode_ms_by_position"] = {str(k): v for k, v in self.decode_ms_by_position.items()}
-        return d
+from ...config import OptConfig
+from ...ops import CustomOpsUnavailable
+from ..protocol.settings import fixed_prompt
+from ..protocol.timing import sample_times, spread
+from ..results import ScalingResult
+from .preset import measure_generation
 
 
 def default_positions(block_size: int, points: int = 16) -> list:
@@ -50,7 +28,7 @@ def default_positions(block_size: int, points: int = 16) -> list:
 def _decode_ms_at(model, position: int, repeat: int) -> float:
     g = torch.Generator().manual_seed(position)
     prefix = torch.randint(0, model.config.vocab_size, (1, position + 1), generator=g)
-    if not model.opt.kv_cache:  # the no-cache step at this position: a forward over the prefix
+    if not model.phase.opt.kv_cache:  # the no-cache step at this position: a forward over the prefix
         times = sample_times(lambda: model.forward_last(prefix), warmup=1, repeat=repeat)
         return 1e3 * min(times)
     token = prefix[:, -1:]
@@ -64,33 +42,22 @@ def _decode_ms_at(model, position: int, repeat: int) -> float:
 def measure_scaling(model, preset: "str | OptConfig", *, batches=(1, 4, 16), positions=None,
                     new_tokens: int = 50, prompt_len: int = 16, runs: int = 3, repeat: int = 3,
                     seed: int = 1234, name: "str | None" = None) -> ScalingResult:
-    """Both curves of `preset` on `model`'s weights; the model is left in that preset."""
+    """Both curves of `preset` on `model`'s weights; the model's phase is restored after."""
     name = name or (preset if isinstance(preset, str) else "custom")
     result = ScalingResult(name, "ok")
     try:
-        model.set_phase(preset)
+        with model.using(preset):
+            result.phase = model.phase.description
+            prompt = fixed_prompt(model.config, prompt_len, seed)
+            for B in batches:
+                _, runs_of = measure_generation(model, prompt.expand(B, -1).contiguous(), new_tokens, runs)
+                s = spread([B * r for r in runs_of["tokens_per_s"]])
+                result.tokens_per_s_by_batch[B], result.batch_spread[B] = s["median"], s
+            with torch.no_grad():
+                for p in positions or default_positions(model.config.block_size):
+                    result.decode_ms_by_position[p] = _decode_ms_at(model, p, repeat)
     except CustomOpsUnavailable as exc:
         result.status, result.reason = "unavailable", str(exc)
-        return result
-    result.phase = model.phase.description
-    try:
-        prompt = fixed_prompt(model.config, prompt_len, seed)
-        for B in batches:
-            _, runs_of = measure_generation(model, prompt.expand(B, -1).contiguous(), new_tokens, runs)
-            s = spread([B * r for r in runs_of["tokens_per_s"]])
-            result.tokens_per_s_by_batch[B], result.batch_spread[B] = s["median"], s
-        with torch.no_grad():
-            for p in positions or default_positions(model.config.block_size):
-                result.decode_ms_by_position[p] = _decode_ms_at(model, p, repeat)
     except Exception as exc:  # noqa: BLE001 - reported in the row
         result.status, result.reason = "error", f"{type(exc).__name__}: {exc}"
     return result
-
-
-def growth(result: ScalingResult) -> "float | None":
-    """Decode ms at the last position over the first: ~1 for a flat (KV cache) line."""
-    if len(result.decode_ms_by_position) < 2:
-        return None
-    ms = [result.decode_ms_by_position[p] for p in sorted(result.decode_ms_by_position)]
-    return ms[-1] / ms[0] if ms[0] > 0 else None
-

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..labels import CATEGORIES
+from ...labels import CATEGORIES
 from .plots import pyplot, save_figure
 
 MIN_SHARE = 0.004     # frames below this share of the total are not drawn

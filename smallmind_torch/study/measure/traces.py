@@ -20,47 +20,26 @@ profiles, whose `views` name the overview, operator, trace and memory views.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch._C._profiler import _ExperimentalConfig  # verbose: Python frames in export_stacks
 from torch.autograd.profiler_util import EventList
 
-from ..config import OptConfig
-from ..labels import CATEGORIES
-from ..ops import CustomOpsUnavailable
-from .harness import fixed_prompt
-from .pictures import flame_graph, step_timeline
-from .profiling import STEP_LABEL, quiet_profiler, split_from_events
+from ...config import OptConfig
+from ...labels import CATEGORIES
+from ...ops import CustomOpsUnavailable
+from ..protocol.profiling import STEP_LABEL, quiet_profiler, split_from_events
+from ..protocol.settings import device_of, fixed_prompt
+from ..report.pictures import flame_graph, step_timeline
+from ..results import TraceResult
 
 TRACE_SUFFIX = ".pt.trace.json"
-
-
-@dataclass
-class TraceResult:
-    name: str
-    status: str                              # "ok" | "unavailable" | "error"
-    reason: str = ""
-    phase: str = ""                          # what ran, e.g. "max = fused decode"
-    run_dir: str = ""
-    trace_files: list = field(default_factory=list)   # TensorBoard traces (*.pt.trace.json)
-    chrome_trace: str = ""
-    table: str = ""                          # key_averages().table(...) of the last active cycle
-    pictures: list = field(default_factory=list)      # step PNG, flame-graph SVG, memory HTML
-    time_split: dict = field(default_factory=dict)    # category -> percent over the active steps
-    top_ops: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("name", "status", "reason", "phase", "run_dir", "trace_files", "pictures",
-                                              "chrome_trace", "time_split", "top_ops")}
-
-    def describe_split(self) -> str:
-        return "  ".join(f"{k} {v:.1f}%" for k, v in self.time_split.items() if v >= 0.05)
 
 
 def _steps(model, prompt, n_steps, step, tokens):
@@ -77,32 +56,39 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
                  name: "str | None" = None, prompt_len: int = 16, seed: int = 1234,
                  step: str = "token", tokens: int = 8, wait: int = 1, warmup: int = 1,
                  active: int = 2, row_limit: int = 15, sort_by: str = "self_cpu_time_total",
-                 pictures: bool = True, verbose: bool = False) -> TraceResult:
+                 pictures: bool = True) -> TraceResult:
     """Profile `preset` on `model` and write its TensorBoard run, Chrome trace and (with
     `pictures`) the offline views under logdir/name: `<name>.step.png` (one step on a time
     axis), `<name>.flame.svg` (call stacks, `with_stack`), `<name>.memory.html` (memory
-    timeline). `preset=None` keeps the model's current phase. Custom-op presets that cannot be
-    built give status "unavailable"; `result.phase` says what ran (for "max", which candidate)."""
-    from torch.profiler import (ProfilerActivity, profile, record_function, schedule,
-                                tensorboard_trace_handler)
-
+    timeline); `result.top_ops`: the `row_limit` ops and labels first by `sort_by`.
+    `preset=None` keeps the model's current phase, else the phase is restored after. Custom-op
+    presets that cannot be built give status "unavailable"; `result.phase` says what ran (for
+    "max", which candidate)."""
     name = name or (preset if isinstance(preset, str) else "custom")
     result = TraceResult(name, "ok")
     try:
-        if preset is not None:
-            model.set_phase(preset)
+        with model.using(preset) if preset is not None else contextlib.nullcontext():
+            result.phase = model.phase.description
+            _profile(model, result, Path(logdir) / name, fixed_prompt(
+                model.config, prompt_len, seed, device_of(model)), step, tokens,
+                (wait, warmup, active), row_limit, sort_by, pictures)
     except CustomOpsUnavailable as exc:
         result.status, result.reason = "unavailable", str(exc)
-        return result
-    result.phase = model.phase.description
-    run_dir = Path(logdir) / name
+    return result
+
+
+def _profile(model, result: TraceResult, run_dir: Path, prompt, step, tokens, cycle, row_limit,
+             sort_by, pictures) -> None:
+    """write_traces of the model's phase, into `result`."""
+    from torch.profiler import (ProfilerActivity, profile, record_function, schedule,
+                                tensorboard_trace_handler)
+
+    name = result.name
     run_dir.mkdir(parents=True, exist_ok=True)
     for old in run_dir.glob(f"*{TRACE_SUFFIX}*"):  # one trace per run dir: the latest
         old.unlink()
     result.run_dir = str(run_dir)
     chrome = run_dir / f"{name}.chrome_trace.json"
-    device = next(model.parameters()).device
-    prompt = fixed_prompt(model.config, prompt_len, seed, device)
     handler = tensorboard_trace_handler(str(run_dir), worker_name=name)
     split_ms = {c: 0.0 for c in CATEGORIES}
 
@@ -133,38 +119,29 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
             result.pictures = [str(p) for p in (step_png, flame, memory) if p]
 
     activities = [ProfilerActivity.CPU]
-    if device.type == "cuda":
+    if prompt.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    n_steps = wait + warmup + active
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), quiet_profiler():
-            warnings.simplefilter("ignore")
-            steps = _steps(model, prompt, n_steps, step, tokens)
-            with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active),
-                         on_trace_ready=ready, record_shapes=True, profile_memory=True,
-                         with_flops=True, with_stack=pictures,
-                         experimental_config=_ExperimentalConfig(verbose=pictures)) as prof:
-                for fn in steps:
-                    with record_function(STEP_LABEL):
-                        fn()
-                    prof.step()
-            averages = _op_averages(prof)
-            result.table = averages.table(sort_by=sort_by, row_limit=row_limit)
-            result.top_ops = [
-                {"name": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                 "cpu_total_ms": e.cpu_time_total / 1e3, "flops": e.flops,
-                 "self_cpu_memory_bytes": e.self_cpu_memory_usage}
-                for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:row_limit]]
-    except CustomOpsUnavailable as exc:
-        result.status, result.reason = "unavailable", str(exc)
-        return result
+    wait, warmup, active = cycle
+    with warnings.catch_warnings(), torch.no_grad(), quiet_profiler():
+        warnings.simplefilter("ignore")
+        steps = _steps(model, prompt, wait + warmup + active, step, tokens)
+        with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active),
+                     on_trace_ready=ready, record_shapes=True, profile_memory=True,
+                     with_flops=True, with_stack=pictures,
+                     experimental_config=_ExperimentalConfig(verbose=pictures)) as prof:
+            for fn in steps:
+                with record_function(STEP_LABEL):
+                    fn()
+                prof.step()
+        result.top_ops = [
+            {"name": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+             "cpu_total_ms": e.cpu_time_total / 1e3, "flops": e.flops,
+             "self_cpu_memory_bytes": e.self_cpu_memory_usage}
+            for e in sorted(_op_averages(prof), key=lambda e: -getattr(e, sort_by))[:row_limit]]
     total = sum(split_ms.values())
     result.time_split = {k: (100.0 * v / total if total else 0.0) for k, v in split_ms.items()}
     result.trace_files = sorted(str(p) for p in run_dir.glob(f"*{TRACE_SUFFIX}"))
     result.chrome_trace = str(chrome) if chrome.exists() else ""
-    if verbose:
-        print_trace_summary(result)
-    return result
 
 
 def _op_averages(prof) -> EventList:
@@ -175,16 +152,6 @@ def _op_averages(prof) -> EventList:
                     profile_memory=events._profile_memory, with_flops=events._with_flops)
     ops._tree_built = True  # the parents and children are the full list's, already linked
     return ops.key_averages()
-
-
-def print_trace_summary(result: TraceResult) -> None:
-    if result.status != "ok":
-        print(f"[{result.name}] {result.status}: {result.reason}")
-        return
-    print(f"[{result.name}] {result.phase}")
-    print(f"[{result.name}] TensorBoard run: {result.run_dir}   Chrome/Perfetto trace: {result.chrome_trace}")
-    print(result.table)
-    print(f"[{result.name}] time split: {result.describe_split()}")
 
 
 def validate_trace_json(path: "str | os.PathLike") -> dict:

@@ -18,8 +18,8 @@ from typing import Iterator
 
 import torch
 
-from ..labels import BACKWARD_OF, CATEGORIES, TRAINING_CATEGORIES
-from .results import Profiled
+from ...labels import BACKWARD_OF, CATEGORIES, TRAINING_CATEGORIES
+from ..results import Profiled
 
 STEP_LABEL = "smallmind.step"  # root record_function around each profiled step
 
@@ -178,6 +178,14 @@ def profile_steps(steps: Iterator, n_tokens: int, *, record_shapes=False,
                     done = next(steps, StopIteration) is StopIteration
                 prof.step()
     return Profiled(acc["bytes"], acc["count"], acc["total"], acc["split"], n_tokens)
+
+
+def profile_call(fn, n_tokens: int, **kwargs) -> Profiled:
+    """profile_steps of one step: the call `fn()` (a training step, a peer's generation)."""
+    def once():
+        yield fn()
+
+    return profile_steps(once(), n_tokens, **kwargs)
 
 
 def profile_generation(model, prompt, new_tokens: int) -> Profiled:

@@ -1,10 +1,10 @@
-"""The engines that `smallmind peers` runs side by side on the same weights: one small adapter
-per engine and a registry (the interface, the weights file and the timing of one generation
-are in engine_base.py, re-exported here).
+"""The engines run side by side on the same weights: one small adapter per engine and a
+registry (the interface, the weights file and the timing of one generation are in base.py).
 
-Each adapter runs in its own process (engine_worker.py), so one engine's thread pools and
-libraries never slow another's; every import of an engine's package happens inside its
-adapter, so a worker loads only what its engine needs (and torch, which the package imports).
+Each adapter runs in its own process (worker.py), so one engine's thread pools and libraries
+never slow another's (`smallmind bench` runs its peers in its own process instead, to profile
+their allocations); every import of an engine's package happens inside its adapter, so a
+worker loads only what its engine needs (and torch, which the package imports).
 
     smallmind     our model in a preset (`smallmind` = the --phase preset, `smallmind:PRESET`;
                   `smallmind:max-int8` runs on int8 weights)
@@ -27,8 +27,9 @@ import time
 import warnings
 from pathlib import Path
 
-from .engine_base import (Engine, RunTiming, _torch_threads, load_weights, save_weights,  # noqa: F401
-                          timed_run)
+from ..protocol.timing import device_sync
+from .base import Engine, load_weights
+
 
 class SmallmindEngine(Engine):
     name = "smallmind"
@@ -42,7 +43,7 @@ class SmallmindEngine(Engine):
         self.weights = preset_weights(preset)
 
     def prepare(self, weights, workdir):
-        _torch_threads(self.threads)
+        self.use_threads()
         start = time.perf_counter()
         self.model = load_weights(weights)
         self.model.set_phase(self.preset)          # "max": which candidate (C++ ops built here)
@@ -74,7 +75,7 @@ class OnnxRuntimeEngine(Engine):
         if not path.exists():
             from .onnx_export import export_decode_step
 
-            _torch_threads(self.threads)
+            self.use_threads()
             start = time.perf_counter()
             export_decode_step(load_weights(weights), path)
             costs["export_s"] = time.perf_counter() - start
@@ -209,6 +210,22 @@ class CTranslate2Int8Engine(CTranslate2Engine):
     compute_type = "int8"  # quantized from the float32 conversion as it loads
 
 
+class TimingStreamer:
+    """A transformers streamer that stamps each new token (put() is called once with the prompt,
+    then once per generated token)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.stamps = []
+
+    def put(self, value):
+        device_sync(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
 class HFEngine(Engine):
     name = "hf"
     label = "HF generate"
@@ -216,10 +233,7 @@ class HFEngine(Engine):
     compiled = False
 
     def prepare(self, weights, workdir):
-        from .peers import _TimingStreamer  # stamps each token as generate streams it
-
-        self.streamer = _TimingStreamer
-        _torch_threads(self.threads)
+        self.use_threads()
         start = time.perf_counter()
         self.hf = load_weights(weights).to_hf().eval()
         self.hf.generation_config.eos_token_id = None  # exactly n tokens, like every engine
@@ -238,7 +252,7 @@ class HFEngine(Engine):
         import torch
 
         idx = torch.tensor([prompt], dtype=torch.long)
-        streamer = self.streamer("cpu")
+        streamer = TimingStreamer("cpu")  # stamps each token as generate streams it
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = self.hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n,
@@ -280,7 +294,7 @@ PEERS = tuple(name for name in ENGINES if name != "smallmind")   # the engines w
 def split_name(name: str) -> tuple:
     """("smallmind", preset) for "smallmind" (preset None: the --phase preset) or
     "smallmind:PRESET"; (name, None) for a peer. ValueError for an unknown name."""
-    from ..config import presets
+    from ...config import presets
 
     base, _, preset = name.partition(":")
     if base not in ENGINES or (preset and base != "smallmind"):
@@ -314,7 +328,7 @@ def is_peer(name: str) -> bool:
 
 def preset_weights(preset: str) -> str:
     """The weight format a preset computes with ("max-int8": int8)."""
-    from ..config import MAX_PRESETS, PHASES
+    from ...config import MAX_PRESETS, PHASES
 
     if preset in MAX_PRESETS:
         return next(iter(MAX_PRESETS[preset].values())).weights

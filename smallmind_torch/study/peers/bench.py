@@ -1,9 +1,9 @@
-"""Peers in the same run (docs/study.md, `smallmind peers`): every engine on the same weights,
-each in its own process, alternating run by run.
+"""Peers in the same run (docs/study.md, `smallmind peers`, the study's engines part): every
+engine on the same weights, each in its own process, alternating run by run.
 
 For each workload (a shape's model and its prompts) the weights are written once to a
 temporary directory and `reference`'s greedy tokens are computed for every prompt. Then, per
-thread count, one worker process per engine (engine_worker.py) prepares its engine (export,
+thread count, one worker process per engine (worker.py) prepares its engine (export,
 conversion: the one-time costs it reports), and for every prompt:
 
 1. each engine generates once: its tokens are checked against reference's. An fp32 engine that
@@ -14,10 +14,12 @@ conversion: the one-time costs it reports), and for every prompt:
    short pause between engines (idle thread pools of the previous one stop spinning); every
    run's tokens are checked again.
 
-The medians (min, max) and the ratios are in peer_results.py.
+The medians (min, max) and the ratios are in results.py (EngineRow, CaseResult); an engine can
+also run in this process (`InProcess`), asked the same way.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import queue
@@ -29,8 +31,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .engines import RunTiming, engine_weights, make_engine, missing_packages, save_weights
-from .peer_results import CaseResult, EngineRow, PeersResult
+from ...check import first_mismatch
+from ..protocol.machine import environment
+from ..protocol.settings import fixed_prompt
+from ..protocol.timing import spread
+from ..results import CaseResult, EngineRow, PeersResult
+from .base import RunTiming, save_weights
+from .engines import engine_weights, is_peer, make_engine, missing_packages
+from .worker import answer, reason
 
 DEFAULT_ENGINES = ("smallmind", "smallmind:max-int8", "onnxruntime", "onnxruntime-int8",
                    "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled")
@@ -75,8 +83,6 @@ def make_workload(name: str, model, prompt: list, *, new_tokens: int, long_promp
                   seed: int = 1234, weights: str = "random") -> Workload:
     """A shape's workload: `prompt`, plus a `long_prompt`-token prompt (random ids from `seed`)
     where the context holds it. ValueError when even `prompt` does not fit."""
-    from .harness import fixed_prompt
-
     block = model.config.block_size
     if len(prompt) + new_tokens > block:
         raise ValueError(f"a {len(prompt)}-token prompt + {new_tokens} new tokens exceed the "
@@ -91,17 +97,9 @@ def reference_tokens(model, prompt: list, new_tokens: int) -> list:
     """`reference`'s greedy tokens after `prompt` on the model's weights."""
     import torch
 
-    model.set_phase("reference")
-    with torch.no_grad():
+    with model.using("reference"), torch.no_grad():
         out = model.generate(torch.tensor([prompt], dtype=torch.long), new_tokens, temperature=0.0)
     return out[0, len(prompt):].tolist()
-
-
-def first_mismatch(tokens: list, reference: list) -> "int | None":
-    for i, (a, b) in enumerate(zip(tokens, reference)):
-        if a != b:
-            return i
-    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
 
 
 # ---- one engine's process --------------------------------------------------------------------
@@ -111,7 +109,7 @@ class WorkerError(Exception):
 
 
 class Worker:
-    """An engine_worker process: JSON lines to its stdin, JSON lines back (a reader thread)."""
+    """A worker.py process: JSON lines to its stdin, JSON lines back (a reader thread)."""
 
     def __init__(self, engine: str, weights: Path, workdir: Path, threads: int,
                  settings: PeerSettings = PeerSettings()):
@@ -122,7 +120,7 @@ class Worker:
                    PYTHONUNBUFFERED="1")
         with open(self.log_path, "w", encoding="utf-8") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "smallmind_torch.study.engine_worker", "--engine", engine,
+                [sys.executable, "-m", "smallmind_torch.study.peers.worker", "--engine", engine,
                  "--weights", str(weights), "--workdir", str(workdir), "--threads", str(threads),
                  "--phase", settings.phase, "--compile-backend", settings.compile_backend],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
@@ -181,18 +179,44 @@ class Worker:
                 self.proc.wait()
 
 
+class InProcess:
+    """An engine prepared in this process, asked as a Worker is (worker.answer): `smallmind
+    bench` runs its peers here, so that their allocations are profiled beside our presets'."""
+
+    def __init__(self, engine: str, weights: Path, workdir: Path, threads: int,
+                 settings: PeerSettings = PeerSettings()):
+        self.engine = make_engine(engine, threads, settings.phase, settings.compile_backend)
+        self.costs = self.engine.prepare(weights, workdir)
+        self.counters, self.counters_at_case_start = {}, {}
+
+    def request(self, obj: dict, timeout: float) -> dict:
+        return answer(self.engine, obj)
+
+    def close(self):
+        pass
+
+
 # ---- the driver ------------------------------------------------------------------------------
 
-def _start(engines, weights, workdir, threads, settings, rows: dict, log) -> dict:
+def start_workers(engines, weights, workdir, threads, settings, rows: dict, log,
+                  in_process: bool = False) -> dict:
     """Start a worker per installed engine at once (their imports overlap), then have them
     prepare one after the other (their one-time costs are not measured side by side); the
-    workers that are ready, by engine."""
+    workers that are ready, by engine. `in_process`: each engine in this process instead."""
     started, ready = {}, {}
     for engine in engines:
         missing = missing_packages(engine)
         if missing:
             rows[engine].status = "not installed"
             rows[engine].reason = f"{', '.join(missing)} missing (pip install 'smallmind-torch[peers]')"
+        elif in_process:
+            try:
+                ready[engine] = worker = InProcess(engine, weights, workdir, threads, settings)
+            except Exception as exc:
+                rows[engine].status, rows[engine].reason = "error", reason(exc)
+                continue
+            rows[engine].label, rows[engine].setup = worker.engine.label, worker.costs
+            rows[engine].version = worker.engine.version()
         else:
             started[engine] = Worker(engine, weights, workdir, threads, settings)
     try:
@@ -281,7 +305,16 @@ def run_case(workers: dict, rows: dict, prompt, reference, settings, log) -> Non
     for row in rows.values():
         if not row.ok:
             row.runs = []  # an engine that failed is not timed
-        row.finish()
+        elif row.runs:  # medians, min and max of the timed runs
+            row.tokens_per_s = _spread_of(r["tokens_per_s"] for r in row.runs)
+            row.first_token_ms = _spread_of(r["first_token_s"] * 1e3 for r in row.runs)
+            row.decode_ms = _spread_of(r["decode_s"] * 1e3 if r["decode_s"] is not None else None
+                                       for r in row.runs)
+
+
+def _spread_of(values) -> "dict | None":
+    values = [v for v in values if v is not None]
+    return spread(values) if values else None
 
 
 def run_workload(workload: Workload, engines, settings: PeerSettings, tmp: Path,
@@ -294,15 +327,15 @@ def run_workload(workload: Workload, engines, settings: PeerSettings, tmp: Path,
     cases = [CaseResult(workload.name, len(p), n) for p in workload.prompts]
     for threads in settings.threads:
         log(f"{workload.name}, {threads} thread(s): starting {len(engines)} engine(s)")
-        base_rows = {engine: EngineRow(engine, threads, weights=engine_weights(engine, settings.phase))
+        base_rows = {engine: EngineRow(engine, threads, is_peer(engine),
+                                       weights=engine_weights(engine, settings.phase))
                      for engine in engines}
         workers = {}
         try:
-            workers = _start(engines, weights, tmp, threads, settings, base_rows, log)
+            workers = start_workers(engines, weights, tmp, threads, settings, base_rows, log)
             for case, prompt, ref in zip(cases, workload.prompts, workload.references):
                 log(f"{case.title}, {threads} thread(s)")
-                rows = {e: EngineRow(**{**asdict(base_rows[e]), "setup": dict(base_rows[e].setup)})
-                        for e in engines}
+                rows = {e: copy.deepcopy(base_rows[e]) for e in engines}  # as prepared
                 run_case({e: w for e, w in workers.items()}, rows, prompt, ref, settings, log)
                 case.rows.extend(rows[e] for e in engines)
         finally:
@@ -314,8 +347,6 @@ def run_workload(workload: Workload, engines, settings: PeerSettings, tmp: Path,
 def run_peers(workloads, engines=DEFAULT_ENGINES, settings: PeerSettings = PeerSettings(), *,
               log=None) -> PeersResult:
     """Every workload, engine and thread count; `log(str)` reports progress (None: quiet)."""
-    from .machine import environment
-
     log = log or (lambda msg: None)
     engines = list(dict.fromkeys(
         e if ":" in e or e != "smallmind" else f"smallmind:{settings.phase}" for e in engines))

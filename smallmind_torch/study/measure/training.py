@@ -13,45 +13,18 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
-from ..config import ModelConfig, OptConfig
-from ..labels import TRAINING_CATEGORIES, region
-from ..model import GPT
-from ..ops import CustomOpsUnavailable
-from ..train.loop import TrainConfig, lm_loss, make_optimizer
-from .profiling import profile_steps, training_split_from_events
-from .results import spread
-from .timing import sample_times
-
-
-@dataclass
-class TrainingResult:
-    name: str
-    status: str                            # "ok" | "unavailable" | "error"
-    reason: str = ""
-    shape: dict = field(default_factory=dict)
-    batch: tuple = ()                      # (batch size, tokens per sequence)
-    ms_per_step: "float | None" = None
-    tokens_per_s: "float | None" = None
-    allocs_per_step: "float | None" = None
-    mb_per_step: "float | None" = None
-    time_split: dict = field(default_factory=dict)     # category -> percent
-    time_split_ms: dict = field(default_factory=dict)  # category -> ms per step
-    spread: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def embedding_backward_percent(self) -> "float | None":
-        return self.time_split.get("embedding_backward") if self.time_split else None
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "embedding_backward_percent": self.embedding_backward_percent}
+from ...config import ModelConfig, OptConfig
+from ...labels import TRAINING_CATEGORIES, region
+from ...model import GPT
+from ...ops import CustomOpsUnavailable
+from ...train.loop import TrainConfig, lm_loss, make_optimizer
+from ..protocol.profiling import profile_call, training_split_from_events
+from ..protocol.timing import sample_times, spread
+from ..results import InitResult, TrainingResult
 
 
 def _step_fn(model, batch, seed: int):
@@ -93,9 +66,8 @@ def measure_training_step(model, preset: "str | OptConfig", *, batch=(8, 128), s
             result.ms_per_step = result.spread["ms_per_step"]["median"]
             result.tokens_per_s = batch[0] * batch[1] / (result.ms_per_step / 1e3)
             if profile:
-                prof = profile_steps(_once(step), 1,
-                                     splitter=training_split_from_events,
-                                     categories=TRAINING_CATEGORIES)
+                prof = profile_call(step, 1, splitter=training_split_from_events,
+                                    categories=TRAINING_CATEGORIES)
                 result.allocs_per_step = prof.allocs_per_token
                 result.mb_per_step = prof.bytes_per_token / 1e6
                 result.time_split = prof.split_percent
@@ -103,22 +75,6 @@ def measure_training_step(model, preset: "str | OptConfig", *, batch=(8, 128), s
     except Exception as exc:  # noqa: BLE001 - reported in the row
         result.status, result.reason = "error", f"{type(exc).__name__}: {exc}"
     return result
-
-
-def _once(step):
-    """The one profiled step, as the iterator profile_steps runs."""
-    yield step()
-
-
-@dataclass
-class InitResult:
-    shape: dict
-    form: str
-    ms: float
-    spread: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def measure_init(config: ModelConfig, form: str, *, repeat: int = 3) -> InitResult:

@@ -1,13 +1,14 @@
-"""The study's tables, as rows of strings: the main table, the time split, and the tables of
-the parts beyond it (waterfall, training, init, compile, scaling). Rendered as Markdown
-(`md_table`) for REPORT.md and as monospaced text (`text_table`) for the terminal."""
+"""The study's tables, as rows of strings: the main table, the time split, the machine's limits
+and the roofline, the tables of the parts beyond it (waterfall, training, init, compile,
+scaling, weight formats) and a trace's top ops. Rendered as Markdown (`md_table`) for
+REPORT.md and as monospaced text (`text_table`) for the terminal."""
 from __future__ import annotations
 
 import math
 
-from ..labels import CATEGORIES
-from .results import StudyResult
-from .seed import SEED, SEED_SPLIT
+from ...labels import CATEGORIES
+from ..results import QuantizedResult, StudyResult, TraceResult
+from ..seed import SEED, SEED_SPLIT
 
 
 def fmt(value, digits=1, unit=""):
@@ -26,7 +27,7 @@ def fmt(value, digits=1, unit=""):
 
 def with_spread(value, result, figure, digits=1):
     """A figure with its spread: "912 ±6%" (half the min-max range of its runs, relative to the
-    median); a trailing "!" when the runs differ by more than results.DISTURBED_RATIO."""
+    median); a trailing "!" when the runs differ by more than timing.DISTURBED_RATIO."""
     return with_spread_value(value, result.spread.get(figure), digits)
 
 
@@ -55,7 +56,7 @@ def table_rows(study: StudyResult) -> tuple:
                  fmt(f["gflops_512"]), "-", *peer_blank, "seed"])
     for name, r in study.phases.items():
         if r.ok:
-            g = r.gflops.get(gemm_n, r.gflops.get(str(gemm_n)))
+            g = r.gflops.get(gemm_n)
             ra = ratios.get(name, {})
             rows.append([name, with_spread(r.tokens_per_s, r, "tokens_per_s"),
                          with_spread(r.decode_ms, r, "decode_ms", 2), with_spread(r.prefill_ms, r, "prefill_ms", 2),
@@ -69,10 +70,9 @@ def table_rows(study: StudyResult) -> tuple:
         label = {"hf": "HF transformers generate"}.get(name, name)
         if p.ok:
             base = study.phases.get("phase0")
-            x0 = (p.tokens_per_s / base.tokens_per_s) if base is not None and base.ok else None
-            rows.append([label, with_spread(p.tokens_per_s, p, "tokens_per_s"),
-                         with_spread(p.decode_ms, p, "decode_ms", 2), "-", fmt(p.mb_per_token, 3),
-                         fmt(p.allocs_per_token), "-", fmt(x0, 2, "x"),
+            x0 = (p.tokens_per_s["median"] / base.tokens_per_s) if base is not None and base.ok else None
+            rows.append([label, spread_cell(p.tokens_per_s), spread_cell(p.decode_ms, 2), "-",
+                         fmt(p.mb_per_token, 3), fmt(p.allocs_per_token), "-", fmt(x0, 2, "x"),
                          *["1.00x" if q == name else "-" for q in study.peers], p.describe_status()])
         else:
             rows.append([label, *["-"] * (len(header) - 2), p.describe_status()])
@@ -132,11 +132,11 @@ def split_ms_rows(study: StudyResult) -> tuple:
 
 def waterfall_rows(study: StudyResult) -> tuple:
     rows, previous = [], None
-    for r in study.sections.get("waterfall", []):
-        ms = r["ms_per_token"]
+    for r in study.waterfall:
+        ms = r.ms_per_token
         factor = fmt(previous / ms, 2, "x") if previous and ms else "-"
-        rows.append([r["label"], fmt(r["tokens_per_s"]), fmt(ms, 3), factor,
-                     "ok" if r["status"] == "ok" else f"{r['status']}: {short(r['reason'], 80)}"])
+        rows.append([r.label, fmt(r.tokens_per_s), fmt(ms, 3), factor,
+                     "ok" if r.status == "ok" else f"{r.status}: {short(r.reason, 80)}"])
         previous = ms or previous
     return ["step", "tokens/s", "ms/token", "x step above", "status"], rows
 
@@ -147,37 +147,35 @@ def training_rows(study: StudyResult, key: str = "model") -> tuple:
     header = ["preset", "ms/step", "train tokens/s", "allocs/step", "MB/step",
               *[f"% {c}" for c in cats]]
     rows = []
-    for r in study.sections.get("training", {}).get(key, []):
-        if r["status"] != "ok":
-            rows.append([r["name"], *["-"] * (len(header) - 2), f"{r['status']}: {short(r['reason'], 60)}"])
+    for r in study.training.get(key, []):
+        if not r.ok:
+            rows.append([r.name, *["-"] * (len(header) - 2), f"{r.status}: {short(r.reason, 60)}"])
             continue
-        rows.append([r["name"], fmt(r["ms_per_step"], 1), fmt(r["tokens_per_s"]),
-                     fmt(r["allocs_per_step"]), fmt(r["mb_per_step"], 1),
-                     *[fmt(r["time_split"].get(c), 1) for c in cats]])
+        rows.append([r.name, fmt(r.ms_per_step, 1), fmt(r.tokens_per_s), fmt(r.allocs_per_step),
+                     fmt(r.mb_per_step, 1), *[fmt(r.time_split.get(c), 1) for c in cats]])
     return header, rows
 
 
 def init_rows(study: StudyResult) -> tuple:
     rows = []
-    for key, results in study.sections.get("init", {}).items():
+    for results in study.init.values():
         for r in results:
-            s = r["shape"]
-            rows.append([f"{s['n_layer']}x{s['n_embd']}, vocab {s['vocab_size']}", r["form"],
-                         with_spread_value(r["ms"], r["spread"], 1)])
+            s = r.shape
+            rows.append([f"{s['n_layer']}x{s['n_embd']}, vocab {s['vocab_size']}", r.form,
+                         with_spread_value(r.ms, r.spread, 1)])
     return ["shape", "init form", "ms to construct"], rows
 
 
 def scaling_rows(study: StudyResult) -> tuple:
-    data = [r for r in study.sections.get("scaling", []) if r["status"] == "ok"]
-    batches = sorted({int(b) for r in data for b in r["tokens_per_s_by_batch"]})
+    data = [r for r in study.scaling if r.ok]
+    batches = sorted({b for r in data for b in r.tokens_per_s_by_batch})
     header = ["preset", *[f"tokens/s @ batch {b}" for b in batches], "decode ms first pos.",
               "decode ms last pos.", "growth"]
     rows = []
     for r in data:
-        by_pos = r["decode_ms_by_position"]
-        first, last = (by_pos[min(by_pos, key=int)], by_pos[max(by_pos, key=int)]) if by_pos else (None, None)
-        rows.append([r["name"], *[fmt(r["tokens_per_s_by_batch"].get(str(b), r["tokens_per_s_by_batch"].get(b)))
-                                  for b in batches],
+        by_pos = r.decode_ms_by_position
+        first, last = (by_pos[min(by_pos)], by_pos[max(by_pos)]) if by_pos else (None, None)
+        rows.append([r.name, *[fmt(r.tokens_per_s_by_batch.get(b)) for b in batches],
                      fmt(first, 3), fmt(last, 3), fmt(last / first if first else None, 2, "x")])
     return header, rows
 
@@ -191,7 +189,7 @@ def compile_rows(study: StudyResult) -> tuple:
 
 
 def with_spread_value(value, s, digits=1):
-    """with_spread for a figure and its spread dict (results.spread)."""
+    """with_spread for a figure and its spread dict (timing.spread)."""
     text = fmt(value, digits)
     if value is None or not s or s["runs"] < 2 or not s["median"]:
         return text
@@ -199,5 +197,72 @@ def with_spread_value(value, s, digits=1):
 
 
 def spread_cell(s: "dict | None", digits=1) -> str:
-    """A figure given by its spread dict alone (results.spread): its median with the ±."""
+    """A figure given by its spread dict alone (timing.spread): its median with the ±."""
     return "-" if not s else with_spread_value(s["median"], s, digits)
+
+
+def machine_lines(study: StudyResult) -> list:
+    m, s = study.machine, study.settings
+    mm = ", ".join(f"{n}: {g:.1f}" for n, g in sorted(m.mm_gflops.items()))
+    llc = f"{m.llc_bytes / 2**20:.0f} MiB" if m.llc_bytes else "unknown"
+    return [f"- read bandwidth: {m.bandwidth_weights_gbs:.1f} GB/s over a buffer the size of the weights "
+            f"({m.weight_bytes / 1e6:.1f} MB), {m.bandwidth_large_gbs:.1f} GB/s over "
+            f"{m.large_bytes / 2**20:.0f} MiB (last-level cache: {llc})",
+            f"- torch.mm GFLOPS by size: {mm}; peak {m.mm_peak_gflops:.1f}",
+            f"- each limit is the best of {s.get('machine_samples', 1)} interleaved samples"
+            + (f"; DISTURBED (samples differ by more than 1.5x): {', '.join(m.disturbed)}"
+               if m.disturbed else "; no limit's samples were disturbed"),
+            f"- ideal decode step (every weight read once at that bandwidth): {m.ideal_decode_ms:.3f} ms"]
+
+
+def roofline_rows(study: StudyResult) -> tuple:
+    rows, sizes = [], []
+    for name, r in study.phases.items():
+        if r.ok and r.roofline:
+            ro = r.roofline
+            sizes = sizes or [k.split("_")[1] for k in ro if k.startswith("gemm_")]
+            weight_bytes = ro.get("weight_bytes", study.machine.weight_bytes)
+            rows.append([name, fmt(r.decode_ms, 3), fmt(weight_bytes / 1e6, 1),
+                         fmt(ro.get("decode_gbs"), 1),
+                         f"{100 * ro['decode_fraction_of_roofline']:.1f} %" if "decode_fraction_of_roofline" in ro else "-",
+                         *[f"{100 * ro[f'gemm_{n}_fraction_of_torch_mm']:.0f} %" for n in sizes]])
+    return ["phase", "decode ms", "weights MB / step", "weights GB/s", "decode / roofline",
+            *[f"GEMM {n} / torch.mm" for n in sizes]], rows
+
+
+def format_speed_rows(result: QuantizedResult) -> tuple:
+    """The weight formats' speed, per thread count (measure/quantized.py)."""
+    return (["format", "threads", "what ran", "weights MB / decode step", "tokens/s", "decode ms",
+             "x fp32 max"],
+            [[r.format, str(r.threads), r.ran, f"{r.decode_weight_bytes / 1e6:.1f}",
+              spread_cell(r.tokens_per_s, 1), spread_cell(r.decode_ms, 3), f"{r.x_first:.2f}x"]
+             for r in result.speed])
+
+
+def format_accuracy_rows(result: QuantizedResult) -> tuple:
+    """Each lossy format against fp32 reference."""
+    loss = (lambda v: "-" if v is None else f"{v:.4f}")
+    rows = []
+    for label, a in result.accuracy.items():
+        q, agree, first = a.logit_diff_quantiles, a.greedy_agreement, a.first_divergence
+        change = a.val_loss_change
+        rows.append([label, f"{a.max_abs_logit_diff:.4f}",
+                     f"{q['p50']:.4f} / {q['p90']:.4f} / {q['p99']:.4f}",
+                     f"{100 * agree['50']:.0f}% / {100 * agree['200']:.0f}%",
+                     f"{first['50']} / {first['200']}", loss(a.val_loss_reference), loss(a.val_loss),
+                     "-" if change is None else f"{change:+.4f}"])
+    return (["format", "max abs logit diff", "p50 / p90 / p99", "greedy tokens equal (50 / 200)",
+             "first difference (50 / 200)", "val loss fp32", "val loss", "change (nats)"], rows)
+
+
+def top_ops_rows(trace: TraceResult) -> tuple:
+    """A trace's ops and labels by self CPU time over its active steps."""
+    return (["op", "calls", "Self CPU ms", "CPU total ms", "MFLOPs", "Self CPU MB"],
+            [[short(op["name"], 50), str(op["count"]), f"{op['self_cpu_ms']:.3f}",
+              f"{op['cpu_total_ms']:.3f}", fmt(op["flops"] / 1e6 if op["flops"] else None, 2),
+              fmt(op["self_cpu_memory_bytes"] / 1e6, 3)] for op in trace.top_ops])
+
+
+def describe_split(time_split: dict) -> str:
+    """"linear 40.1%  softmax 3.2% ...": the categories of a time split, the zero ones left out."""
+    return "  ".join(f"{k} {v:.1f}%" for k, v in time_split.items() if v >= 0.05)
