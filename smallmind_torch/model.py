@@ -87,7 +87,12 @@ class GPT(nn.Module):
             self._build(config)
         self._initialize(torch.Generator().manual_seed(init_seed), per_module=opt.init == "default")
         # True where key j lies in the future of query i; not in the state_dict.
-        future = torch.ones(config.block_size, config.block_size, dtype=torch.bool).triu(1)
+        try:
+            future = torch.ones(config.block_size, config.block_size, dtype=torch.bool).triu(1)
+        except RuntimeError as exc:  # the allocator's "can't allocate memory"
+            raise ValueError(f"block_size={config.block_size} needs a causal mask of "
+                             f"block_size^2 = {config.block_size ** 2:.3g} bytes, more than can "
+                             "be allocated here") from exc
         self.register_buffer("future_mask", future, persistent=False)
         # 0..block_size-1 and the position of a decode step, as tensors: compiled code masks
         # and indexes with them, so a new position is new data, not a new graph

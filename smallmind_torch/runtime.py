@@ -16,7 +16,9 @@ What a runtime made from the parameters (the copies in another format, the fused
 argument pack) would go stale when they change: `GPT` calls `refresh(model)` at every forward,
 prefill and generation start, which makes them again when a parameter was replaced, edited in
 place or moved, and drops the caches. It costs a counter compare (plus one version check per
-copied weight) unless a parameter or module was registered somewhere since.
+copied weight) unless a parameter or module was registered somewhere since. A write through
+`.data` (`w.data.copy_(...)`) bumps no version, so nothing can see it: making the runtime again
+(`set_phase`) makes every copy again, the custom GEMM's packed weights included.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import compiled, workspace
+from . import compiled, ops, workspace
 from .attention import resolve as resolve_attention
 from .config import OptConfig
 from .forms import (EMBEDDING, LAYER_NORM, LINEAR_BY_WEIGHTS, inference_only, labelled_embedding,
@@ -124,6 +126,8 @@ class PhaseRuntime:
     def _prepare(self, model) -> None:
         """The weights in the phase's format and the forms over them; no caches yet."""
         fmt = self.opt.weights
+        if self.opt.matmul == "custom" and fmt == "fp32":
+            _drop_packed_weights()  # packed before a write through `.data`, which has no version
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         self.weights = None if fmt == "fp32" else {m: prepare(m.weight, fmt) for m in linears}
         self.forms = resolve_forms(self.opt, self.weights)
@@ -178,6 +182,14 @@ class PhaseRuntime:
         self.kv_caches, self.fused_step = kv_caches, fused_step  # both, or neither if one failed
         self.cache_length = self.cache_batch = 0
         self.epoch += 1
+
+
+def _drop_packed_weights() -> None:
+    """Empty the custom GEMM's cache of packed weights (ops.packed_weight_cache), keeping its
+    capacity: every weight is packed again from its values as they are now."""
+    capacity = ops.packed_weight_cache()["capacity_bytes"]
+    ops.packed_weight_cache(0)
+    ops.packed_weight_cache(capacity)
 
 
 class _Sources(tuple):

@@ -128,7 +128,7 @@ def test_train_then_resume(tmp_path, capsys):
 @pytest.mark.parametrize("args, code, message", [
     (["--temperature", "nan"], 2, "--temperature must be a number >= 0"),
     (["--prompt", "bad \udcff bytes"], 2, "lone surrogate"),
-    (["--max-new-tokens", "10000000000000"], 1, "cannot allocate the token buffer"),
+    (["--max-new-tokens", "10000000000000"], 2, "--max-new-tokens must be <= 1000000"),
 ])
 def test_generate_errors_are_one_line(tiny_ckpt, capsys, args, code, message):
     assert cli.main(["generate", "--checkpoint", str(tiny_ckpt), *args]) == code
@@ -162,3 +162,61 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tiny_ckpt, tmp_path, capsys):
     assert cli.main(["generate", "--checkpoint", str(bad), "--max-new-tokens", "2"]) == 1
     err = capsys.readouterr().err
     assert "does not match the hash" in err and "Traceback" not in err
+
+
+# every int argument of every command, out of its range: refused in one line before anything runs
+NUMBERS = [
+    (["train", "--seed", str(2**70)], "--seed must be <="),
+    (["train", "--batch-size", str(10**9)], "--batch-size must be <= 65536"),
+    (["train", "--block-size", str(10**6)], "--block-size must be <= 16384"),
+    (["train", "--stop-at", "0"], "--stop-at must be >= 1"),
+    (["train", "--steps", "0"], "--steps must be >= 1"),
+    (["profile", "--tiny", "--tokens", "-1"], "--tokens must be >= 1"),
+    (["profile", "--tiny", "--row-limit", "0"], "--row-limit must be >= 1"),
+    (["generate", "--threads", "100000"], "--threads must be <="),
+    (["generate", "--threads", "0"], "--threads must be >= 1"),
+    (["generate", "--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
+    (["generate", "--top-k", "0"], "--top-k must be >= 1"),
+    (["bench", "--tiny", "--runs", "0"], "--runs must be >= 1"),
+    (["bench", "--tiny", "--new-tokens", "0"], "--new-tokens must be >= 1"),
+    (["bench", "--n-layer", "5000"], "--n-layer must be <= 1024"),
+    (["peers", "--tiny", "--threads", "1", "100000"], "--threads must be <="),
+    (["study", "--tiny", "--prompt-len", "0"], "--prompt-len must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("args, message", NUMBERS, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_every_number_out_of_range_is_one_line(args, message, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["bench", "--tiny", "--peers", "--no-machine"],
+                                     ["peers", "--tiny", "--quiet"]])
+def test_an_unwritable_json_path_is_refused_before_the_run(command, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert cli.main([*command, "--json", str(tmp_path / "file" / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "cannot write there" in err and "Traceback" not in err
+    assert "tokens/s" not in capsys.readouterr().out  # nothing was measured
+
+
+def test_the_experiment_scripts_report_bad_arguments_in_one_line(tmp_path, capsys):
+    from helpers import load_experiment
+
+    main = load_experiment("phase1_batched_attention").main
+    for args, message in ((["--threads", "0"], "--threads must be >= 1"),
+                          (["--runs", "0"], "--runs must be >= 1"),
+                          (["--checkpoint", str(tmp_path / "none")], "no checkpoint")):
+        assert main(["--tiny", *args]) in (1, 2)
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+def test_threads_are_bounded_in_the_library_too():
+    from smallmind_torch.threads import MAX_THREADS, threads
+
+    with pytest.raises(ValueError, match=f"from 1 to {MAX_THREADS}"):
+        with threads(MAX_THREADS + 1):
+            pass

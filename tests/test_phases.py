@@ -140,3 +140,22 @@ def test_fast_init_gives_the_same_parameters():
     assert not any(p.is_meta for p in fast.parameters())
     stds = {n: p.std().item() for n, p in default.named_parameters() if p.dim() == 2}
     assert abs(stds["transformer.wte.weight"] - 0.02) < 0.003
+
+
+@each_phase
+def test_a_model_pickles_in_every_phase(phase):
+    """torch.save(model), copy.deepcopy and multiprocessing pickle the model: its phase goes as
+    data (runtime.Phase) and is made ready again on the copy's parameters."""
+    import io
+    import pickle
+
+    model = set_phase_or_skip(GPT(TINY).eval(), phase)
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    expected = model.generate(idx, 6)
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.phase.opt == model.phase.opt and copy.phase is not model.phase
+    assert torch.equal(copy.generate(idx, 6), expected)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False).generate(idx, 6), expected)

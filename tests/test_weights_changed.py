@@ -74,3 +74,18 @@ def test_load_state_dict_with_assign_keeps_the_lm_head_tied(new_weights):
     model = GPT(TINY)
     model.load_state_dict({k: v.clone() for k, v in new_weights.items()}, assign=True)
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.parametrize("phase", presets())
+def test_a_write_through_data_is_seen_after_set_phase(phase, new_weights):
+    """`w.data.copy_(...)` bumps no version counter: nothing can notice it, but setting the
+    phase again makes every copy in another format (and every packed weight) again."""
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    model = set_phase_or_skip(GPT(TINY).eval(), phase)
+    model.generate(idx, 6)
+    for name, p in model.named_parameters():
+        p.data.copy_(new_weights[name])
+    model.set_phase(phase)
+    fresh = GPT(TINY).eval()
+    fresh.load_state_dict(new_weights)
+    assert torch.equal(model.generate(idx, 6), set_phase_or_skip(fresh, phase).generate(idx, 6))

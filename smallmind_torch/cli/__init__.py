@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from . import bench, build_ops, generate, peers, profile, study, train  # noqa: F401  (each registers its command)
-from .core import COMMANDS, CommandError, UsageError, error
+from .core import COMMANDS, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +29,4 @@ def main(argv: "list[str] | None" = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: usage errors (2) and --help (0)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
-    try:
-        return int(args._command.run(args) or 0)
-    except UsageError as e:
-        error(str(e))
-        return 2
-    except CommandError as e:
-        error(str(e))
-        return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    return run_command(args._command.run, args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .core import (Command, UsageError, add_model_arguments, add_settings_arguments, build_model,
-                   check_presets, register, settings_from_args, threads_from_args)
+                   check_presets, check_writable, register, settings_from_args, threads_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise UsageError(f"unknown peer(s) {', '.join(bad)}; known: {', '.join(PEERS)}")
     settings = settings_from_args(args)
+    check_writable(args.json, "--json")
     with threads_from_args(args):
         model, prompt, weights = build_model(args)
         study = run_study(model, phases, args.peers, settings, machine=not args.no_machine,

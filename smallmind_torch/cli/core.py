@@ -12,6 +12,7 @@ Exit codes: 0 ok, 1 runtime error (bad checkpoint, failed op build...), 2 usage 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -51,6 +52,34 @@ def error(msg: str) -> None:
     print(f"smallmind: error: {msg}", file=sys.stderr)
 
 
+def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """`run(args)` after check_numbers, its errors as one line and an exit code (the command
+    line's and the experiment scripts' one way): 2 usage, 1 runtime error, 130 interrupted."""
+    try:
+        check_numbers(args)
+        return int(run(args) or 0)
+    except UsageError as e:
+        error(str(e))
+        return 2
+    except CommandError as e:
+        error(str(e))
+        return 1
+    except (MemoryError, RuntimeError) as e:  # an allocation the machine cannot hold
+        text = str(e) or type(e).__name__
+        if not isinstance(e, MemoryError) and not _OUT_OF_MEMORY.search(text):
+            raise
+        error(f"out of memory: {text.splitlines()[0][:200]}; ask for a smaller model, batch or "
+              "token count")
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+# torch's allocators' words for an allocation that failed (CPU and CUDA)
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|CUDA out of memory", re.I)
+
+
 # ---- shared arguments --------------------------------------------------------------------
 
 def add_shape_arguments(p: argparse.ArgumentParser, title: str, fields=SHAPE_FIELDS) -> None:
@@ -78,12 +107,64 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
 
 
 def threads_from_args(args: argparse.Namespace):
-    """The `with` block that runs a command with --threads threads."""
+    """The `with` block that runs a command with --threads threads (checked by check_numbers)."""
     from ..threads import threads
 
-    if args.threads is not None and args.threads < 1:
-        raise UsageError("--threads must be >= 1")
     return threads(args.threads)
+
+
+# Every int argument of every command, by its argparse dest: (lowest, highest, why the highest).
+# Checked once, before a command runs (check_numbers), so that a value out of range is one
+# line, never a traceback, a crash or an allocation nobody meant.
+_LARGEST_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit seed
+INT_BOUNDS = {
+    "seed": (0, _LARGEST_SEED, ""),
+    "n_layer": (1, 1024, ""), "n_head": (1, 4096, ""), "n_embd": (1, 65536, ""),
+    "vocab_size": (1, 2**20, ""),
+    "block_size": (1, 16384, " (the causal mask is block_size^2 bytes)"),
+    "new_tokens": (1, 100_000, ""), "runs": (1, 10_000, ""), "prompt_len": (1, 16384, ""),
+    "long_prompt": (0, 16384, ""), "max_new_tokens": (0, 1_000_000, ""), "top_k": (1, 2**20, ""),
+    "tokens": (1, 100_000, ""), "row_limit": (1, 10_000, ""), "sample_tokens": (0, 100_000, ""),
+    "steps": (1, 10**9, ""), "batch_size": (1, 65536, ""), "warmup_steps": (0, 10**9, ""),
+    "eval_interval": (1, 10**9, ""), "eval_iters": (1, 10**6, ""), "stop_at": (1, 10**9, ""),
+}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Raise UsageError for the first int argument (INT_BOUNDS, and --threads up to
+    threads.MAX_THREADS) outside its range; an argument given several values is checked
+    value by value."""
+    from ..threads import MAX_THREADS
+
+    bounds = {**INT_BOUNDS, "threads": (1, MAX_THREADS, " (4 x this machine's CPUs)")}
+    for dest, (lo, hi, why) in bounds.items():
+        value = getattr(args, dest, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and not lo <= v <= hi:
+                option = "--" + dest.replace("_", "-")
+                raise UsageError(f"{option} must be >= {lo}, got {v}" if v < lo else
+                                 f"{option} must be <= {hi}{why}, got {v}")
+
+
+def check_writable(path: "str | None", option: str, directory: bool = False) -> None:
+    """Raise UsageError unless `path` (a file, or with `directory` a directory) can be written,
+    before a run whose results it is to hold, not after; None: nothing to check."""
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return
+    target = Path(path)
+    folder = target if directory else target.parent
+    try:
+        if not directory and target.is_dir():
+            raise IsADirectoryError(f"{target} is a directory")
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".smallmind-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write there ({exc})") from exc
 
 
 def check_presets(names) -> list:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from .core import (add_model_arguments, add_settings_arguments, build_model, settings_from_args,
-                   threads_from_args)
+from .core import (add_model_arguments, add_settings_arguments, build_model, check_writable,
+                   run_command, settings_from_args, threads_from_args)
 
 
 def run_experiment(preset: str, description: str, argv=None,
                    extra_presets: "dict | None" = None) -> int:
-    """Measure `preset` (and `extra_presets`, name -> OptConfig, in the same run)."""
-    from ..study import print_study, print_trace_summary, run_study, write_traces
-    from ..study.report.markdown import write_json
-
+    """Measure `preset` (and `extra_presets`, name -> OptConfig, in the same run); a bad
+    argument or a missing checkpoint is one line, as on the command line."""
     p = argparse.ArgumentParser(description=f"{preset}: {description}")
     add_settings_arguments(p)
     add_model_arguments(p)
@@ -28,7 +26,15 @@ def run_experiment(preset: str, description: str, argv=None,
     p.add_argument("--traces", default=None, metavar="LOGDIR",
                    help="also write this preset's profiler traces under LOGDIR")
     args = p.parse_args(argv)
+    return run_command(lambda args: _run(preset, description, args, extra_presets), args)
+
+
+def _run(preset: str, description: str, args, extra_presets) -> int:
+    from ..study import print_study, print_trace_summary, run_study, write_traces
+    from ..study.report.markdown import write_json
+
     settings = settings_from_args(args)
+    check_writable(args.json, "--json")
     with threads_from_args(args):
         model, prompt, weights = build_model(args)
         phases = {preset: preset, **(extra_presets or {})}

@@ -44,12 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from ..ops import CustomOpsUnavailable
 
     check_presets([args.phase])
-    if args.max_new_tokens < 0:
-        raise UsageError("--max-new-tokens must be >= 0")
     if not args.temperature >= 0:  # NaN too
         raise UsageError(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UsageError("--top-k must be >= 1")
     with threads_from_args(args):
         model, tok = load_for_generation(args)
         try:

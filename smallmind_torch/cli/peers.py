@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from .core import (PROMPT_TEXT, SHAPE_FIELDS, TINY_SHAPE, Command, UsageError, add_shape_arguments,
-                   check_presets, load_checkpoint_or_fail, model_config_from_args, random_model,
-                   register)
+                   check_presets, check_writable, load_checkpoint_or_fail, model_config_from_args,
+                   random_model, register)
 
 GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 SHAPES = {"seed": {}, "gpt2-small": GPT2_SMALL, "tiny": TINY_SHAPE, "custom": None}
@@ -53,14 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _options(args) -> dict:
     base = TINY_DEFAULTS if args.tiny else DEFAULTS
     opts = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
-    for key in ("runs", "new_tokens", "prompt_len"):
-        if opts[key] < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {opts[key]}")
-    if opts["long_prompt"] < 0:
-        raise UsageError(f"--long-prompt must be >= 0, got {opts['long_prompt']}")
-    if any(t < 1 for t in opts["threads"]):
-        raise UsageError(f"--threads must be >= 1, got {' '.join(map(str, opts['threads']))}")
-    return opts
+    return opts  # each given value is in range (cli.core.check_numbers)
 
 
 def _shapes(args) -> list:
@@ -124,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     settings = PeerSettings(new_tokens=opts["new_tokens"], runs=opts["runs"],
                             threads=tuple(opts["threads"]), phase=args.phase,
                             compile_backend=args.compile_backend)
+    check_writable(args.json, "--json")
+    check_writable(args.markdown, "--markdown")
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     workloads = [_workload(name, args, opts) for name in shapes]
     result = run_peers(workloads, engines, settings, log=log)

@@ -17,7 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .core import (Command, CommandError, UsageError, add_model_arguments, add_settings_arguments,
-                   build_model, check_presets, register, settings_from_args, threads_from_args)
+                   build_model, check_presets, check_writable, register, settings_from_args,
+                   threads_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     _check_choices("--engine-shapes", args.engine_shapes, ENGINE_SHAPES)
     _check_choices("--peers", args.peers, PEERS)
     settings = settings_from_args(args)
+    check_writable(args.out, "--out", directory=True)
     study = _results_to_merge_into(args) if args.only else None
     phases = check_presets(args.phases) if args.phases or study is None else list(study.phases)
     steps = [args.only] if args.only else ["presets", *args.parts,

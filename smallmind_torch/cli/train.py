@@ -87,8 +87,6 @@ def _run(args: argparse.Namespace, rank: int) -> int:
                           dist_timeout=args.dist_timeout)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    if args.stop_at is not None and args.stop_at < 1:
-        raise UsageError("--stop-at must be >= 1")
     model_config = model_config_from_args(args)
     try:
         result = train(cfg, model_config, resume=args.resume, progress=not args.no_progress,
