@@ -18,10 +18,9 @@ namespace smallmind {
 namespace SMALLMIND_ISA_NS {
 namespace decode {
 
-enum Param : int {  // the parameter list, in the model's names (BLOCK_PARAMS in fused_decode.py)
-  ln_1_w, ln_1_b, c_attn_w, c_attn_b, attn_c_proj_w, attn_c_proj_b,
-  ln_2_w, ln_2_b, c_fc_w, c_fc_b, mlp_c_proj_w, mlp_c_proj_b
-};
+// A block's parameters by name (ln_1_w, c_attn_w, ...) and its matrices (kQ8Params): the
+// generated decode_layout.h.
+using namespace ::smallmind::decode_layout;
 
 // This thread's share [*b, *e) of n items: contiguous, split at multiples of `align` (the
 // widest vector, for columns) so the ranges of the threads are balanced and aligned.
@@ -106,13 +105,12 @@ static inline void gemv_cols_int8(bool int8_activations, const float* a, const I
 static inline void layer_gemv(const DecodeLayer& layer, int m, const float* a, int64_t M,
                               int64_t K, int64_t j0, int64_t j1, float* out, int64_t ldo,
                               bool accumulate, const Int8Rows* a8 = nullptr) {
-  static const int weight[4] = {c_attn_w, attn_c_proj_w, c_fc_w, mlp_c_proj_w};
-  const float* bias = layer.p[weight[m] + 1];
+  const float* bias = layer.p[kQ8Biases[m]];
   if (layer.q[m])
     gemv_cols_int8(layer.int8_activations, a, a8, M, K, layer.q[m], layer.qs[m], bias, j0, j1,
                    out, ldo, accumulate);
   else
-    gemv_cols(a, M, K, layer.p[weight[m]], bias, j0, j1, out, ldo, accumulate);
+    gemv_cols(a, M, K, layer.p[kQ8Params[m]], bias, j0, j1, out, ldo, accumulate);
 }
 
 // One (sequence b, head hd): write this token's k and v (from row b of qkv) into the cache at

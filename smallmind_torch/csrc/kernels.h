@@ -10,8 +10,8 @@
 //
 // In reading order: vec_math.h (the vector type of the ISA and row helpers), layer_norm_row.h,
 // gemm_kernel.h, attention_kernel.h (also the causal softmax rows), linear_lowp_kernel.h (int8 and
-// bf16 weights), decode_kernel.h (the fused decode block and the whole-model
-// decode step, on float32 or int8 weights).
+// bf16 weights), decode_kernel.h (the fused decode block and the whole-model decode step, on
+// float32 or int8 weights).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common.h"
+#include "decode_layout.h"
 #include "simd.h"
 
 namespace smallmind {
@@ -38,16 +39,16 @@ struct DecodeDims {
   int64_t B, C, nh, hs, S;
 };
 
-// One block: its 12 parameters in fused_decode.BLOCK_PARAMS order (contiguous, nn.Linear
-// layout) and its KV cache (contiguous (maxB, nh, S, hs)).
+// One block: its parameters in decode_layout.h's order (contiguous, nn.Linear layout) and its
+// KV cache (contiguous (maxB, nh, S, hs)).
 struct DecodeLayer {
-  const float* p[12];
+  const float* p[decode_layout::kNumParams];
   float* k_cache;
   float* v_cache;
-  // int8 weights (decode_step_q8_), or null: c_attn, attn.c_proj, c_fc, mlp.c_proj, each
-  // (N, K) int8 with float32 scales (N,) standing for p[2], p[4], p[8], p[10]
-  const int8_t* q[4] = {nullptr, nullptr, nullptr, nullptr};
-  const float* qs[4] = {nullptr, nullptr, nullptr, nullptr};
+  // int8 weights (decode_step_q8_), or null: matrix m (N, K) int8 with float32 scales (N,)
+  // standing for p[kQ8Params[m]] (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+  const int8_t* q[decode_layout::kQ8PerBlock] = {};
+  const float* qs[decode_layout::kQ8PerBlock] = {};
   bool int8_activations = false;  // w8a8: each matrix's input rows quantized on the fly
 };
 

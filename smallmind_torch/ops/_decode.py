@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..decode_layout import BLOCK_PARAMS, Q8_PARAMS, param_shape
 from ._build import load
 from ._common import CALL_ERRORS, I8, I64, check_contiguous, check_dim, check_eps, check_shape, \
     check_tensor, diagnose, tensor_problem
@@ -102,17 +103,6 @@ def decode_block_(x, params, k_cache, v_cache, pos: int, n_head: int, eps: float
 
 # ---- fake: check_decode_args of decode.cpp, in Python ----
 
-def _param_shapes(c: int) -> list:
-    """Expected shapes in BLOCK_PARAMS order (nn.Linear weights are (out, in))."""
-    return [(c,), (c,), (3 * c, c), (3 * c,), (c, c), (c,),
-            (c,), (c,), (4 * c, c), (4 * c,), (c, 4 * c), (c,)]
-
-
-_PARAM_NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-                "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-                "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
-
-
 def _check_decode_args(x, params, k_cache, v_cache, pos, n_head, eps):
     op = "decode_block_"
     for name, t in (("x", x), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -126,11 +116,11 @@ def _check_decode_args(x, params, k_cache, v_cache, pos, n_head, eps):
                        lambda: f"smallmind::{op}: n_head ({n_head}) must be positive and "
                                f"divide C = x.size(1) = {c}")
     check_eps(op, eps)
-    if len(params) != len(_PARAM_NAMES):
-        raise RuntimeError(f"smallmind::{op}: 'params' must hold the block's {len(_PARAM_NAMES)} "
+    if len(params) != len(BLOCK_PARAMS):
+        raise RuntimeError(f"smallmind::{op}: 'params' must hold the block's {len(BLOCK_PARAMS)} "
                            f"tensors in fused_decode.BLOCK_PARAMS order (ln_1.weight, ln_1.bias, "
                            f"attn.c_attn.weight, ...), got {len(params)}")
-    for i, (p, name, shape) in enumerate(zip(params, _PARAM_NAMES, _param_shapes(c))):
+    for i, (p, name, shape) in enumerate(zip(params, BLOCK_PARAMS, (param_shape(i, c) for i in range(len(BLOCK_PARAMS))))):
         label = f"params[{i}] ({name})"
         check_tensor(op, label, p)
         check_contiguous(op, label, p)
@@ -181,19 +171,18 @@ def _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_cach
                                f"divide C = wte.size(1) = {c}")
     check_eps(op, eps)
     n = len(block_params)
-    if n < len(_PARAM_NAMES) or n % len(_PARAM_NAMES):
+    if n < len(BLOCK_PARAMS) or n % len(BLOCK_PARAMS):
         raise RuntimeError(f"smallmind::{op}: 'block_params' must hold 12 tensors per block "
                            f"(BLOCK_PARAMS order, block after block) for at least one block, "
                            f"got {n}")
-    n_layer = n // len(_PARAM_NAMES)
+    n_layer = n // len(BLOCK_PARAMS)
     if len(k_caches) != n_layer or len(v_caches) != n_layer:
         raise RuntimeError(f"smallmind::{op}: 'k_caches' and 'v_caches' must hold one cache per "
                            f"block ({n_layer}), got {len(k_caches)} and {len(v_caches)}")
-    shapes = _param_shapes(c)
     for i, p in enumerate(block_params):
-        label = f"block_params[{i}] (block {i // 12} {_PARAM_NAMES[i % 12]})"
+        label = f"block_params[{i}] (block {i // 12} {BLOCK_PARAMS[i % 12]})"
         _check_matrix(op, label, p)
-        check_shape(op, label, p, shapes[i % 12])
+        check_shape(op, label, p, param_shape(i % 12, c))
     for name, t in (("ln_f_w", ln_f_w), ("ln_f_b", ln_f_b)):
         _check_matrix(op, name, t)
         check_shape(op, name, t, (c,))
@@ -238,9 +227,6 @@ def _decode_step_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_cac
                      n_head, eps, logits, next_tokens)
 
 
-_Q8_PARAMS = (2, 4, 8, 10)  # BLOCK_PARAMS positions of the four weight matrices of a block
-
-
 @torch.library.register_fake("smallmind::decode_step_q8_")
 def _decode_step_q8_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
                          n_head, eps, logits, next_tokens, weights_q8, scales_q8,
@@ -248,16 +234,15 @@ def _decode_step_q8_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_
     op = "decode_step_q8_"
     _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
                      n_head, eps, logits, next_tokens, op)
-    n_layer = len(block_params) // len(_PARAM_NAMES)
-    n = len(_Q8_PARAMS) * n_layer + 1
+    n_layer = len(block_params) // len(BLOCK_PARAMS)
+    n = len(Q8_PARAMS) * n_layer + 1
     if len(weights_q8) != n or len(scales_q8) != n:
         raise RuntimeError(f"smallmind::{op}: 'weights_q8' and 'scales_q8' must each hold 4 "
                            f"tensors per block (c_attn, attn.c_proj, c_fc, mlp.c_proj) and the "
                            f"lm head, {n} for {n_layer} blocks; got {len(weights_q8)} and "
                            f"{len(scales_q8)}")
-    shapes = _param_shapes(wte.shape[1])
     for i, (w, scale) in enumerate(zip(weights_q8, scales_q8)):
-        shape = tuple(wte.shape) if i == n - 1 else shapes[_Q8_PARAMS[i % 4]]
+        shape = tuple(wte.shape) if i == n - 1 else param_shape(Q8_PARAMS[i % 4], wte.shape[1])
         check_tensor(op, f"weights_q8[{i}]", w, I8)
         check_shape(op, f"weights_q8[{i}]", w, shape)
         check_contiguous(op, f"weights_q8[{i}]", w)
