@@ -1,12 +1,13 @@
 // Every kernel of the smallmind ops, compiled once per ISA (see simd.h for the design).
 //
 // The kernel headers below have no include guard: this file includes each of them three
-// times (AVX2 before AVX-512, whose int8 path falls back on AVX2's where VNNI is missing), with SMALLMIND_ISA_LEVEL (2 AVX-512, 1 AVX2 + FMA, 0 plain C++) and
+// times, widest ISA first, with SMALLMIND_ISA_LEVEL (2 AVX-512, 1 AVX2 + FMA, 0 plain C++) and
 // SMALLMIND_ISA_NS (the namespace: isa_avx512, isa_avx2, isa_scalar) defined, the first two
 // inside `#pragma GCC target(...)` so that their intrinsics compile into a library built for
-// the baseline x86-64. Everything they use from the standard library, OpenMP and ATen is
-// included here first, outside the target regions. The ops' .cpp files include this header
-// and call a kernel through SMALLMIND_DISPATCH(current_isa(), ...).
+// the baseline x86-64. Each ISA's layer uses only itself (no kernel names another ISA's
+// namespace), so any one of them compiles alone. Everything they use from the standard
+// library, OpenMP and ATen is included here first, outside the target regions. The ops' .cpp
+// files include this header and call a kernel through SMALLMIND_DISPATCH(current_isa(), ...).
 //
 // In reading order: vec_math.h (the vector type of the ISA and row helpers), layer_norm_row.h,
 // gemm_kernel.h, attention_kernel.h (also the causal softmax rows), linear_lowp_kernel.h (int8 and
@@ -76,9 +77,9 @@ struct DecodeStep {
 #if SMALLMIND_X86
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-#define SMALLMIND_ISA_LEVEL 1
-#define SMALLMIND_ISA_NS isa_avx2
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define SMALLMIND_ISA_LEVEL 2
+#define SMALLMIND_ISA_NS isa_avx512
 #include "vec_math.h"
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"
@@ -90,9 +91,9 @@ struct DecodeStep {
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-#define SMALLMIND_ISA_LEVEL 2
-#define SMALLMIND_ISA_NS isa_avx512
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define SMALLMIND_ISA_LEVEL 1
+#define SMALLMIND_ISA_NS isa_avx2
 #include "vec_math.h"
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"

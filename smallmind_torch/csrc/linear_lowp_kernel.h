@@ -173,14 +173,10 @@ static inline void prepare_w8a8_rows(const float* x, int64_t M, int64_t K, int8_
 }
 
 // R int8 rows of a (row r at a + r * K) against one int8 weight row: R exact int32 sums.
-#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
-// AVX-512 without VNNI: the AVX2 path (kernels.h includes it first); with VNNI,
-// gemv_cols_w8a8_vnni below replaces the whole loop.
-template <int R>
-static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int32_t* t) {
-  isa_avx2::dot_i8_rows<R>(a, K, w, t);
-}
-#elif SMALLMIND_ISA_LEVEL == 1
+#if SMALLMIND_ISA_LEVEL >= 1
+// 256-bit vpmaddubsw + vpmaddwd: the AVX2 form, and the AVX-512 form on a CPU without VNNI
+// (AVX-512 has no vpsignb to move a's sign onto w; with VNNI, gemv_cols_w8a8_vnni below
+// replaces the whole loop).
 template <int R>
 static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int32_t* t) {
   __m256i acc[R];
