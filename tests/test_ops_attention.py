@@ -116,6 +116,21 @@ def test_grads_through_cache_views(isa):
     torch.testing.assert_close(q.grad, qr.grad, rtol=1e-5, atol=1e-5)
 
 
+NAIVE_CASES = [  # (B, nh, Tq, Tk, hs, q_offset): head sizes about the vector widths (16, 8, 1),
+    # 8-key score blocks whole and cut, a decode row, more keys than a 256-key block
+    (1, 1, 1, 1, 1, 0), (1, 2, 3, 5, 7, 2), (2, 1, 2, 9, 8, 7), (1, 1, 4, 4, 16, 0),
+    (1, 2, 1, 20, 17, 19), (1, 1, 3, 40, 32, 20), (1, 1, 2, 300, 33, 298),
+]
+
+
+def test_matches_naive_loop(isa):
+    """The forward on this ISA against its naive loop (attention_kernel.h's attention_naive)."""
+    for b, nh, tq, tk, hs, off in NAIVE_CASES:
+        q, k, v = _qkv(b, nh, tq, tk, hs)
+        torch.testing.assert_close(attention(q, k, v, off),
+                                   torch.ops.smallmind_naive.attention(q, k, v, off))
+
+
 def test_opcheck():
     q, k, v = _qkv(2, 2, 3, 7, 5)
     torch.library.opcheck(ops.attention.default, (q, k, v, 4))

@@ -61,6 +61,18 @@ def test_matches_reference(B, C, n_head, S, maxB, isa):
         assert not torch.equal(got[1][:B, :, pos], k[:B, :, pos])
 
 
+@pytest.mark.parametrize("B, C, n_head, S, maxB, pos", [
+    (1, 16, 2, 4, 1, 0), (2, 20, 20, 6, 3, 5), (3, 48, 3, 9, 3, 4), (1, 40, 5, 7, 2, 6),
+    (2, 64, 1, 5, 2, 2),
+])
+def test_matches_naive_loop(B, C, n_head, S, maxB, pos, isa):
+    """The block on this ISA against its naive loop (decode_kernel.h's decode_block_naive)."""
+    (x, k, v), got, _ = _run_both(B, C, n_head, S, maxB, pos)  # got: the op's, on copies
+    torch.ops.smallmind_naive.decode_block_(x, _params(C), k, v, pos, n_head, 1e-5)
+    for a, e in zip(got, (x, k, v)):
+        assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 def test_block_params_order_is_the_op_order(isa):
     """block_params(model block) feeds the op and the reference the same way."""
     model = GPT(ModelConfig(n_layer=1, n_head=4, n_embd=32, vocab_size=16, block_size=8)).eval()

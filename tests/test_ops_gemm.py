@@ -224,6 +224,23 @@ def test_linear_out_with_grad_records_autograd():
     close(x.grad, torch.ones(4, 6) @ w.detach(), 10)
 
 
+# (M, K, N) at the edges of every ISA's blocking: micro-tiles (MR = 8 / 6 / 4 rows, NR = 32 /
+# 16 / 4 columns) whole and cut, the small-M path (M <= 4), K = 0, K past a block (KC = 256).
+NAIVE_SHAPES = [(1, 1, 1), (1, 7, 33), (2, 5, 3), (4, 16, 17), (5, 3, 31), (6, 2, 16),
+                (7, 33, 32), (8, 1, 65), (9, 257, 5), (13, 0, 4), (17, 40, 97)]
+
+
+def test_matches_naive_loop(isa):
+    """gemm and linear on this ISA against their naive loop (gemm_kernel.h's sgemm_naive)."""
+    naive = torch.ops.smallmind_naive
+    for m, k, n in NAIVE_SHAPES:
+        a, b, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
+        close(G.gemm(a, b), naive.gemm(a, b), k)
+        close(G.gemm(a.t().contiguous().t(), b), naive.gemm(a, b), k)  # a column-major view
+        close(G.linear(a, b.t(), bias), naive.linear(a, b.t(), bias), k)
+        close(G.linear(a, b.t().contiguous()), naive.linear(a, b.t().contiguous()), k)
+
+
 def test_opcheck():
     a, b = torch.randn(7, 19), torch.randn(19, 11)
     torch.library.opcheck(ops.gemm.default, (a, b))

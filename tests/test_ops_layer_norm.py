@@ -124,6 +124,16 @@ def test_grads_plain_op_recomputes_stats_and_no_affine(isa):
     torch.testing.assert_close(x2.grad, x2r.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_matches_naive_loop(isa):
+    """The forward on this ISA against its naive loop (layer_norm_row.h's layer_norm_naive), for
+    rows about the vector widths (16, 8, 1) and twice, with and without the affine part."""
+    for c in (1, 7, 8, 15, 16, 17, 31, 32, 33, 100):
+        x = torch.randn(3, c) * 2 + 0.5
+        for w, b in (_params(c), _params(c, affine=False)):
+            torch.testing.assert_close(layer_norm(x, w, b),
+                                       torch.ops.smallmind_naive.layer_norm(x, w, b, 1e-5))
+
+
 def test_opcheck():
     x = torch.randn(3, 5, 7)
     w, b = _params(7)

@@ -81,6 +81,25 @@ def test_matches_reference(op, x_shape, N, bias, isa):
     _assert_matches(op, op.call(x, *weight, b), x, weight, b)
 
 
+# (M, K, N) about the kernels' edges: 4-row groups whole and cut, K about the vector widths (16,
+# 8, 1), the 32 bf16 pairs and the 64 / 128 int8 lanes of an AVX-512 dot product, N split over
+# threads (from 128 weight rows on), and 32 rows on (the library's GEMM)
+NAIVE_SHAPES = [(1, 1, 1), (3, 7, 5), (4, 32, 3), (5, 33, 9), (1, 64, 70), (2, 65, 17),
+                (9, 129, 130), (1, 200, 64), (33, 40, 20)]
+
+
+@each_op
+def test_matches_naive_loop(op, isa):
+    """The op on this ISA against its naive loop (linear_lowp_kernel.h's linear_lowp_naive,
+    linear_w8a8_naive)."""
+    naive = getattr(torch.ops.smallmind_naive, op.name)
+    for M, K, N in NAIVE_SHAPES:
+        for bias in (True, False):
+            x, weight, b = _args(op, (M, K), N, bias)
+            assert_close(op.call(x, *weight, b), naive(x, *weight, b), rtol=op.rtol,
+                         atol=1e-5 + 1e-5 * K ** 0.5)
+
+
 @each_op
 def test_threads_split_the_output_features(op, isa):
     old = torch.get_num_threads()

@@ -103,6 +103,22 @@ def test_gradcheck_float32():
                                     atol=1e-2, rtol=1e-2)
 
 
+NAIVE_CASES = [  # (dims, q_offset): valid lengths about the vector widths (16, 8, 1) and twice
+    ((1, 1), 0), ((3, 5), 2), ((1, 5, 9), 4), ((2, 3, 17), 14), ((1, 2, 16), 14),
+    ((2, 3, 40), 37), ((1, 4, 100), 96),
+]
+
+
+def test_matches_naive_loop(isa):
+    """Both forms on this ISA against the naive loop (attention_kernel.h's causal_softmax_naive)."""
+    for dims, q_offset in NAIVE_CASES:
+        x = torch.randn(dims) * 3
+        naive = torch.ops.smallmind_naive.causal_softmax(x, q_offset)
+        torch.testing.assert_close(causal_softmax(x, q_offset), naive)
+        y = x.clone()
+        torch.testing.assert_close(causal_softmax_(y, q_offset), naive)
+
+
 def test_opcheck():
     x = torch.randn(2, 3, 5, 7)
     torch.library.opcheck(ops.causal_softmax.default, (x, 2))

@@ -22,6 +22,43 @@ namespace decode {
 // generated decode_layout.h.
 using namespace ::smallmind::decode_layout;
 
+// The naive loop: decode_block (below) on float32 weights, one step after the other on the
+// naive loops of the other kernel headers, for reading and for the tests (naive.cpp). x (B, C)
+// in place; row `pos` of the caches written.
+static inline void decode_block_naive(const DecodeDims& d, const DecodeLayer& layer, int64_t pos,
+                                      float eps, float* x) {
+  const int64_t B = d.B, C = d.C, hs = d.hs;
+  const float* const* p = layer.p;
+  std::vector<float> h(B * C), qkv(B * 3 * C), y(B * C), fc(B * 4 * C);
+  auto linear = [&](const float* a, int64_t K, int m, int64_t N, float* out) {  // matrix m
+    gemm::sgemm_naive(B, N, K, a, K, 1, p[kQ8Params[m]], 1, K, out, N, p[kQ8Biases[m]]);
+  };
+  auto add = [&](const float* t) { for (int64_t i = 0; i < B * C; ++i) x[i] += t[i]; };
+  // attention: h = LN1(x); q, k, v = c_attn(h); cache[b, head, pos] = k, v;
+  // y = softmax(q K^T / sqrt(hs)) V; x += attn.c_proj(y)
+  layer_norm_naive(x, B, C, p[ln_1_w], p[ln_1_b], eps, h.data());
+  linear(h.data(), C, 0, 3 * C, qkv.data());
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t hd = 0; hd < d.nh; ++hd) {
+      const int64_t at = (b * d.nh + hd) * d.S * hs;
+      const float* q = qkv.data() + b * 3 * C + hd * hs;
+      std::copy(q + C, q + C + hs, layer.k_cache + at + pos * hs);
+      std::copy(q + 2 * C, q + 2 * C + hs, layer.v_cache + at + pos * hs);
+      attention_naive(q, layer.k_cache + at, layer.v_cache + at, 1, 1, pos + 1, hs, pos,
+                      y.data() + b * C + hd * hs);
+    }
+  }
+  linear(y.data(), C, 1, C, h.data());
+  add(h.data());
+  // MLP: h = LN2(x); x += mlp.c_proj(gelu_tanh(c_fc(h)))
+  layer_norm_naive(x, B, C, p[ln_2_w], p[ln_2_b], eps, h.data());
+  linear(h.data(), C, 2, 4 * C, fc.data());
+  for (float& v : fc)  // gelu_tanh(v) = 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3)))
+    v = 0.5f * v * (1.0f + std::tanh(0.7978845608f * (v + 0.044715f * v * v * v)));
+  linear(fc.data(), 4 * C, 3, C, h.data());
+  add(h.data());
+}
+
 // This thread's share [*b, *e) of n items: contiguous, split at multiples of `align` (the
 // widest vector, for columns) so the ranges of the threads are balanced and aligned.
 static inline void thread_range(int64_t n, int64_t align, int tid, int nth, int64_t* b,

@@ -12,7 +12,9 @@
 // In reading order: vec_math.h (the vector type of the ISA and row helpers), layer_norm_row.h,
 // gemm_kernel.h, attention_kernel.h (also the causal softmax rows), linear_lowp_kernel.h (int8 and
 // bf16 weights), decode_kernel.h (the fused decode block and the whole-model decode step, on
-// float32 or int8 weights).
+// float32 or int8 weights). Each of the kernel headers after vec_math.h starts with its naive
+// loop (sgemm_naive, attention_naive, ...): the algorithm in a few plain lines, which the tests
+// hold every ISA's fast form to, through the test-facing smallmind_naive ops of naive.cpp.
 #pragma once
 
 #include <ATen/Parallel.h>

@@ -21,6 +21,69 @@
 namespace smallmind {
 namespace SMALLMIND_ISA_NS {
 
+// Symmetric per-row quantization of x (M, K): sx[m] = max |x[m, :]| / 127 (1 for a row of
+// zeros), q[m, k] = round(x[m, k] / sx[m]) (half to even) in [-127, 127]; a row holding NaN or
+// inf gets sx[m] = NaN (its outputs are NaN: int8 cannot carry it). As weight_formats.py's
+// quantize_rows, to the bit.
+static inline void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* sx) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * K;
+    int8_t* qm = q + m * K;
+    float amax = 0.f;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const float a = std::fabs(xm[k]);
+      finite = finite && a <= std::numeric_limits<float>::max();
+      amax = a > amax ? a : amax;
+    }
+    if (!finite) {
+      sx[m] = std::numeric_limits<float>::quiet_NaN();
+      std::fill(qm, qm + K, int8_t(0));
+      continue;
+    }
+    const float s = amax > 0.f ? amax / 127.f : 1.f;
+    sx[m] = s;
+    for (int64_t k = 0; k < K; ++k) {
+      const float r = std::nearbyint(xm[k] / s);
+      qm[k] = int8_t(r > 127.f ? 127.f : (r < -127.f ? -127.f : r));
+    }
+  }
+}
+
+// The naive loops: the linear_q8, linear_bf16 and linear_w8a8 kernels (at the end) as one dot
+// product per output. For reading, and for the tests, which hold every ISA's kernels to them
+// (naive.cpp). x (M, K), w (N, K), y (M, N), all row-major; scale and bias may be null.
+
+// y[m, n] = scale[n] * sum_k x[m, k] w[n, k] + bias[n]: int8 weights with their scales, or
+// bf16 ones (no scale; x as the caller rounded it to bf16)
+template <class Weight>
+static inline void linear_lowp_naive(const float* x, int64_t M, int64_t K, const Weight* w,
+                                     const float* scale, const float* bias, float* y, int64_t N) {
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += x[m * K + k] * float(w[n * K + k]);
+      y[m * N + n] = (scale ? s * scale[n] : s) + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+// w8a8: the rows of x quantized (qx, sx), exact int32 sums, then
+// y[m, n] = (sum * sx[m]) * sw[n] + bias[n]
+static inline void linear_w8a8_naive(const float* x, int64_t M, int64_t K, const int8_t* w,
+                                     const float* sw, const float* bias, float* y, int64_t N) {
+  std::vector<int8_t> qx(M * K);
+  std::vector<float> sx(M);
+  quantize_rows(x, M, K, qx.data(), sx.data());
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < K; ++k) s += int32_t(qx[m * K + k]) * int32_t(w[n * K + k]);
+      y[m * N + n] = float(s) * sx[m] * sw[n] + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
 constexpr int kLowpRows = 4;
 
 // R rows of x (row r at x + r * K) against one weight row: R dot products sharing each widened
@@ -130,35 +193,6 @@ static void gemv_cols_bf16_dot(const c10::BFloat16* xb, int64_t M, int64_t K,
 #endif
 
 // ---- w8a8 ----
-
-// Symmetric per-row quantization of x (M, K): sx[m] = max |x[m, :]| / 127 (1 for a row of
-// zeros), q[m, k] = round(x[m, k] / sx[m]) (half to even) in [-127, 127]; a row holding NaN or
-// inf gets sx[m] = NaN (its outputs are NaN: int8 cannot carry it). As weight_formats.py's
-// quantize_rows, to the bit.
-static inline void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* sx) {
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xm = x + m * K;
-    int8_t* qm = q + m * K;
-    float amax = 0.f;
-    bool finite = true;
-    for (int64_t k = 0; k < K; ++k) {
-      const float a = std::fabs(xm[k]);
-      finite = finite && a <= std::numeric_limits<float>::max();
-      amax = a > amax ? a : amax;
-    }
-    if (!finite) {
-      sx[m] = std::numeric_limits<float>::quiet_NaN();
-      std::fill(qm, qm + K, int8_t(0));
-      continue;
-    }
-    const float s = amax > 0.f ? amax / 127.f : 1.f;
-    sx[m] = s;
-    for (int64_t k = 0; k < K; ++k) {
-      const float r = std::nearbyint(xm[k] / s);
-      qm[k] = int8_t(r > 127.f ? 127.f : (r < -127.f ? -127.f : r));
-    }
-  }
-}
 
 // The activations as gemv_cols_w8a8 reads them: x (M, K) quantized (quantize_rows) into qa
 // (M, K) and sa (M,), qa signed, or offset by 128 where the kernel runs on VNNI (vpdpbusd takes
