@@ -244,21 +244,24 @@ def test_bad_inputs():
 @pytest.mark.parametrize("q_offset", [2**63 - 3, 2**63 - 1, 2**62, -1, -2**63, 2])
 @pytest.mark.parametrize("op", ["causal_softmax", "causal_softmax_inference", "causal_softmax_"])
 def test_q_offset_extremes_raise(op, q_offset):
-    for device in ("cpu", "meta"):  # the fakes reject what the kernel rejects (D13)
-        with pytest.raises(ValueError, match="q_offset must satisfy"):
+    for device, match in (("cpu", "q_offset must satisfy"), ("meta", "invalid q_offset")):
+        with pytest.raises(ValueError, match=match):  # the fakes refuse it too (D13)
             getattr(ops, op)(torch.randn(1, 4, 5, device=device), q_offset)
     with pytest.raises(ValueError, match="q_offset must satisfy"):
         (causal_softmax_ if op.endswith("_") else causal_softmax)(torch.randn(1, 4, 5), q_offset)
 
 
-def test_fakes_reject_what_the_kernel_rejects():
-    cases = [((torch.randn(5),), "at least 2"), ((torch.randn(2, 4, 4).double(),), "Float"),
-             ((torch.randn(2, 5, 4),), "q_offset")]
-    for args, match in cases:
+def test_fakes_refuse_what_the_kernel_refuses():
+    """The CPU kernel's message names the problem; the fake (meta) refuses the same input,
+    naming only the argument."""
+    cases = [((torch.randn(5),), "at least 2", "'scores'"),
+             ((torch.randn(2, 4, 4).double(),), "Float", "'scores'"),
+             ((torch.randn(2, 5, 4),), "q_offset", "q_offset")]
+    for args, match, what in cases:
         for op in (ops.causal_softmax, ops.causal_softmax_inference, ops.causal_softmax_):
             with pytest.raises((RuntimeError, ValueError), match=match):
                 op(*args)
-            with pytest.raises((RuntimeError, ValueError), match=match):
+            with pytest.raises((RuntimeError, ValueError), match=f"invalid {what}"):
                 op(*(a.to("meta") for a in args))
 
 
