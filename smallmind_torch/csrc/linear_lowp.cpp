@@ -6,11 +6,11 @@
 //     rounded to bf16 as a bf16 dot product reads them, the products summed in float32;
 //   linear_w8a8(x, w_q, scale, bias): linear_q8's weights with the rows of x quantized to int8
 //     on the fly (symmetric, per row), exact int32 dot products (VNNI where the CPU has it).
-// Both run the library's GEMM from kLibraryGemmRows rows on (prefill; see there).
+// The two int8 ops run the library's GEMM from kLibraryGemmRows rows on (prefill; see there).
 // Each has a no-autograd twin (*_inference) and an out-variant (*_out) that writes a contiguous
 // `out` (through a temporary when out overlaps an input). The kernels, once per ISA, are in
 // linear_lowp_kernel.h; the formats and the plain-PyTorch references are in weight_formats.py
-// and ops/_linear_q8.py, ops/_linear_bf16.py.
+// (linear_w8a8_reference) and ops/_linear_q8.py, ops/_linear_bf16.py.
 #include <ATen/Parallel.h>
 #include <ATen/ops/_int_mm.h>
 #include <ATen/ops/addmm.h>

@@ -1,6 +1,6 @@
 // Matrix-vector products on low-precision weights, one ISA (no include guard: kernels.h
-// includes this once per ISA): the kernels of the linear_q8 and linear_bf16 ops and of the
-// int8 decode step (decode_kernel.h).
+// includes this once per ISA): the kernels of the linear_q8, linear_bf16 and linear_w8a8 ops
+// and of the int8 decode step (decode_kernel.h).
 //
 // y[m, n] = scale[n] * sum_k x[m, k] * w[n, k] (+ bias[n]), x and y float32, w (N, K) int8
 // quantized per output channel (row n of the float weight ~ scale[n] * w[n, :]) or bfloat16

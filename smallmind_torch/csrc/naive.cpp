@@ -112,54 +112,53 @@ at::Tensor layer_norm(const at::Tensor& x_, const OptTensor& weight, const OptTe
   return out;
 }
 
-// The low-precision linears: x (..., K) float32, a weight (N, K) of `w_dtype`, scale (N,) or
-// absent, bias (N,) or absent; loop(x (M, K), M, K, w, scale, bias, y (M, N), N).
-template <class Loop>
-at::Tensor lowp(const char* op, const at::Tensor& x_, const at::Tensor& w_, at::ScalarType w_dtype,
-                const at::Tensor& scale_, const OptTensor& bias, const Loop& loop) {
-  expect(is_cpu(x_, at::kFloat) && is_cpu(w_, w_dtype) && x_.dim() >= 1 && w_.dim() == 2 &&
-             x_.size(-1) == w_.size(1), op);
-  const int64_t N = w_.size(0), K = w_.size(1);
-  const at::Tensor x = rows_of(x_), w = w_.contiguous();
-  const at::Tensor scale = scale_.defined() ? vector_of(scale_, N, op) : at::Tensor();
-  const at::Tensor b = vector_of(bias, N, op);
-  std::vector<int64_t> shape(x_.sizes().begin(), x_.sizes().end());
-  shape.back() = N;
-  at::Tensor out = at::empty(shape, x_.options().memory_format(at::MemoryFormat::Contiguous));
-  loop(x.const_data_ptr<float>(), x.size(0), K, w, data_or_null(scale), data_or_null(b),
-       out.data_ptr<float>(), N);
-  return out;
+// The arguments of a low-precision linear as its loop takes them: x (..., K) float32 as a
+// contiguous (M, K) matrix, the weight (N, K) of `w_dtype`, its scales (N,) or none, the bias
+// (N,) or none, and the result (..., N).
+struct Lowp {
+  at::Tensor x, w, scale, bias, out;
+  int64_t M, K, N;
+};
+
+Lowp lowp(const char* op, const at::Tensor& x, const at::Tensor& w, at::ScalarType w_dtype,
+          const OptTensor& scale, const OptTensor& bias) {
+  expect(is_cpu(x, at::kFloat) && is_cpu(w, w_dtype) && x.dim() >= 1 && w.dim() == 2 &&
+             x.size(-1) == w.size(1), op);
+  Lowp a;
+  a.N = w.size(0);
+  a.K = w.size(1);
+  a.x = rows_of(x);
+  a.M = a.x.size(0);
+  a.w = w.contiguous();
+  a.scale = vector_of(scale, a.N, op);
+  a.bias = vector_of(bias, a.N, op);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = a.N;
+  a.out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  return a;
 }
 
-at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& scale,
-                     const OptTensor& bias) {
-  expect(scale.defined(), "linear_q8");
-  return lowp("linear_q8", x, w_q, at::kChar, scale, bias,
-              [](const float* xp, int64_t M, int64_t K, const at::Tensor& w, const float* s,
-                 const float* b, float* y, int64_t N) {
-                scalar::linear_lowp_naive(xp, M, K, w.const_data_ptr<int8_t>(), s, b, y, N);
-              });
+// linear_q8, and linear_w8a8 (the rows of x quantized too)
+template <bool Int8Activations>
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& scale,
+                       const OptTensor& bias) {
+  const Lowp a = lowp(Int8Activations ? "linear_w8a8" : "linear_q8", x, w_q, at::kChar, scale,
+                      bias);
+  const auto loop = Int8Activations ? scalar::linear_w8a8_naive
+                                    : scalar::linear_lowp_naive<int8_t>;
+  loop(a.x.const_data_ptr<float>(), a.M, a.K, a.w.const_data_ptr<int8_t>(),
+       a.scale.const_data_ptr<float>(), data_or_null(a.bias), a.out.data_ptr<float>(), a.N);
+  return a.out;
 }
 
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const OptTensor& bias) {
   // the activations rounded to bf16, as the op's dot products read them
-  const at::Tensor xr = x.to(at::kBFloat16).to(at::kFloat);
-  return lowp("linear_bf16", xr, w, at::kBFloat16, at::Tensor(), bias,
-              [](const float* xp, int64_t M, int64_t K, const at::Tensor& wc, const float*,
-                 const float* b, float* y, int64_t N) {
-                scalar::linear_lowp_naive(xp, M, K, wc.const_data_ptr<c10::BFloat16>(),
-                                         static_cast<const float*>(nullptr), b, y, N);
-              });
-}
-
-at::Tensor linear_w8a8(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& scale,
-                       const OptTensor& bias) {
-  expect(scale.defined(), "linear_w8a8");
-  return lowp("linear_w8a8", x, w_q, at::kChar, scale, bias,
-              [](const float* xp, int64_t M, int64_t K, const at::Tensor& w, const float* s,
-                 const float* b, float* y, int64_t N) {
-                scalar::linear_w8a8_naive(xp, M, K, w.const_data_ptr<int8_t>(), s, b, y, N);
-              });
+  const Lowp a = lowp("linear_bf16", x.to(at::kBFloat16).to(at::kFloat), w, at::kBFloat16,
+                      std::nullopt, bias);
+  scalar::linear_lowp_naive(a.x.const_data_ptr<float>(), a.M, a.K,
+                            a.w.const_data_ptr<c10::BFloat16>(), nullptr, data_or_null(a.bias),
+                            a.out.data_ptr<float>(), a.N);
+  return a.out;
 }
 
 void decode_block_(at::Tensor& x, at::TensorList params, at::Tensor& k_cache,
@@ -196,10 +195,10 @@ TORCH_LIBRARY(smallmind_naive, m) {
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps=1e-05) -> Tensor",
         &layer_norm);
   m.def("linear_q8(Tensor x, Tensor w_q, Tensor scale, Tensor? bias=None) -> Tensor",
-        &linear_q8);
+        &linear_int8<false>);
   m.def("linear_bf16(Tensor x, Tensor w, Tensor? bias=None) -> Tensor", &linear_bf16);
   m.def("linear_w8a8(Tensor x, Tensor w_q, Tensor scale, Tensor? bias=None) -> Tensor",
-        &linear_w8a8);
+        &linear_int8<true>);
   m.def(
       "decode_block_(Tensor(a!) x, Tensor[] params, Tensor(b!) k_cache, Tensor(c!) v_cache, "
       "int pos, int n_head, float eps) -> ()",
