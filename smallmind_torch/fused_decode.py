@@ -26,24 +26,19 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .decode_layout import BLOCK_PARAMS, Q8_PARAMS
 from .weight_formats import QuantizedWeight, linear_w8a8_reference
 from .labels import region
 
-# The ops' parameter order: nanoGPT names, weights in nn.Linear layout (out, in).
-BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias",
-                "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
-                "ln_2.weight", "ln_2.bias",
-                "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+# BLOCK_PARAMS (the ops' parameter order: nanoGPT names, weights in nn.Linear layout (out, in))
+# and Q8_PARAMS (the four matrices `decode_step_q8_` takes as int8) are decode_layout.py's table,
+# the one the fakes and the C++ unpack read too.
+N_PARAMS = len(BLOCK_PARAMS)  # per block
 
 
 def block_params(block) -> list:
-    """The 12 parameters of a model.Block in BLOCK_PARAMS order."""
+    """The parameters of a model.Block in BLOCK_PARAMS order."""
     return [block.get_parameter(name) for name in BLOCK_PARAMS]
-
-
-# `decode_step_q8_`'s int8 weights: these four matrices of every block (their BLOCK_PARAMS
-# positions), then the lm head
-Q8_PARAMS = (2, 4, 8, 10)
 
 
 def q8_modules(model) -> list:
@@ -102,11 +97,11 @@ def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f
         block_params = list(block_params)
         for l in range(len(k_caches)):
             for m, i in enumerate(Q8_PARAMS):
-                block_params[12 * l + i] = quantized[4 * l + m]
+                block_params[N_PARAMS * l + i] = quantized[len(Q8_PARAMS) * l + m]
         linear, head = (_linear_w8a8 if int8_activations else _linear_q8), quantized[-1]
     x = wte[tokens.reshape(B)] + wpe[pos]  # (B, C)
     for l, (k_cache, v_cache) in enumerate(zip(k_caches, v_caches)):  # every block
-        decode_block_reference(x, block_params[12 * l:12 * l + 12], k_cache, v_cache, pos,
+        decode_block_reference(x, block_params[N_PARAMS * l:N_PARAMS * (l + 1)], k_cache, v_cache, pos,
                                n_head, eps, linear)
     h = F.layer_norm(x, (C,), ln_f_w, ln_f_b, eps)
     logits.view(B, -1).copy_(linear(h, head))

@@ -24,12 +24,13 @@ INT_EXTREMES = [0, -1, 1, 2**31, 2**62, 2**63 - 3, 2**63 - 1, -2**63]
 
 
 def assert_pos_and_n_head_refused(bad_call, name: str, value: int):
-    """A decode op called with `name` = `value` (pos or n_head at an extreme) raises a clear
-    ValueError on CPU and in its fake (meta); pos = 0 is valid."""
+    """A decode op called with `name` (pos or n_head) = `value` raises a ValueError: on the CPU
+    the kernel's, which states the rule; on meta its fake's, which names the argument. pos = 0
+    is valid."""
     if name == "pos" and value == 0:
         return
-    match = "pos must lie" if name == "pos" else "n_head"
-    for device in ("cpu", "meta"):
+    rule = "pos must lie" if name == "pos" else "n_head"
+    for device, match in (("cpu", rule), ("meta", f"invalid {name}")):
         with pytest.raises(ValueError, match=match):
             bad_call(device=device, **{name: value})
 

@@ -116,6 +116,21 @@ def test_grads_through_cache_views(isa):
     torch.testing.assert_close(q.grad, qr.grad, rtol=1e-5, atol=1e-5)
 
 
+NAIVE_CASES = [  # (B, nh, Tq, Tk, hs, q_offset): head sizes about the vector widths (16, 8, 1),
+    # 8-key score blocks whole and cut, a decode row, more keys than a 256-key block
+    (1, 1, 1, 1, 1, 0), (1, 2, 3, 5, 7, 2), (2, 1, 2, 9, 8, 7), (1, 1, 4, 4, 16, 0),
+    (1, 2, 1, 20, 17, 19), (1, 1, 3, 40, 32, 20), (1, 1, 2, 300, 33, 298),
+]
+
+
+def test_matches_naive_loop(isa):
+    """The forward on this ISA against its naive loop (attention_kernel.h's attention_naive)."""
+    for b, nh, tq, tk, hs, off in NAIVE_CASES:
+        q, k, v = _qkv(b, nh, tq, tk, hs)
+        torch.testing.assert_close(attention(q, k, v, off),
+                                   torch.ops.smallmind_naive.attention(q, k, v, off))
+
+
 def test_opcheck():
     q, k, v = _qkv(2, 2, 3, 7, 5)
     torch.library.opcheck(ops.attention.default, (q, k, v, 4))
@@ -256,38 +271,45 @@ def test_out_sharing_memory_with_an_input_is_refused():
 def test_q_offset_extremes_raise(q_offset):
     q, k, v = _qkv(1, 2, 3, 5, 4)
     g = torch.randn(1, 2, 3, 4)
-    for device in ("cpu", "meta"):  # the fakes reject what the kernel rejects (D13)
+    for device in ("cpu", "meta"):  # the fakes refuse what the kernel refuses (D13)
         qd, kd, vd, gd = (t.to(device) for t in (q, k, v, g))
         calls = [lambda: ops.attention(qd, kd, vd, q_offset),
                  lambda: ops.attention_inference(qd, kd, vd, q_offset),
                  lambda: ops.attention_out(qd, kd, vd, q_offset, torch.empty_like(qd)),
                  lambda: ops.attention_backward(gd, qd, kd, vd, q_offset)]
         for call in calls:
-            with pytest.raises(ValueError, match="q_offset must satisfy"):
+            with pytest.raises(ValueError, match="q_offset must satisfy" if device == "cpu"
+                               else "invalid q_offset"):
                 call()
     with pytest.raises(ValueError, match="q_offset must satisfy"):
         attention(q, k, v, q_offset)
 
 
-def test_fakes_reject_what_the_kernel_rejects():
+def test_fakes_refuse_what_the_kernel_refuses():
+    """The CPU kernel's message names the problem; the fake (meta) refuses the same input,
+    naming only the argument."""
     q, k, v = _qkv(1, 2, 3, 5, 4)
-    cases = [((q[:, :1], k, v, 0), "agree on B, nh"), ((torch.randn(1, 2, 3, 6), k, v, 0), "hs"),
-             ((q, k, v[:, :, :4], 0), "same shape"), ((q[0], k, v, 0), "4-D"),
-             ((q, k.double(), v, 0), "'k' must have dtype Float"),
-             ((torch.randn(1, 2, 6, 4), k, v, 0), "q_offset")]
-    for args, match in cases:
+    cases = [((q[:, :1], k, v, 0), "agree on B, nh", "sizes"),
+             ((torch.randn(1, 2, 3, 6), k, v, 0), "hs", "sizes"),
+             ((q, k, v[:, :, :4], 0), "same shape", "sizes"), ((q[0], k, v, 0), "4-D", "'q'"),
+             ((q, k.double(), v, 0), "'k' must have dtype Float", "'k'"),
+             ((torch.randn(1, 2, 6, 4), k, v, 0), "q_offset", "q_offset")]
+    for args, match, what in cases:
         for op in (ops.attention, ops.attention_inference):
             with pytest.raises((RuntimeError, ValueError), match=match):
                 op(*args)
-            with pytest.raises((RuntimeError, ValueError), match=match):
+            with pytest.raises((RuntimeError, ValueError), match=f"invalid {what}"):
                 op(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args))
     for out in (torch.empty(1, 2, 3, 5), torch.empty(1, 2, 3, 4, dtype=torch.float64)):
         for device in ("cpu", "meta"):
-            with pytest.raises(RuntimeError, match="'out' must have"):
+            with pytest.raises(RuntimeError, match="'out' must have" if device == "cpu"
+                               else "invalid 'out'"):
                 ops.attention_out(q.to(device), k.to(device), v.to(device), 2, out.to(device))
-    with pytest.raises(RuntimeError, match="'grad_out' must have shape"):
-        ops.attention_backward(torch.randn(1, 2, 3, 5, device="meta"), q.to("meta"),
-                               k.to("meta"), v.to("meta"), 2)
+    for device in ("cpu", "meta"):
+        with pytest.raises(RuntimeError, match="'grad_out' must have shape" if device == "cpu"
+                           else "invalid 'grad_out'"):
+            ops.attention_backward(torch.randn(1, 2, 3, 5, device=device), q.to(device),
+                                   k.to(device), v.to(device), 2)
 
 
 # D7: a NaN key took all the probability mass (exp256 clamped NaN to e^88); torch gives NaN.

@@ -5,7 +5,8 @@ from hypothesis import given, settings, strategies as st
 from torch.testing import assert_close
 
 from smallmind_torch import GPT, ModelConfig
-from smallmind_torch.fused_decode import BLOCK_PARAMS, block_params, decode_block_reference
+from smallmind_torch.decode_layout import BLOCK_PARAMS
+from smallmind_torch.fused_decode import block_params, decode_block_reference
 
 from helpers import INT_EXTREMES, assert_pos_and_n_head_refused, ops_binding_or_skip
 
@@ -59,6 +60,18 @@ def test_matches_reference(B, C, n_head, S, maxB, isa):
         assert torch.equal(got[1][untouched], k[untouched])
         assert torch.equal(got[2][untouched], v[untouched])
         assert not torch.equal(got[1][:B, :, pos], k[:B, :, pos])
+
+
+@pytest.mark.parametrize("B, C, n_head, S, maxB, pos", [
+    (1, 16, 2, 4, 1, 0), (2, 20, 20, 6, 3, 5), (3, 48, 3, 9, 3, 4), (1, 40, 5, 7, 2, 6),
+    (2, 64, 1, 5, 2, 2),
+])
+def test_matches_naive_loop(B, C, n_head, S, maxB, pos, isa):
+    """The block on this ISA against its naive loop (decode_kernel.h's decode_block_naive)."""
+    (x, k, v), got, _ = _run_both(B, C, n_head, S, maxB, pos)  # got: the op's, on copies
+    torch.ops.smallmind_naive.decode_block_(x, _params(C), k, v, pos, n_head, 1e-5)
+    for a, e in zip(got, (x, k, v)):
+        assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
 def test_block_params_order_is_the_op_order(isa):
@@ -144,8 +157,8 @@ def test_bad_input(changes, match):
 
 
 @pytest.mark.parametrize("changes, match", BAD)
-def test_fake_rejects_what_the_kernel_rejects(changes, match):
-    with pytest.raises((RuntimeError, ValueError), match=match):
+def test_fake_refuses_what_the_kernel_refuses(changes, match):
+    with pytest.raises((RuntimeError, ValueError), match="smallmind::decode_block_: invalid"):
         _bad_call(device="meta", **changes)
 
 
@@ -214,8 +227,8 @@ def _property_any_pos_and_n_head(pos, n_head, b, seed):
     x = torch.randn(b, C, generator=g)
     k, v = torch.randn(max_b, n_head, S, hs, generator=g), torch.randn(max_b, n_head, S, hs)
     if not 0 <= pos < S:
-        for device in ("cpu", "meta"):
-            with pytest.raises(ValueError, match="pos must lie"):
+        for device, match in (("cpu", "pos must lie"), ("meta", "invalid pos")):
+            with pytest.raises(ValueError, match=match):
                 ops.decode_block_(x.to(device), [p.to(device) for p in _params(C)],
                                   k.to(device), v.to(device), pos, n_head, 1e-5)
         return

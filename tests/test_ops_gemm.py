@@ -224,6 +224,23 @@ def test_linear_out_with_grad_records_autograd():
     close(x.grad, torch.ones(4, 6) @ w.detach(), 10)
 
 
+# (M, K, N) at the edges of every ISA's blocking: micro-tiles (MR = 8 / 6 / 4 rows, NR = 32 /
+# 16 / 4 columns) whole and cut, the small-M path (M <= 4), K = 0, K past a block (KC = 256).
+NAIVE_SHAPES = [(1, 1, 1), (1, 7, 33), (2, 5, 3), (4, 16, 17), (5, 3, 31), (6, 2, 16),
+                (7, 33, 32), (8, 1, 65), (9, 257, 5), (13, 0, 4), (17, 40, 97)]
+
+
+def test_matches_naive_loop(isa):
+    """gemm and linear on this ISA against their naive loop (gemm_kernel.h's sgemm_naive)."""
+    naive = torch.ops.smallmind_naive
+    for m, k, n in NAIVE_SHAPES:
+        a, b, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
+        close(G.gemm(a, b), naive.gemm(a, b), k)
+        close(G.gemm(a.t().contiguous().t(), b), naive.gemm(a, b), k)  # a column-major view
+        close(G.linear(a, b.t(), bias), naive.linear(a, b.t(), bias), k)
+        close(G.linear(a, b.t().contiguous()), naive.linear(a, b.t().contiguous()), k)
+
+
 def test_opcheck():
     a, b = torch.randn(7, 19), torch.randn(19, 11)
     torch.library.opcheck(ops.gemm.default, (a, b))
@@ -290,24 +307,32 @@ def test_out_partially_overlapping_strided_views():
     close(out, expected, 16)
 
 
-def test_fakes_reject_what_the_kernel_rejects():
+def test_fakes_refuse_what_the_kernel_refuses():
+    """The CPU kernel's message names the problem; the fake (meta) refuses the same input,
+    naming only the argument."""
     a, b = torch.randn(3, 4), torch.randn(4, 5)
+
+    def says(device, match, what):
+        return match if device == "cpu" else f"invalid {what}"
+
     for out, match in ((torch.empty(3, 4), "'out' must have shape"),
                        (torch.empty(5, 3).t(), "'out' must be contiguous"),
                        (torch.empty(3, 5, dtype=torch.float64), "'out' must have dtype Float")):
         for device in ("cpu", "meta"):
-            with pytest.raises(RuntimeError, match=match):
+            with pytest.raises(RuntimeError, match=says(device, match, "'out'")):
                 ops.gemm_out(a.to(device), b.to(device), out=out.to(device))
-            with pytest.raises(RuntimeError, match=match):
+            with pytest.raises(RuntimeError, match=says(device, match, "'out'")):
                 ops.linear_out(a.to(device), b.t().to(device), None, out=out.to(device))
-    for args, match in (((a, torch.randn(5, 6)), "size mismatch"), ((a[0], b), "'a' must be 2-D")):
+    for args, match, what in (((a, torch.randn(5, 6)), "size mismatch", "sizes"),
+                              ((a[0], b), "'a' must be 2-D", "'a'")):
         for op in (ops.gemm, ops.gemm_inference):
             for device in ("cpu", "meta"):
-                with pytest.raises(RuntimeError, match=match):
+                with pytest.raises(RuntimeError, match=says(device, match, what)):
                     op(*(t.to(device) for t in args))
     for op in (ops.linear, ops.linear_inference):
         for device in ("cpu", "meta"):
-            with pytest.raises(RuntimeError, match="'bias' must be 1-D of size N"):
+            with pytest.raises(RuntimeError,
+                               match=says(device, "'bias' must be 1-D of size N", "'bias'")):
                 op(a.to(device), b.t().to(device), torch.randn(4, device=device))
 
 

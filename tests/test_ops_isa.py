@@ -1,6 +1,7 @@
 """The instruction-set switch of the C++ kernels (csrc/simd.h, csrc/isa.cpp, ops/_isa.py)."""
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,21 @@ def test_the_build_targets_baseline_x86():
     built for this CPU: a build made here then runs on an older x86-64."""
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert not any(flag.startswith("-march") for flag in _build.CFLAGS)
+
+
+def test_each_isa_layer_uses_only_itself():
+    """kernels.h includes the kernel headers once per ISA, widest first: no kernel may call
+    another ISA's form (isa_avx2::...), which would make a layer depend on the order of the
+    layers (the AVX-512 int8 path once compiled only because AVX2's came first)."""
+    kernels = (REPO / "smallmind_torch" / "csrc" / "kernels.h").read_text()
+    layers = re.findall(r"#define SMALLMIND_ISA_NS (\w+)\n(.*?)#undef SMALLMIND_ISA_NS", kernels,
+                        re.S)
+    assert [namespace for namespace, _ in layers] == ["isa_avx512", "isa_avx2", "isa_scalar"]
+    headers = {h for _, layer in layers for h in re.findall(r'#include "(\w+\.h)"', layer)}
+    assert {"vec_math.h", "linear_lowp_kernel.h", "decode_kernel.h"} <= headers
+    for header in sorted(headers):
+        text = (REPO / "smallmind_torch" / "csrc" / header).read_text()
+        assert not re.search(r"\bisa_(avx512|avx2|scalar)::", text), header
 
 
 def _ops_isa_in_subprocess(env_value):

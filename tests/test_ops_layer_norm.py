@@ -124,6 +124,16 @@ def test_grads_plain_op_recomputes_stats_and_no_affine(isa):
     torch.testing.assert_close(x2.grad, x2r.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_matches_naive_loop(isa):
+    """The forward on this ISA against its naive loop (layer_norm_row.h's layer_norm_naive), for
+    rows about the vector widths (16, 8, 1) and twice, with and without the affine part."""
+    for c in (1, 7, 8, 15, 16, 17, 31, 32, 33, 100):
+        x = torch.randn(3, c) * 2 + 0.5
+        for w, b in (_params(c), _params(c, affine=False)):
+            torch.testing.assert_close(layer_norm(x, w, b),
+                                       torch.ops.smallmind_naive.layer_norm(x, w, b, 1e-5))
+
+
 def test_opcheck():
     x = torch.randn(3, 5, 7)
     w, b = _params(7)
@@ -238,29 +248,32 @@ def test_bad_inputs():
         ops.layer_norm(x, w, b, -1.0)
 
 
-def test_fakes_reject_what_the_kernel_rejects():
+def test_fakes_refuse_what_the_kernel_refuses():
+    """The CPU kernel's message names the problem; the fake (meta) refuses the same input,
+    naming only the argument."""
     x = torch.randn(3, 4)
     w, b = _params(4)
-    cases = [((x, torch.randn(7), None, 1e-5), r"'weight' must have shape \(4,\)"),
-             ((x, None, torch.randn(4, 1), 1e-5), r"'bias' must have shape \(4,\)"),
-             ((torch.tensor(1.0), None, None, 1e-5), "at least 1"),
-             ((x.double(), None, None, 1e-5), "'x' must have dtype Float"),
-             ((x, w.half(), None, 1e-5), "'weight' must have dtype Float"),
-             ((x, w, b, -1.0), "eps"), ((x, w, b, float("nan")), "eps")]
-    for args, match in cases:
+    cases = [((x, torch.randn(7), None, 1e-5), r"'weight' must have shape \(4,\)", "'weight'"),
+             ((x, None, torch.randn(4, 1), 1e-5), r"'bias' must have shape \(4,\)", "'bias'"),
+             ((torch.tensor(1.0), None, None, 1e-5), "at least 1", "'x'"),
+             ((x.double(), None, None, 1e-5), "'x' must have dtype Float", "'x'"),
+             ((x, w.half(), None, 1e-5), "'weight' must have dtype Float", "'weight'"),
+             ((x, w, b, -1.0), "eps", "eps"), ((x, w, b, float("nan")), "eps", "eps")]
+    for args, match, what in cases:
         for op in (ops.layer_norm, ops.layer_norm_inference, ops.layer_norm_with_stats):
             with pytest.raises((RuntimeError, ValueError), match=match):
                 op(*args)
-            with pytest.raises((RuntimeError, ValueError), match=match):
+            with pytest.raises((RuntimeError, ValueError), match=f"invalid {what}"):
                 op(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args))
     for out, match in ((torch.empty(3, 5), "'out' must have shape"),
                        (torch.empty(4, 3).t(), "'out' must be contiguous")):
         for device in ("cpu", "meta"):
-            with pytest.raises(RuntimeError, match=match):
+            with pytest.raises(RuntimeError, match=match if device == "cpu" else "invalid 'out'"):
                 ops.layer_norm_out(x.to(device), w.to(device), b.to(device), 1e-5, out.to(device))
-    with pytest.raises(RuntimeError, match="both"):
-        ops.layer_norm_backward(x.to("meta"), x.to("meta"), None, torch.zeros(3, device="meta"),
-                                None, 1e-5)
+    for device, match in (("cpu", "both"), ("meta", "invalid 'mean' and 'rstd'")):
+        with pytest.raises(RuntimeError, match=match):
+            ops.layer_norm_backward(x.to(device), x.to(device), None,
+                                    torch.zeros(3, device=device), None, 1e-5)
 
 
 def test_out_overlapping_inputs():

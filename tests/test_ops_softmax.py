@@ -103,6 +103,22 @@ def test_gradcheck_float32():
                                     atol=1e-2, rtol=1e-2)
 
 
+NAIVE_CASES = [  # (dims, q_offset): valid lengths about the vector widths (16, 8, 1) and twice
+    ((1, 1), 0), ((3, 5), 2), ((1, 5, 9), 4), ((2, 3, 17), 14), ((1, 2, 16), 14),
+    ((2, 3, 40), 37), ((1, 4, 100), 96),
+]
+
+
+def test_matches_naive_loop(isa):
+    """Both forms on this ISA against the naive loop (attention_kernel.h's causal_softmax_naive)."""
+    for dims, q_offset in NAIVE_CASES:
+        x = torch.randn(dims) * 3
+        naive = torch.ops.smallmind_naive.causal_softmax(x, q_offset)
+        torch.testing.assert_close(causal_softmax(x, q_offset), naive)
+        y = x.clone()
+        torch.testing.assert_close(causal_softmax_(y, q_offset), naive)
+
+
 def test_opcheck():
     x = torch.randn(2, 3, 5, 7)
     torch.library.opcheck(ops.causal_softmax.default, (x, 2))
@@ -228,21 +244,24 @@ def test_bad_inputs():
 @pytest.mark.parametrize("q_offset", [2**63 - 3, 2**63 - 1, 2**62, -1, -2**63, 2])
 @pytest.mark.parametrize("op", ["causal_softmax", "causal_softmax_inference", "causal_softmax_"])
 def test_q_offset_extremes_raise(op, q_offset):
-    for device in ("cpu", "meta"):  # the fakes reject what the kernel rejects (D13)
-        with pytest.raises(ValueError, match="q_offset must satisfy"):
+    for device, match in (("cpu", "q_offset must satisfy"), ("meta", "invalid q_offset")):
+        with pytest.raises(ValueError, match=match):  # the fakes refuse it too (D13)
             getattr(ops, op)(torch.randn(1, 4, 5, device=device), q_offset)
     with pytest.raises(ValueError, match="q_offset must satisfy"):
         (causal_softmax_ if op.endswith("_") else causal_softmax)(torch.randn(1, 4, 5), q_offset)
 
 
-def test_fakes_reject_what_the_kernel_rejects():
-    cases = [((torch.randn(5),), "at least 2"), ((torch.randn(2, 4, 4).double(),), "Float"),
-             ((torch.randn(2, 5, 4),), "q_offset")]
-    for args, match in cases:
+def test_fakes_refuse_what_the_kernel_refuses():
+    """The CPU kernel's message names the problem; the fake (meta) refuses the same input,
+    naming only the argument."""
+    cases = [((torch.randn(5),), "at least 2", "'scores'"),
+             ((torch.randn(2, 4, 4).double(),), "Float", "'scores'"),
+             ((torch.randn(2, 5, 4),), "q_offset", "q_offset")]
+    for args, match, what in cases:
         for op in (ops.causal_softmax, ops.causal_softmax_inference, ops.causal_softmax_):
             with pytest.raises((RuntimeError, ValueError), match=match):
                 op(*args)
-            with pytest.raises((RuntimeError, ValueError), match=match):
+            with pytest.raises((RuntimeError, ValueError), match=f"invalid {what}"):
                 op(*(a.to("meta") for a in args))
 
 

@@ -5,6 +5,57 @@
 namespace smallmind {
 namespace SMALLMIND_ISA_NS {
 
+// The naive loops, for reading and for the tests, which hold every ISA's kernels to them
+// (naive.cpp). Rows contiguous; query / row i of a (Tq, Tk) block sees keys 0 .. q_offset + i.
+
+// attention_forward (below) with every score of a row kept: q (BH, Tq, hs), k and v (BH, Tk,
+// hs), out (BH, Tq, hs).
+static inline void attention_naive(const float* q, const float* k, const float* v, int64_t BH,
+                                   int64_t Tq, int64_t Tk, int64_t hs, int64_t q_offset,
+                                   float* out) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  std::vector<float> p(Tk);
+  for (int64_t r = 0; r < BH * Tq; ++r) {  // r = (bh, i)
+    const float* kb = k + r / Tq * Tk * hs;
+    const float* vb = v + r / Tq * Tk * hs;
+    const int64_t L = q_offset + r % Tq + 1;
+    float m = -INFINITY, l = 0.f;
+    for (int64_t j = 0; j < L; ++j) {
+      float s = 0.f;
+      for (int64_t d = 0; d < hs; ++d) s += q[r * hs + d] * kb[j * hs + d];
+      p[j] = s * scale;
+      m = std::max(m, p[j]);
+    }
+    for (int64_t j = 0; j < L; ++j) {
+      p[j] = std::exp(p[j] - m);
+      l += p[j];
+    }
+    for (int64_t d = 0; d < hs; ++d) {
+      float o = 0.f;
+      for (int64_t j = 0; j < L; ++j) o += p[j] * vb[j * hs + d];
+      out[r * hs + d] = o / l;
+    }
+  }
+}
+
+// causal_softmax_rows (at the end) on n_rows rows of Tk: softmax over the row's first
+// L = q_offset + r % Tq + 1 values, zeros after.
+static inline void causal_softmax_naive(const float* x, int64_t n_rows, int64_t Tq, int64_t Tk,
+                                        int64_t q_offset, float* y) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const float* xr = x + r * Tk;
+    float* yr = y + r * Tk;
+    const int64_t L = q_offset + r % Tq + 1;
+    float m = -INFINITY, s = 0.f;
+    for (int64_t j = 0; j < L; ++j) m = std::max(m, xr[j]);
+    for (int64_t j = 0; j < L; ++j) {
+      yr[j] = std::exp(xr[j] - m);
+      s += yr[j];
+    }
+    for (int64_t j = 0; j < Tk; ++j) yr[j] = j < L ? yr[j] / s : 0.f;
+  }
+}
+
 constexpr int64_t KB = 256;  // keys per online-softmax block (scores of a block on the stack)
 
 // s[j] = dot(qs, k_j) for j in [0, n), k_j = k + j * ks: 8 keys at a time (8 FMA chains, one

@@ -1,5 +1,5 @@
-// What every smallmind kernel may use besides math: input checks, the thread count, a
-// scratch allocator and strided row addressing.
+// What every smallmind kernel may use besides math: input checks, memory-overlap tests, the
+// thread count, a scratch allocator and strided row addressing (StridedRows, View4).
 //
 // Input checks. Each is a TORCH_CHECK, so bad input becomes a Python RuntimeError naming the
 // op, the argument, what it got and what is allowed (a ValueError, via TORCH_CHECK_VALUE, for

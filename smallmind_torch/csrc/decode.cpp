@@ -6,7 +6,8 @@
 //              n_head, eps, logits, next_tokens): one new token per sequence, all at absolute
 // position `pos`, llama2.c's `forward` for GPT-2:
 //   x = wte[tokens] + wpe[pos]                                        (B, C)
-//   for each block l (its 12 tensors block_params[12 l : 12 l + 12], BLOCK_PARAMS order):
+//   for each block l (its 12 tensors block_params[12 l : 12 l + 12], in decode_layout.h's
+//   order, BLOCK_PARAMS of smallmind_torch/decode_layout.py):
 //     x = decode_block(x)  (below; writes row `pos` of k_caches[l], v_caches[l])
 //   logits = ln_f(x) wte^T      (the lm head is tied to the token embedding)  (B, V)
 //   next_tokens = argmax(logits, -1)  (torch.argmax's rule: first NaN, else first maximum)
@@ -42,29 +43,22 @@
 #include <vector>
 
 #include "common.h"
+#include "decode_layout.h"
 #include "kernels.h"
 
 namespace smallmind {
 namespace {
 
-constexpr int64_t kNumParams = 12;
-constexpr const char* kParamNames[kNumParams] = {
-    "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-    "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
+using decode_layout::kNumParams;
+using decode_layout::kParamNames;
+using decode_layout::kQ8Params;
+using decode_layout::kQ8PerBlock;
 
-// Expected shape of parameter i (BLOCK_PARAMS order) of a block of width C: rows, cols
+// Expected shape of parameter i (decode_layout.h's order) of a block of width C: rows, cols
 // (cols = 0 for a 1-D tensor).
 std::pair<int64_t, int64_t> param_shape(int64_t i, int64_t C) {
-  switch (i) {
-    case 2: return {3 * C, C};   // attn.c_attn.weight
-    case 3: return {3 * C, 0};
-    case 4: return {C, C};       // attn.c_proj.weight
-    case 8: return {4 * C, C};   // mlp.c_fc.weight
-    case 9: return {4 * C, 0};
-    case 10: return {C, 4 * C};  // mlp.c_proj.weight
-    default: return {C, 0};      // LayerNorm weights and biases, the projections' biases
-  }
+  const decode_layout::ParamShape s = decode_layout::kParamShapes[i];
+  return {s.rows * C, s.cols * C};
 }
 
 void check_matrix(const at::Tensor& t, const char* op, const std::string& name) {
@@ -154,8 +148,9 @@ DecodeDims check_block_args(const at::Tensor& x, at::TensorList params, const at
                     ") must be positive and divide C = x.size(1) = ", C);
   check_eps(eps, op);
   TORCH_CHECK(int64_t(params.size()) == kNumParams, "smallmind::", op, ": 'params' must hold ",
-              "the block's ", kNumParams, " tensors in fused_decode.BLOCK_PARAMS order ",
-              "(ln_1.weight, ln_1.bias, attn.c_attn.weight, ...), got ", params.size());
+              "the block's ", kNumParams, " tensors in decode_layout.BLOCK_PARAMS order (",
+              kParamNames[0], ", ", kParamNames[1], ", ", kParamNames[2], ", ...), got ",
+              params.size());
   auto param_name = [](int64_t i) {
     return "params[" + std::to_string(i) + "] (" + kParamNames[i] + ")";
   };
@@ -213,21 +208,19 @@ void run_decode_step(Isa isa, const DecodeStep& s, int nthreads) {
   SMALLMIND_DISPATCH(isa, decode::decode_step, s, nthreads);
 }
 
-// The int8 weights of decode_step_q8_: per block c_attn, attn.c_proj, c_fc, mlp.c_proj (the
-// weights at BLOCK_PARAMS positions 2, 4, 8, 10), then the lm head; each int8 (N, K),
-// contiguous, shaped like the float32 weight it stands for, with float32 scales (N,).
-constexpr int64_t kQ8PerBlock = 4;
-constexpr int64_t kQ8Param[kQ8PerBlock] = {2, 4, 8, 10};
-
+// The int8 weights of decode_step_q8_: per block its matrices (decode_layout.h's kQ8Params:
+// c_attn, attn.c_proj, c_fc, mlp.c_proj), then the lm head; each int8 (N, K), contiguous,
+// shaped like the float32 weight it stands for, with float32 scales (N,).
 void check_q8(at::TensorList q8, at::TensorList scales, int64_t L, int64_t C, int64_t V,
               const char* op) {
   TORCH_CHECK(int64_t(q8.size()) == kQ8PerBlock * L + 1 && scales.size() == q8.size(),
-              "smallmind::", op, ": 'weights_q8' and 'scales_q8' must each hold 4 tensors per "
-              "block (c_attn, attn.c_proj, c_fc, mlp.c_proj) and the lm head, ",
+              "smallmind::", op, ": 'weights_q8' and 'scales_q8' must each hold ", kQ8PerBlock,
+              " tensors per block (", kParamNames[kQ8Params[0]], ", ..., ",
+              kParamNames[kQ8Params[kQ8PerBlock - 1]], ") and the lm head, ",
               kQ8PerBlock * L + 1, " for ", L, " blocks; got ", q8.size(), " and ", scales.size());
   for (int64_t i = 0; i < int64_t(q8.size()); ++i) {
     const bool head = i == kQ8PerBlock * L;
-    const auto shape = head ? std::make_pair(V, C) : param_shape(kQ8Param[i % kQ8PerBlock], C);
+    const auto shape = head ? std::make_pair(V, C) : param_shape(kQ8Params[i % kQ8PerBlock], C);
     const std::string name = "weights_q8[" + std::to_string(i) + "]";
     const std::string sname = "scales_q8[" + std::to_string(i) + "]";
     check_cpu(q8[i], op, name.c_str());
@@ -263,8 +256,9 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
   const int64_t nh = n_head, hs = C / n_head;
   // the blocks: 12 tensors each, one k and one v cache each
   TORCH_CHECK(block_params.size() >= size_t(kNumParams) && block_params.size() % kNumParams == 0,
-              "smallmind::", op, ": 'block_params' must hold 12 tensors per block (BLOCK_PARAMS "
-              "order, block after block) for at least one block, got ", block_params.size());
+              "smallmind::", op, ": 'block_params' must hold ", kNumParams, " tensors per block "
+              "(decode_layout.BLOCK_PARAMS order, block after block) for at least one block, got ",
+              block_params.size());
   const int64_t L = int64_t(block_params.size()) / kNumParams;
   TORCH_CHECK(int64_t(k_caches.size()) == L && int64_t(v_caches.size()) == L, "smallmind::", op,
               ": 'k_caches' and 'v_caches' must hold one cache per block (", L, "), got ",
@@ -275,8 +269,9 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
   };
   for (int64_t i = 0; i < L * kNumParams; ++i)
     check_param(block_params[i], i % kNumParams, C, op, [&] { return param_name(i); });
-  check_param(ln_f_w, 0, C, op, [] { return std::string("ln_f_w"); });
-  check_param(ln_f_b, 1, C, op, [] { return std::string("ln_f_b"); });
+  // ln_f is shaped like a block's LayerNorms
+  check_param(ln_f_w, decode_layout::ln_1_w, C, op, [] { return std::string("ln_f_w"); });
+  check_param(ln_f_b, decode_layout::ln_1_b, C, op, [] { return std::string("ln_f_b"); });
   auto cache_name = [](const char* list, int64_t l) {
     return std::string(list) + "[" + std::to_string(l) + "]";
   };

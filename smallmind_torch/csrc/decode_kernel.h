@@ -18,10 +18,46 @@ namespace smallmind {
 namespace SMALLMIND_ISA_NS {
 namespace decode {
 
-enum Param : int {  // the parameter list, in the model's names (BLOCK_PARAMS in fused_decode.py)
-  ln_1_w, ln_1_b, c_attn_w, c_attn_b, attn_c_proj_w, attn_c_proj_b,
-  ln_2_w, ln_2_b, c_fc_w, c_fc_b, mlp_c_proj_w, mlp_c_proj_b
-};
+// A block's parameters by name (ln_1_w, c_attn_w, ...) and its matrices (kQ8Params): the
+// generated decode_layout.h.
+using namespace ::smallmind::decode_layout;
+
+// The naive loop: decode_block (below) on float32 weights, one step after the other on the
+// naive loops of the other kernel headers, for reading and for the tests (naive.cpp). x (B, C)
+// in place; row `pos` of the caches written.
+static inline void decode_block_naive(const DecodeDims& d, const DecodeLayer& layer, int64_t pos,
+                                      float eps, float* x) {
+  const int64_t B = d.B, C = d.C, hs = d.hs;
+  const float* const* p = layer.p;
+  std::vector<float> h(B * C), qkv(B * 3 * C), y(B * C), fc(B * 4 * C);
+  auto linear = [&](const float* a, int64_t K, int m, int64_t N, float* out) {  // matrix m
+    gemm::sgemm_naive(B, N, K, a, K, 1, p[kQ8Params[m]], 1, K, out, N, p[kQ8Biases[m]]);
+  };
+  auto add = [&](const float* t) { for (int64_t i = 0; i < B * C; ++i) x[i] += t[i]; };
+  // attention: h = LN1(x); q, k, v = c_attn(h); cache[b, head, pos] = k, v;
+  // y = softmax(q K^T / sqrt(hs)) V; x += attn.c_proj(y)
+  layer_norm_naive(x, B, C, p[ln_1_w], p[ln_1_b], eps, h.data());
+  linear(h.data(), C, 0, 3 * C, qkv.data());
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t hd = 0; hd < d.nh; ++hd) {
+      const int64_t at = (b * d.nh + hd) * d.S * hs;
+      const float* q = qkv.data() + b * 3 * C + hd * hs;
+      std::copy(q + C, q + C + hs, layer.k_cache + at + pos * hs);
+      std::copy(q + 2 * C, q + 2 * C + hs, layer.v_cache + at + pos * hs);
+      attention_naive(q, layer.k_cache + at, layer.v_cache + at, 1, 1, pos + 1, hs, pos,
+                      y.data() + b * C + hd * hs);
+    }
+  }
+  linear(y.data(), C, 1, C, h.data());
+  add(h.data());
+  // MLP: h = LN2(x); x += mlp.c_proj(gelu_tanh(c_fc(h)))
+  layer_norm_naive(x, B, C, p[ln_2_w], p[ln_2_b], eps, h.data());
+  linear(h.data(), C, 2, 4 * C, fc.data());
+  for (float& v : fc)  // gelu_tanh(v) = 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3)))
+    v = 0.5f * v * (1.0f + std::tanh(0.7978845608f * (v + 0.044715f * v * v * v)));
+  linear(fc.data(), 4 * C, 3, C, h.data());
+  add(h.data());
+}
 
 // This thread's share [*b, *e) of n items: contiguous, split at multiples of `align` (the
 // widest vector, for columns) so the ranges of the threads are balanced and aligned.
@@ -106,13 +142,12 @@ static inline void gemv_cols_int8(bool int8_activations, const float* a, const I
 static inline void layer_gemv(const DecodeLayer& layer, int m, const float* a, int64_t M,
                               int64_t K, int64_t j0, int64_t j1, float* out, int64_t ldo,
                               bool accumulate, const Int8Rows* a8 = nullptr) {
-  static const int weight[4] = {c_attn_w, attn_c_proj_w, c_fc_w, mlp_c_proj_w};
-  const float* bias = layer.p[weight[m] + 1];
+  const float* bias = layer.p[kQ8Biases[m]];
   if (layer.q[m])
     gemv_cols_int8(layer.int8_activations, a, a8, M, K, layer.q[m], layer.qs[m], bias, j0, j1,
                    out, ldo, accumulate);
   else
-    gemv_cols(a, M, K, layer.p[weight[m]], bias, j0, j1, out, ldo, accumulate);
+    gemv_cols(a, M, K, layer.p[kQ8Params[m]], bias, j0, j1, out, ldo, accumulate);
 }
 
 // One (sequence b, head hd): write this token's k and v (from row b of qkv) into the cache at

@@ -30,6 +30,20 @@ namespace smallmind {
 namespace SMALLMIND_ISA_NS {
 namespace gemm {
 
+// The naive loop: sgemm (below) as one dot product per element of C, in the order of k. For
+// reading, and for the tests, which hold every ISA's sgemm to it (naive.cpp).
+static inline void sgemm_naive(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa,
+                               int64_t csa, const float* B, int64_t rsb, int64_t csb, float* C,
+                               int64_t ldc, const float* bias) {
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += A[i * rsa + k * csa] * B[k * rsb + j * csb];
+      C[i * ldc + j] = s + (bias ? bias[j] : 0.f);
+    }
+  }
+}
+
 #if SMALLMIND_ISA_LEVEL == 2
 constexpr int MR = 8;         // 8 x 2 zmm accumulators + 2 B vectors: 18 of 32 registers
 constexpr int NV = 2;         // vectors per micro-tile row: NR = 32

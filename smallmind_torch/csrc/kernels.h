@@ -1,17 +1,20 @@
 // Every kernel of the smallmind ops, compiled once per ISA (see simd.h for the design).
 //
 // The kernel headers below have no include guard: this file includes each of them three
-// times (AVX2 before AVX-512, whose int8 path falls back on AVX2's where VNNI is missing), with SMALLMIND_ISA_LEVEL (2 AVX-512, 1 AVX2 + FMA, 0 plain C++) and
+// times, widest ISA first, with SMALLMIND_ISA_LEVEL (2 AVX-512, 1 AVX2 + FMA, 0 plain C++) and
 // SMALLMIND_ISA_NS (the namespace: isa_avx512, isa_avx2, isa_scalar) defined, the first two
 // inside `#pragma GCC target(...)` so that their intrinsics compile into a library built for
-// the baseline x86-64. Everything they use from the standard library, OpenMP and ATen is
-// included here first, outside the target regions. The ops' .cpp files include this header
-// and call a kernel through SMALLMIND_DISPATCH(current_isa(), ...).
+// the baseline x86-64. Each ISA's layer uses only itself (no kernel names another ISA's
+// namespace), so any one of them compiles alone. Everything they use from the standard
+// library, OpenMP and ATen is included here first, outside the target regions. The ops' .cpp
+// files include this header and call a kernel through SMALLMIND_DISPATCH(current_isa(), ...).
 //
 // In reading order: vec_math.h (the vector type of the ISA and row helpers), layer_norm_row.h,
 // gemm_kernel.h, attention_kernel.h (also the causal softmax rows), linear_lowp_kernel.h (int8 and
-// bf16 weights), decode_kernel.h (the fused decode block and the whole-model
-// decode step, on float32 or int8 weights).
+// bf16 weights), decode_kernel.h (the fused decode block and the whole-model decode step, on
+// float32 or int8 weights). Each of the kernel headers after vec_math.h starts with its naive
+// loop (sgemm_naive, attention_naive, ...): the algorithm in a few plain lines, which the tests
+// hold every ISA's fast form to, through the test-facing smallmind_naive ops of naive.cpp.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -27,6 +30,7 @@
 #include <vector>
 
 #include "common.h"
+#include "decode_layout.h"
 #include "simd.h"
 
 namespace smallmind {
@@ -38,16 +42,16 @@ struct DecodeDims {
   int64_t B, C, nh, hs, S;
 };
 
-// One block: its 12 parameters in fused_decode.BLOCK_PARAMS order (contiguous, nn.Linear
-// layout) and its KV cache (contiguous (maxB, nh, S, hs)).
+// One block: its parameters in decode_layout.h's order (contiguous, nn.Linear layout) and its
+// KV cache (contiguous (maxB, nh, S, hs)).
 struct DecodeLayer {
-  const float* p[12];
+  const float* p[decode_layout::kNumParams];
   float* k_cache;
   float* v_cache;
-  // int8 weights (decode_step_q8_), or null: c_attn, attn.c_proj, c_fc, mlp.c_proj, each
-  // (N, K) int8 with float32 scales (N,) standing for p[2], p[4], p[8], p[10]
-  const int8_t* q[4] = {nullptr, nullptr, nullptr, nullptr};
-  const float* qs[4] = {nullptr, nullptr, nullptr, nullptr};
+  // int8 weights (decode_step_q8_), or null: matrix m (N, K) int8 with float32 scales (N,)
+  // standing for p[kQ8Params[m]] (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+  const int8_t* q[decode_layout::kQ8PerBlock] = {};
+  const float* qs[decode_layout::kQ8PerBlock] = {};
   bool int8_activations = false;  // w8a8: each matrix's input rows quantized on the fly
 };
 
@@ -75,9 +79,9 @@ struct DecodeStep {
 #if SMALLMIND_X86
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-#define SMALLMIND_ISA_LEVEL 1
-#define SMALLMIND_ISA_NS isa_avx2
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define SMALLMIND_ISA_LEVEL 2
+#define SMALLMIND_ISA_NS isa_avx512
 #include "vec_math.h"
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"
@@ -89,9 +93,9 @@ struct DecodeStep {
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-#define SMALLMIND_ISA_LEVEL 2
-#define SMALLMIND_ISA_NS isa_avx512
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define SMALLMIND_ISA_LEVEL 1
+#define SMALLMIND_ISA_NS isa_avx2
 #include "vec_math.h"
 #include "layer_norm_row.h"
 #include "gemm_kernel.h"

@@ -5,6 +5,23 @@
 namespace smallmind {
 namespace SMALLMIND_ISA_NS {
 
+// The naive loop: layer_norm_forward (below) on N contiguous rows of C, the textbook two
+// passes, mean then variance. For reading, and for the tests, which hold every ISA's forward
+// to it (naive.cpp).
+static inline void layer_norm_naive(const float* x, int64_t N, int64_t C, const float* w,
+                                    const float* b, float eps, float* y) {
+  for (int64_t r = 0; r < N; ++r) {
+    const float* xr = x + r * C;
+    float mean = 0.f, var = 0.f;
+    for (int64_t c = 0; c < C; ++c) mean += xr[c];
+    mean /= static_cast<float>(C);
+    for (int64_t c = 0; c < C; ++c) var += (xr[c] - mean) * (xr[c] - mean);
+    const float rstd = 1.0f / std::sqrt(var / static_cast<float>(C) + eps);
+    for (int64_t c = 0; c < C; ++c)
+      y[r * C + c] = (xr[c] - mean) * rstd * (w ? w[c] : 1.f) + (b ? b[c] : 0.f);
+  }
+}
+
 // Moments of one row, shifted by its first element for accuracy: d_j = x_j - x_0 is exact
 // when the row's values are close to each other (Sterbenz), so a large common offset (|mean| >>
 // spread) costs no precision: md = mean(d), var = mean((d - md)^2); mean = x_0 + md.

@@ -6,11 +6,11 @@
 //     rounded to bf16 as a bf16 dot product reads them, the products summed in float32;
 //   linear_w8a8(x, w_q, scale, bias): linear_q8's weights with the rows of x quantized to int8
 //     on the fly (symmetric, per row), exact int32 dot products (VNNI where the CPU has it).
-// Both run the library's GEMM from kLibraryGemmRows rows on (prefill; see there).
+// The two int8 ops run the library's GEMM from kLibraryGemmRows rows on (prefill; see there).
 // Each has a no-autograd twin (*_inference) and an out-variant (*_out) that writes a contiguous
 // `out` (through a temporary when out overlaps an input). The kernels, once per ISA, are in
 // linear_lowp_kernel.h; the formats and the plain-PyTorch references are in weight_formats.py
-// and ops/_linear_q8.py, ops/_linear_bf16.py.
+// (linear_w8a8_reference) and ops/_linear_q8.py, ops/_linear_bf16.py.
 #include <ATen/Parallel.h>
 #include <ATen/ops/_int_mm.h>
 #include <ATen/ops/addmm.h>
@@ -129,7 +129,10 @@ void int8_gemm(const at::Tensor& x2, const at::Tensor& w_q, const at::Tensor& sc
     [&] {
       SMALLMIND_DISPATCH(current_isa(), quantize_rows, x2.const_data_ptr<float>(), M, K, q, s);
     }();
-    y2.copy_(at::_int_mm(at::from_blob(q, {M, K}, x2.options().dtype(at::kChar)), w_q.t()));
+    // w_q (N, K) as the (K, N) operand: its transpose, strides (1, K); at K = 1 those are
+    // (1, 1), which _int_mm misreads, so there the same memory as a (1, N) row-major view
+    const at::Tensor w_t = K == 1 ? w_q.reshape({1, N}) : w_q.t();
+    y2.copy_(at::_int_mm(at::from_blob(q, {M, K}, x2.options().dtype(at::kChar)), w_t));
     y2.mul_(at::from_blob(s, {M, 1}, x2.options())).mul_(scale);  // (sum * sx) * sw
     if (bias) y2.add_(*bias);
   } else {

@@ -1,6 +1,6 @@
 // Matrix-vector products on low-precision weights, one ISA (no include guard: kernels.h
-// includes this once per ISA): the kernels of the linear_q8 and linear_bf16 ops and of the
-// int8 decode step (decode_kernel.h).
+// includes this once per ISA): the kernels of the linear_q8, linear_bf16 and linear_w8a8 ops
+// and of the int8 decode step (decode_kernel.h).
 //
 // y[m, n] = scale[n] * sum_k x[m, k] * w[n, k] (+ bias[n]), x and y float32, w (N, K) int8
 // quantized per output channel (row n of the float weight ~ scale[n] * w[n, :]) or bfloat16
@@ -15,11 +15,76 @@
 // int32 sums of int8 products, then scaled: y = (sum * sx[m]) * sw[n] + bias[n]. With
 // AVX512_VNNI one vpdpbusd adds 64 products (gemv_cols_w8a8_vnni); elsewhere vpmaddubsw +
 // vpmaddwd (AVX2, also the AVX-512 path of a CPU without VNNI) or plain C++. vpmaddubsw takes
-// unsigned bytes: it is given |a| and w with a's sign, so each product is a * w (|a|, |w| <=
-// 127 keeps its int16 pair sums from saturating).
+// unsigned bytes: it is given |w| and a with w's sign, so each product is a * w. That way round
+// every int8 weight works, -128 included (|-128| is 128 as an unsigned byte, while -(-128)
+// would not fit in a signed one), and |a| <= 127 (quantize_rows never gives -128) keeps the
+// int16 pair sums within 2 * 128 * 127 < 2^15, unsaturated.
 
 namespace smallmind {
 namespace SMALLMIND_ISA_NS {
+
+// Symmetric per-row quantization of x (M, K): sx[m] = max |x[m, :]| / 127 (1 for a row of
+// zeros), q[m, k] = round(x[m, k] / sx[m]) (half to even) in [-127, 127]; a row holding NaN or
+// inf gets sx[m] = NaN (its outputs are NaN: int8 cannot carry it). As weight_formats.py's
+// quantize_rows, to the bit.
+static inline void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* sx) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * K;
+    int8_t* qm = q + m * K;
+    float amax = 0.f;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const float a = std::fabs(xm[k]);
+      finite = finite && a <= std::numeric_limits<float>::max();
+      amax = a > amax ? a : amax;
+    }
+    if (!finite) {
+      sx[m] = std::numeric_limits<float>::quiet_NaN();
+      std::fill(qm, qm + K, int8_t(0));
+      continue;
+    }
+    const float s = amax > 0.f ? amax / 127.f : 1.f;
+    sx[m] = s;
+    for (int64_t k = 0; k < K; ++k) {
+      const float r = std::nearbyint(xm[k] / s);
+      qm[k] = int8_t(r > 127.f ? 127.f : (r < -127.f ? -127.f : r));
+    }
+  }
+}
+
+// The naive loops: the linear_q8, linear_bf16 and linear_w8a8 kernels (at the end) as one dot
+// product per output. For reading, and for the tests, which hold every ISA's kernels to them
+// (naive.cpp). x (M, K), w (N, K), y (M, N), all row-major; scale and bias may be null.
+
+// y[m, n] = scale[n] * sum_k x[m, k] w[n, k] + bias[n]: int8 weights with their scales, or
+// bf16 ones (no scale; x as the caller rounded it to bf16)
+template <class Weight>
+static inline void linear_lowp_naive(const float* x, int64_t M, int64_t K, const Weight* w,
+                                     const float* scale, const float* bias, float* y, int64_t N) {
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += x[m * K + k] * float(w[n * K + k]);
+      y[m * N + n] = (scale ? s * scale[n] : s) + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+// w8a8: the rows of x quantized (qx, sx), exact int32 sums, then
+// y[m, n] = (sum * sx[m]) * sw[n] + bias[n]
+static inline void linear_w8a8_naive(const float* x, int64_t M, int64_t K, const int8_t* w,
+                                     const float* sw, const float* bias, float* y, int64_t N) {
+  std::vector<int8_t> qx(M * K);
+  std::vector<float> sx(M);
+  quantize_rows(x, M, K, qx.data(), sx.data());
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < K; ++k) s += int32_t(qx[m * K + k]) * int32_t(w[n * K + k]);
+      y[m * N + n] = float(s) * sx[m] * sw[n] + (bias ? bias[n] : 0.f);
+    }
+  }
+}
 
 constexpr int kLowpRows = 4;
 
@@ -131,35 +196,6 @@ static void gemv_cols_bf16_dot(const c10::BFloat16* xb, int64_t M, int64_t K,
 
 // ---- w8a8 ----
 
-// Symmetric per-row quantization of x (M, K): sx[m] = max |x[m, :]| / 127 (1 for a row of
-// zeros), q[m, k] = round(x[m, k] / sx[m]) (half to even) in [-127, 127]; a row holding NaN or
-// inf gets sx[m] = NaN (its outputs are NaN: int8 cannot carry it). As weight_formats.py's
-// quantize_rows, to the bit.
-static inline void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* sx) {
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xm = x + m * K;
-    int8_t* qm = q + m * K;
-    float amax = 0.f;
-    bool finite = true;
-    for (int64_t k = 0; k < K; ++k) {
-      const float a = std::fabs(xm[k]);
-      finite = finite && a <= std::numeric_limits<float>::max();
-      amax = a > amax ? a : amax;
-    }
-    if (!finite) {
-      sx[m] = std::numeric_limits<float>::quiet_NaN();
-      std::fill(qm, qm + K, int8_t(0));
-      continue;
-    }
-    const float s = amax > 0.f ? amax / 127.f : 1.f;
-    sx[m] = s;
-    for (int64_t k = 0; k < K; ++k) {
-      const float r = std::nearbyint(xm[k] / s);
-      qm[k] = int8_t(r > 127.f ? 127.f : (r < -127.f ? -127.f : r));
-    }
-  }
-}
-
 // The activations as gemv_cols_w8a8 reads them: x (M, K) quantized (quantize_rows) into qa
 // (M, K) and sa (M,), qa signed, or offset by 128 where the kernel runs on VNNI (vpdpbusd takes
 // unsigned bytes; 128 * sum(w) is taken off after the sums).
@@ -173,14 +209,10 @@ static inline void prepare_w8a8_rows(const float* x, int64_t M, int64_t K, int8_
 }
 
 // R int8 rows of a (row r at a + r * K) against one int8 weight row: R exact int32 sums.
-#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
-// AVX-512 without VNNI: the AVX2 path (kernels.h includes it first); with VNNI,
-// gemv_cols_w8a8_vnni below replaces the whole loop.
-template <int R>
-static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int32_t* t) {
-  isa_avx2::dot_i8_rows<R>(a, K, w, t);
-}
-#elif SMALLMIND_ISA_LEVEL == 1
+#if SMALLMIND_ISA_LEVEL >= 1
+// 256-bit vpmaddubsw + vpmaddwd: the AVX2 form, and the AVX-512 form on a CPU without VNNI
+// (AVX-512 has no vpsignb to move w's sign onto a; with VNNI, gemv_cols_w8a8_vnni below
+// replaces the whole loop).
 template <int R>
 static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int32_t* t) {
   __m256i acc[R];
@@ -189,9 +221,10 @@ static inline void dot_i8_rows(const int8_t* a, int64_t K, const int8_t* w, int3
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+    const __m256i w_abs = _mm256_abs_epi8(wv);  // as unsigned bytes: 0..128
     for (int r = 0; r < R; ++r) {
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * K + k));
-      const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(av), _mm256_sign_epi8(wv, av));
+      const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(av, wv));
       acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(pairs, ones));
     }
   }

@@ -2,9 +2,9 @@
 // includes this file once per ISA, see there; everything here lives in SMALLMIND_ISA_NS).
 //
 // Layer 1, per ISA: V, a vector of W floats (__m512 and 16, __m256 and 8, float and 1), and the
-// handful of operations the kernels use: vload / vstore (unaligned), vload_i8 (W int8 -> W
-// floats), arithmetic, vfmadd (a * b + c), vfnmadd (c - a * b), horizontal vhsum / vhmax,
-// NaN masks, vexp. vmin / vmax keep the x86 rule (when either operand is NaN the second is
+// handful of operations the kernels use: vzero / vset1, vload / vstore (unaligned), vload_i8
+// and vload_bf16 (W int8 or bfloat16 -> W floats), arithmetic, vfmadd (a * b + c), vfnmadd
+// (c - a * b), horizontal vhsum / vhmax, NaN masks, vexp, vhsum8. vmin / vmax keep the x86 rule (when either operand is NaN the second is
 // returned) on every ISA, plain C++ included. Writing the kernels once on this layer keeps
 // the three paths the same algorithm: they differ in width, and so in the order of some
 // float sums, never in steps.
@@ -14,7 +14,8 @@
 //    [-87, 88]; 0 below about -87.3; NaN for NaN. The plain-C++ path uses std::exp.
 //  * vhsum8: 8 vectors -> their 8 horizontal sums (one query against 8 keys at once).
 //
-// Layer 2, generic: row_max, exp_sub_sum, scale_inplace, dot, dot_q8, axpy, add_inplace,
+// Layer 2, generic: row_max, exp_sub_sum, scale_inplace, dot_weights (on float32, int8 or
+// bfloat16 weights, widened by vload_weight) with dot and dot_q8, axpy, add_inplace,
 // gelu_tanh_inplace, on one row of n floats: a loop of vectors, then a scalar tail.
 //
 // Non-finite input behaves as torch.softmax does: a NaN in a row makes row_max NaN and every
@@ -267,7 +268,7 @@ static inline V vload_weight(const float* p) { return vload(p); }
 static inline V vload_weight(const int8_t* p) { return vload_i8(p); }
 static inline V vload_weight(const c10::BFloat16* p) { return vload_bf16(p); }
 
-// dot(a, w) over n, w float32 (dot), int8 (dot_q8) or bfloat16 (linear_bf16_kernel.h)
+// dot(a, w) over n, w float32 (dot), int8 (dot_q8) or bfloat16 (linear_lowp_kernel.h)
 template <class Weight>
 static inline float dot_weights(const float* a, const Weight* w, int64_t n) {
   int64_t j = 0;

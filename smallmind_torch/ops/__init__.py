@@ -2,10 +2,21 @@
 
 Nothing is built at import: the first use of an op (or `load_all()`, which `set_phase` calls
 for presets with custom forms, or `build()`) builds the extension (see `_build`) and imports
-the Python bindings. Each binding module has a plain-PyTorch reference beside the op, a
-`register_fake` (so `torch.compile` traces through it) and, where training uses it, a
-`register_autograd`; `_common` holds what they share. `_isa` selects the instruction set the
-kernels run (AVX-512, AVX2 or plain C++; see csrc/simd.h).
+the Python bindings, one module per C++ file:
+
+- `_gemm` (gemm.cpp): `gemm`, `linear`, the cache of packed weights;
+- `_attention` (attention.cpp), `_softmax` (softmax.cpp: `causal_softmax`), `_layer_norm`
+  (layer_norm.cpp), `_embedding` (embedding.cpp);
+- `_linear_q8`, `_linear_bf16`, `_linear_w8a8` (linear_lowp.cpp): linears on int8 / bf16 weights;
+- `_decode` (decode.cpp): `decode_block_`, `decode_step_`, `decode_step_q8_`, whose parameter
+  order is `smallmind_torch/decode_layout.py`'s;
+- `_isa` (isa.cpp): the instruction set the kernels run (AVX-512, AVX2 or plain C++; see
+  csrc/simd.h).
+
+Every op has a plain-PyTorch reference (`*_reference` beside it; the decode ops' are in
+`fused_decode.py`), a `register_fake` (so `torch.compile` traces through it) and, where
+training uses it, a `register_autograd`; `_common` holds what the bindings share.
+`torch.ops.smallmind_naive.*` (csrc/naive.cpp) are the kernels' naive loops, for the tests.
 """
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ from typing import Optional
 import torch
 
 from ._build import load
-from ._common import CALL_ERRORS, check_dim, check_int, check_q_offset, check_shape, \
-    check_tensor, diagnose, needs_grad
+from ._common import CALL_ERRORS, check_int, diagnose, fake_check, fake_q_offset, fake_tensor, needs_grad
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
@@ -52,21 +51,14 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.softmax(att, dim=-1) @ v
 
 
-# ---- fakes: the kernel's checks (check_qkv in attention.cpp), then the shape ----
+# ---- fakes: the results' shapes, refusing what check_qkv (attention.cpp) refuses ----
 
 def _check_qkv(op, q, k, v, q_offset):
     for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(op, name, t)
-    check_dim(op, "q", q, 4, " (B, nh, Tq, hs)")
-    check_dim(op, "k", k, 4, " (B, nh, Tk, hs)")
-    check_dim(op, "v", v, 4, " (B, nh, Tk, hs)")
-    torch._check(k.shape == v.shape,
-                 lambda: f"smallmind::{op}: 'k' and 'v' must have the same shape (B, nh, Tk, "
-                         f"hs), got {list(k.shape)} and {list(v.shape)}")
-    torch._check((q.shape[0], q.shape[1], q.shape[3]) == (k.shape[0], k.shape[1], k.shape[3]),
-                 lambda: f"smallmind::{op}: 'q' (B, nh, Tq, hs) and 'k' (B, nh, Tk, hs) must "
-                         f"agree on B, nh and hs, got q {list(q.shape)} and k {list(k.shape)}")
-    check_q_offset(op, q_offset, q.shape[2], k.shape[2])
+        fake_tensor(op, name, t, dim=4)
+    fake_check(op, "sizes", k.shape == v.shape and q.shape[:2] == k.shape[:2]
+               and q.shape[3] == k.shape[3])
+    fake_q_offset(op, q_offset, q.shape[2], k.shape[2])
 
 
 @torch.library.register_fake("smallmind::attention")
@@ -83,15 +75,15 @@ def _attention_inference_fake(q, k, v, q_offset=0):
 @torch.library.register_fake("smallmind::attention_out")
 def _attention_out_fake(q, k, v, q_offset, out):
     _check_qkv("attention_out", q, k, v, q_offset)
-    check_tensor("attention_out", "out", out)
-    check_shape("attention_out", "out", out, q.shape)
+    fake_tensor("attention_out", "out", out)
+    fake_check("attention_out", "'out'", out.shape == q.shape)
 
 
 @torch.library.register_fake("smallmind::attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, q_offset):
     _check_qkv("attention_backward", q, k, v, q_offset)
-    check_tensor("attention_backward", "grad_out", grad_out)
-    check_shape("attention_backward", "grad_out", grad_out, q.shape)
+    fake_tensor("attention_backward", "grad_out", grad_out)
+    fake_check("attention_backward", "'grad_out'", grad_out.shape == q.shape)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

@@ -1,13 +1,13 @@
-"""What every op binding shares: argument diagnosis, the checks the fakes run, and the rule for
-skipping the Python autograd kernel.
+"""What every op binding shares: argument diagnosis, the fakes' checks, and the rule for skipping
+the Python autograd kernel.
 
 One way to write a binding (extension-cpp style): the schema lives in C++ (`m.def`), and C++
-`TORCH_CHECK`s are the source of every shape and value check. A Python wrapper calls the
+`TORCH_CHECK`s are the source of every check and of its message. A Python wrapper calls the
 op's OpOverload (`.default`: the OpOverloadPacket would resolve the overload in Python on
-every call) and adds only what C++ cannot say well, and only when a call fails: a CUDA
-tensor (the dispatcher would say "Could not run ... with arguments from the 'CUDA' backend"),
-a wrong dtype on a meta tensor, or an argument that is not a tensor at all. So the hot path
-pays nothing for it.
+every call) and adds only what C++ cannot say, and only when a call fails: a tensor on another
+device such as CUDA (the dispatcher would say "Could not run ... with arguments from the 'CUDA'
+backend"), an argument that is not a tensor at all, and a meta tensor of the wrong dtype (no C++
+kernel runs on meta). So the hot path pays nothing for it.
 
 No autograd when nothing needs a gradient: every functional op with an autograd formula has a
 `*_inference` twin schema, the same C++ kernel registered without `register_autograd`. A
@@ -15,12 +15,14 @@ wrapper calls the twin when `needs_grad(...)` is false; a Python autograd kernel
 dispatch path costs time on every call, even under `no_grad`, and these wrappers run about
 twenty times per decode step.
 
-The fakes (`register_fake`, used by torch.compile and meta tensors) reject what the CPU
-kernels reject, with the same messages and exception types (RuntimeError; ValueError for a
-scalar argument out of range), through the `check_*` helpers below and each binding's shape
-checks.
+The fakes (`register_fake`, used by torch.compile and meta tensors) compute their outputs'
+shapes and dtypes, and refuse what the CPU kernels refuse with `fake_check` /
+`fake_tensor`: the same exception type (RuntimeError; ValueError for a scalar argument out of
+range) and a message that names only the argument; the kernel's own message says why.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -47,8 +49,9 @@ def needs_grad(*tensors) -> bool:
 
 
 def tensor_problem(op: str, name: str, t, dtype: torch.dtype = F32, optional: bool = False):
-    """The error a tensor argument deserves, or None: not a tensor, not on the CPU (meta is
-    fine: the fakes run there), or the wrong dtype."""
+    """The error a tensor argument deserves that the C++ kernel cannot give, or None: not a
+    tensor, on a device other than the CPU (meta is fine: the fakes run there), or a meta tensor
+    of the wrong dtype."""
     if t is None and optional:
         return None
     if not isinstance(t, torch.Tensor):
@@ -58,7 +61,7 @@ def tensor_problem(op: str, name: str, t, dtype: torch.dtype = F32, optional: bo
         return RuntimeError(
             f"smallmind::{op}: '{name}' is on {t.device}, but the smallmind ops have CPU kernels "
             f"only; move it to the CPU, or use the op's *_reference in plain PyTorch")
-    if t.dtype != dtype:
+    if t.dtype != dtype and t.device.type == "meta":  # on the CPU the kernel says it
         return RuntimeError(f"smallmind::{op}: '{name}' must have dtype {_DTYPE_NAMES[dtype]}, "
                             f"got {t.dtype}")
     return None
@@ -102,55 +105,39 @@ def diagnose(op: str, exc: BaseException, tensors=(), longs=(), optional=(), int
             raise problem from exc
 
 
-# ---- checks for the fakes (the C++ kernels' checks, in Python) -------------------------------
+# ---- the fakes' checks ------------------------------------------------------------------------
 
-def check_tensor(op: str, name: str, t, dtype: torch.dtype = F32) -> None:
-    problem = tensor_problem(op, name, t, dtype)
-    if problem is not None:
-        raise problem
-
-
-def check_dim(op: str, name: str, t: torch.Tensor, dim: int, what: str = "") -> None:
-    if t.dim() != dim:
-        raise RuntimeError(f"smallmind::{op}: '{name}{what}' must be {dim}-D, got a {t.dim()}-D "
-                           f"tensor of shape {list(t.shape)}")
+def fake_check(op: str, what: str, ok, value: bool = False) -> None:
+    """A fake's refusal when `ok` is false: a RuntimeError (a ValueError for a scalar argument,
+    as TORCH_CHECK_VALUE raises) that names `what` it refuses; the reason is the CPU kernel's to
+    say."""
+    (torch._check_value if value else torch._check)(
+        ok, lambda: f"smallmind::{op}: invalid {what} (the CPU kernel's error says why)")
 
 
-def check_min_dim(op: str, name: str, t: torch.Tensor, dim: int) -> None:
-    if t.dim() < dim:
-        raise RuntimeError(f"smallmind::{op}: '{name}' must have at least {dim} dimension(s), "
-                           f"got shape {list(t.shape)}")
+def fake_tensor(op: str, name: str, t, dtype: torch.dtype = F32, dim=None, min_dim: int = 0,
+                contiguous: bool = False) -> None:
+    """A tensor argument's device (the CPU, or meta), dtype, number of dims (`dim` exactly, or at
+    least `min_dim`) and, if asked, its contiguity."""
+    fake_check(op, f"'{name}'", t.device.type in ("cpu", "meta") and t.dtype == dtype
+               and (t.dim() == dim if dim is not None else t.dim() >= min_dim)
+               and (not contiguous or t.is_contiguous()))
 
 
-def check_shape(op: str, name: str, t: torch.Tensor, shape) -> None:
-    torch._check(tuple(t.shape) == tuple(shape),
-                 lambda: f"smallmind::{op}: '{name}' must have shape {list(shape)}, got "
-                         f"{list(t.shape)}")
+def fake_eps(op: str, eps: float) -> None:
+    """LayerNorm's eps: finite and >= 0 (common.h's check_eps)."""
+    fake_check(op, "eps", math.isfinite(eps) and eps >= 0.0, value=True)
 
 
-def check_contiguous(op: str, name: str, t: torch.Tensor) -> None:
-    if not t.is_contiguous():
-        raise RuntimeError(f"smallmind::{op}: '{name}' must be contiguous (row-major), got "
-                           f"strides {list(t.stride())}")
+def fake_q_offset(op: str, q_offset, tq, tk) -> None:
+    """The causal offset of a (Tq, Tk) block: 0 <= q_offset <= Tk - Tq (common.h's check_q_offset)."""
+    fake_check(op, "q_offset", tq <= tk and 0 <= q_offset and q_offset <= tk - tq, value=True)
 
 
-def check_out(op: str, t: torch.Tensor, shape) -> None:
-    """An out= tensor: CPU float32, contiguous, the expected shape."""
-    check_tensor(op, "out", t)
-    check_shape(op, "out", t, shape)
-    check_contiguous(op, "out", t)
-
-
-def check_eps(op: str, eps: float) -> None:
-    if not (eps >= 0.0 and eps != float("inf")):
-        raise ValueError(f"smallmind::{op}: eps must be a finite number >= 0, got {eps}")
-
-
-def check_q_offset(op: str, q_offset, tq, tk) -> None:
-    torch._check_value(tq <= tk and 0 <= q_offset and q_offset <= tk - tq,
-                 lambda: f"smallmind::{op}: q_offset must satisfy 0 <= q_offset <= Tk - Tq "
-                         f"(query i attends keys 0..q_offset+i), got q_offset = {q_offset}, "
-                         f"Tq = {tq}, Tk = {tk}")
+def fake_out(op: str, out, shape) -> None:
+    """An out= tensor: float32, contiguous, of the result's shape."""
+    fake_tensor(op, "out", out, contiguous=True)
+    fake_check(op, "'out'", tuple(out.shape) == tuple(shape))
 
 
 # ---- the linear ops on low-precision weights (_linear_q8, _linear_bf16, _linear_w8a8) ----
@@ -169,21 +156,15 @@ def call_lowp(variants, args, out):
     return out
 
 
-def check_x_and_bias(op: str, x, w, w_name: str, w_dtype, bias):
-    """The fakes' checks of x, the weight and the bias; (N, K)."""
-    check_tensor(op, "x", x)
-    check_min_dim(op, "x", x, 1)
-    check_tensor(op, w_name, w, w_dtype)
-    check_dim(op, w_name, w, 2)
-    check_contiguous(op, w_name, w)
+def fake_x_and_bias(op: str, x, w, w_name: str, w_dtype, bias):
+    """The fakes' checks of x, the weight (N, K) and the bias; (N, K)."""
+    fake_tensor(op, "x", x, min_dim=1)
+    fake_tensor(op, w_name, w, w_dtype, dim=2, contiguous=True)
     N, K = w.shape
-    torch._check(x.shape[-1] == K, lambda: f"smallmind::{op}: size mismatch, x.size(-1) = "
-                                           f"{x.shape[-1]} but {w_name}.size(1) (K) = {K} "
-                                           f"(they must be equal)")
+    fake_check(op, "sizes", x.shape[-1] == K)
     if bias is not None:
-        check_tensor(op, "bias", bias)
-        check_shape(op, "bias", bias, (N,))
-        check_contiguous(op, "bias", bias)
+        fake_tensor(op, "bias", bias, dim=1, contiguous=True)
+        fake_check(op, "'bias'", bias.shape[0] == N)
     return N, K
 
 

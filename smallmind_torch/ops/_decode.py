@@ -1,17 +1,20 @@
 """Bindings of csrc/decode.cpp: the whole model's decode step (`decode_step_`: embeddings, every
-block, ln_f, the tied lm head and the argmax, for one new token per sequence) and one GPT-2
-block (`decode_block_`), each in one C++ call.
+block, ln_f, the tied lm head and the argmax, for one new token per sequence; `decode_step_q8_`
+on int8 weights) and one GPT-2 block (`decode_block_`), each in one C++ call.
 
-The parameter order (`BLOCK_PARAMS`), the mapping from a model Block, the plain-PyTorch
-references and the model's decode step live with the model, in `smallmind_torch/fused_decode.py`.
+A block's parameters go in as one list, in the order of `smallmind_torch/decode_layout.py`
+(`BLOCK_PARAMS`, `Q8_PARAMS`, which csrc/decode_layout.h is rendered from). The mapping from a
+model Block, the plain-PyTorch references and the model's decode step live with the model, in
+`smallmind_torch/fused_decode.py`.
 """
 from __future__ import annotations
 
 import torch
 
+from ..decode_layout import BLOCK_PARAMS, Q8_PARAMS, param_shape
 from ._build import load
-from ._common import CALL_ERRORS, I8, I64, check_contiguous, check_dim, check_eps, check_shape, \
-    check_tensor, diagnose, tensor_problem
+from ._common import CALL_ERRORS, I8, I64, diagnose, fake_check, fake_eps, fake_tensor, \
+    tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
@@ -100,145 +103,82 @@ def decode_block_(x, params, k_cache, v_cache, pos: int, n_head: int, eps: float
         raise
 
 
-# ---- fake: check_decode_args of decode.cpp, in Python ----
+# ---- fakes: nothing to compute (the ops write in place), refusing what check_block_args and
+# decode_step_impl (decode.cpp) refuse, but for the token ids (data) and memory overlap ----
 
-def _param_shapes(c: int) -> list:
-    """Expected shapes in BLOCK_PARAMS order (nn.Linear weights are (out, in))."""
-    return [(c,), (c,), (3 * c, c), (3 * c,), (c, c), (c,),
-            (c,), (c,), (4 * c, c), (4 * c,), (c, 4 * c), (c,)]
-
-
-_PARAM_NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-                "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-                "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+def _fake_param(op, name, t, i, c):
+    """Parameter i (BLOCK_PARAMS order) of a block of width c."""
+    fake_tensor(op, name, t, contiguous=True)
+    fake_check(op, f"'{name}'", tuple(t.shape) == param_shape(i, c))
 
 
-def _check_decode_args(x, params, k_cache, v_cache, pos, n_head, eps):
-    op = "decode_block_"
-    for name, t in (("x", x), ("k_cache", k_cache), ("v_cache", v_cache)):
-        check_tensor(op, name, t)
-        check_contiguous(op, name, t)
-    check_dim(op, "x", x, 2)
-    b, c = x.shape
-    torch._check(b >= 1 and c >= 1,
-                 lambda: f"smallmind::{op}: 'x' must be (B, C) with B, C >= 1, got {list(x.shape)}")
-    torch._check_value(n_head >= 1 and c % n_head == 0,
-                       lambda: f"smallmind::{op}: n_head ({n_head}) must be positive and "
-                               f"divide C = x.size(1) = {c}")
-    check_eps(op, eps)
-    if len(params) != len(_PARAM_NAMES):
-        raise RuntimeError(f"smallmind::{op}: 'params' must hold the block's {len(_PARAM_NAMES)} "
-                           f"tensors in fused_decode.BLOCK_PARAMS order (ln_1.weight, ln_1.bias, "
-                           f"attn.c_attn.weight, ...), got {len(params)}")
-    for i, (p, name, shape) in enumerate(zip(params, _PARAM_NAMES, _param_shapes(c))):
-        label = f"params[{i}] ({name})"
-        check_tensor(op, label, p)
-        check_contiguous(op, label, p)
-        check_shape(op, label, p, shape)
-    hs = c // n_head
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        check_dim(op, name, t, 4)
-        torch._check(t.shape[1] == n_head and t.shape[3] == hs,
-                     lambda: f"smallmind::{op}: '{name}' must be (maxB, n_head, S, head_dim) = "
-                             f"(maxB, {n_head}, S, {hs}), got {list(t.shape)}")
-    torch._check(k_cache.shape == v_cache.shape,
-                 lambda: f"smallmind::{op}: k_cache and v_cache must have the same shape, got "
-                         f"{list(k_cache.shape)} and {list(v_cache.shape)}")
-    max_b, s = k_cache.shape[0], k_cache.shape[2]
-    torch._check(b <= max_b,
-                 lambda: f"smallmind::{op}: batch B = {b} exceeds the KV cache's max batch {max_b}")
-    torch._check_value(0 <= pos < s,
-                       lambda: f"smallmind::{op}: pos must lie in [0, {s - 1}] (the cache holds "
-                               f"S = {s} positions), got {pos}")
+def _fake_caches(op, named_caches, n_head, hs):
+    """KV caches (maxB, n_head, S, hs), all of the first one's shape."""
+    first = named_caches[0][1]
+    for name, t in named_caches:
+        fake_tensor(op, name, t, dim=4, contiguous=True)
+        fake_check(op, f"'{name}'", t.shape[1] == n_head and t.shape[3] == hs
+                   and t.shape == first.shape)
+
+
+def _fake_n_head_and_eps(op, n_head, c, eps):
+    fake_check(op, "n_head", n_head >= 1 and c % n_head == 0, value=True)
+    fake_eps(op, eps)
 
 
 @torch.library.register_fake("smallmind::decode_block_")
 def _decode_block_fake(x, params, k_cache, v_cache, pos, n_head, eps):
-    _check_decode_args(x, params, k_cache, v_cache, pos, n_head, eps)
+    op = "decode_block_"
+    fake_tensor(op, "x", x, dim=2, contiguous=True)
+    b, c = x.shape
+    fake_check(op, "'x'", b >= 1 and c >= 1)
+    _fake_n_head_and_eps(op, n_head, c, eps)
+    fake_check(op, "'params'", len(params) == len(BLOCK_PARAMS))
+    for i, p in enumerate(params):
+        _fake_param(op, f"params[{i}]", p, i, c)
+    _fake_caches(op, [("k_cache", k_cache), ("v_cache", v_cache)], n_head, c // n_head)
+    fake_check(op, "batch", b <= k_cache.shape[0])
+    fake_check(op, "pos", 0 <= pos < k_cache.shape[2], value=True)
 
 
-# ---- fake of decode_step_: decode_step_cpu's checks, in Python (token ids are data: C++ only) ----
-
-def _check_matrix(op, name, t):
-    check_tensor(op, name, t)
-    check_contiguous(op, name, t)
-
-
-def _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-                     n_head, eps, logits, next_tokens, op="decode_step_"):
-    _check_matrix(op, "wte", wte)
-    check_dim(op, "wte", wte, 2)
+def _fake_step(op, tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+               n_head, eps, logits, next_tokens):
+    fake_tensor(op, "wte", wte, dim=2, contiguous=True)
     v, c = wte.shape
-    torch._check(v >= 1 and c >= 1, lambda: f"smallmind::{op}: 'wte' must be (vocab, C) with "
-                                            f"vocab, C >= 1, got {list(wte.shape)}")
-    _check_matrix(op, "wpe", wpe)
-    check_dim(op, "wpe", wpe, 2)
-    torch._check(wpe.shape[1] == c, lambda: f"smallmind::{op}: size mismatch, wpe.size(1) = "
-                                            f"{wpe.shape[1]} but wte.size(1) (C) = {c} (they "
-                                            f"must be equal)")
-    torch._check_value(n_head >= 1 and c % n_head == 0,
-                       lambda: f"smallmind::{op}: n_head ({n_head}) must be positive and "
-                               f"divide C = wte.size(1) = {c}")
-    check_eps(op, eps)
-    n = len(block_params)
-    if n < len(_PARAM_NAMES) or n % len(_PARAM_NAMES):
-        raise RuntimeError(f"smallmind::{op}: 'block_params' must hold 12 tensors per block "
-                           f"(BLOCK_PARAMS order, block after block) for at least one block, "
-                           f"got {n}")
-    n_layer = n // len(_PARAM_NAMES)
-    if len(k_caches) != n_layer or len(v_caches) != n_layer:
-        raise RuntimeError(f"smallmind::{op}: 'k_caches' and 'v_caches' must hold one cache per "
-                           f"block ({n_layer}), got {len(k_caches)} and {len(v_caches)}")
-    shapes = _param_shapes(c)
+    fake_check(op, "'wte'", v >= 1 and c >= 1)
+    fake_tensor(op, "wpe", wpe, dim=2, contiguous=True)
+    fake_check(op, "'wpe'", wpe.shape[1] == c)
+    _fake_n_head_and_eps(op, n_head, c, eps)
+    n = len(BLOCK_PARAMS)
+    n_layer = len(block_params) // n
+    fake_check(op, "'block_params'", n_layer >= 1 and len(block_params) % n == 0)
+    fake_check(op, "'k_caches' and 'v_caches'", len(k_caches) == n_layer == len(v_caches))
     for i, p in enumerate(block_params):
-        label = f"block_params[{i}] (block {i // 12} {_PARAM_NAMES[i % 12]})"
-        _check_matrix(op, label, p)
-        check_shape(op, label, p, shapes[i % 12])
+        _fake_param(op, f"block_params[{i}]", p, i % n, c)
     for name, t in (("ln_f_w", ln_f_w), ("ln_f_b", ln_f_b)):
-        _check_matrix(op, name, t)
-        check_shape(op, name, t, (c,))
-    hs = c // n_head
-    for l in range(n_layer):
-        for name, t in ((f"k_caches[{l}]", k_caches[l]), (f"v_caches[{l}]", v_caches[l])):
-            _check_matrix(op, name, t)
-            check_dim(op, name, t, 4)
-            torch._check(t.shape[1] == n_head and t.shape[3] == hs,
-                         lambda: f"smallmind::{op}: '{name}' must be (maxB, n_head, S, head_dim) "
-                                 f"= (maxB, {n_head}, S, {hs}), got {list(t.shape)}")
-        torch._check(k_caches[l].shape == k_caches[0].shape
-                     and v_caches[l].shape == k_caches[0].shape,
-                     lambda: f"smallmind::{op}: every cache must have the shape of k_caches[0]")
-    max_b, s = k_caches[0].shape[0], k_caches[0].shape[2]
-    check_tensor(op, "tokens", tokens, I64)
-    if not ((tokens.dim() == 1 or (tokens.dim() == 2 and tokens.shape[1] == 1))
-            and tokens.shape[0] >= 1):
-        raise RuntimeError(f"smallmind::{op}: 'tokens' must be (B,) or (B, 1) with B >= 1, got "
-                           f"shape {list(tokens.shape)}")
+        fake_tensor(op, name, t, dim=1, contiguous=True)
+        fake_check(op, f"'{name}'", t.shape[0] == c)
+    _fake_caches(op, [(f"{name}[{l}]", t) for name, caches in (("k_caches", k_caches),
+                                                               ("v_caches", v_caches))
+                      for l, t in enumerate(caches)], n_head, c // n_head)
+    fake_tensor(op, "tokens", tokens, I64)
+    fake_check(op, "'tokens'", (tokens.dim() == 1 or (tokens.dim() == 2 and tokens.shape[1] == 1))
+               and tokens.shape[0] >= 1)
     b = tokens.shape[0]
-    torch._check(b <= max_b, lambda: f"smallmind::{op}: batch B = {b} exceeds the KV caches' "
-                                     f"max batch {max_b}")
-    torch._check_value(0 <= pos < s and pos < wpe.shape[0],
-                       lambda: f"smallmind::{op}: pos must lie in [0, {min(s, wpe.shape[0]) - 1}] "
-                               f"(the caches hold {s} positions, wpe {wpe.shape[0]}), got {pos}")
-    _check_matrix(op, "logits", logits)
-    torch._check(tuple(logits.shape) in ((b, v), (b, 1, v)),
-                 lambda: f"smallmind::{op}: 'logits' must be (B, vocab) = ({b}, {v}) or (B, 1, "
-                         f"vocab), got {list(logits.shape)}")
-    check_tensor(op, "next_tokens", next_tokens, I64)
-    check_contiguous(op, "next_tokens", next_tokens)
-    torch._check(tuple(next_tokens.shape) in ((b,), (b, 1)),
-                 lambda: f"smallmind::{op}: 'next_tokens' must be (B,) or (B, 1) with B = {b}, "
-                         f"got {list(next_tokens.shape)}")
+    fake_check(op, "batch", b <= k_caches[0].shape[0])
+    fake_check(op, "pos", 0 <= pos < min(k_caches[0].shape[2], wpe.shape[0]), value=True)
+    fake_tensor(op, "logits", logits, contiguous=True)
+    fake_check(op, "'logits'", tuple(logits.shape) in ((b, v), (b, 1, v)))
+    fake_tensor(op, "next_tokens", next_tokens, I64, contiguous=True)
+    fake_check(op, "'next_tokens'", tuple(next_tokens.shape) in ((b,), (b, 1)))
+    return n_layer
 
 
 @torch.library.register_fake("smallmind::decode_step_")
 def _decode_step_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
                       n_head, eps, logits, next_tokens):
-    _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-                     n_head, eps, logits, next_tokens)
-
-
-_Q8_PARAMS = (2, 4, 8, 10)  # BLOCK_PARAMS positions of the four weight matrices of a block
+    _fake_step("decode_step_", tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+               v_caches, n_head, eps, logits, next_tokens)
 
 
 @torch.library.register_fake("smallmind::decode_step_q8_")
@@ -246,20 +186,14 @@ def _decode_step_q8_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_
                          n_head, eps, logits, next_tokens, weights_q8, scales_q8,
                          int8_activations=False):
     op = "decode_step_q8_"
-    _check_step_args(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-                     n_head, eps, logits, next_tokens, op)
-    n_layer = len(block_params) // len(_PARAM_NAMES)
-    n = len(_Q8_PARAMS) * n_layer + 1
-    if len(weights_q8) != n or len(scales_q8) != n:
-        raise RuntimeError(f"smallmind::{op}: 'weights_q8' and 'scales_q8' must each hold 4 "
-                           f"tensors per block (c_attn, attn.c_proj, c_fc, mlp.c_proj) and the "
-                           f"lm head, {n} for {n_layer} blocks; got {len(weights_q8)} and "
-                           f"{len(scales_q8)}")
-    shapes = _param_shapes(wte.shape[1])
+    n_layer = _fake_step(op, tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+                         v_caches, n_head, eps, logits, next_tokens)
+    n = len(Q8_PARAMS) * n_layer + 1  # then the lm head, shaped like wte
+    fake_check(op, "'weights_q8' and 'scales_q8'", len(weights_q8) == n == len(scales_q8))
     for i, (w, scale) in enumerate(zip(weights_q8, scales_q8)):
-        shape = tuple(wte.shape) if i == n - 1 else shapes[_Q8_PARAMS[i % 4]]
-        check_tensor(op, f"weights_q8[{i}]", w, I8)
-        check_shape(op, f"weights_q8[{i}]", w, shape)
-        check_contiguous(op, f"weights_q8[{i}]", w)
-        _check_matrix(op, f"scales_q8[{i}]", scale)
-        check_shape(op, f"scales_q8[{i}]", scale, shape[:1])
+        shape = tuple(wte.shape) if i == n - 1 else \
+            param_shape(Q8_PARAMS[i % len(Q8_PARAMS)], wte.shape[1])
+        fake_tensor(op, f"weights_q8[{i}]", w, I8, contiguous=True)
+        fake_check(op, f"'weights_q8[{i}]'", tuple(w.shape) == shape)
+        fake_tensor(op, f"scales_q8[{i}]", scale, contiguous=True)
+        fake_check(op, f"'scales_q8[{i}]'", tuple(scale.shape) == shape[:1])

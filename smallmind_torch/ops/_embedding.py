@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ._build import load
-from ._common import CALL_ERRORS, I64, check_int, check_min_dim, check_tensor, diagnose
+from ._common import CALL_ERRORS, I64, check_int, diagnose, fake_check, fake_tensor
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
@@ -56,15 +56,12 @@ def embedding_backward(grad_output: Tensor, idx: Tensor, num_weights: int) -> Te
         raise
 
 
-# ---- fakes: the kernels' checks (embedding.cpp), then the shape; ids are data, checked in C++ ----
+# ---- fakes: the results' shapes, refusing what embedding.cpp refuses (ids are data: C++ only) ----
 
 @torch.library.register_fake("smallmind::embedding")
 def _embedding_fake(indices, weight):
-    check_tensor("embedding", "indices", indices, I64)
-    check_tensor("embedding", "weight", weight)
-    if weight.dim() != 2:
-        raise RuntimeError(f"smallmind::embedding: 'weight' must be 2-D, got a {weight.dim()}-D "
-                           f"tensor of shape {list(weight.shape)}")
+    fake_tensor("embedding", "indices", indices, I64)
+    fake_tensor("embedding", "weight", weight, dim=2)
     return weight.new_empty((*indices.shape, weight.shape[1]))
 
 
@@ -76,15 +73,10 @@ def _embedding_inference_fake(indices, weight):
 @torch.library.register_fake("smallmind::embedding_backward")
 def _embedding_backward_fake(grad_output, indices, num_weights):
     op = "embedding_backward"
-    check_tensor(op, "grad_output", grad_output)
-    check_tensor(op, "indices", indices, I64)
-    torch._check_value(num_weights >= 0,
-                       lambda: f"smallmind::{op}: num_weights must be >= 0, got {num_weights}")
-    check_min_dim(op, "grad_output", grad_output, 1)
-    torch._check(grad_output.dim() == indices.dim() + 1
-                 and grad_output.shape[:-1] == indices.shape,
-                 lambda: f"smallmind::{op}: 'grad_output' must have shape (*indices.shape, D) = "
-                         f"({list(indices.shape)}, D), got {list(grad_output.shape)}")
+    fake_tensor(op, "grad_output", grad_output, min_dim=1)
+    fake_tensor(op, "indices", indices, I64)
+    fake_check(op, "num_weights", num_weights >= 0, value=True)
+    fake_check(op, "'grad_output'", grad_output.shape[:-1] == indices.shape)
     return grad_output.new_empty((num_weights, grad_output.shape[-1]))
 
 

@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from ._build import load
-from ._common import CALL_ERRORS, check_dim, check_min_dim, check_out, check_tensor, diagnose, \
-    needs_grad
+from ._common import CALL_ERRORS, diagnose, fake_check, fake_out, fake_tensor, needs_grad
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
@@ -89,34 +88,22 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         raise
 
 
-# ---- fakes: the kernels' checks (gemm_check / linear_check in gemm.cpp), then the shape ----
+# ---- fakes: the result's shape, refusing what gemm_check / linear_check (gemm.cpp) refuse ----
 
 def _gemm_shape(a: Tensor, b: Tensor) -> tuple:
-    check_tensor("gemm", "a", a)
-    check_tensor("gemm", "b", b)
-    check_dim("gemm", "a", a, 2)
-    check_dim("gemm", "b", b, 2)
-    torch._check(a.shape[1] == b.shape[0],
-                 lambda: f"smallmind::gemm: size mismatch, a.size(1) (K) = {a.shape[1]} but "
-                         f"b.size(0) (K) = {b.shape[0]} (they must be equal)")
+    fake_tensor("gemm", "a", a, dim=2)
+    fake_tensor("gemm", "b", b, dim=2)
+    fake_check("gemm", "sizes", a.shape[1] == b.shape[0])
     return (a.shape[0], b.shape[1])
 
 
 def _linear_shape(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple:
-    check_tensor("linear", "x", x)
-    check_tensor("linear", "weight", weight)
-    check_min_dim("linear", "x", x, 1)
-    if weight.dim() != 2:
-        raise RuntimeError(f"smallmind::linear: 'weight' must be 2-D (N, K) as nn.Linear "
-                           f"stores it, got shape {list(weight.shape)}")
-    torch._check(x.shape[-1] == weight.shape[1],
-                 lambda: f"smallmind::linear: size mismatch, x.size(-1) (K) = {x.shape[-1]} "
-                         f"but weight.size(1) (K) = {weight.shape[1]} (they must be equal)")
+    fake_tensor("linear", "x", x, min_dim=1)
+    fake_tensor("linear", "weight", weight, dim=2)
+    fake_check("linear", "sizes", x.shape[-1] == weight.shape[1])
     if bias is not None:
-        check_tensor("linear", "bias", bias)
-        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0],
-                     lambda: f"smallmind::linear: 'bias' must be 1-D of size N = "
-                             f"weight.size(0) = {weight.shape[0]}, got shape {list(bias.shape)}")
+        fake_tensor("linear", "bias", bias, dim=1)
+        fake_check("linear", "'bias'", bias.shape[0] == weight.shape[0])
     return (*x.shape[:-1], weight.shape[0])
 
 
@@ -132,7 +119,7 @@ def _gemm_inference_fake(a, b):
 
 @torch.library.register_fake("smallmind::gemm_out")
 def _gemm_out_fake(a, b, *, out):
-    check_out("gemm", out, _gemm_shape(a, b))
+    fake_out("gemm", out, _gemm_shape(a, b))
 
 
 @torch.library.register_fake("smallmind::linear")
@@ -147,7 +134,7 @@ def _linear_inference_fake(x, weight, bias):
 
 @torch.library.register_fake("smallmind::linear_out")
 def _linear_out_fake(x, weight, bias, *, out):
-    check_out("linear", out, _linear_shape(x, weight, bias))
+    fake_out("linear", out, _linear_shape(x, weight, bias))
 
 
 # ---- autograd: dA = dC @ B^T, dB = A^T @ dC (both on our GEMM; transposes are free views) ----

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ._build import load
-from ._common import CALL_ERRORS, check_eps, check_min_dim, check_out, check_shape, \
-    check_tensor, diagnose, needs_grad
+from ._common import CALL_ERRORS, diagnose, fake_check, fake_eps, fake_out, fake_tensor, \
+    needs_grad
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
@@ -49,19 +49,15 @@ def layer_norm_reference(x: torch.Tensor, weight: Optional[torch.Tensor],
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-# ---- fakes: the kernel's checks (check_inputs in layer_norm.cpp), then the shapes ----
+# ---- fakes: the results' shapes, refusing what check_inputs (layer_norm.cpp) refuses ----
 
 def _check_inputs(op, x, weight, bias, eps):
-    check_tensor(op, "x", x)
-    check_min_dim(op, "x", x, 1)
-    check_eps(op, eps)
-    c = x.shape[-1]
+    fake_tensor(op, "x", x, min_dim=1)
+    fake_eps(op, eps)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
-            check_tensor(op, name, t)
-            torch._check(t.dim() == 1 and t.shape[0] == c,
-                         lambda: f"smallmind::{op}: '{name}' must have shape ({c},) (the "
-                                 f"normalized last dim of x), got {list(t.shape)}")
+            fake_tensor(op, name, t, dim=1)
+            fake_check(op, f"'{name}'", t.shape[0] == x.shape[-1])
 
 
 @torch.library.register_fake("smallmind::layer_norm")
@@ -86,24 +82,21 @@ def _layer_norm_with_stats_fake(x, weight, bias, eps=1e-5):
 @torch.library.register_fake("smallmind::layer_norm_out")
 def _layer_norm_out_fake(x, weight, bias, eps, out):
     _check_inputs("layer_norm_out", x, weight, bias, eps)
-    check_out("layer_norm_out", out, x.shape)
+    fake_out("layer_norm_out", out, x.shape)
 
 
 @torch.library.register_fake("smallmind::layer_norm_backward")
 def _layer_norm_backward_fake(grad_out, x, weight, mean, rstd, eps):
     op = "layer_norm_backward"
     _check_inputs(op, x, weight, None, eps)
-    check_tensor(op, "grad_out", grad_out)
-    check_shape(op, "grad_out", grad_out, x.shape)
-    if (mean is None) != (rstd is None):
-        raise RuntimeError(f"smallmind::{op}: give both 'mean' and 'rstd' or neither")
+    fake_tensor(op, "grad_out", grad_out)
+    fake_check(op, "'grad_out'", grad_out.shape == x.shape)
+    fake_check(op, "'mean' and 'rstd'", (mean is None) == (rstd is None))
     if mean is not None:
-        check_tensor(op, "mean", mean)
-        check_tensor(op, "rstd", rstd)
+        fake_tensor(op, "mean", mean)
+        fake_tensor(op, "rstd", rstd)
         rows = x.numel() // x.shape[-1] if x.shape[-1] != 0 else 0
-        torch._check(mean.numel() == rows and rstd.numel() == rows,
-                     lambda: f"smallmind::{op}: 'mean' and 'rstd' must have one value per row "
-                             f"({rows}), got {mean.numel()} and {rstd.numel()}")
+        fake_check(op, "'mean' and 'rstd'", mean.numel() == rows and rstd.numel() == rows)
     c = x.shape[-1]
     return x.new_empty(x.shape), x.new_empty((c,)), x.new_empty((c,))
 

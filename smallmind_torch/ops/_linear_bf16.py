@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..weight_formats import round_to_bf16
 from ._build import load
-from ._common import BF16, CALL_ERRORS, call_lowp, check_out, check_x_and_bias, diagnose, \
+from ._common import BF16, CALL_ERRORS, call_lowp, diagnose, fake_out, fake_x_and_bias, \
     grad_x_and_bias, tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
@@ -51,9 +51,11 @@ def linear_bf16(x: torch.Tensor, w: torch.Tensor, bias=None, out=None) -> torch.
         raise
 
 
+# ---- fakes: the result's shape, refusing what lowp_check (linear_lowp.cpp) refuses ----
+
 @torch.library.register_fake("smallmind::linear_bf16")
 def _linear_bf16_fake(x, w, bias=None):
-    N, _ = check_x_and_bias("linear_bf16", x, w, "w", BF16, bias)
+    N, _ = fake_x_and_bias("linear_bf16", x, w, "w", BF16, bias)
     return x.new_empty((*x.shape[:-1], N))
 
 
@@ -64,7 +66,7 @@ def _linear_bf16_inference_fake(x, w, bias=None):
 
 @torch.library.register_fake("smallmind::linear_bf16_out")
 def _linear_bf16_out_fake(x, w, bias=None, *, out):
-    check_out("linear_bf16", out, _linear_bf16_fake(x, w, bias).shape)
+    fake_out("linear_bf16", out, _linear_bf16_fake(x, w, bias).shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from ..weight_formats import dequantize, quantize_per_channel
 from ._build import load
-from ._common import CALL_ERRORS, I8, call_lowp, check_contiguous, check_out, check_shape, \
-    check_tensor, check_x_and_bias, diagnose, grad_x_and_bias, tensor_problem
+from ._common import CALL_ERRORS, I8, call_lowp, diagnose, fake_check, fake_out, fake_tensor, \
+    fake_x_and_bias, grad_x_and_bias, tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
@@ -50,21 +50,20 @@ def call_int8(op: str, variants, x, w_q, scale, bias, out):
         raise
 
 
-# ---- fake: the kernel's checks, then the shape (linear_w8a8 takes the same arguments) ----
+# ---- fakes: the result's shape, refusing what int8_check (linear_lowp.cpp) refuses ----
 
 def register_int8_fakes(op: str) -> None:
     """The fakes of smallmind::`op`, its _inference twin and its _out variant, for an op with
     linear_q8's arguments (x, w_q, scale, bias)."""
 
     def fake(x, w_q, scale, bias=None):
-        N, _ = check_x_and_bias(op, x, w_q, "w_q", I8, bias)
-        check_tensor(op, "scale", scale)
-        check_shape(op, "scale", scale, (N,))
-        check_contiguous(op, "scale", scale)
+        N, _ = fake_x_and_bias(op, x, w_q, "w_q", I8, bias)
+        fake_tensor(op, "scale", scale, dim=1, contiguous=True)
+        fake_check(op, "'scale'", scale.shape[0] == N)
         return x.new_empty((*x.shape[:-1], N))
 
     def out_fake(x, w_q, scale, bias=None, *, out):
-        check_out(op, out, fake(x, w_q, scale, bias).shape)
+        fake_out(op, out, fake(x, w_q, scale, bias).shape)
 
     torch.library.register_fake(f"smallmind::{op}", fake)
     torch.library.register_fake(f"smallmind::{op}_inference", fake)

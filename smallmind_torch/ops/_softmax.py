@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._build import load
-from ._common import CALL_ERRORS, check_int, check_min_dim, check_q_offset, check_tensor, diagnose
+from ._common import CALL_ERRORS, check_int, diagnose, fake_q_offset, fake_tensor
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
@@ -53,12 +53,11 @@ def causal_softmax_reference(scores: torch.Tensor, q_offset: int = 0) -> torch.T
     return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
 
 
-# ---- fakes: the kernel's checks, then the shape ----
+# ---- fakes: the result's shape, refusing what check_scores (softmax.cpp) refuses ----
 
 def _check_scores(op, scores, q_offset):
-    check_tensor(op, "scores", scores)
-    check_min_dim(op, "scores", scores, 2)
-    check_q_offset(op, q_offset, scores.shape[-2], scores.shape[-1])
+    fake_tensor(op, "scores", scores, min_dim=2)
+    fake_q_offset(op, q_offset, scores.shape[-2], scores.shape[-1])
 
 
 @torch.library.register_fake("smallmind::causal_softmax")
