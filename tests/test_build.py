@@ -68,8 +68,8 @@ def test_build_directory_location(monkeypatch, tmp_path):
 
 
 def test_up_to_date_load_says_nothing():
-    _build.load()  # built (if needed) in this process first
-    result = _python(LOAD, _env(), timeout=120)
+    _build.load()  # built (if needed) in this process first, where SMALLMIND_OPS_BUILD_DIR says
+    result = _python(LOAD, _env(SMALLMIND_OPS_BUILD_DIR=str(_build.build_directory())), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert (Path(result.stdout.strip()) / f"{_build.EXTENSION_NAME}.so").exists()
@@ -114,10 +114,13 @@ def test_live_lock_owner_times_out_with_a_message(tmp_path, monkeypatch, capsys)
         assert (tmp_path / _build.LOCK_FILE).read_text().strip() == str(os.getpid())
 
 
-def test_bad_lock_timeout_is_a_clear_error(monkeypatch, tmp_path):
+@pytest.mark.parametrize("value", ["ten", "nan", "-1", "inf"])
+def test_bad_lock_timeout_is_a_clear_error(monkeypatch, tmp_path, value):
+    """nan would mean "wait forever"; every value but a finite number of seconds is refused."""
     monkeypatch.setenv("SMALLMIND_OPS_BUILD_DIR", str(tmp_path))
-    monkeypatch.setenv(_build.LOCK_TIMEOUT_ENV, "ten")
-    with pytest.raises(CustomOpsUnavailable, match=f"{_build.LOCK_TIMEOUT_ENV} must be a number"):
+    monkeypatch.setenv(_build.LOCK_TIMEOUT_ENV, value)
+    with pytest.raises(CustomOpsUnavailable,
+                       match=f"{_build.LOCK_TIMEOUT_ENV} must be a finite number of seconds >= 0"):
         _build._build_and_load(verbose=False)
 
 
@@ -148,3 +151,41 @@ def test_killed_build_leaves_nothing_that_blocks_the_next(tmp_path):
     assert first.stdout.strip() == str(build_dir)
     second = _python(LOAD, env, timeout=120)
     assert second.returncode == 0 and second.stderr == ""
+
+
+def test_a_prebuilt_directory_loads_without_its_lock():
+    """A directory whose library is current is loaded as it is: no lock, nothing written (a
+    read-only prebuilt directory), and then every phase runs."""
+    _build.load()
+    code = textwrap.dedent("""
+        from smallmind_torch import GPT, ModelConfig
+        from smallmind_torch.ops import _build
+
+        def read_only(*args, **kwargs):
+            raise PermissionError(13, "Read-only file system")
+
+        _build.build_lock = read_only
+        model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
+        print(model.set_phase("max").phase.description)
+        """)
+    result = _python(code, _env(SMALLMIND_OPS_BUILD_DIR=str(_build.build_directory())), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("max = fused decode")
+
+
+def test_a_directory_that_cannot_be_built_in_is_a_clear_error_and_max_falls_back(tmp_path):
+    (tmp_path / _build.LOCK_FILE).mkdir()  # the lock cannot be opened: as in a read-only directory
+    code = textwrap.dedent("""
+        from smallmind_torch import GPT, ModelConfig, ops
+        model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
+        print(model.set_phase("max").phase.description)
+        try:
+            ops.load_all()
+        except ops.CustomOpsUnavailable as exc:
+            print("unavailable:", exc)
+        """)
+    result = _python(code, _env(SMALLMIND_OPS_BUILD_DIR=str(tmp_path)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("max = sdpa + kv cache")
+    assert "cannot take the C++ ops build lock" in result.stdout
+    assert "SMALLMIND_OPS_BUILD_DIR to a writable directory" in result.stdout

@@ -114,3 +114,52 @@ def test_a_candidate_that_is_wrong_here_is_never_chosen(monkeypatch, tmp_path):
     model = GPT(TINY).eval().set_phase("max")
     assert model.phase.opt != MAX_CANDIDATES["fused decode"]
     assert "fused decode wrong" in model.phase.description
+
+
+@pytest.mark.parametrize("block_size", [2, 8])
+def test_max_is_measured_on_a_context_shorter_than_the_tuning_prompt(monkeypatch, tmp_path, block_size):
+    from smallmind_torch import ModelConfig, tuning
+
+    if not ops.available():
+        pytest.skip("custom ops unavailable here: only one candidate runs")
+    monkeypatch.delenv("SMALLMIND_MAX")
+    monkeypatch.setattr(tuning, "_cache_file", lambda: tmp_path / "max.json")
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=32, block_size=block_size)
+    model = GPT(config).eval().set_phase("max")
+    assert "measured now" in model.phase.description
+    idx = torch.randint(0, 32, (1, 1))
+    assert torch.equal(model.generate(idx, 5), GPT.generate(model.set_phase("reference"), idx, 5))
+
+
+@pytest.mark.parametrize("entry", [
+    {"chosen": "fused decode", "times_ms": list(MAX_CANDIDATES)},
+    {"chosen": "fused decode", "times_ms": {k: "fast" for k in MAX_CANDIDATES}},
+    {"chosen": "fused decode", "times_ms": {k: float("nan") for k in MAX_CANDIDATES}},
+    {"chosen": "nope", "times_ms": {}},
+    "not an entry",
+], ids=["a list", "string times", "nan times", "unknown choice", "a string"])
+def test_a_bad_cache_entry_is_measured_again_never_fatal(monkeypatch, tmp_path, entry, capsys):
+    from smallmind_torch import tuning
+
+    if not ops.available():
+        pytest.skip("custom ops unavailable here: only one candidate runs")
+    monkeypatch.delenv("SMALLMIND_MAX")
+    path = tmp_path / "max.json"
+    monkeypatch.setattr(tuning, "_cache_file", lambda: path)
+    model = GPT(TINY).eval()
+    path.write_text(json.dumps({tuning._key(model, "max"): entry}))
+    assert "measured now" in model.set_phase("max").phase.description
+    (fresh,) = json.loads(path.read_text()).values()
+    assert set(fresh["times_ms"]) == set(MAX_CANDIDATES)
+
+
+def test_a_deeply_nested_cache_file_is_measured_again(monkeypatch, tmp_path):
+    from smallmind_torch import tuning
+
+    if not ops.available():
+        pytest.skip("custom ops unavailable here: only one candidate runs")
+    monkeypatch.delenv("SMALLMIND_MAX")
+    path = tmp_path / "max.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    monkeypatch.setattr(tuning, "_cache_file", lambda: path)
+    assert "measured now" in GPT(TINY).eval().set_phase("max").phase.description
