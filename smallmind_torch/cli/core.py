@@ -149,20 +149,17 @@ def check_numbers(args: argparse.Namespace) -> None:
 def check_writable(path: "str | None", option: str, directory: bool = False) -> None:
     """Raise UsageError unless `path` (a file, or with `directory` a directory) can be written,
     before a run whose results it is to hold, not after; None: nothing to check."""
-    import os
     from pathlib import Path
+
+    from ..paths import probe_directory
 
     if path is None:
         return
     target = Path(path)
-    folder = target if directory else target.parent
     try:
         if not directory and target.is_dir():
             raise IsADirectoryError(f"{target} is a directory")
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".smallmind-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_directory(target if directory else target.parent)
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot write there ({exc})") from exc
 

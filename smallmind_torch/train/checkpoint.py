@@ -36,6 +36,7 @@ import torch
 
 from ..config import ModelConfig
 from ..model import GPT
+from ..paths import PROBE_PREFIX
 from .tokenizer import Tokenizer
 
 FORMAT = "smallmind-checkpoint"
@@ -47,7 +48,7 @@ VERSION_1_FILES = {"weights": "model.safetensors", "tokenizer": "tokenizer.json"
 # directory without config.json that mark it as ours
 _OWN_FILE = re.compile(r"^(model-[0-9a-f]{12}\.safetensors|tokenizer-[0-9a-f]{12}\.json|"
                        r"train_state-[0-9a-f]{12}\.pt|\.config\.json\.tmp-[0-9a-f]{12}|"
-                       r"\.write-test-\d+)$")
+                       rf"{re.escape(PROBE_PREFIX)}\d+)$")
 # The hashes each version records (and a load requires)
 HASHED = {1: (), 2: ("weights", "model_config"),
           3: ("weights", "tokenizer", "train_state", "model_config")}

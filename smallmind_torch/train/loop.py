@@ -16,7 +16,6 @@ run resumes under any number of processes, on the same schedule and the same glo
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import GPT
+from ..paths import probe_directory
 from ..threads import threads
 from . import distributed
 from .checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint,
@@ -294,10 +294,7 @@ def _train(cfg, model_config, resume, progress, tokenizer, data, stop_at, ctx) -
 def _check_writable(out_dir: Path) -> None:
     """Fail before training, not after, when the checkpoint directory cannot be written."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_directory(out_dir)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoints to {out_dir}: {exc}") from exc
 
