@@ -118,6 +118,7 @@ class FusedStep:
     until the next call."""
 
     def __init__(self, model, kv_caches, workspace, fmt: str = "fp32", prepared=None):
+        ops.load_all()  # the C++ ops registered (a phase with fused_decode has built them)
         tr, c = model.transformer, model.config
         if model.lm_head.weight is not tr.wte.weight:
             raise ValueError("fused decode needs the lm head tied to the token embedding "
@@ -126,11 +127,13 @@ class FusedStep:
         self.args = (tr.wte.weight, tr.wpe.weight, flat, tr.ln_f.weight, tr.ln_f.bias,
                      [cache.k_cache for cache in kv_caches], [cache.v_cache for cache in kv_caches],
                      c.n_head, c.layer_norm_epsilon)
+        # the ops themselves (OpOverloads), not their Python bindings: every argument was
+        # checked when gathered, the bindings' diagnosis is for callers that build their own
         if fmt == "fp32":
-            self.op, self.int8_args = ops.decode_step_, ()
+            self.op, self.int8_args = torch.ops.smallmind.decode_step_.default, ()
         else:  # int8 or w8a8: the same int8 weights, int8 activations for w8a8
             quantized = [prepared[module] for module in q8_modules(model)]
-            self.op = ops.decode_step_q8_
+            self.op = torch.ops.smallmind.decode_step_q8_.default
             self.int8_args = ([w.w_q for w in quantized], [w.scale for w in quantized],
                               fmt == "w8a8")
         self.workspace, self.vocab = workspace, c.vocab_size

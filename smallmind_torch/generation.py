@@ -103,10 +103,13 @@ def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, gen
             if mark is not None and (rt is not mark[0] or rt.epoch != mark[1]):
                 raise _interrupted()
             if use_cache and mark is not None and rt.cache_length < block_size:
-                if greedy:  # the argmax in the step itself (one C++ call with fused decode)
-                    tokens[:, n:n + 1] = model.decode_greedy_step(tokens[:, n - 1:n])
+                # the runtime's own step (GPT.decode_greedy_step / decode_step without their
+                # no_grad and lock, which this loop holds); greedy: the argmax in the step
+                # itself (one C++ call with fused decode)
+                if greedy:
+                    tokens[:, n:n + 1] = rt.decode_greedy(model, tokens[:, n - 1:n])
                 else:
-                    tokens[:, n:n + 1] = sample(model.decode_step(tokens[:, n - 1:n]),
+                    tokens[:, n:n + 1] = sample(rt.decode(model, tokens[:, n - 1:n]),
                                                 temperature, top_k, generator)
             else:
                 window = tokens[:, max(0, n - block_size):n]

@@ -310,22 +310,14 @@ class GPT(nn.Module):
         logits (B, V), on workspace phases a view valid until the next call on the model (hold
         `model.lock` while using it from several threads)."""
         with self.lock:
-            rt = self.phase
-            rt.epoch += 1
-            logits = rt.forms.decode(self, token, rt.cache_length)
-            rt.cache_length += 1
-            return logits[:, -1, :]
+            return self.phase.decode(self, token)
 
     @torch.no_grad()
     def decode_greedy_step(self, token: torch.Tensor) -> torch.Tensor:
         """decode_step and its argmax: the next token ids (B, 1), unchecked like decode_step.
         With fused decode both happen in one C++ call and the ids are a workspace view."""
         with self.lock:
-            rt = self.phase
-            rt.epoch += 1
-            ids = rt.forms.decode_greedy(self, token, rt.cache_length)
-            rt.cache_length += 1
-            return ids
+            return self.phase.decode_greedy(self, token)
 
     # ---- generation ---------------------------------------------------------------------
 

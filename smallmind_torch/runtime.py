@@ -162,6 +162,21 @@ class PhaseRuntime:
         else:
             self.registrations = _registrations
 
+    def decode(self, model, token):
+        """One token per sequence after what the KV cache holds: logits (B, V). Unchecked and
+        unlocked: GPT.decode_step (and generate_stream, which holds the lock) call it."""
+        self.epoch += 1
+        logits = self.forms.decode(model, token, self.cache_length)
+        self.cache_length += 1
+        return logits[:, -1, :]
+
+    def decode_greedy(self, model, token):
+        """decode and its argmax: the next token ids (B, 1) (one C++ call with fused decode)."""
+        self.epoch += 1
+        ids = self.forms.decode_greedy(model, token, self.cache_length)
+        self.cache_length += 1
+        return ids
+
     @property
     def workspace(self) -> "workspace.Workspace":
         """The phase's preallocated buffers (workspace phases), made on first use."""
