@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from . import ops
 from .decode_layout import BLOCK_PARAMS, Q8_PARAMS
-from .weight_formats import QuantizedWeight, linear_w8a8_reference
+from .forms import linear_int8_torch, linear_w8a8_torch
+from .weight_formats import QuantizedWeight
 from .labels import region
 
 # BLOCK_PARAMS (the ops' parameter order: nanoGPT names, weights in nn.Linear layout (out, in))
@@ -45,14 +46,6 @@ def q8_modules(model) -> list:
     """The linear layers whose weights decode_step_q8_ takes as int8, in its order."""
     return [block.get_submodule(BLOCK_PARAMS[i].rpartition(".")[0])
             for block in model.transformer.h for i in Q8_PARAMS] + [model.lm_head]
-
-
-def _linear_q8(x, w: QuantizedWeight, b=None):
-    return F.linear(x, w.dequantize(), b)
-
-
-def _linear_w8a8(x, w: QuantizedWeight, b=None):
-    return linear_w8a8_reference(x, w.w_q, w.scale, b)
 
 
 def decode_block_reference(x, params, k_cache, v_cache, pos: int, n_head: int, eps: float,
@@ -98,13 +91,14 @@ def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f
         for l in range(len(k_caches)):
             for m, i in enumerate(Q8_PARAMS):
                 block_params[N_PARAMS * l + i] = quantized[len(Q8_PARAMS) * l + m]
-        linear, head = (_linear_w8a8 if int8_activations else _linear_q8), quantized[-1]
+        linear = linear_w8a8_torch if int8_activations else linear_int8_torch  # the naive forms
+        head = quantized[-1]
     x = wte[tokens.reshape(B)] + wpe[pos]  # (B, C)
     for l, (k_cache, v_cache) in enumerate(zip(k_caches, v_caches)):  # every block
         decode_block_reference(x, block_params[N_PARAMS * l:N_PARAMS * (l + 1)], k_cache, v_cache, pos,
                                n_head, eps, linear)
     h = F.layer_norm(x, (C,), ln_f_w, ln_f_b, eps)
-    logits.view(B, -1).copy_(linear(h, head))
+    logits.view(B, -1).copy_(linear(h, head, None))
     next_tokens.view(B).copy_(logits.view(B, -1).argmax(dim=-1))
     return logits, next_tokens
 

@@ -80,11 +80,6 @@ def decide(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, model
                  phase)
 
 
-def runtime(model, phase: Phase) -> PhaseRuntime:
-    """`phase` made ready to run on `model` (its weights in the phase's format, its forms)."""
-    return PhaseRuntime(model, phase)
-
-
 def resolve(phase: "str | OptConfig | Phase | PhaseRuntime", model) -> PhaseRuntime:
     """What `model` runs for `phase`: decided for its device and dtype (decide), then made
     ready on it. A Phase is made ready as it is; a PhaseRuntime of this model is returned."""
@@ -93,4 +88,4 @@ def resolve(phase: "str | OptConfig | Phase | PhaseRuntime", model) -> PhaseRunt
     if not isinstance(phase, Phase):
         param = model.transformer.wte.weight
         phase = decide(phase, device=param.device, dtype=param.dtype, model=model)
-    return runtime(model, phase)
+    return PhaseRuntime(model, phase)

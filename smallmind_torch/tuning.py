@@ -3,12 +3,13 @@ and cached.
 
 A kernel tuned on one CPU can lose to the library on another, so a fixed list cannot say what
 is fastest everywhere. On first use for a model shape and thread count, each candidate runs
-the study's generation in miniature on the model itself: a prefill of a 16-token prompt (half
-the context where that is shorter) and a few decode steps, candidates alternating round by round after one warm-up round, the score
-being the median prefill plus 49 median decode steps (the protocol's 50 tokens). A candidate
-whose logits or greedy tokens differ from `reference` (for int8 weights: reference's forms on the
-same int8 weights, config.reference_for; logits within config.check_tolerance; the study's
-check, check.ReferenceRun) is never chosen. The choice and its times go into
+the study's generation in miniature on the model itself, in a runtime of its own: a prefill
+of a 16-token prompt (half the context where that is shorter) and a few decode steps,
+candidates alternating round by round after one warm-up round, the score being the median
+prefill plus 49 median decode steps (the protocol's 50 tokens). A candidate whose logits or
+greedy tokens differ from `reference` (the study's check, check.ReferenceRun: for int8 weights,
+reference's forms on the same int8 weights, config.reference_for, logits within
+config.check_tolerance) is never chosen. The choice and its times go into
 `max.json` in the ops build directory, which is keyed by everything the kernels depend on
 (torch installation, compiler, CPU, sources), so a new machine or a rebuilt library measures
 again. `SMALLMIND_MAX=first` skips the measurement (the first runnable candidate, in list
