@@ -79,9 +79,11 @@ def main(argv=None) -> int:
             print(f"\naccuracy of {label} against fp32 reference (seed shape): max |logit diff| "
                   f"{acc.max_abs_logit_diff:.4f} (p50 {q['p50']:.4f}, p90 {q['p90']:.4f}, "
                   f"p99 {q['p99']:.4f})")
-            for n in acc.greedy_agreement:
-                print(f"  greedy tokens equal over {n}: {100 * acc.greedy_agreement[n]:.1f} % "
-                      f"(first difference at token {acc.first_divergence[n]})")
+            for prompt, agreement in acc.greedy_agreement.items():
+                for n, equal in agreement.items():
+                    print(f"  greedy tokens equal over {n} after the {prompt} prompt: "
+                          f"{100 * equal:.1f} % (first difference at token "
+                          f"{acc.first_divergence[prompt][n]})")
             if acc.val_loss is not None:
                 print(f"  validation loss: fp32 {acc.val_loss_reference:.4f}, {label} "
                       f"{acc.val_loss:.4f} (change {acc.val_loss_change:+.4f} nats)")

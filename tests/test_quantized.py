@@ -145,14 +145,24 @@ def test_max_int8_on_another_dtype_runs_the_library_form():
 @pytest.mark.parametrize("fmt", ["int8", "bf16", "w8a8"])
 def test_accuracy_figures_are_bounded(model, fmt):
     val = torch.randint(0, TINY.vocab_size, (4000,))
+    prompts = {"one": torch.tensor([[1, 2, 3]]), "other": torch.tensor([[7, 5]])}
     acc = weight_format_accuracy(model, FAST[f"{fmt}-custom-ops"], val_data=val, val_batches=3,
-                                 batch_size=2)
+                                 batch_size=2, prompts=prompts)
     assert 0 < acc.max_abs_logit_diff < BOUND[fmt]
     assert acc.logit_diff_quantiles["p50"] <= acc.logit_diff_quantiles["p99"] <= acc.max_abs_logit_diff
     assert abs(acc.val_loss_change) < 0.02  # nats
-    assert set(acc.greedy_agreement) == {"50", "200"}
-    assert all(0.0 <= a <= 1.0 for a in acc.greedy_agreement.values())
+    assert set(acc.greedy_agreement) == set(acc.first_divergence) == {"one", "other"}  # per prompt
+    for name in prompts:
+        assert set(acc.greedy_agreement[name]) == {"50", "200"}
+        assert all(0.0 <= a <= 1.0 for a in acc.greedy_agreement[name].values())
+        assert all(0 <= i <= int(n) for n, i in acc.first_divergence[name].items())
     assert model.phase.opt == OptConfig()  # its phase restored: reference
+
+
+def test_greedy_agreement_of_reference_with_itself_is_complete(model):
+    acc = weight_format_accuracy(model, "reference")
+    assert acc.greedy_agreement == {"random ids": {"50": 1.0, "200": 1.0}}
+    assert acc.first_divergence == {"random ids": {"50": 50, "200": 200}}
 
 
 @pytest.mark.parametrize("phase", list(FAST.values()), ids=list(FAST))

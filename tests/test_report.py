@@ -3,6 +3,7 @@ writes REPORT.md, results.json and the plots; results.json holds data, no Markdo
 report renders again from it alone, byte for byte; `--only` runs one part again and merges it;
 usage errors are one line; the tables render FAILED / unavailable rows."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -151,3 +152,17 @@ def test_tables_render_failed_and_unavailable_rows(tmp_path):
     assert json.loads(Path(paths["json"]).read_text())["phases"]["phase2"]["status"] == "unavailable"
     again = json.loads(json.dumps(load_study(paths["json"]).to_dict()))
     assert again == json.loads(Path(paths["json"]).read_text())
+
+
+def test_every_committed_picture_is_linked_from_the_report_and_written_by_the_code():
+    """No orphan: each PNG under results/ is linked from REPORT.md and is one the code writes
+    (a plot of plots.FILES, or a trace's picture)."""
+    results = Path(__file__).resolve().parents[1] / "results"
+    report = (results / "REPORT.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\]\(([^)\s]+)\)", report))
+    written = set(plots.FILES.values())
+    pictures = sorted(p.relative_to(results).as_posix() for p in results.rglob("*.png"))
+    assert pictures
+    assert [p for p in pictures if p not in linked] == []
+    assert [p for p in pictures if p not in written and not re.fullmatch(
+        r"traces/([\w-]+)/\1\.(step|memory)\.png", p)] == []

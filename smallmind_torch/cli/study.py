@@ -16,9 +16,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .core import (Command, CommandError, UsageError, add_model_arguments, add_settings_arguments,
-                   build_model, check_presets, check_writable, register, settings_from_args,
-                   threads_from_args)
+from .core import (PROMPT_TEXT, Command, CommandError, UsageError, add_model_arguments,
+                   add_settings_arguments, build_model, check_presets, check_writable, register,
+                   settings_from_args, threads_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                              f"({study.weights}); --only needs the same model ({weights})")
         study = run_steps(model, settings, steps, study=study, phases=phases, peers=args.peers,
                           logdir=args.logdir, out=args.out, engine_shapes=args.engine_shapes,
-                          progress=not args.no_progress, weights=weights, prompt=prompt)
+                          progress=not args.no_progress, weights=weights, prompt=prompt,
+                          prompt_text=PROMPT_TEXT if prompt is not None else None)
     if "presets" in steps:
         print_study(study)
     if "traces" in steps:

@@ -114,8 +114,9 @@ class PhaseResult(_StatusAndMemory, Data):
         text = self.check.describe() if self.check else "ok"
         if self.accuracy:
             a = self.accuracy
-            text += (f"; vs fp32: max |logit diff| {a['max_abs_logit_diff']:.3g}, greedy tokens "
-                     f"{100 * a['greedy_agreement']:.0f}% equal")
+            text += (f"; vs fp32: max |logit diff| {a['max_abs_logit_diff']:.3g} over the check "
+                     f"input, greedy tokens {100 * a['greedy_agreement']:.0f}% equal over the "
+                     f"{a.get('tokens', 'generated')} after the study prompt")
         return text
 
 
@@ -312,8 +313,9 @@ class FormatAccuracy(Data):
     phase: str
     max_abs_logit_diff: float
     logit_diff_quantiles: dict                    # "p50", "p90", "p99" of |logit diff|
-    greedy_agreement: dict = field(default_factory=dict)   # "50": fraction of equal tokens
-    first_divergence: dict = field(default_factory=dict)   # "50": index of the first difference
+    # per prompt (QuantizedResult.settings["prompts"] names them): {"50": fraction of equal tokens}
+    greedy_agreement: dict = field(default_factory=dict)
+    first_divergence: dict = field(default_factory=dict)   # ... {"50": index of the first difference}
     val_loss: float | None = None
     val_loss_reference: float | None = None
     DERIVED = ("val_loss_change",)
@@ -372,6 +374,7 @@ class StudyResult(Data):
     phases: dict[str, PhaseResult]     # in run order
     peers: dict[str, EngineRow]        # the peers of the main table (HF generate)
     weights: str = "random"
+    prompt: str = ""                   # the study's prompt (settings.describe_prompt)
     seed: dict = field(default_factory=lambda: SEED)
     # the parts beyond the presets' table (run.py), empty where not run
     waterfall: list[WaterfallRow] = field(default_factory=list)

@@ -28,7 +28,8 @@ from .measure.waterfall import measure_waterfall
 from .peers.bench import PeerSettings, make_workload, run_peers
 from .peers.engines import PEERS
 from .protocol.machine import environment, measure_machine
-from .protocol.settings import BenchSettings, device_of, fixed_prompt, progress_over
+from .protocol.settings import (BenchSettings, describe_prompt, device_of, fixed_prompt,
+                                progress_over)
 from .results import StudyResult, TrainingResult
 
 GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
@@ -63,12 +64,12 @@ def _phase_items(phases) -> list:
 def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
               settings: BenchSettings = BenchSettings(), *, machine: bool = True,
               progress: bool = False, weights: str = "random", prompt=None,
-              peers_in_process: bool = False,
+              prompt_text: "str | None" = None, peers_in_process: bool = False,
               on_result: "Callable[[object], None] | None" = None) -> StudyResult:
     """Every preset (default: config.presets()), the peers (engines.PEERS; each in its own
     process, or in this one with `peers_in_process`) and the machine limits, on one model's
     weights, in one run; the model's phase is left as it was. `prompt`: a (1, T) LongTensor
-    instead of the fixed random prompt (e.g. encoded text)."""
+    instead of the fixed random prompt (e.g. encoded text, `prompt_text`, which the report names)."""
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise ValueError(f"unknown peer(s) {unknown}; known: {list(PEERS)}")
@@ -92,12 +93,13 @@ def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
     return StudyResult(model_config=asdict(model.config), num_parameters=model.num_parameters(),
                        settings=settings.to_dict(), env=environment(device_of(model)),
                        machine=limits, phases=results, peers=peer_rows, weights=weights,
-                       durations={"presets, peers and machine limits": time.perf_counter() - start})
+                       prompt=describe_prompt(prompt, settings, prompt_text), durations={"presets, peers and machine limits": time.perf_counter() - start})
 
 
 def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS, *,
                  presets_of=None, large: "ModelConfig | None" = GPT2_SMALL, progress=False,
-                 prompt=None, engine_shapes=("seed",), engine_runs: int = 5) -> StudyResult:
+                 prompt=None, prompt_text: "str | None" = None, engine_shapes=("seed",),
+                 engine_runs: int = 5) -> StudyResult:
     """Add to `study` (run on `model`) the parts beyond the presets' table, each timed:
     - "waterfall": phase0 to max, switch by switch (waterfall.py);
     - "training": one optimizer step per preset at batch 8 x block_size, and at the `large`
@@ -151,9 +153,18 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
             from ..train.tokenizer import Tokenizer
 
             _, val = train_val_split(default_tokens(Tokenizer.default()))
+        # the greedy agreement after the study's prompt (the main table's figure) and, when that
+        # is a text, after the fixed random ids too: two prompts, both named in the report
+        prompts = {"study prompt": (describe_prompt(prompt, settings, prompt_text), prompt
+                                    if prompt is not None else fixed_prompt(
+                                        model.config, settings.prompt_len, settings.seed))}
+        if prompt is not None:
+            prompts["random ids"] = (describe_prompt(None, settings),
+                                     fixed_prompt(model.config, settings.prompt_len, settings.seed))
         return measure_formats(model, val, thread_counts=(1,) if tiny else (1, 2),
                                runs=1 if tiny else 5, new_tokens=settings.new_tokens,
-                               val_batches=1 if tiny else 10, batch_size=2 if tiny else 8)
+                               val_batches=1 if tiny else 10, batch_size=2 if tiny else 8,
+                               prompts=prompts)
 
     def engines():
         n = settings.new_tokens
@@ -206,7 +217,8 @@ def trace_study(study: StudyResult, model, settings: BenchSettings, logdir="runs
 
 def run_steps(model, settings: BenchSettings, steps=STEPS, *, study: "StudyResult | None" = None,
               phases=None, peers=("hf",), logdir="runs", out="results", engine_shapes=("seed",),
-              progress=False, weights="random", prompt=None) -> StudyResult:
+              progress=False, weights="random", prompt=None,
+              prompt_text: "str | None" = None) -> StudyResult:
     """`steps` (of STEPS) in order, into `study` (e.g. read from an earlier results.json: each
     step replaces its own section, "presets" the presets' table, the peers and the limits) or
     into a new study, which starts with "presets"."""
@@ -215,7 +227,7 @@ def run_steps(model, settings: BenchSettings, steps=STEPS, *, study: "StudyResul
             raise ValueError(f"unknown step {step!r}; choose from: {', '.join(STEPS)}")
         if step == "presets":
             fresh = run_study(model, phases, peers, settings, progress=progress, weights=weights,
-                              prompt=prompt)
+                              prompt=prompt, prompt_text=prompt_text)
             study = fresh if study is None else replace(
                 fresh, **{name: getattr(study, name) for name in (*PARTS, "traces")},
                 durations=study.durations | fresh.durations)
@@ -225,5 +237,5 @@ def run_steps(model, settings: BenchSettings, steps=STEPS, *, study: "StudyResul
             trace_study(study, model, settings, logdir, out, phases, progress)
         else:
             extend_study(study, model, settings, [step], progress=progress, prompt=prompt,
-                         engine_shapes=engine_shapes)
+                         prompt_text=prompt_text, engine_shapes=engine_shapes)
     return study

@@ -127,7 +127,8 @@ def _measure(model, result: PhaseResult, settings: BenchSettings, reference: Ref
         result.accuracy = {
             "max_abs_logit_diff": float((logits - reference.logits).abs().max()),
             "greedy_agreement": float((tokens == reference.tokens).float().mean()),
-            "first_divergence": len(tokens) if divergence is None else divergence}
+            "first_divergence": len(tokens) if divergence is None else divergence,
+            "tokens": len(tokens)}
     if not result.check.passed:
         result.status, result.reason = "FAILED", result.check.describe()
         return

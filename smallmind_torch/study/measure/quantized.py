@@ -4,8 +4,10 @@ the reference up to float rounding, so their error against fp32 is measured
 
 Accuracy, for one model, a lossy phase against `reference` on the same weights: the max |logit
 difference| and its distribution over every position of the check input, greedy-token
-agreement over 50 and 200 new tokens (the fraction of positions equal, and how far the two
-agree from the start), and, when validation data is given, the validation loss under both.
+agreement over 50 and 200 new tokens after each named prompt (the fraction of positions equal,
+and how far the two agree from the start: the study's prompt, whose 50 tokens are the main
+table's figure, and the fixed random ids), and, when validation data is given, the validation
+loss under both.
 
 Speed: every format of FORMATS on the same weights, each in its own model of one process,
 alternating run by run at each thread count (the protocol's generation: tokens/s with
@@ -24,7 +26,7 @@ from ...train.corpus import get_batch
 from ...train.loop import lm_loss
 from ...check import first_mismatch
 from ..protocol.machine import decode_weight_bytes
-from ..protocol.settings import check_input, fixed_prompt
+from ..protocol.settings import BenchSettings, check_input, describe_prompt, fixed_prompt
 from ..protocol.timing import spread
 from ..results import FormatAccuracy, FormatSpeed, QuantizedResult
 from .preset import measure_generation
@@ -41,25 +43,32 @@ FORMATS = {
 }
 
 
-def _run(model, phase, x, prompt, val) -> tuple:
-    """Under `phase`: the logits of x, the greedy continuation of the prompt (as long as the
-    longest agreement count), the validation loss (None without data)."""
+RANDOM_PROMPT = "random ids"   # fixed_prompt's: the prompt set's name when none is given
+
+
+def _run(model, phase, x, prompts: dict, val) -> tuple:
+    """Under `phase`: the logits of x, {name: the greedy continuation of each prompt} (as long as
+    the longest agreement count), the validation loss (None without data)."""
     with model.using(phase), torch.inference_mode():
-        tokens = model.generate(prompt, max(AGREEMENT_TOKENS))[0, prompt.size(1):]
+        tokens = {name: model.generate(p, max(AGREEMENT_TOKENS))[0, p.size(1):]
+                  for name, p in prompts.items()}
         return model(x), tokens, None if val is None else _loss(model, val)
 
 
 def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
-                           val_batches: int = 10, batch_size: int = 8) -> FormatAccuracy:
+                           val_batches: int = 10, batch_size: int = 8,
+                           prompts: "dict | None" = None) -> FormatAccuracy:
     """`phase` (a preset name or an OptConfig, e.g. phase3 with weights='int8') against
-    reference on `model`'s weights; the model's phase is restored after. Generation longer than
-    block_size crops the context as generate always does."""
+    reference on `model`'s weights; the model's phase is restored after. `prompts`: {name: (1, T)
+    token ids} whose greedy continuations are compared (default: {RANDOM_PROMPT: fixed_prompt}).
+    Generation longer than block_size crops the context as generate always does."""
     config = model.config
-    x, prompt = check_input(config), fixed_prompt(config)
+    x = check_input(config)
+    prompts = prompts or {RANDOM_PROMPT: fixed_prompt(config)}
     val = None if val_data is None else _val_batches(val_data, config.block_size, val_batches,
                                                      batch_size)
-    logits, tokens, loss = _run(model, phase, x, prompt, val)
-    ref_logits, ref_tokens, ref_loss = _run(model, "reference", x, prompt, val)
+    logits, tokens, loss = _run(model, phase, x, prompts, val)
+    ref_logits, ref_tokens, ref_loss = _run(model, "reference", x, prompts, val)
     diff = (logits - ref_logits).abs().flatten()
     # torch.quantile takes at most 2^24 values; the check input gives block_size x vocab
     quantiles = torch.quantile(diff[:2**24].double(),
@@ -68,10 +77,13 @@ def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
         phase=_phase_name(phase), max_abs_logit_diff=float(diff.max()),
         logit_diff_quantiles=dict(zip(("p50", "p90", "p99"), map(float, quantiles))),
         val_loss=loss, val_loss_reference=ref_loss)
-    for n in AGREEMENT_TOKENS:  # greedy: the first n tokens of the longest continuation
-        result.greedy_agreement[str(n)] = float((tokens[:n] == ref_tokens[:n]).float().mean())
-        mismatch = first_mismatch(tokens[:n], ref_tokens[:n])
-        result.first_divergence[str(n)] = n if mismatch is None else mismatch
+    for name in prompts:
+        ours, ref = tokens[name], ref_tokens[name]
+        agree, first = result.greedy_agreement.setdefault(name, {}), result.first_divergence.setdefault(name, {})
+        for n in AGREEMENT_TOKENS:  # greedy: the first n tokens of the longest continuation
+            agree[str(n)] = float((ours[:n] == ref[:n]).float().mean())
+            mismatch = first_mismatch(ours[:n], ref[:n])
+            first[str(n)] = n if mismatch is None else mismatch
     return result
 
 
@@ -133,17 +145,23 @@ def measure_speed(model, formats: "dict | None" = None, thread_counts=(1, 2), ru
 
 def measure_formats(model, val_data=None, *, formats: "dict | None" = None, thread_counts=(1, 2),
                     runs: int = 5, new_tokens: int = 50, val_batches: int = 10,
-                    batch_size: int = 8) -> QuantizedResult:
+                    batch_size: int = 8, prompts: "dict | None" = None) -> QuantizedResult:
     """The report's section: speed of every format (measure_speed) and the accuracy of each
     lossy one against fp32 reference (weight_format_accuracy, with the validation loss when
-    `val_data` is given)."""
+    `val_data` is given). `prompts`: {name: (description, (1, T) token ids)}, the prompt set of
+    the greedy agreement (default: the fixed random ids)."""
     formats = formats or FORMATS
+    prompts = prompts or {RANDOM_PROMPT: (describe_prompt(None, BenchSettings()),
+                                          fixed_prompt(model.config))}
     speed = measure_speed(model, formats, thread_counts, runs, new_tokens)
     accuracy = {}
     for label, phase in formats.items():
         with model.using(phase):
             opt = model.phase.opt  # what ran: for max-int8, its candidate
         if opt.weights != "fp32":
-            accuracy[label] = weight_format_accuracy(model, opt, val_data, val_batches, batch_size)
-    return QuantizedResult(speed, accuracy, {"thread_counts": list(thread_counts), "runs": runs,
-                                             "new_tokens": new_tokens})
+            accuracy[label] = weight_format_accuracy(
+                model, opt, val_data, val_batches, batch_size,
+                prompts={name: ids for name, (_, ids) in prompts.items()})
+    return QuantizedResult(speed, accuracy, {
+        "thread_counts": list(thread_counts), "runs": runs, "new_tokens": new_tokens,
+        "prompts": {name: text for name, (text, _) in prompts.items()}})

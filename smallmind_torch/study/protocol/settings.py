@@ -58,6 +58,15 @@ def fixed_prompt(config, length: int = 16, seed: int = 1234, device="cpu") -> to
     return torch.randint(0, config.vocab_size, (1, length), generator=g).to(device)
 
 
+def describe_prompt(prompt, settings: BenchSettings, text: "str | None" = None) -> str:
+    """What the study's prompt is, for the report: `prompt` None means fixed_prompt's random ids;
+    `text` is the text a given prompt was encoded from."""
+    if prompt is None:
+        return f"{settings.prompt_len} random token ids (seed {settings.seed})"
+    n = prompt.size(1)
+    return f"{n} tokens of the text {text!r}" if text else f"a given prompt of {n} tokens"
+
+
 def check_input(config, seed: int = 1234, device="cpu") -> torch.Tensor:
     """(1, block_size) token ids: the fixed input of the logits check and of the prefill timing."""
     g = torch.Generator().manual_seed(seed + 1)

@@ -77,16 +77,16 @@ QUANTIZED_NOTE = (
     "activations on VNNI dot products where the CPU has them; the main table says which "
     "`max-int8` chose) and bf16 on the custom ops, each in its own model, alternating run by "
     "run with fp32 `max`. Then what each format costs against fp32 reference: |logit "
-    "difference| over the check input, greedy tokens over 50 and 200 new tokens (a near-tie "
-    "decided the other way changes every token after it), and the validation loss of the "
-    "trained checkpoint.")
+    "difference| over the check input, greedy tokens over 50 and 200 new tokens after each "
+    "named prompt, and the validation loss of the trained checkpoint.")
 ENGINES_NOTE = (
     "`smallmind peers` (or this part of `make study`): ONNX Runtime runs the decode step "
     "exported from this model with its past keys and values (and, at int8, the same graph "
     "after its dynamic quantization), CTranslate2 its own conversion of the Hugging Face model "
     "(at int8, loaded with compute_type int8); every fp32 engine's greedy tokens are checked "
     "against reference before it is timed, and every int8 engine's agreement with them is "
-    "measured.")
+    "measured: at the seed shape after the study prompt, at GPT-2 small (random weights) after "
+    "random token ids.")
 
 
 def _markdown_section(lines, title, note, body, plot=None, plots=None):
@@ -113,7 +113,14 @@ def _section(lines, title, rows_fn, note="", plot=None, plots=None):
 def _quantized_markdown(study: StudyResult) -> "str | None":
     if study.quantized is None:
         return None
+    prompts = study.quantized.settings.get("prompts", {})
+    named = "; ".join(f"**{name}**: {text}" for name, text in prompts.items())
     return (t.md_table(*t.format_speed_rows(study.quantized)) + "\n\n"
+            + (f"The greedy tokens are compared after each prompt of this set: {named}. "
+               "The main table's figure is the study prompt's first 50. One near-tie decided "
+               "the other way changes every token after it, so two prompts can give 100% and "
+               "a few %: greedy agreement is a cliff, not a measure of closeness; the logit "
+               "differences and the validation loss are.\n\n" if named else "")
             + t.md_table(*t.format_accuracy_rows(study.quantized)) + "\n")
 
 
@@ -129,7 +136,8 @@ def markdown_report(study: StudyResult, plots: "dict | None" = None) -> str:
               f"vocab_size={c['vocab_size']}, block_size={c['block_size']} "
               f"({study.num_parameters / 1e6:.2f} M parameters), {study.weights} weights. Protocol "
               f"(docs/study.md): greedy, {s['new_tokens']} new tokens after a {s['prompt_len']}-token "
-              f"prompt, batch 1, {s['runs']} runs after a warm-up, median, prefill included; every "
+              f"prompt{f' (the study prompt: {study.prompt})' if study.prompt else ''}, batch 1, "
+              f"{s['runs']} runs after a warm-up, median, prefill included; every "
               f"preset checked against `reference` first (max |logit diff| <= {s['tolerance']:g} and "
               "identical greedy tokens; a preset on int8 weights, `max-int8`, against reference's "
               "forms on the same int8 weights, its cost against fp32 shown beside).", "",

@@ -56,7 +56,7 @@ def tokens_per_s(study: StudyResult, path: Path):
     for i, (name, value, s, color) in enumerate(rows):
         err = None if not s else [[value - s["min"]], [s["max"] - value]]
         ax.barh(i, value, xerr=err, color=color, capsize=3)
-        ax.text(value, i, f"  {value:,.0f}", va="center", fontsize=8)
+        ax.text(s["max"] if s else value, i, f"  {value:,.0f}", va="center", fontsize=8)  # past the whisker
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.invert_yaxis()
     _log(ax)
@@ -128,7 +128,7 @@ def roofline(study: StudyResult, path: Path):
     ok = {n: r for n, r in study.phases.items() if r.ok and r.roofline.get("decode_gbs")}
     if m is None or not ok:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     names = list(ok)
     left.barh(names, [ok[n].roofline["decode_gbs"] for n in names], color="#1f77b4")
     left.axvline(m.bandwidth_weights_gbs, color="#d62728", ls="--",
@@ -138,18 +138,22 @@ def roofline(study: StudyResult, path: Path):
     _log(left)
     left.set_xlabel("GB/s of weights read per decode step (log)")
     left.invert_yaxis()
-    left.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     left.set_title("Decode step vs the bandwidth roofline")
     sizes = sorted(m.mm_gflops)
-    right.plot(sizes, [m.mm_gflops[n] for n in sizes], "k--", marker="o", label="torch.mm (machine)")
+    right.plot(sizes, [m.mm_gflops[n] for n in sizes], "k--", marker="o", label="torch.mm, fp32 (machine)")
     for n, r in ok.items():
         if r.gflops:
             xs = sorted(r.gflops)
-            right.plot(xs, [r.gflops[x] for x in xs], marker=".", label=n)
+            weights = (r.opt or {}).get("weights", "fp32")
+            # a lossy format's matmul does other arithmetic (int8 dot products): dotted, named
+            right.plot(xs, [r.gflops[x] for x in xs], marker=".",
+                       ls="-" if weights == "fp32" else ":",
+                       label=n if weights == "fp32" else f"{n} ({weights} weights: not fp32 work)")
     _log(right, base=2)
     right.set_xlabel("square matrix size N")
-    right.set_ylabel("GFLOPS")
-    right.legend(fontsize=7)
+    right.set_ylabel("GFLOPS (int8 formats: integer ops/s)")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     right.set_title("GEMM vs torch.mm")
     return save_figure(fig, path)
 
@@ -226,6 +230,7 @@ def engines(study: StudyResult, path: Path):
                [r.tokens_per_s["max"] - m for m, r in zip(med, rows)]]
         colors = ["#1f77b4" if n.startswith("smallmind") else "#ff7f0e" for n in names]
         ax.bar(range(len(rows)), med, yerr=err, color=colors, capsize=3)
+        ax.set_ylim(0, 1.08 * max((r.tokens_per_s["max"] for r in rows), default=1))
         ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{case.shape}, prompt {case.prompt_len}, {threads} thread(s)", fontsize=8)
         ax.set_ylabel("tokens / s")

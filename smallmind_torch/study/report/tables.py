@@ -25,6 +25,19 @@ def fmt(value, digits=1, unit=""):
     return f"{value:.{digits}f}{unit}"
 
 
+def fmt_bytes(nbytes) -> str:
+    """Bytes with a unit that keeps the figure readable: "14.3 MB", "4.89 kB", "19 B"; a (lo, hi)
+    range of MB (the seed's targets) as "3-5 MB"."""
+    if isinstance(nbytes, tuple):
+        return f"{nbytes[0] / 1e6:g}-{nbytes[1] / 1e6:g} MB"
+    if nbytes is None or not math.isfinite(nbytes):
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.0f} B"
+
+
 def with_spread(value, result, figure, digits=1):
     """A figure with its spread: "912 ±6%" (half the min-max range of its runs, relative to the
     median); a trailing "!" when the runs differ by more than timing.DISTURBED_RATIO."""
@@ -38,21 +51,26 @@ TINY_NOTE = ("TINY MODE: a smoke run on a tiny shape with a few tokens. Its figu
              "say nothing about performance; run without --tiny for the study.")
 
 
+def _seed_bytes(mb) -> str:
+    """The seed's MB per token (a figure or a (lo, hi) range) as fmt_bytes writes bytes."""
+    return fmt_bytes(tuple(1e6 * v for v in mb) if isinstance(mb, tuple) else 1e6 * mb)
+
+
 def table_rows(study: StudyResult) -> tuple:
     """(header, rows): one row per seed line, preset and peer; every cell a string."""
     sizes = sorted({int(n) for r in study.phases.values() for n in r.gflops} or {512})
     gemm_n = sizes[-1]
-    header = ["phase", "tokens/s", "decode ms", "prefill ms", "MB/token", "allocs/token",
+    header = ["phase", "tokens/s", "decode ms", "prefill ms", "memory/token", "allocs/token",
               f"GFLOPS@{gemm_n}", "x phase0", *[f"x {p}" for p in study.peers], "check"]
     ratios = study.ratios()
     rows = []
     b, f = SEED["baseline"], SEED["final_target"]
     peer_blank = ["-"] * len(study.peers)
     rows.append(["seed baseline (.NET)", fmt(b["tokens_per_s"]), "-", fmt(b["prefill_ms"]),
-                 fmt(b["mb_per_token"]), f"({b['gc_gen0_per_50_tokens']} GC gen0/50 tok)",
+                 _seed_bytes(b["mb_per_token"]), f"({b['gc_gen0_per_50_tokens']} GC gen0/50 tok)",
                  fmt(b["gflops_512"]), "-", *peer_blank, "seed"])
     rows.append(["seed final target", fmt(f["tokens_per_s"]), "-", fmt(f["prefill_ms"], unit=" "),
-                 fmt(f["mb_per_token"]), f"(<{f['gc_gen0_per_50_tokens']} GC gen0)",
+                 _seed_bytes(f["mb_per_token"]), f"(<{f['gc_gen0_per_50_tokens']} GC gen0)",
                  fmt(f["gflops_512"]), "-", *peer_blank, "seed"])
     for name, r in study.phases.items():
         if r.ok:
@@ -60,7 +78,7 @@ def table_rows(study: StudyResult) -> tuple:
             ra = ratios.get(name, {})
             rows.append([name, with_spread(r.tokens_per_s, r, "tokens_per_s"),
                          with_spread(r.decode_ms, r, "decode_ms", 2), with_spread(r.prefill_ms, r, "prefill_ms", 2),
-                         fmt(r.mb_per_token, 3), fmt(r.allocs_per_token), fmt(g),
+                         fmt_bytes(r.bytes_per_token), fmt(r.allocs_per_token), fmt(g),
                          fmt(ra.get("speedup_vs_phase0"), 2, "x"),
                          *[fmt(ra.get(f"speedup_vs_{p}"), 2, "x") for p in study.peers],
                          r.describe_status()])
@@ -72,7 +90,7 @@ def table_rows(study: StudyResult) -> tuple:
             base = study.phases.get("phase0")
             x0 = (p.tokens_per_s["median"] / base.tokens_per_s) if base is not None and base.ok else None
             rows.append([label, spread_cell(p.tokens_per_s), spread_cell(p.decode_ms, 2), "-",
-                         fmt(p.mb_per_token, 3), fmt(p.allocs_per_token), "-", fmt(x0, 2, "x"),
+                         fmt_bytes(p.bytes_per_token), fmt(p.allocs_per_token), "-", fmt(x0, 2, "x"),
                          *["1.00x" if q == name else "-" for q in study.peers], p.describe_status()])
         else:
             rows.append([label, *["-"] * (len(header) - 2), p.describe_status()])
@@ -225,9 +243,18 @@ def roofline_rows(study: StudyResult) -> tuple:
             rows.append([name, fmt(r.decode_ms, 3), fmt(weight_bytes / 1e6, 1),
                          fmt(ro.get("decode_gbs"), 1),
                          f"{100 * ro['decode_fraction_of_roofline']:.1f} %" if "decode_fraction_of_roofline" in ro else "-",
-                         *[f"{100 * ro[f'gemm_{n}_fraction_of_torch_mm']:.0f} %" for n in sizes]])
+                         *[_gemm_cell(ro.get(f"gemm_{n}_fraction_of_torch_mm"), r.opt) for n in sizes]])
     return ["phase", "decode ms", "weights MB / step", "weights GB/s", "decode / roofline",
-            *[f"GEMM {n} / torch.mm" for n in sizes]], rows
+            *[f"GEMM {n} / torch.mm (fp32)" for n in sizes]], rows
+
+
+def _gemm_cell(fraction, opt) -> str:
+    """A preset's GEMM rate as a share of fp32 torch.mm's; a lossy format's matmul does other
+    arithmetic (int8 dot products, bf16), so its share is marked as not like for like."""
+    if fraction is None:
+        return "-"
+    weights = (opt or {}).get("weights", "fp32")
+    return f"{100 * fraction:.0f} %" + ("" if weights == "fp32" else f" ({weights} ops)")
 
 
 def format_speed_rows(result: QuantizedResult) -> tuple:
@@ -242,17 +269,23 @@ def format_speed_rows(result: QuantizedResult) -> tuple:
 def format_accuracy_rows(result: QuantizedResult) -> tuple:
     """Each lossy format against fp32 reference."""
     loss = (lambda v: "-" if v is None else f"{v:.4f}")
+    prompts = list(result.settings.get("prompts") or next(iter(result.accuracy.values()),
+                                                           None).greedy_agreement)
     rows = []
     for label, a in result.accuracy.items():
         q, agree, first = a.logit_diff_quantiles, a.greedy_agreement, a.first_divergence
         change = a.val_loss_change
+        greedy = [cell for p in prompts for cell in (
+            f"{100 * agree[p]['50']:.0f}% / {100 * agree[p]['200']:.0f}%",
+            f"{first[p]['50']} / {first[p]['200']}")]
         rows.append([label, f"{a.max_abs_logit_diff:.4f}",
-                     f"{q['p50']:.4f} / {q['p90']:.4f} / {q['p99']:.4f}",
-                     f"{100 * agree['50']:.0f}% / {100 * agree['200']:.0f}%",
-                     f"{first['50']} / {first['200']}", loss(a.val_loss_reference), loss(a.val_loss),
+                     f"{q['p50']:.4f} / {q['p90']:.4f} / {q['p99']:.4f}", *greedy,
+                     loss(a.val_loss_reference), loss(a.val_loss),
                      "-" if change is None else f"{change:+.4f}"])
-    return (["format", "max abs logit diff", "p50 / p90 / p99", "greedy tokens equal (50 / 200)",
-             "first difference (50 / 200)", "val loss fp32", "val loss", "change (nats)"], rows)
+    return (["format", "max abs logit diff", "p50 / p90 / p99",
+             *[h for p in prompts for h in (f"greedy tokens equal, {p} (50 / 200)",
+                                            f"first difference, {p} (50 / 200)")],
+             "val loss fp32", "val loss", "change (nats)"], rows)
 
 
 def top_ops_rows(trace: TraceResult) -> tuple:
