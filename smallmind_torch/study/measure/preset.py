@@ -19,6 +19,7 @@ import torch
 
 from ...compiled import compiled_graphs
 from ...config import OptConfig, check_tolerance
+from ...machine_load import machine_load
 from ...ops import CustomOpsUnavailable
 from ...check import ReferenceRun, first_mismatch
 from ..protocol.machine import decode_weight_bytes, environment, matmul_gflops, roofline
@@ -62,8 +63,9 @@ def timed_stream(model, prompt, new_tokens: int) -> tuple:
 def measure_generation(model, prompt, new_tokens: int, runs: int, *, warmup: bool = True,
                        progress=False, desc="generate"):
     """Warm-up run (returned tokens; None with warmup=False) + `runs` timed runs: (tokens,
-    {"tokens_per_s": [per run], "decode_ms": [median decode step of each run]}; no decode_ms
-    when new_tokens < 2)."""
+    {"tokens_per_s": [per run], "decode_ms": [median decode step of each run], "other_cores":
+    [the cores other processes kept busy over the timed runs]}; no decode_ms when
+    new_tokens < 2, no other_cores where machine_load cannot tell)."""
     tokens = None
     runs_of = {"tokens_per_s": [], "decode_ms": []}
     with progress_bar(runs + int(warmup), desc, progress) as bar:
@@ -71,13 +73,16 @@ def measure_generation(model, prompt, new_tokens: int, runs: int, *, warmup: boo
             tokens, _, _ = timed_stream(model, prompt, new_tokens)
             if bar is not None:
                 bar.update()
-        for _ in range(runs):
-            _, total, intervals = timed_stream(model, prompt, new_tokens)
-            runs_of["tokens_per_s"].append(new_tokens / total)
-            if len(intervals) > 1:
-                runs_of["decode_ms"].append(1e3 * statistics.median(intervals[1:]))
-            if bar is not None:
-                bar.update()
+        with machine_load() as load:
+            for _ in range(runs):
+                _, total, intervals = timed_stream(model, prompt, new_tokens)
+                runs_of["tokens_per_s"].append(new_tokens / total)
+                if len(intervals) > 1:
+                    runs_of["decode_ms"].append(1e3 * statistics.median(intervals[1:]))
+                if bar is not None:
+                    bar.update()
+    if runs and load.other_cores is not None:
+        runs_of["other_cores"] = [load.other_cores]
     return tokens, {k: v for k, v in runs_of.items() if v}
 
 
@@ -141,7 +146,8 @@ def _measure(model, result: PhaseResult, settings: BenchSettings, reference: Ref
         x = reference.check_x
         runs_of["prefill_ms"] = [1e3 * t for t in sample_times(
             lambda: model(x), warmup=1, repeat=settings.prefill_repeat, device=device)]
-    result.spread = {k: spread(v) for k, v in runs_of.items()}
+    other_cores = runs_of.pop("other_cores", [None])[0]
+    result.spread = {k: spread(v, other_cores) for k, v in runs_of.items()}
     result.tokens_per_s = result.spread["tokens_per_s"]["median"]
     result.decode_ms = result.spread["decode_ms"]["median"] if "decode_ms" in runs_of else None
     result.prefill_ms = result.spread["prefill_ms"]["median"]

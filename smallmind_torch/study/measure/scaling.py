@@ -51,7 +51,8 @@ def measure_scaling(model, preset: "str | OptConfig", *, batches=(1, 4, 16), pos
             prompt = fixed_prompt(model.config, prompt_len, seed)
             for B in batches:
                 _, runs_of = measure_generation(model, prompt.expand(B, -1).contiguous(), new_tokens, runs)
-                s = spread([B * r for r in runs_of["tokens_per_s"]])
+                s = spread([B * r for r in runs_of["tokens_per_s"]],
+                           runs_of.get("other_cores", [None])[0])
                 result.tokens_per_s_by_batch[B], result.batch_spread[B] = s["median"], s
             with torch.no_grad():
                 for p in positions or default_positions(model.config.block_size):

@@ -13,18 +13,23 @@ from typing import Callable
 
 import torch
 
+from ...machine_load import QUIET_OTHER_CORES
+
 # Runs of one figure whose slowest and fastest differ by more than this factor are flagged as
 # disturbed: on a shared machine the figure says more about the neighbours than the code.
 DISTURBED_RATIO = 1.5
 
 
-def spread(values) -> dict:
-    """min / median / max of a figure's runs, and whether they differ by more than
-    DISTURBED_RATIO."""
+def spread(values, other_cores: "float | None" = None) -> dict:
+    """min / median / max of a figure's runs, and whether they were disturbed: runs that differ
+    by more than DISTURBED_RATIO, or other processes that kept QUIET_OTHER_CORES or more busy
+    meanwhile (`other_cores`, machine_load's, when it was measured)."""
     values = sorted(values)
     lo, hi = values[0], values[-1]
+    busy = other_cores is not None and other_cores >= QUIET_OTHER_CORES
     return {"min": lo, "median": statistics.median(values), "max": hi, "runs": len(values),
-            "disturbed": bool(lo > 0 and hi / lo > DISTURBED_RATIO)}
+            "other_cores": other_cores,
+            "disturbed": bool((lo > 0 and hi / lo > DISTURBED_RATIO) or busy)}
 
 
 def device_sync(device: "torch.device | str | None" = None) -> None:

@@ -45,8 +45,9 @@ def with_spread(value, result, figure, digits=1):
 
 
 SPREAD_NOTE = ("`±` is half the range of a figure's runs relative to their median; `!` marks "
-               "runs that differ by more than 1.5x: the machine was disturbed during them, so "
-               "compare those figures with care.")
+               "runs that differ by more than 1.5x, or during which other processes kept a "
+               "quarter of a core or more busy (/proc/stat, machine_load.py): the machine was "
+               "disturbed during them, so compare those figures with care.")
 TINY_NOTE = ("TINY MODE: a smoke run on a tiny shape with a few tokens. Its figures and ratios "
              "say nothing about performance; run without --tiny for the study.")
 

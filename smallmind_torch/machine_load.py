@@ -1,0 +1,89 @@
+"""Did something else run during a measurement? The CPU time that other processes took.
+
+A timing on a shared machine is only a figure if the machine was quiet while it ran. The load
+average says little about a few seconds, and the spread of the runs misses a disturbance that
+lasts the whole measurement, so this reads the kernel's own accounting: /proc/stat's busy time
+of every CPU minus this process's CPU time (/proc/self/stat, every thread of it, OpenMP's
+included), both in the same clock ticks, over the measurement's wall time.
+
+    with machine_load() as load:
+        ...timed work...
+    load.other_cores   # the average number of cores other processes kept busy meanwhile
+
+Where /proc is absent (not Linux) nothing can be said: `other_cores` is None.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+QUIET_OTHER_CORES = 0.25   # other processes kept under a quarter of a core busy on average
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    busy_s: float        # every CPU's non-idle time since boot
+    own_s: float         # this process's user + system time
+    wall_s: float        # time.monotonic()
+
+
+def snapshot() -> "CpuSnapshot | None":
+    """The counters now; None where /proc/stat cannot be read."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat", encoding="ascii") as f:
+            own = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces: after its ")"
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    # user, nice, system, idle, iowait, irq, softirq, steal; guest time is already in user
+    busy = sum(fields[:8]) - idle
+    utime, stime = int(own[11]), int(own[12])  # fields 14 and 15 of proc(5), counted from 1
+    return CpuSnapshot(busy / _TICKS_PER_S, (utime + stime) / _TICKS_PER_S, time.monotonic())
+
+
+@dataclass(frozen=True)
+class Load:
+    other_cpu_s: float   # CPU seconds that other processes took in the interval
+    wall_s: float
+
+    @property
+    def other_cores(self) -> float:
+        return self.other_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def quiet(self) -> bool:
+        return self.other_cores < QUIET_OTHER_CORES
+
+    def describe(self) -> str:
+        return (f"other processes used {self.other_cores:.2f} cores on average over "
+                f"{self.wall_s:.2f} s ({'quiet' if self.quiet else 'BUSY'})")
+
+
+def load_between(start: CpuSnapshot, end: CpuSnapshot) -> Load:
+    """Other processes' CPU time between two snapshots (clock ticks: 10 ms steps, so an
+    interval shorter than a few tenths of a second says little)."""
+    other = (end.busy_s - start.busy_s) - (end.own_s - start.own_s)
+    return Load(max(0.0, other), end.wall_s - start.wall_s)
+
+
+class machine_load:
+    """Context manager: `.load` (a Load, or None without /proc) once the block has run."""
+
+    def __enter__(self) -> "machine_load":
+        self.load = None
+        self._start = snapshot()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = snapshot()
+        if self._start is not None and end is not None:
+            self.load = load_between(self._start, end)
+
+    @property
+    def other_cores(self) -> "float | None":
+        return None if self.load is None else self.load.other_cores

@@ -1,0 +1,54 @@
+"""machine_load: other processes' CPU time during a block, from /proc/stat minus our own."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from smallmind_torch.machine_load import CpuSnapshot, Load, load_between, machine_load, snapshot
+
+pytestmark = pytest.mark.skipif(snapshot() is None, reason="no /proc/stat (not Linux)")
+
+
+def _spin(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_busy_process_beside_us_is_seen():
+    hog = subprocess.Popen([sys.executable, "-c",
+                            "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.1)  # the hog is running
+        with machine_load() as m:
+            time.sleep(0.5)
+    finally:
+        hog.wait()
+    assert m.load.wall_s == pytest.approx(0.5, abs=0.2)
+    assert m.other_cores > 0.5  # the hog kept about one core busy
+    assert not m.load.quiet and "BUSY" in m.load.describe()
+
+
+def test_our_own_work_is_not_counted_as_other():
+    start = snapshot()
+    _spin(0.4)
+    end = snapshot()
+    assert end.own_s - start.own_s >= 0.25
+    # whatever else ran (other tests' processes), our own 0.4 s are taken off
+    assert load_between(start, end).other_cpu_s <= (end.busy_s - start.busy_s) - 0.25
+
+
+def test_arithmetic():
+    load = load_between(CpuSnapshot(10.0, 2.0, 100.0), CpuSnapshot(13.0, 3.0, 102.0))
+    assert load == Load(other_cpu_s=2.0, wall_s=2.0) and load.other_cores == 1.0
+    assert load_between(CpuSnapshot(10.0, 2.0, 0.0), CpuSnapshot(10.0, 2.5, 1.0)).other_cpu_s == 0.0
+
+
+def test_a_figure_measured_while_another_process_ran_is_flagged():
+    from smallmind_torch.study.protocol.timing import spread
+
+    assert not spread([1.0, 1.1], other_cores=0.05)["disturbed"]
+    busy = spread([1.0, 1.1], other_cores=0.9)
+    assert busy["disturbed"] and busy["other_cores"] == 0.9
+    assert spread([1.0, 1.1])["other_cores"] is None  # not measured: the spread alone decides
