@@ -202,18 +202,6 @@ def test_an_unwritable_json_path_is_refused_before_the_run(command, tmp_path, ca
     assert "tokens/s" not in capsys.readouterr().out  # nothing was measured
 
 
-def test_the_experiment_scripts_report_bad_arguments_in_one_line(tmp_path, capsys):
-    from helpers import load_experiment
-
-    main = load_experiment("phase1_batched_attention").main
-    for args, message in ((["--threads", "0"], "--threads must be >= 1"),
-                          (["--runs", "0"], "--runs must be >= 1"),
-                          (["--checkpoint", str(tmp_path / "none")], "no checkpoint")):
-        assert main(["--tiny", *args]) in (1, 2)
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err
-
-
 def test_threads_are_bounded_in_the_library_too():
     from smallmind_torch.threads import MAX_THREADS, threads
 

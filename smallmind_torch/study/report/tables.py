@@ -267,6 +267,19 @@ def format_speed_rows(result: QuantizedResult) -> tuple:
              for r in result.speed])
 
 
+def step_gain_rows(speed: list, preset: str, previous: "str | None") -> tuple:
+    """A step's gain (cli/experiment.py): each phase's speed (measure/quantized.measure_speed's
+    rows, `reference` first, alternated run by run), "x previous" on `preset`'s row and
+    "x reference" on every row (its median tokens/s over the other's)."""
+    base = {r.format: r.tokens_per_s["median"] for r in speed}
+    header = ["phase", "what ran", "tokens/s", "decode ms", "x previous", "x reference"]
+    rows = [[r.format, r.ran, spread_cell(r.tokens_per_s, 1), spread_cell(r.decode_ms, 3),
+             fmt(base[r.format] / base[previous] if r.format == preset and previous in base
+                 else None, 2, "x"),
+             f"{r.x_first:.2f}x"] for r in speed]
+    return header, rows
+
+
 def format_accuracy_rows(result: QuantizedResult) -> tuple:
     """Each lossy format against fp32 reference."""
     loss = (lambda v: "-" if v is None else f"{v:.4f}")
