@@ -5,7 +5,8 @@ by op (the idea of Holistic Trace Analysis's TraceDiff, written over the profile
 prompt, per key: every `record_function` label of labels.CATEGORIES and every ATen or custom
 op (`aten::mm`, `smallmind::linear_out`, ...), with calls, self time, allocations, bytes and
 FLOPs; `diff_profiles(a, b)` lines two profiles up, and `diff_phases(model, "phase1",
-"phase2")` does both and can write the differential flame graph (report/flame.py).
+"phase2")` does both and can write the differential flame graph (report/flame.py);
+`measure_diffs` is the study's part "diffs": each consecutive pair of DIFF_CHAIN.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ...config import OptConfig
 from ...labels import CATEGORIES
 from ...ops import CustomOpsUnavailable
 from ..protocol.profiling import STEP_LABEL, allocations_from_events, quiet_profiler
-from ..protocol.settings import device_of, fixed_prompt
+from ..protocol.settings import device_of, fixed_prompt, progress_over
 from ..report.flame import read_folded, write_flame_graph
 from ..results import OpProfile, OpRow, OpStat, PhaseDiff
 
@@ -236,3 +237,44 @@ def diff_phases(model, a: "str | OptConfig", b: "str | OptConfig", *, prompt_len
     if flame_graph is not None:
         write_diff_flame_graph(diff, pa, pb, flame_graph)
     return diff
+
+
+# The study's part "diffs": each switch of the story, from the seed's algorithms to max, and
+# max's int8 weights; phase0's loops make ~10^5 events per token: it is profiled over fewer.
+DIFF_CHAIN = (("phase0", "phase1"), ("phase1", "phase2"), ("phase2", "phase3"), ("phase3", "max"),
+              ("max", "max-int8"))
+PHASE0_TOKENS = 2
+
+
+def measure_diffs(model, pairs=DIFF_CHAIN, *, prompt_len: int = 16, tokens: int = 8,
+                  phase0_tokens: int = PHASE0_TOKENS, seed: int = 1234,
+                  flame_dir: "str | os.PathLike | None" = None, progress: bool = False) -> list:
+    """A PhaseDiff per (A, B) of `pairs`, each preset profiled once (profile_ops: `tokens`
+    decode steps, phase0 `phase0_tokens`); with `flame_dir`, each pair's differential flame
+    graph there (<A>-vs-<B>.diff-flame.html). A pair with a preset whose custom ops cannot be
+    built is "unavailable"."""
+    profiles: dict = {}
+
+    def profiled(name):
+        if name not in profiles:
+            try:
+                profiles[name] = profile_ops(
+                    model, name, prompt_len=prompt_len, seed=seed, stacks=flame_dir is not None,
+                    tokens=phase0_tokens if name == "phase0" else tokens)
+            except CustomOpsUnavailable as exc:
+                profiles[name] = exc
+        return profiles[name]
+
+    diffs = []
+    for a, b in progress_over(list(pairs), "diffs", progress):
+        pa, pb = profiled(a), profiled(b)
+        failed = next((p for p in (pa, pb) if isinstance(p, Exception)), None)
+        if failed is not None:
+            diffs.append(PhaseDiff(a, b, status="unavailable", reason=str(failed)))
+            continue
+        diff = diff_profiles(pa, pb)
+        if flame_dir is not None:
+            write_diff_flame_graph(diff, pa, pb,
+                                   Path(flame_dir) / f"{diff_file_stem(a, b)}.diff-flame.html")
+        diffs.append(diff)
+    return diffs

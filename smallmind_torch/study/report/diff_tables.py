@@ -12,8 +12,9 @@ TINY = 0.0005  # below this a figure prints as ~0, not as 1.89e-05
 
 
 def num(value: float, signed: bool = False) -> str:
-    """A per-token figure for a table: 3 significant digits, thousands separated, never in
-    exponent notation ("~0" for a figure below TINY but not zero)."""
+    """A per-token figure for a table: 3 significant digits (none after the point for a whole
+    number), thousands separated, never in exponent notation ("~0" for a figure below TINY but
+    not zero)."""
     if value is None or not math.isfinite(value):
         return "-"
     sign = "+" if signed and value > 0 else ""
@@ -22,14 +23,14 @@ def num(value: float, signed: bool = False) -> str:
     size = abs(value)
     if size < TINY:
         return f"{sign if value > 0 else '-'}~0" if signed else "~0"
-    if size >= 100:
+    if size >= 100 or float(value).is_integer():  # calls per token are mostly whole
         return f"{sign}{value:,.0f}"
     decimals = max(0, 2 - math.floor(math.log10(size)))
     return f"{sign}{value:.{decimals}f}"
 
 
 def _ratio(a: float, b: float) -> str:
-    return f"{b / a:.2g}x" if a > 0 and b > 0 else "-"
+    return f"{b / a:.2f}x" if a > 0 and b > 0 else "-"
 
 
 def totals_line(diff: PhaseDiff) -> str:
@@ -53,8 +54,8 @@ def about_line(diff: PhaseDiff) -> str:
     tokens = (f"{diff.tokens_a} decode steps" if diff.tokens_a == diff.tokens_b
               else f"{diff.tokens_a} and {diff.tokens_b} decode steps")
     same = {True: "", False: "; the two generated different tokens", None: ""}[diff.same_tokens]
-    return (f"{diff.a} ({diff.phase_a or diff.a}) -> {diff.b} ({diff.phase_b or diff.b}): "
-            f"{tokens} after a {diff.prompt_len}-token prompt, greedy{same}")
+    return (f"{diff.phase_a or diff.a} -> {diff.phase_b or diff.b}: {tokens} after a "
+            f"{diff.prompt_len}-token prompt, greedy{same}")
 
 
 def _only(row, diff: PhaseDiff) -> str:
