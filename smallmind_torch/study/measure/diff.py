@@ -243,7 +243,7 @@ def diff_phases(model, a: "str | OptConfig", b: "str | OptConfig", *, prompt_len
 # max's int8 weights; phase0's loops make ~10^5 events per token: it is profiled over fewer.
 DIFF_CHAIN = (("phase0", "phase1"), ("phase1", "phase2"), ("phase2", "phase3"), ("phase3", "max"),
               ("max", "max-int8"))
-PHASE0_TOKENS = 2
+PHASE0_TOKENS = 4
 
 
 def measure_diffs(model, pairs=DIFF_CHAIN, *, prompt_len: int = 16, tokens: int = 8,
