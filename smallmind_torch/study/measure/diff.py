@@ -114,9 +114,9 @@ def profile_ops(model, preset: "str | OptConfig", *, prompt_len: int = 16, token
     matmuls' FLOPs), and with `stacks` the call stacks (with_stack) for the flame graph:
     `result.stacks`, folded, self microseconds over the profiled steps.
 
-    The phase is not checked against reference here (the study's presets part does that; a
-    check costs a full forward at block_size, minutes for phase 0): `result.generated` holds the
-    tokens, so that two phases' can be compared. Raises CustomOpsUnavailable where the
+    The phase is not checked against reference here (the study's presets part does that; the
+    check runs a full forward at block_size, phase 0's slowest call): `result.generated` holds
+    the greedy tokens, so that two phases' can be compared (PhaseDiff.same_tokens). Raises CustomOpsUnavailable where the
     preset's C++ ops cannot be built."""
     check_lengths(model.config, prompt_len, tokens)
     name = name or (preset if isinstance(preset, str) else "custom")
