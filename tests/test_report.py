@@ -11,6 +11,7 @@ import pytest
 
 from smallmind_torch import cli
 from smallmind_torch.study import BenchSettings, load_study, render_report, write_report
+from smallmind_torch.study.measure.diff import DIFF_CHAIN
 from smallmind_torch.study.report import plots, tables
 from smallmind_torch.study.results import Check, EngineRow, PhaseResult, StudyResult
 
@@ -18,7 +19,8 @@ from helpers import load_experiment
 
 PHASES = ["reference", "phase0", "phase1", "max"]
 HEADINGS = ("## The story", "## Main table", "## Where a token's time goes",
-            "## What each switch bought", "## The machine's limits and the roofline",
+            "## What each switch bought", "## What each switch changed, read off the profiler",
+            "## The machine's limits and the roofline",
             "## Training: one optimizer step", "## Initialization", "## Batches and context",
             "## Weight formats", "## Peer engines on the same weights", "## Profiler traces",
             "## How long each part took", "## Environment")
@@ -49,6 +51,8 @@ def test_study_tiny(tiny_study):
     assert data["ratios"]["max"]["speedup_vs_phase0"] > 0
     assert [r["label"] for r in data["waterfall"]][-1] == "= max" and data["training"]["model"]
     assert data["scaling"] and data["quantized"]["speed"] and data["engines"]["cases"]
+    assert [(d["a"], d["b"]) for d in data["diffs"]] == list(DIFF_CHAIN)
+    assert all((out / d["flame_graph"]).exists() for d in data["diffs"] if d["status"] == "ok")
     for kind in ("tokens_per_s", "decode_split", "waterfall", "roofline", "positions", "batches",
                  "memory", "engines"):
         assert (out / plots.FILES[kind]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

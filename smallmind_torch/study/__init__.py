@@ -8,7 +8,8 @@ One concern per folder; modules use each other's public names only.
                  config.reference_for is the model half's (smallmind_torch/check.py), which
                  tuning.py shares
     measure/     one module per part of the study, each returning a results type: preset (the
-                 main table), peer (its peers), waterfall, training, scaling, quantized, traces
+                 main table), peer (its peers), waterfall, diff (two phases op by op), training,
+                 scaling, quantized, traces
     peers/       the engines, one protocol: base (the adapter interface), engines (the adapters,
                  HF included), worker (an engine in its own process), bench (`smallmind peers`),
                  onnx_export
@@ -17,13 +18,15 @@ One concern per folder; modules use each other's public names only.
 
 The calls that notebooks, the command line and experiments use are here.
 """
+from .measure.diff import diff_phases, diff_profiles, profile_ops
 from .measure.traces import write_traces
 from .protocol.settings import BenchSettings
 from .report.markdown import load_study, render_report, write_report
 from .report.terminal import print_study, print_trace_summary
-from .results import StudyResult
+from .results import OpProfile, PhaseDiff, StudyResult
 from .run import PARTS, STEPS, extend_study, run_steps, run_study, trace_study
 
 __all__ = ["BenchSettings", "StudyResult", "run_study", "extend_study", "trace_study", "run_steps",
            "PARTS", "STEPS", "write_traces", "write_report", "render_report", "load_study",
-           "print_study", "print_trace_summary"]
+           "print_study", "print_trace_summary", "diff_phases", "profile_ops", "diff_profiles",
+           "PhaseDiff", "OpProfile"]

@@ -2,7 +2,8 @@
 
 `to_dict()` is what results.json holds: the fields, plus a few derived figures for readers of
 the file (DERIVED); `from_dict()` reads it back, so that the report renders from results.json
-alone (report/). A StudyResult holds one typed section per part of the study.
+alone (report/). A StudyResult holds one typed section per part of the study. The phase
+diff's types live in diff_results.py (imported here).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from .data import Data
+from .diff_results import OpProfile, OpRow, OpStat, PhaseDiff  # noqa: F401  (results of the phase diff)
 from .seed import SEED
 
 @dataclass
@@ -384,6 +386,7 @@ class StudyResult(Data):
     quantized: QuantizedResult | None = None
     engines: PeersResult | None = None
     traces: dict[str, TraceResult] = field(default_factory=dict)
+    diffs: list[PhaseDiff] = field(default_factory=list)   # consecutive presets, op by op
     durations: dict = field(default_factory=dict)   # part -> seconds
 
     def ratios(self) -> dict:

@@ -2,7 +2,8 @@
 measures is in measure/, what the report shows in report/). `smallmind study` runs it.
 
     run_study     the presets' table: every preset, its peers (HF), the machine's limits
-    extend_study  the parts beyond it (PARTS: waterfall, training, init, scaling, quantized, engines)
+    extend_study  the parts beyond it (PARTS: waterfall, diffs, training, init, scaling, quantized,
+                  engines)
     trace_study   profiler traces per preset
     run_steps     any of these in order (STEPS), into a new study or one read from results.json
 """
@@ -18,6 +19,7 @@ from typing import Callable, Iterable
 
 from ..config import ModelConfig, OptConfig, presets
 from ..model import GPT
+from .measure.diff import PHASE0_TOKENS, measure_diffs
 from .measure.peer import measure_peer
 from .measure.preset import measure_preset, reference_run
 from .measure.quantized import measure_formats
@@ -33,7 +35,7 @@ from .protocol.settings import (BenchSettings, describe_prompt, device_of, fixed
 from .results import StudyResult, TrainingResult
 
 GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
-PARTS = ("waterfall", "training", "init", "scaling", "quantized", "engines")
+PARTS = ("waterfall", "diffs", "training", "init", "scaling", "quantized", "engines")
 STEPS = ("presets", *PARTS, "traces")  # what `smallmind study --only` can run again
 ENGINE_SHAPES = ("seed", "gpt2-small")  # of the engines part: the model's, and GPT2_SMALL
 # phase0's attention writes one score at a time into a tensor that requires grad: autograd
@@ -99,9 +101,11 @@ def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
 def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS, *,
                  presets_of=None, large: "ModelConfig | None" = GPT2_SMALL, progress=False,
                  prompt=None, prompt_text: "str | None" = None, engine_shapes=("seed",),
-                 engine_runs: int = 5) -> StudyResult:
+                 engine_runs: int = 5, out="results") -> StudyResult:
     """Add to `study` (run on `model`) the parts beyond the presets' table, each timed:
     - "waterfall": phase0 to max, switch by switch (waterfall.py);
+    - "diffs": each switch of diff.DIFF_CHAIN op by op under the profiler, the differential
+      flame graphs in out/traces/diffs/ (paths relative to out) (diff.py);
     - "training": one optimizer step per preset at batch 8 x block_size, and at the `large`
       shape (batch 1 x 256) for reference, phase3 and max (training.py);
     - "init": construction time of each init form at the model's and the `large` shape;
@@ -119,6 +123,15 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
               **(presets_of or {})}
     tiny = settings.smoke
     large = None if tiny else large
+
+    def diffs():
+        found = measure_diffs(model, prompt_len=settings.prompt_len, seed=settings.seed,
+                              tokens=2 if tiny else 8, phase0_tokens=1 if tiny else PHASE0_TOKENS,
+                              flame_dir=Path(out) / "traces" / "diffs", progress=progress)
+        for diff in found:
+            if diff.flame_graph:
+                diff.flame_graph = Path(diff.flame_graph).relative_to(out).as_posix()
+        return found
 
     def training():
         batch = (2, 16) if tiny else (8, model.config.block_size)
@@ -182,8 +195,8 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
             log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None)
 
     measure = {"waterfall": lambda: measure_waterfall(model, settings, study.phases),
-               "training": training, "init": init, "scaling": scaling, "quantized": quantized,
-               "engines": engines}
+               "diffs": diffs, "training": training, "init": init, "scaling": scaling,
+               "quantized": quantized, "engines": engines}
     for part in PARTS:
         if part in parts:
             if progress and part == "waterfall":
@@ -237,5 +250,5 @@ def run_steps(model, settings: BenchSettings, steps=STEPS, *, study: "StudyResul
             trace_study(study, model, settings, logdir, out, phases, progress)
         else:
             extend_study(study, model, settings, [step], progress=progress, prompt=prompt,
-                         prompt_text=prompt_text, engine_shapes=engine_shapes)
+                         prompt_text=prompt_text, engine_shapes=engine_shapes, out=out)
     return study

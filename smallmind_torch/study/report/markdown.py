@@ -2,10 +2,10 @@
 
 REPORT.md tells the run's story in its own figures (nothing hand-written): the machine first,
 then the seed's baseline, phase 0 and each phase (what it switched, what that bought, what
-the profile shows), what each switch bought (waterfall), the machine's limits, training and
-initialization, torch.compile, batches and context length, the weight formats, the peer
-engines, the traces and how long each part of the run took. It renders from the results
-alone: `render_report(load_study("results/results.json"), "results")` writes it again.
+the profile shows), what each switch bought (waterfall) and changed op by op (the diffs),
+the machine's limits, training and initialization, torch.compile, batches and context length,
+the weight formats, the peer engines, the traces and how long each part of the run took. It
+renders from the results alone: `render_report(load_study("results/results.json"), "results")` writes it again.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ...labels import CATEGORIES
 from ..results import StudyResult
 from ..seed import SEED
 from . import tables as t
+from .diff_tables import diff_markdown
 from .peer_tables import markdown as engines_markdown
 from .plots import plot_all
 
@@ -79,6 +80,17 @@ QUANTIZED_NOTE = (
     "run with fp32 `max`. Then what each format costs against fp32 reference: |logit "
     "difference| over the check input, greedy tokens over 50 and 200 new tokens after each "
     "named prompt, and the validation loss of the trained checkpoint.")
+DIFFS_NOTE = (
+    "`smallmind diff A B` (or this part of `make study`), switch by switch: each preset's "
+    "decode steps under the profiler (after the prefill and first token; phase0 over fewer "
+    "steps), per `record_function` label and ATen or custom op, per generated token, A -> B: "
+    "calls, self time (its time minus that of the labels and ops right inside it: a label's "
+    "self time is the Python between its ops), allocations and KB, the rows whose self time "
+    "changed most first. The figures come from a pass without call-stack recording; the "
+    "flame graphs from a second pass with it (the Python tracer slows every call, so their "
+    "times are larger: compare them within a graph). Each pair's differential flame graph "
+    "(one HTML file, offline) shows B's call stacks against A's.")
+DIFF_ROWS = 10  # rows of each pair's table
 ENGINES_NOTE = (
     "`smallmind peers` (or this part of `make study`): ONNX Runtime runs the decode step "
     "exported from this model with its past keys and values (and, at int8, the same graph "
@@ -156,6 +168,8 @@ def markdown_report(study: StudyResult, plots: "dict | None" = None) -> str:
     _section(lines, "Share of the time (%)", t.split_rows(study))
     _section(lines, "What each switch bought", t.waterfall_rows(study),
              "Every step is checked against reference and timed with the protocol.", "waterfall", plots)
+    _markdown_section(lines, "What each switch changed, read off the profiler", DIFFS_NOTE,
+                      "\n".join(diff_markdown(d, DIFF_ROWS) for d in study.diffs))
     if study.machine:
         lines += ["", "## The machine's limits and the roofline", "", *t.machine_lines(study), ""]
         _section(lines, "Roofline per preset", t.roofline_rows(study), plot="roofline", plots=plots)
