@@ -1,3 +1,4 @@
 """Results -> text, Markdown and pictures; measures nothing. markdown.py writes REPORT.md,
 results.json and the plots (and renders them again from a results.json alone); tables.py and
-peer_tables.py make the tables; plots.py and pictures.py draw; terminal.py prints."""
+peer_tables.py make the tables; plots.py and pictures.py draw; flame.py writes the interactive
+flame graphs (HTML); terminal.py prints."""
