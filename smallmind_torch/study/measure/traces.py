@@ -109,18 +109,16 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
 
 def _write_views(result: TraceResult, run_dir: Path, events, tokens: int, cuda_prof=None) -> list:
     """The offline views of the profiled steps' `events` (`tokens` tokens): their paths."""
-    name, phase = result.name, result.phase
+    name, phase = result.name, result.phase  # phase: what ran, e.g. "max = fused decode"
     step_ms, bars = step_bars(events)
-    step_png = step_timeline(bars, step_ms, run_dir / f"{name}.step.png",
-                             f"{name}: one profiled step ({phase})")
+    step_png = step_timeline(bars, step_ms, run_dir / f"{name}.step.png", f"{phase}: one profiled step")
     stacks = write_folded(clean_stacks(folded_stacks(events)), run_dir / f"{name}.stacks.txt")
-    per = f"per token, {tokens} profiled tokens" if tokens > 1 else "1 profiled token"
+    per = f"per token over {tokens} profiled tokens" if tokens > 1 else "1 profiled token"
     flame = write_flame_graph(read_folded(stacks), run_dir / f"{name}.flame.html",
-                              f"{name}: where the time goes by call stack ({phase}; {per})",
-                              per=tokens)
+                              f"{phase}: where the time goes, by call stack ({per})", per=tokens)
     allocs = allocations(events)
     result.allocations = allocations_by_label(allocs, tokens)
-    memory = memory_timeline(allocs, tokens, run_dir / f"{name}.memory.png", f"{name} ({phase})")
+    memory = memory_timeline(allocs, tokens, run_dir / f"{name}.memory.png", phase)
     written = [step_png, flame, memory, stacks]
     if cuda_prof is not None:  # the stock timeline shows CUDA memory only
         written.append(str(run_dir / f"{name}.memory.html"))

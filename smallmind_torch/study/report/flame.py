@@ -133,7 +133,9 @@ def _as_chart(node: dict, field: str) -> "dict | None":
 
 
 def _script(text: str) -> str:
-    return text.replace("</", "<\\/")  # nothing inside may close the <script> element
+    """`text` safe inside a <script> element: nothing in it may close the element (in JS
+    strings and JSON, "<\\/" is "</")."""
+    return re.sub(r"</(script)", r"<\\/\1", text, flags=re.IGNORECASE)
 
 
 LEGEND = ("Each box is a frame: a Python function (red), a profiler label (green) or an op "

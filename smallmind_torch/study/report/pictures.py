@@ -102,7 +102,7 @@ def draw_memory(allocs: list, tokens: int, title: str):
     bottom.set_xlabel("ms from the start of the profiled steps (dashed: a new step)")
     count = len(allocs) / tokens
     mb = sum(a.nbytes for a in allocs) / 1e6 / tokens
-    top.set_title(f"{title}: {count:,.1f} allocations, {mb:.3g} MB allocated per token "
+    top.set_title(f"{title}: {count:,.0f} allocations, {mb:.3g} MB allocated per token "
                   f"({tokens} profiled token{'s' if tokens > 1 else ''})", fontsize=10)
     return fig
 
