@@ -1,24 +1,54 @@
-"""Profiler traces: written per preset, valid JSON, parsed by torch-tb-profiler's own loader."""
+"""Profiler traces: written per preset, valid JSON, parsed by torch-tb-profiler's own loader;
+their offline views: the flame graph (self-contained HTML, ATen frames, clean names, the
+differential mode), the memory and step pictures and the data behind them; the file list."""
+import json
+import re
+
 import pytest
 import torch
 
 from smallmind_torch import GPT
+from smallmind_torch.labels import CATEGORIES
 from smallmind_torch.study.measure import traces
+from smallmind_torch.study.protocol import trace_events
+from smallmind_torch.study.protocol.profiling import STEP_LABEL
+from smallmind_torch.study.report import flame, pictures
 from smallmind_torch.study.report.tables import text_table, top_ops_rows
 
 from helpers import TINY
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
+def _trace(tmp_path_factory, phase):
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(1234)
     model = GPT(TINY).eval()
     logdir = tmp_path_factory.mktemp("runs")
-    result = traces.write_traces(model, "phase1", logdir, prompt_len=4, row_limit=5)
+    result = traces.write_traces(model, phase, logdir, prompt_len=4, row_limit=5)
     torch.set_num_threads(old)
     return logdir, result
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    return _trace(tmp_path_factory, "phase1")
+
+
+@pytest.fixture(scope="module")
+def written_phase0(tmp_path_factory):
+    return _trace(tmp_path_factory, "phase0")
+
+
+def page_data(path) -> dict:
+    """The data a flame-graph page draws (its PAGE object)."""
+    text = open(path, encoding="utf-8").read()
+    return json.loads(re.search(r"const PAGE = (.*);\n", text).group(1))
+
+
+def frames(node):
+    yield node
+    for child in node["children"]:
+        yield from frames(child)
 
 
 def test_trace_files_exist_and_are_json(written):
@@ -37,12 +67,123 @@ def test_trace_files_exist_and_are_json(written):
 
 def test_offline_pictures(written):
     _, r = written
-    step, flame, memory = r.pictures
-    assert step.endswith(".step.png") and open(step, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    svg = open(flame, encoding="utf-8").read()
-    assert flame.endswith(".flame.svg") and "<svg" in svg and "generate_stream" in svg
-    assert "workspace_forward" in svg  # the model's frames are in the stacks (with_stack)
-    assert memory.endswith(".memory.html") and "<html" in open(memory, encoding="utf-8").read().lower()
+    step, page, memory = r.pictures
+    for png in (step, memory):
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert step.endswith(".step.png") and page.endswith(".flame.html") and memory.endswith(".memory.png")
+    assert not [p for p in r.files if "GPU" in r.files[p] or p.endswith(".memory.html")]  # CPU run
+
+
+def test_flame_graph_is_self_contained_with_aten_frames(written):
+    _, r = written
+    page = r.pictures[1]
+    text = open(page, encoding="utf-8").read()
+    # nothing fetched: no tag loads a file, and the viewer's code is inside
+    assert not re.search(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=", text, re.I)
+    for script in flame.SCRIPTS:
+        code = (flame.ASSETS / f"{script}.min.js").read_text(encoding="utf-8")
+        assert code in text, script
+    data = page_data(page)
+    names = {f["name"] for chart in data["charts"] for f in frames(chart["root"])}
+    assert "generation.py:generate_stream" in names and "workspace.py:workspace_forward" in names
+    assert {"aten::addmm", "aten::bmm"} & names and "linear" in names  # ops and labels as frames
+    assert not [n for n in names if "0x" in n or "(" in n], names  # no addresses, no line numbers
+    assert data["unit"] == "ms per token"  # two profiled decode steps, shown per token
+    stacks = flame.read_folded(next(p for p in r.files if p.endswith(".stacks.txt")))
+    assert data["charts"][0]["root"]["value"] == pytest.approx(sum(stacks.values()) / 1e3 / 2)
+
+
+def test_read_folded_cleans_names(tmp_path):
+    folded = tmp_path / "x.stacks.txt"
+    gen = "smallmind_torch/generation.py(126):_generate_stream"
+    folded.write_text("\n".join([
+        "threading.py(1002):__bootstrap;threading.py(982):_run 40",              # another thread
+        f"run.py(3):_<module>;{gen};torch/nn/modules/module.py(1778):__call_impl;"
+        "<built-in_method_addmm_of_type_object_at_0x7fb4db6cea40>;aten::addmm 7",
+        f"run.py(3):_<module>;{gen};<built-in_method_addmm_of_type_object_at_0x7fb4db6ce000>;"
+        "aten::addmm 5",
+        f"run.py(3):_<module>;{gen};torch/_ops.py(1267):___call__;smallmind::linear_out 3",
+        f"run.py(3):_<module>;{gen};torch/autograd/profiler.py(844):___enter__ 9",  # profiler
+        f"{gen};linear;<built-in_method_copy__of_Tensor_object_at_0x7f645bdf6270> 2",
+        "not a stack line",
+    ]) + "\n")
+    assert flame.read_folded(folded) == {
+        "generation.py:generate_stream;module.py:_call_impl;built-in method addmm;aten::addmm": 7,
+        "generation.py:generate_stream;built-in method addmm;aten::addmm": 5,
+        "generation.py:generate_stream;_ops.py:__call__;smallmind::linear_out": 3,
+        "generation.py:generate_stream;linear;built-in method copy_": 2,
+    }
+    # written back and read again: the same stacks (the file keeps the clean names)
+    again = flame.write_folded(flame.read_folded(folded), tmp_path / "again.stacks.txt")
+    assert flame.read_folded(again) == flame.read_folded(folded)
+
+
+def test_differential_flame_graph_marks_growth_and_shrinkage(tmp_path):
+    g = "generation.py:generate_stream"
+    before = {f"{g};forms.py:linear;aten::addmm": 4000, f"{g};attention.py:attend;aten::bmm": 3000,
+              f"{g};forms.py:layer_norm_naive;aten::mean": 2000}
+    after = {f"{g};forms.py:linear;aten::addmm": 1000, f"{g};attention.py:attend;aten::bmm": 6000,
+             f"{g};smallmind::layer_norm_out": 500}
+    page = flame.write_flame_graph(after, tmp_path / "diff.html", "phase3 vs phase1",
+                                   baseline=before, per=2)
+    data = page_data(page)
+    assert data["diff"] and data["unit"] == "ms per token"
+    now, base = ({f["name"]: f for f in frames(c["root"])} for c in data["charts"])
+    assert now["aten::bmm"]["change"] > 0 and now["aten::bmm"]["after"] == pytest.approx(3.0)
+    assert now["aten::addmm"]["change"] < 0 and now["aten::addmm"]["before"] == pytest.approx(2.0)
+    assert now["smallmind::layer_norm_out"]["change"] == 1  # new
+    assert "aten::mean" not in now and base["aten::mean"]["change"] == -1  # gone: in the baseline's graph
+    assert "blue" in open(page, encoding="utf-8").read()  # the legend says how it is coloured
+
+
+def test_memory_view_tells_phase0_from_phase1(written, written_phase0):
+    per_token = {}
+    for _, r in (written, written_phase0):
+        memory = next(p for p in r.pictures if p.endswith(".memory.png"))
+        assert open(memory, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert set(r.allocations) == set(CATEGORIES)
+        per_token[r.name] = {k: v["count"] for k, v in r.allocations.items()}
+    # phase 0's per-element loops allocate in the attention labels; phase 1's batched forms do not
+    assert sum(per_token["phase0"].values()) > 10 * sum(per_token["phase1"].values())
+    assert per_token["phase0"]["attention_values"] > 10 * max(1, per_token["phase1"]["attention_values"])
+
+
+@pytest.fixture(scope="module")
+def step_events():
+    """Kineto events of one profiled decode step of phase 1 (TINY)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    torch.manual_seed(1234)
+    model = GPT(TINY).eval()
+    with torch.no_grad(), model.using("phase1"):
+        stream = iter(model.generate_stream(torch.tensor([[1, 2, 3, 4]]), 3, temperature=0.0))
+        next(stream)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with record_function(STEP_LABEL):
+                next(stream)
+    return prof.profiler.kineto_results.events()
+
+
+def test_step_picture_names_bars_on_whole_depths(step_events):
+    step_ms, bars = trace_events.step_bars(step_events)
+    assert step_ms > 0 and bars and all(isinstance(b.depth, int) for b in bars)
+    assert {b.label for b in bars} <= set(CATEGORIES) and "linear" in {b.name for b in bars}
+    fig = pictures.draw_step(bars, step_ms, "phase1")
+    ax = fig.axes[0]
+    ticks = list(ax.get_yticks())
+    assert ticks == list(range(len(ticks))) and len(ticks) == max(b.depth for b in bars) + 1
+    texts = {t.get_text() for t in ax.texts}
+    assert "linear" in texts or "addmm" in texts  # bars named where the name fits
+    legend = ax.get_legend()
+    assert legend.get_bbox_to_anchor().x0 >= ax.get_window_extent().x1  # beside the bars
+    pictures.pyplot().close(fig)
+
+
+def test_allocations_carry_their_label(step_events):
+    allocs = trace_events.allocations(step_events)
+    assert allocs and all(a.label in CATEGORIES and a.nbytes > 0 for a in allocs)
+    table = trace_events.allocations_by_label(allocs, per=1)
+    assert sum(v["count"] for v in table.values()) == len(allocs)
 
 
 def test_torch_tb_profiler_parses_the_run(written):
@@ -77,6 +218,12 @@ def test_profile_cli(tmp_path, capfd):
     assert "profiler_start" not in err and "SyncActivityProfilerHandler" not in err  # quiet
     assert "time split" in out and "tensorboard --logdir" in out
     assert list((tmp_path / "max").glob("*.pt.trace.json"))
+    # it ends listing every file it wrote, with how to open it
+    listed = out[out.index("files written"):]
+    for end in ("flame.html", "step.png", "memory.png", "stacks.txt", "chrome_trace.json", ".pt.trace.json"):
+        path = next((tmp_path / "max").glob(f"*{end}"))
+        assert str(path) in listed, end
+    assert "any browser, offline" in listed and "chrome://tracing" in listed and "flamegraph.pl" in listed
 
 
 def test_unavailable_preset(monkeypatch, tmp_path):

@@ -1,4 +1,5 @@
-"""`smallmind profile`: write profiler traces of one preset for TensorBoard / Perfetto."""
+"""`smallmind profile`: write profiler traces of one preset (TensorBoard, Perfetto) and their offline
+views (flame graph, step and memory pictures), then list the files and how to open each."""
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,9 @@ def run(args: argparse.Namespace) -> int:
                                   row_limit=args.row_limit)
         except OSError as e:
             raise CommandError(f"cannot write traces to {args.logdir}: {e}") from e
-    print_trace_summary(result)
+    print_trace_summary(result)  # ends with each file written and how to open it offline
     if result.status != "ok":
         raise CommandError(f"phase {args.phase!r} is {result.status}: {result.reason}")
-    print(f"view: tensorboard --logdir {args.logdir}   (PYTORCH_PROFILER tab, run {args.phase!r})")
     return 0
 
 

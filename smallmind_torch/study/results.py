@@ -359,7 +359,9 @@ class TraceResult(Data):
     run_dir: str = ""
     trace_files: list = field(default_factory=list)   # TensorBoard traces (*.pt.trace.json)
     chrome_trace: str = ""
-    pictures: list = field(default_factory=list)      # step PNG, flame-graph SVG, memory HTML
+    pictures: list = field(default_factory=list)      # the offline views: flame HTML, step and memory PNG
+    files: dict = field(default_factory=dict)         # every file written -> what it is, how to open it
+    allocations: dict = field(default_factory=dict)   # label -> {"count", "bytes"} per profiled token
     time_split: dict = field(default_factory=dict)    # category -> percent over the active steps
     top_ops: list = field(default_factory=list)       # per op: name, count, self_cpu_ms, ...
 

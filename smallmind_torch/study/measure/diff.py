@@ -11,7 +11,6 @@ FLOPs; `diff_profiles(a, b)` lines two profiles up, and `diff_phases(model, "pha
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,11 +22,9 @@ from ...labels import CATEGORIES
 from ...ops import CustomOpsUnavailable
 from ..protocol.profiling import STEP_LABEL, allocations_from_events, quiet_profiler
 from ..protocol.settings import device_of, fixed_prompt, progress_over
-from ..report.flame import read_folded, write_flame_graph
+from ..protocol.trace_events import MEMORY_EVENT, folded_stacks
+from ..report.flame import clean_stacks, write_flame_graph
 from ..results import OpProfile, OpRow, OpStat, PhaseDiff
-
-MEMORY_EVENT = "[memory]"
-STACK_FOCUS = "generate_stream"  # the flame graph keeps the stacks through the generation
 
 
 def key_kind(name: str) -> "str | None":
@@ -37,13 +34,11 @@ def key_kind(name: str) -> "str | None":
     return "op" if "::" in name else None
 
 
-def add_op_stats(events, ops: dict, stacks: "dict | None" = None) -> None:
+def add_op_stats(events, ops: dict) -> None:
     """Add one profiler cycle's kineto events to `ops` (key -> OpStat), on the threads of the
     STEP_LABEL regions. Self time is a key's time minus that of the keys right inside it; an
     allocation (a `[memory]` event with nbytes > 0) belongs to the innermost key on the same
-    thread whose time range holds it. With `stacks` (a dict), each key's self time also goes
-    to its call stack there (folded: "frame;...;key" -> microseconds, the frames as
-    export_stacks writes them) from the STACK_FOCUS frame (the generation) down."""
+    thread whose time range holds it."""
     events = [e for e in events if not e.is_python_function()]  # (their names may not decode)
     threads = {e.start_thread_id() for e in events if e.name() == STEP_LABEL}
     by_thread: dict = {}
@@ -59,19 +54,11 @@ def add_op_stats(events, ops: dict, stacks: "dict | None" = None) -> None:
             by_thread.setdefault(e.start_thread_id(), []).append(
                 (e.start_ns(), 0, -e.end_ns(), i, name, e))
     for items in by_thread.values():
-        open_keys = []  # [end ns, key, self ns, event] of the keys open at this instant
+        open_keys = []  # [end ns, key, self ns] of the keys open at this instant
 
         def close():
-            end, name, self_ns, event = open_keys.pop()
+            _, name, self_ns = open_keys.pop()
             ops[name].self_ms += self_ns / 1e6
-            if stacks is not None and self_ns > 0:
-                frames = [f.replace(" ", "_") for f in reversed(event.stack())]
-                # from the generation down: the callers' frames (their line numbers) differ
-                # between the two sides of a diff
-                first = next((j for j, f in enumerate(frames) if STACK_FOCUS in f), None)
-                if first is not None:
-                    folded = ";".join([*frames[first:], name])
-                    stacks[folded] = stacks.get(folded, 0.0) + self_ns / 1e3
 
         for start, is_memory, minus_end, _, name, event in sorted(items):
             while open_keys and (open_keys[-1][0] < start if is_memory else open_keys[-1][0] <= start):
@@ -88,7 +75,7 @@ def add_op_stats(events, ops: dict, stacks: "dict | None" = None) -> None:
             stat.flops += event.flops()
             if open_keys:
                 open_keys[-1][2] -= ns
-            open_keys.append([-minus_end, name, ns, event])
+            open_keys.append([-minus_end, name, ns])
         while open_keys:
             close()
 
@@ -136,19 +123,23 @@ def profile_ops(model, preset: "str | OptConfig", *, prompt_len: int = 16, token
 def _profile_decode(model, prompt, result: OpProfile, stacks: bool) -> None:
     from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-    folded: "dict | None" = {} if stacks else None
+    folded: dict = {}
 
     def ready(prof):
-        # Ops, labels and [memory] only: with with_stack, a Python frame's event now and then
-        # has a name that is not UTF-8 (torch 2.13, profiled cycle after cycle), and reading
-        # it raises; for the same reason the stacks are built here from the ops' own frames,
-        # not with prof.export_stacks, which reads every event's name.
-        events = [e for e in prof.profiler.kineto_results.events() if not e.is_python_function()]
+        every = prof.profiler.kineto_results.events()
+        if stacks:  # the pass for the flame graph: traces.py's stacks (Python frames, labels
+            # and ops nested by time), which read the frames' names with care (name_of)
+            for stack, us in folded_stacks(every).items():
+                folded[stack] = folded.get(stack, 0.0) + us
+            return
+        # ops, labels and [memory]: with with_stack, a Python frame's event now and then has a
+        # name that is not UTF-8 (torch 2.13, profiled cycle after cycle), and reading it raises
+        events = [e for e in every if not e.is_python_function()]
         result.total_ms += sum(e.duration_ns() for e in events if e.name() == STEP_LABEL) / 1e6
         nbytes, count = allocations_from_events(events)
         result.alloc_bytes += nbytes
         result.alloc_count += count
-        add_op_stats(events, result.ops, folded)
+        add_op_stats(events, result.ops)
 
     activities = [ProfilerActivity.CPU]
     if prompt.device.type == "cuda":
@@ -165,18 +156,8 @@ def _profile_decode(model, prompt, result: OpProfile, stacks: bool) -> None:
                 with record_function(STEP_LABEL):
                     result.generated.append(int(next(stream)[0, 0]))
                 prof.step()
-    if folded:
-        result.stacks = _read_back(folded)
-
-
-def _read_back(folded: dict) -> dict:
-    """The folded stacks as report/flame.py's read_folded gives them (its names cleaned)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "stacks.folded"
-        # whole microseconds, as export_stacks writes them
-        path.write_text("".join(f"{k} {round(v)}\n" for k, v in folded.items() if round(v) > 0),
-                        encoding="utf-8")
-        return read_folded(path)
+    if stacks:
+        result.stacks = clean_stacks(folded)
 
 
 def diff_profiles(a: OpProfile, b: OpProfile) -> PhaseDiff:

@@ -9,6 +9,12 @@
                                                    prof.export_chrome_trace) under a name that
                                                    chrome://tracing / ui.perfetto.dev users find
 
+and, with `pictures`, the views that open with no network: `phase1.flame.html` (an interactive
+flame graph of the Python frames, labels and ops, report/flame.py), `phase1.step.png` (one step
+on a time axis), `phase1.memory.png` (the allocations by label) and `phase1.stacks.txt` (the
+folded call stacks the flame graph is drawn from). `result.files` lists every file written with
+what it is and how to open it (FILE_NOTES), which report/terminal.py prints.
+
 so `tensorboard --logdir runs` shows one run per phase (PYTORCH_PROFILER tab). A profiler step
 is one token of the generation stream by default (`step="token"`: wait = prefill + first token,
 then decode steps), or one whole `generate` call of `tokens` tokens (`step="generate"`).
@@ -36,10 +42,35 @@ from ...labels import CATEGORIES
 from ...ops import CustomOpsUnavailable
 from ..protocol.profiling import STEP_LABEL, quiet_profiler, split_from_events
 from ..protocol.settings import device_of, fixed_prompt
-from ..report.pictures import flame_graph, step_timeline
+from ..protocol.trace_events import allocations, allocations_by_label, folded_stacks, step_bars
+from ..report.flame import clean_stacks, read_folded, write_flame_graph, write_folded
+from ..report.pictures import memory_timeline, step_timeline
 from ..results import TraceResult
 
 TRACE_SUFFIX = ".pt.trace.json"
+
+# What each file written is and how to open it offline, by the end of its name ({logdir}: the
+# TensorBoard log directory); result.files holds these for the files of one run.
+FILE_NOTES = {
+    "flame.html": "interactive flame graph of the call stacks (Python frames, profiler labels, "
+                  "aten:: and smallmind:: ops): hover, click to zoom, search; any browser, offline",
+    "step.png": "one profiled step on a time axis, its ops and labels by nesting depth: an image",
+    "memory.png": "allocations over the profiled steps by profiler label, bytes and count: an image",
+    "stacks.txt": "folded call stacks, one line per stack (frames joined by ';') with its self "
+                  "microseconds: the input of flamegraph.pl, speedscope or inferno",
+    "memory.html": "the profiler's CUDA memory timeline (export_memory_timeline): any browser",
+    "chrome_trace.json": "Chrome trace: chrome://tracing (offline) or https://ui.perfetto.dev "
+                         "(loads the file into the page locally, but the page itself needs the network)",
+    TRACE_SUFFIX: "TensorBoard run: tensorboard --logdir {logdir} (pip install .[tb]; the "
+                  "PYTORCH_PROFILER page loads its chart code from the network in the browser)",
+}
+
+
+def file_note(path: "str | os.PathLike", logdir: "str | os.PathLike" = "runs") -> str:
+    """FILE_NOTES' line for a written file ("" for another)."""
+    name = str(path)
+    return next((note.format(logdir=logdir) for end, note in FILE_NOTES.items()
+                 if name.endswith(end)), "")
 
 
 def _steps(model, prompt, n_steps, step, tokens):
@@ -58,9 +89,8 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
                  active: int = 2, row_limit: int = 15, sort_by: str = "self_cpu_time_total",
                  pictures: bool = True) -> TraceResult:
     """Profile `preset` on `model` and write its TensorBoard run, Chrome trace and (with
-    `pictures`) the offline views under logdir/name: `<name>.step.png` (one step on a time
-    axis), `<name>.flame.svg` (call stacks, `with_stack`), `<name>.memory.html` (memory
-    timeline); `result.top_ops`: the `row_limit` ops and labels first by `sort_by`.
+    `pictures`) the offline views under logdir/name (the module's docstring); `result.files`:
+    each file with what it is and how to open it; `result.top_ops`: the `row_limit` ops and labels first by `sort_by`.
     `preset=None` keeps the model's current phase, else the phase is restored after. Custom-op
     presets that cannot be built give status "unavailable"; `result.phase` says what ran (for
     "max", which candidate)."""
@@ -69,7 +99,7 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
     try:
         with model.using(preset) if preset is not None else contextlib.nullcontext():
             result.phase = model.phase.description
-            _profile(model, result, Path(logdir) / name, fixed_prompt(
+            _profile(model, result, Path(logdir), fixed_prompt(
                 model.config, prompt_len, seed, device_of(model)), step, tokens,
                 (wait, warmup, active), row_limit, sort_by, pictures)
     except CustomOpsUnavailable as exc:
@@ -77,13 +107,33 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
     return result
 
 
-def _profile(model, result: TraceResult, run_dir: Path, prompt, step, tokens, cycle, row_limit,
+def _write_views(result: TraceResult, run_dir: Path, events, tokens: int, cuda_prof=None) -> list:
+    """The offline views of the profiled steps' `events` (`tokens` tokens): their paths."""
+    name, phase = result.name, result.phase  # phase: what ran, e.g. "max = fused decode"
+    step_ms, bars = step_bars(events)
+    step_png = step_timeline(bars, step_ms, run_dir / f"{name}.step.png", f"{phase}: one profiled step")
+    stacks = write_folded(clean_stacks(folded_stacks(events)), run_dir / f"{name}.stacks.txt")
+    per = f"per token over {tokens} profiled tokens" if tokens > 1 else "1 profiled token"
+    flame = write_flame_graph(read_folded(stacks), run_dir / f"{name}.flame.html",
+                              f"{phase}: where the time goes, by call stack ({per})", per=tokens)
+    allocs = allocations(events)
+    result.allocations = allocations_by_label(allocs, tokens)
+    memory = memory_timeline(allocs, tokens, run_dir / f"{name}.memory.png", phase)
+    written = [step_png, flame, memory, stacks]
+    if cuda_prof is not None:  # the stock timeline shows CUDA memory only
+        written.append(str(run_dir / f"{name}.memory.html"))
+        cuda_prof.export_memory_timeline(written[-1], device="cuda:0")
+    return [p for p in written if p]
+
+
+def _profile(model, result: TraceResult, logdir: Path, prompt, step, tokens, cycle, row_limit,
              sort_by, pictures) -> None:
     """write_traces of the model's phase, into `result`."""
     from torch.profiler import (ProfilerActivity, profile, record_function, schedule,
                                 tensorboard_trace_handler)
 
     name = result.name
+    run_dir = logdir / name
     run_dir.mkdir(parents=True, exist_ok=True)
     for old in run_dir.glob(f"*{TRACE_SUFFIX}*"):  # one trace per run dir: the latest
         old.unlink()
@@ -91,6 +141,8 @@ def _profile(model, result: TraceResult, run_dir: Path, prompt, step, tokens, cy
     chrome = run_dir / f"{name}.chrome_trace.json"
     handler = tensorboard_trace_handler(str(run_dir), worker_name=name)
     split_ms = {c: 0.0 for c in CATEGORIES}
+    wait, warmup, active = cycle
+    files: list = []
 
     def ready(prof):
         # The handler writes the trace with prof.export_chrome_trace (kineto saves a result
@@ -107,21 +159,15 @@ def _profile(model, result: TraceResult, run_dir: Path, prompt, step, tokens, cy
         _, split = split_from_events(events)
         for k, v in split.items():
             split_ms[k] += v
-        if pictures:  # offline views of the last cycle: timeline, flame graph, memory
-            step_png = step_timeline(events, run_dir / f"{name}.step.png",
-                                     f"{name}: one profiled step ({result.phase})", STEP_LABEL)
-            stacks = run_dir / f"{name}.stacks.txt"
-            prof.export_stacks(str(stacks), "self_cpu_time_total")
-            flame = flame_graph(stacks, run_dir / f"{name}.flame.svg",
-                                f"{name}: where the profiled steps' time goes, by call stack")
-            memory = run_dir / f"{name}.memory.html"
-            prof.export_memory_timeline(str(memory))  # deprecated for CUDA only; CPU works
-            result.pictures = [str(p) for p in (step_png, flame, memory) if p]
+        if pictures:
+            views = _write_views(result, run_dir, events, active * (tokens if step == "generate" else 1),
+                                 prof if prompt.device.type == "cuda" else None)
+            result.pictures = [p for p in views if not p.endswith(".stacks.txt")]
+            files.extend(views)
 
     activities = [ProfilerActivity.CPU]
     if prompt.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    wait, warmup, active = cycle
     with warnings.catch_warnings(), torch.no_grad(), quiet_profiler():
         warnings.simplefilter("ignore")
         steps = _steps(model, prompt, wait + warmup + active, step, tokens)
@@ -142,6 +188,8 @@ def _profile(model, result: TraceResult, run_dir: Path, prompt, step, tokens, cy
     result.time_split = {k: (100.0 * v / total if total else 0.0) for k, v in split_ms.items()}
     result.trace_files = sorted(str(p) for p in run_dir.glob(f"*{TRACE_SUFFIX}"))
     result.chrome_trace = str(chrome) if chrome.exists() else ""
+    files += [result.chrome_trace, *result.trace_files]
+    result.files = {p: file_note(p, logdir) for p in files if p}
 
 
 def _op_averages(prof) -> EventList:

@@ -20,11 +20,14 @@ from .diff_tables import diff_markdown
 from .peer_tables import markdown as engines_markdown
 from .plots import plot_all
 
-VIEWERS = ("The traces open offline: `tensorboard --logdir runs` (torch-tb-profiler; its pages "
-           "load chart code from a CDN, so they need a network) and `*.chrome_trace.json` in "
-           "chrome://tracing or https://ui.perfetto.dev (Perfetto's UI also loads from the "
-           "network; chrome://tracing does not). Without any network, open the PNG and SVG "
-           "files written beside each trace.")
+VIEWERS = ("Beside each trace, and copied here (`traces/<phase>/`), views that open with no "
+           "network: `flame.html`, an interactive flame graph of the call stacks (Python frames, "
+           "profiler labels, aten:: and smallmind:: ops; hover, click to zoom, search) in any "
+           "browser; `step.png`, one decode step on a time axis; `memory.png`, the allocations "
+           "over the profiled steps by label. The full traces stay in `runs/`: "
+           "`*.chrome_trace.json` in chrome://tracing (offline) or https://ui.perfetto.dev (its "
+           "page needs the network), and `tensorboard --logdir runs` (torch-tb-profiler, whose "
+           "page loads chart code from the network).")
 
 
 def _switches(before: dict, after: dict) -> str:
@@ -199,7 +202,8 @@ def markdown_report(study: StudyResult, plots: "dict | None" = None) -> str:
         lines += ["", "## Profiler traces", "", VIEWERS, ""]
         for name, tr in study.traces.items():
             if tr.status == "ok":
-                views = ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in tr.pictures)
+                views = ", ".join(f"[{Path(f).name.removeprefix(tr.name + '.')}]({f})"
+                                  for f in tr.pictures)
                 lines.append(f"- {name}: `{tr.chrome_trace}`" + (f"; offline: {views}" if views else ""))
             else:
                 lines.append(f"- {name}: {tr.status}: {t.short(tr.reason, 200)}")

@@ -35,13 +35,14 @@ def print_study(study: StudyResult, out=None) -> None:
 
 
 def print_trace_summary(result: TraceResult, out=None) -> None:
-    """What ran, where the trace is, its top ops and its time split."""
+    """What ran, its top ops, its time split, then each file written and how to open it."""
     out = out or sys.stdout
     if result.status != "ok":
         print(f"[{result.name}] {result.status}: {result.reason}", file=out)
         return
     print(f"[{result.name}] {result.phase}", file=out)
-    print(f"[{result.name}] TensorBoard run: {result.run_dir}   Chrome/Perfetto trace: "
-          f"{result.chrome_trace}", file=out)
     print(t.text_table(*t.top_ops_rows(result)), file=out)
     print(f"[{result.name}] time split: {t.describe_split(result.time_split)}", file=out)
+    print(f"[{result.name}] files written (run {result.run_dir}), and how to open them:", file=out)
+    for path, note in result.files.items():
+        print(f"  {path}\n      {note}", file=out)
