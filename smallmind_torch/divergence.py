@@ -59,31 +59,36 @@ def position_scores(reference_logits: torch.Tensor, logits: torch.Tensor,
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def teacher_forced_scores(model, phase, windows: torch.Tensor, batch_size: int = 8) -> dict:
-    """position_scores over every position of `windows` (windows_of's), `model` run under fp32
-    `reference` and under `phase` (a preset name, an OptConfig or a runtime of this model) on
-    the same windows, batch by batch: no logits are kept past their batch. The model's phase
-    is restored."""
+def teacher_forced_scores(model, phases: dict, windows: torch.Tensor, batch_size: int = 8) -> dict:
+    """{label: position_scores over every position of `windows` (windows_of's)} for each of
+    `phases` ({label: a preset name, an OptConfig or a runtime of this model}): `model` run
+    under fp32 `reference` once per batch of windows and under each phase on the same batch; no
+    logits are kept past their batch. The model's phase is restored."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     with model.using("reference"):
         reference = model.phase
-    with model.using(phase):
-        runtime = model.phase
+    runtimes = {}
+    for label, phase in phases.items():
+        with model.using(phase):
+            runtimes[label] = model.phase
     device = model.transformer.wte.weight.device
-    parts = {name: [] for name in SCORES}
+    parts = {label: {name: [] for name in SCORES} for label in phases}
     with torch.inference_mode():
         for batch in windows.split(batch_size):
             x, y = batch[:, :-1].to(device), batch[:, 1:].to(device)
             with model.using(reference):
                 expected = model(x).float()
-            with model.using(runtime):
-                got = model(x).float()
-            for name, values in position_scores(expected, got, y).items():
-                parts[name].append(values.cpu())
-    return {name: torch.cat(values) for name, values in parts.items()}
+            for label, runtime in runtimes.items():
+                with model.using(runtime):
+                    got = model(x).float()
+                for name, values in position_scores(expected, got, y).items():
+                    parts[label][name].append(values.cpu())
+    return {label: {name: torch.cat(values) for name, values in scores.items()}
+            for label, scores in parts.items()}
 
 
-def mean_kl(model, phase, windows: torch.Tensor, batch_size: int = 8) -> float:
-    """The mean KL(p_fp32 || p_phase) over every position of `windows` (nats)."""
-    return float(teacher_forced_scores(model, phase, windows, batch_size)["kl"].mean())
+def mean_kl(model, phases: dict, windows: torch.Tensor, batch_size: int = 8) -> dict:
+    """{label: the mean KL(p_fp32 || p_phase) over every position of `windows` (nats)}."""
+    return {label: float(scores["kl"].mean())
+            for label, scores in teacher_forced_scores(model, phases, windows, batch_size).items()}

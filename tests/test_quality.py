@@ -77,7 +77,8 @@ def test_a_format_against_fp32_has_a_divergence_and_finite_errors(model, tokens)
 
 def test_the_summary_is_the_direct_computation_over_the_positions(model, tokens):
     q = format_quality(model, W8A8, tokens, batch_size=2)
-    s = teacher_forced_scores(model, W8A8, windows_of(tokens, TINY.block_size), batch_size=3)
+    s = teacher_forced_scores(model, {"w8a8": W8A8}, windows_of(tokens, TINY.block_size),
+                              batch_size=3)["w8a8"]
     n = len(s["kl"])
     se = lambda v: float(v.std() / math.sqrt(n))
     diff = s["nll"] - s["nll_reference"]

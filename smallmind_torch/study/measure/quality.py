@@ -67,7 +67,7 @@ def format_quality(model, phase, tokens: torch.Tensor, *, block_size: "int | Non
         raise ValueError(f"block_size must be in [1, {model.config.block_size}] (the model's "
                          f"context), got {block_size}")
     windows = windows_of(tokens, block_size, max_windows)
-    scores = teacher_forced_scores(model, phase, windows, batch_size)
+    scores = teacher_forced_scores(model, {"format": phase}, windows, batch_size)["format"]
     nll_ref, nll = scores["nll_reference"], scores["nll"]
     p_change = torch.exp(-nll) - torch.exp(-nll_ref)
     kl = scores["kl"]
