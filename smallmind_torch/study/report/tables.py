@@ -275,7 +275,7 @@ def format_quality_rows(quality: dict) -> tuple:
     teacher-forced over an evaluation set (measure/quality.py); ± is one standard error."""
     nll = lambda v, se: f"{v:+.5f} ± {se:.5f}"
     ppl = lambda v, se: f"{v:.3f} ± {se:.3f}"
-    percent = lambda v: f"{100 * v:+.3f}"
+    percent = lambda v: f"{100 * v:+.3g}"
     rows = [[label, str(q.positions), ppl(q.ppl_reference, q.ppl_reference_se), ppl(q.ppl, q.ppl_se),
              nll(q.delta_nll, q.delta_nll_se), f"{q.kl_mean:.3g} ± {q.kl_mean_se:.2g}",
              f"{q.kl_median:.3g} / {q.kl_p99:.3g} / {q.kl_max:.3g}", f"{q.same_top_percent:.2f}",
