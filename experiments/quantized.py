@@ -4,8 +4,11 @@ GPT-2 small shapes, speed at 1 and 2 threads and what each format costs in accur
 
 Every format runs on the same weights, in its own model of one process, alternating run by
 run; medians ± half their range (! = runs more than 1.5x apart). The accuracy is measured on
-the seed shape's weights against fp32 reference: |logit difference|, greedy tokens over 50 and
-200 new tokens, and the validation loss (the checkpoint's; with random weights it means little).
+the seed shape's weights against fp32 reference: the scoreboard (teacher-forced over the
+validation split, or a fixed random stream with random weights: perplexity, KL divergence, top
+token, the correct token's probability), |logit difference|, greedy tokens over 50 and 200 new
+tokens (free running: a cliff), and the validation loss (the checkpoint's; with random weights
+it means little).
 
 Run: `python experiments/quantized.py [--checkpoint DIR] [--shapes seed gpt2-small]
       [--threads 1 2] [--runs 5] [--new-tokens 50]`
@@ -18,8 +21,10 @@ from pathlib import Path
 import torch
 
 from smallmind_torch import GPT, ModelConfig
-from smallmind_torch.study.measure.quantized import FORMATS, measure_speed, weight_format_accuracy
-from smallmind_torch.study.report.tables import spread_cell
+from smallmind_torch.study.measure.quality import VALIDATION_SET, validation_stream
+from smallmind_torch.study.measure.quantized import (FORMATS, lossy_formats, measure_speed,
+                                                     quality_scoreboard, weight_format_accuracy)
+from smallmind_torch.study.report.tables import format_quality_rows, spread_cell, text_table
 
 SHAPES = {"seed": ModelConfig(),
           "gpt2-small": ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
@@ -37,17 +42,21 @@ def _model(shape: str, checkpoint):
 
 
 def accuracy(model) -> dict:
-    from smallmind_torch.train.corpus import default_tokens, train_val_split
-    from smallmind_torch.train.tokenizer import Tokenizer
+    val = validation_stream()  # the seed shape's corpus
+    return {label: weight_format_accuracy(model, opt, val_data=val)
+            for label, opt in lossy_formats(model, FORMATS).items()}
 
-    _, val = train_val_split(default_tokens(Tokenizer.default()))  # the seed shape's corpus
-    out = {}
-    for label, phase in FORMATS.items():
-        with model.using(phase):
-            opt = model.phase.opt  # what ran: for max-int8, its candidate
-        if opt.weights != "fp32":
-            out[label] = weight_format_accuracy(model, opt, val_data=val)
-    return out
+
+def print_scoreboard(model, trained: bool, max_windows=None) -> None:
+    """The report's scoreboard (quality_scoreboard, format_quality_rows): over the validation
+    split for trained weights, a fixed random stream for random ones."""
+    quality, e = quality_scoreboard(model, validation_stream() if trained else None,
+                                    max_windows=max_windows,
+                                    evaluation_set=VALIDATION_SET if trained else None)
+    print(f"\nscoreboard against fp32 reference (seed shape), teacher-forced over {e['set']}: "
+          f"{e['windows']} windows of {e['block_size']} tokens, {e['positions']} positions; "
+          "± one standard error")
+    print(text_table(*format_quality_rows(quality)))
 
 
 def main(argv=None) -> int:
@@ -58,7 +67,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=50)
+    p.add_argument("--windows", type=int, default=None,
+                   help="evaluation windows of the scoreboard (default: the whole validation "
+                        "split with a checkpoint, 16 random ones without)")
     args = p.parse_args(argv)
+    if args.windows is not None and args.windows < 1:
+        p.error(f"--windows must be >= 1, got {args.windows}")
     checkpoint = args.checkpoint if Path(args.checkpoint, "config.json").exists() else None
     print(f"weights: seed {'checkpoint ' + checkpoint if checkpoint else 'random'}, "
           f"gpt2-small random; {args.new_tokens} new tokens after 16, greedy; "
@@ -74,6 +88,7 @@ def main(argv=None) -> int:
         if shape == "seed":
             seed_model = model
     if "seed" in args.shapes:
+        print_scoreboard(seed_model, checkpoint is not None, args.windows)
         for label, acc in accuracy(seed_model).items():
             q = acc.logit_diff_quantiles
             print(f"\naccuracy of {label} against fp32 reference (seed shape): max |logit diff| "
@@ -81,7 +96,8 @@ def main(argv=None) -> int:
                   f"p99 {q['p99']:.4f})")
             for prompt, agreement in acc.greedy_agreement.items():
                 for n, equal in agreement.items():
-                    print(f"  greedy tokens equal over {n} after the {prompt} prompt: "
+                    print(f"  greedy tokens equal over {n} after the {prompt} prompt, free "
+                          f"running (a cliff: one near-tie changes every later token): "
                           f"{100 * equal:.1f} % (first difference at token "
                           f"{acc.first_divergence[prompt][n]})")
             if acc.val_loss is not None:

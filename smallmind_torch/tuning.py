@@ -9,7 +9,12 @@ candidates alternating round by round after one warm-up round, the score being t
 prefill plus 49 median decode steps (the protocol's 50 tokens). A candidate whose logits or
 greedy tokens differ from `reference` (the study's check, check.ReferenceRun: for int8 weights,
 reference's forms on the same int8 weights, config.reference_for, logits within
-config.check_tolerance) is never chosen. The choice and its times go into
+config.check_tolerance) is never chosen, nor is a candidate on a lossy weight format
+(config.LOSSY_FORMS, e.g. `max-int8`'s) whose next-token distributions are too far from fp32
+reference's: its mean KL divergence, teacher-forced over QUALITY_WINDOWS fixed windows of
+random token ids (divergence.py), must be at most config.MAX_INT8_MEAN_KL (a check against its
+own reference cannot see a format that is wrong in itself: the reference runs on the same
+rounded weights). The choice and its times (and each lossy candidate's mean KL) go into
 `max.json` in the ops build directory, which is keyed by everything the kernels depend on
 (torch installation, compiler, CPU, sources), so a new machine or a rebuilt library measures
 again. `SMALLMIND_MAX=first` skips the measurement (the first runnable candidate, in list
@@ -23,14 +28,15 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import ops
 from .check import ReferenceRun
-from .config import OptConfig, check_tolerance
+from .config import LOSSY_FORMS, MAX_INT8_MEAN_KL, OptConfig, check_tolerance
+from .divergence import mean_kl, windows_of
 from .runtime import Phase, PhaseRuntime
 
 PROMPT_LEN = 16      # as the study's protocol
@@ -38,20 +44,32 @@ NEW_TOKENS = 50
 DECODE_STEPS = 8     # timed per round; the score extrapolates to NEW_TOKENS - 1
 ROUNDS = 3
 TOLERANCE = 1e-4     # max |logit difference| against reference, as the study checks
+QUALITY_WINDOWS = 2  # of QUALITY_TOKENS random ids (the context where shorter): the KL bound's
+QUALITY_TOKENS = 64  # stream, a few ms per candidate at the seed shape
 
 
 @dataclass(frozen=True)
 class Choice:
     label: str
-    times_ms: dict      # label -> estimated ms for the protocol's 50 tokens (None: incorrect)
+    times_ms: dict      # label -> estimated ms for the protocol's 50 tokens (None: not chosen)
     source: str         # "measured now" | "cached" | "fixed order"
+    mean_kl: dict = field(default_factory=dict)  # lossy candidates: label -> mean KL (nats)
 
     def describe(self) -> str:
         if not self.times_ms:
             return self.source
-        times = ", ".join(f"{k} {'wrong' if v is None else f'{v:.1f} ms'}"
+        times = ", ".join(f"{k} {self._why_not(k) if v is None else f'{v:.1f} ms'}"
                           for k, v in self.times_ms.items())
         return f"{self.source}: {times} for {NEW_TOKENS} tokens"
+
+    def _why_not(self, label: str) -> str:
+        kl = self.mean_kl.get(label)
+        return "wrong" if kl is None or kl <= MAX_INT8_MEAN_KL else over_bound(kl)
+
+
+def over_bound(kl: float) -> str:
+    """What a candidate over the quality bound is told (stderr, the cache, the description)."""
+    return f"over the quality bound (mean KL {kl:.3g} nats > {MAX_INT8_MEAN_KL:g})"
 
 
 def _cache_file() -> Path:
@@ -75,15 +93,26 @@ def _read_cache() -> dict:
 
 
 def _valid_entry(entry, candidates) -> bool:
-    """An entry this code wrote for these candidates: the chosen one among them, and a time
-    (finite ms >= 0, or None: wrong) for every one of them."""
+    """An entry this code wrote for these candidates: the chosen one among them, a time
+    (finite ms >= 0, or None: not chosen) for every one of them, and a mean KL for every lossy
+    one (an entry from before the quality bound is measured again)."""
     if not isinstance(entry, dict) or entry.get("chosen") not in candidates:
         return False
-    times = entry.get("times_ms")
+    times, kls = entry.get("times_ms"), entry.get("mean_kl", {})
     return (isinstance(times, dict) and set(times) == set(candidates)
-            and all(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool)
-                                  and math.isfinite(t) and t >= 0) for t in times.values())
-            and times[entry["chosen"]] is not None)
+            and all(t is None or _non_negative(t) for t in times.values())
+            and times[entry["chosen"]] is not None
+            and isinstance(kls, dict) and set(kls) == set(_lossy(candidates))
+            and all(_non_negative(kl) for kl in kls.values()))
+
+
+def _non_negative(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
+def _lossy(candidates: dict) -> dict:
+    return {label: opt for label, opt in candidates.items() if ("weights", opt.weights) in LOSSY_FORMS}
 
 
 def _write_cache(key: str, entry: dict) -> None:
@@ -146,6 +175,22 @@ def measure(model, candidates: dict) -> dict:
             for label, (p, d) in times.items()}
 
 
+def quality_windows(model) -> torch.Tensor:
+    """The KL bound's evaluation stream: QUALITY_WINDOWS windows of QUALITY_TOKENS fixed
+    random token ids (the model's context where that is shorter)."""
+    length = min(QUALITY_TOKENS, model.config.block_size)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, model.config.vocab_size, (QUALITY_WINDOWS * length + 1,), generator=g)
+    return windows_of(tokens, length)
+
+
+def measure_quality(model, candidates: dict) -> dict:
+    """label -> mean KL(p_fp32 || p_candidate) in nats over quality_windows, for the candidates
+    on a lossy weight format (the others are fp32 reference's up to float rounding)."""
+    lossy = _lossy(candidates)
+    return mean_kl(model, lossy, quality_windows(model)) if lossy else {}
+
+
 def _runtime(model, label: str, opt: OptConfig) -> PhaseRuntime:
     return PhaseRuntime(model, Phase(label, opt, label, opt))
 
@@ -158,15 +203,23 @@ def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max") -> Ch
     key = _key(model, preset)
     entry = _read_cache().get(key)
     if _valid_entry(entry, candidates):  # anything else is measured again and overwritten
-        return Choice(entry["chosen"], entry["times_ms"], "cached")
+        return Choice(entry["chosen"], entry["times_ms"], "cached", entry.get("mean_kl", {}))
     print(f"smallmind: choosing {preset} for this machine ({len(candidates)} candidates, "
           f"{model.config.n_layer} layers x {model.config.n_embd}, "
           f"{torch.get_num_threads()} threads; a few seconds, once)", file=sys.stderr)
-    times = measure(model, candidates)
+    kls = measure_quality(model, candidates)
+    over = {label for label, kl in kls.items() if kl > MAX_INT8_MEAN_KL}
+    for label in over:
+        print(f"smallmind: {preset}: not {label}: {over_bound(kls[label])}", file=sys.stderr)
+    times = measure(model, {k: v for k, v in candidates.items() if k not in over})
+    times = {label: times.get(label) for label in candidates}  # None: wrong or over the bound
     correct = {k: v for k, v in times.items() if v is not None}
-    if not correct:  # cannot happen while the last candidate is plain PyTorch
-        return Choice(next(iter(candidates)), times, "fixed order (none measured correct)")
+    if not correct:  # only where every lossy candidate is over the bound (the last fp32
+        # candidate is plain PyTorch, correct by definition)
+        return Choice(next(iter(candidates)), times,
+                      "fixed order (none measured correct and within the quality bound)", kls)
     chosen = min(correct, key=correct.get)
-    _write_cache(key, {"chosen": chosen, "times_ms": times,
+    _write_cache(key, {"chosen": chosen, "times_ms": times, "mean_kl": kls,
+                       "over_quality_bound": {label: over_bound(kls[label]) for label in over},
                        "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return Choice(chosen, times, "measured now")
+    return Choice(chosen, times, "measured now", kls)

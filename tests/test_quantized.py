@@ -272,9 +272,11 @@ def test_decode_weight_bytes_count_each_format(model):
 
 def test_the_experiment_prints_speed_and_accuracy(tmp_path, capsys):
     assert load_experiment("quantized").main(["--shapes", "seed", "--threads", "1", "--runs", "1",
-                                              "--new-tokens", "3",
+                                              "--new-tokens", "3", "--windows", "2",
                                               "--checkpoint", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
     assert "int8 (fused decode)" in out and "bf16 (custom ops)" in out and "x fp32" in out
     assert "w8a8 (fused decode)" in out
     assert "greedy tokens equal over 200" in out and "validation loss: fp32" in out
+    assert "scoreboard against fp32 reference" in out and "256 positions" in out
+    assert "mean KL ± SE (nats)" in out

@@ -330,6 +330,49 @@ class FormatAccuracy(Data):
 
 
 @dataclass
+class FormatQuality(Data):
+    """A lossy format against fp32 reference, teacher-forced over an evaluation set
+    (measure/quality.py): per-token negative log-likelihoods (nats) and their standard errors,
+    the KL divergence of the next-token distributions, the top token, the correct token's
+    probability."""
+
+    phase: str
+    positions: int                     # positions scored: windows x block_size
+    windows: int
+    block_size: int
+    nll_reference: float               # mean NLL of fp32 reference, and its standard error
+    nll_reference_se: float
+    nll: float                         # ... of the format
+    nll_se: float
+    delta_nll: float                   # mean of the paired per-token differences (format - fp32)
+    delta_nll_se: float
+    kl_mean: float                     # KL(p_fp32 || p_format) per position (nats)
+    kl_mean_se: float
+    kl_median: float
+    kl_p99: float
+    kl_max: float
+    same_top_percent: float            # positions whose argmax is fp32's
+    delta_p: dict                      # p_format - p_fp32 of the next token: p1 ... p99, mean, rms
+    DERIVED = ("ppl_reference", "ppl_reference_se", "ppl", "ppl_se")
+
+    @property
+    def ppl_reference(self) -> float:
+        return math.exp(self.nll_reference)
+
+    @property
+    def ppl_reference_se(self) -> float:
+        return self.ppl_reference * self.nll_reference_se  # SE(exp(m)) ~= exp(m) SE(m)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll)
+
+    @property
+    def ppl_se(self) -> float:
+        return self.ppl * self.nll_se
+
+
+@dataclass
 class FormatSpeed(Data):
     """One weight format at one thread count (measure/quantized.py)."""
 
@@ -347,7 +390,8 @@ class FormatSpeed(Data):
 class QuantizedResult(Data):
     speed: list[FormatSpeed]
     accuracy: dict[str, FormatAccuracy]  # lossy formats only
-    settings: dict
+    settings: dict                     # settings["quality"]: the scoreboard's evaluation set
+    quality: dict[str, FormatQuality] = field(default_factory=dict)  # lossy formats only
 
 
 @dataclass

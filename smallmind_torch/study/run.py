@@ -22,6 +22,7 @@ from ..model import GPT
 from .measure.diff import PHASE0_TOKENS, measure_diffs
 from .measure.peer import measure_peer
 from .measure.preset import measure_preset, reference_run
+from .measure.quality import VALIDATION_SET, validation_stream
 from .measure.quantized import measure_formats
 from .measure.scaling import measure_scaling
 from .measure.traces import write_traces
@@ -114,7 +115,8 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
     scaling: its no-cache line has the reference's shape at 30x the minutes).
     - "quantized": fp32 max against the int8 and bf16 weight formats, speed at 1 and 2 threads
       and accuracy against fp32 reference, the validation loss too when the weights are a
-      checkpoint (quantized.py);
+      checkpoint, and each lossy format's scoreboard (quality.py) over the validation split
+      (a checkpoint's) or a fixed random stream (quantized.py);
     - "engines": the peer engines on the model's weights and, for `engine_shapes` with
       "gpt2-small", at the large shape, each in its own process (peers/bench.py).
     Tiny settings shrink every part (and skip the large shape)."""
@@ -160,12 +162,9 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
                 for n in progress_over(chosen["scaling"], "batches and positions", progress)]
 
     def quantized():
-        val = None
+        val, evaluation_set = None, None  # the scoreboard's: a fixed random stream without val
         if study.weights.startswith("checkpoint"):  # trained on the default corpus
-            from ..train.corpus import default_tokens, train_val_split
-            from ..train.tokenizer import Tokenizer
-
-            _, val = train_val_split(default_tokens(Tokenizer.default()))
+            val, evaluation_set = validation_stream(), VALIDATION_SET
         # the greedy agreement after the study's prompt (the main table's figure) and, when that
         # is a text, after the fixed random ids too: two prompts, both named in the report
         prompts = {"study prompt": (describe_prompt(prompt, settings, prompt_text), prompt
@@ -177,7 +176,8 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
         return measure_formats(model, val, thread_counts=(1,) if tiny else (1, 2),
                                runs=1 if tiny else 5, new_tokens=settings.new_tokens,
                                val_batches=1 if tiny else 10, batch_size=2 if tiny else 8,
-                               prompts=prompts)
+                               prompts=prompts, quality_tokens=val, quality_set=evaluation_set,
+                               quality_windows=2 if tiny else None)
 
     def engines():
         n = settings.new_tokens

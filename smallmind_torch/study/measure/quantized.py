@@ -2,9 +2,13 @@
 the reference up to float rounding, so their error against fp32 is measured
 (config.LOSSY_FORMS).
 
+Quality, the scoreboard (quality.py): perplexity, KL divergence, top-token agreement and the
+change in the correct token's probability, teacher-forced over an evaluation token stream.
+
 Accuracy, for one model, a lossy phase against `reference` on the same weights: the max |logit
 difference| and its distribution over every position of the check input, greedy-token
-agreement over 50 and 200 new tokens after each named prompt (the fraction of positions equal,
+agreement, free running (a cliff: one near-tie changes every later token), over 50 and 200
+new tokens after each named prompt (the fraction of positions equal,
 and how far the two agree from the start: the study's prompt, whose 50 tokens are the main
 table's figure, and the fixed random ids), and, when validation data is given, the validation
 loss under both.
@@ -16,11 +20,10 @@ prefill, median decode step).
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict
 
 import torch
 
-from ...config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, OptConfig
+from ...config import MAX_CANDIDATES, MAX_INT8_CANDIDATES
 from ...threads import threads
 from ...train.corpus import get_batch
 from ...train.loop import lm_loss
@@ -30,6 +33,7 @@ from ..protocol.settings import BenchSettings, check_input, describe_prompt, fix
 from ..protocol.timing import spread
 from ..results import FormatAccuracy, FormatSpeed, QuantizedResult
 from .preset import measure_generation
+from .quality import RANDOM_STREAM_SEED, format_quality, phase_name, random_stream
 
 AGREEMENT_TOKENS = (50, 200)
 
@@ -74,7 +78,7 @@ def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
     quantiles = torch.quantile(diff[:2**24].double(),
                                torch.tensor([0.5, 0.9, 0.99], dtype=torch.double))
     result = FormatAccuracy(
-        phase=_phase_name(phase), max_abs_logit_diff=float(diff.max()),
+        phase=phase_name(phase), max_abs_logit_diff=float(diff.max()),
         logit_diff_quantiles=dict(zip(("p50", "p90", "p99"), map(float, quantiles))),
         val_loss=loss, val_loss_reference=ref_loss)
     for name in prompts:
@@ -85,14 +89,6 @@ def weight_format_accuracy(model, phase, val_data: "torch.Tensor | None" = None,
             mismatch = first_mismatch(ours[:n], ref[:n])
             first[str(n)] = n if mismatch is None else mismatch
     return result
-
-
-def _phase_name(phase) -> str:
-    """A preset's name, or an OptConfig's switches that differ from reference."""
-    if isinstance(phase, str):
-        return phase
-    changed = {k: v for k, v in asdict(phase).items() if getattr(OptConfig(), k) != v}
-    return ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "reference"
 
 
 def _val_batches(data, block_size, n, batch_size) -> list:
@@ -143,25 +139,61 @@ def measure_speed(model, formats: "dict | None" = None, thread_counts=(1, 2), ru
     return rows
 
 
+def lossy_formats(model, formats: "dict | None" = None) -> dict:
+    """{label: the OptConfig that runs} of the formats (default: FORMATS) whose weights are not
+    fp32 (for max-int8: its candidate)."""
+    lossy = {}
+    for label, phase in (formats or FORMATS).items():
+        with model.using(phase):
+            opt = model.phase.opt
+        if opt.weights != "fp32":
+            lossy[label] = opt
+    return lossy
+
+
+def quality_scoreboard(model, tokens: "torch.Tensor | None" = None, *,
+                       formats: "dict | None" = None, evaluation_set: "str | None" = None,
+                       max_windows: "int | None" = None, batch_size: int = 8) -> tuple:
+    """({label: FormatQuality} of every lossy format, the evaluation set's description): each
+    scored against fp32 reference over `tokens` (default: the fixed random stream of
+    `max_windows` windows, 16 when not given), named `evaluation_set`."""
+    if tokens is None:
+        tokens = random_stream(model.config, max_windows or 16)
+        evaluation_set = f"fixed random token ids (seed {RANDOM_STREAM_SEED})"
+    quality = {label: format_quality(model, opt, tokens, batch_size=batch_size,
+                                     max_windows=max_windows)
+               for label, opt in lossy_formats(model, formats).items()}
+    first = next(iter(quality.values()), None)
+    return quality, {"set": evaluation_set or "a given token stream",
+                     "windows": first and first.windows, "block_size": first and first.block_size,
+                     "positions": first and first.positions}
+
+
 def measure_formats(model, val_data=None, *, formats: "dict | None" = None, thread_counts=(1, 2),
                     runs: int = 5, new_tokens: int = 50, val_batches: int = 10,
-                    batch_size: int = 8, prompts: "dict | None" = None) -> QuantizedResult:
-    """The report's section: speed of every format (measure_speed) and the accuracy of each
-    lossy one against fp32 reference (weight_format_accuracy, with the validation loss when
-    `val_data` is given). `prompts`: {name: (description, (1, T) token ids)}, the prompt set of
-    the greedy agreement (default: the fixed random ids)."""
+                    batch_size: int = 8, prompts: "dict | None" = None,
+                    quality_tokens: "torch.Tensor | None" = None,
+                    quality_set: "str | None" = None,
+                    quality_windows: "int | None" = None) -> QuantizedResult:
+    """The report's section: speed of every format (measure_speed), the scoreboard of each
+    lossy one against fp32 reference (quality_scoreboard over `quality_tokens`, named
+    `quality_set`, at most `quality_windows` windows; default: a fixed random stream) and its
+    accuracy (weight_format_accuracy, with the validation loss when `val_data` is given).
+    `prompts`: {name: (description, (1, T) token ids)}, the prompt set of the greedy agreement
+    (default: the fixed random ids)."""
     formats = formats or FORMATS
     prompts = prompts or {RANDOM_PROMPT: (describe_prompt(None, BenchSettings()),
                                           fixed_prompt(model.config))}
     speed = measure_speed(model, formats, thread_counts, runs, new_tokens)
-    accuracy = {}
-    for label, phase in formats.items():
-        with model.using(phase):
-            opt = model.phase.opt  # what ran: for max-int8, its candidate
-        if opt.weights != "fp32":
-            accuracy[label] = weight_format_accuracy(
-                model, opt, val_data, val_batches, batch_size,
-                prompts={name: ids for name, (_, ids) in prompts.items()})
+    lossy = lossy_formats(model, formats)
+    quality, evaluation = quality_scoreboard(model, quality_tokens, formats=lossy,
+                                             evaluation_set=quality_set,
+                                             max_windows=quality_windows, batch_size=batch_size)
+    accuracy = {label: weight_format_accuracy(
+                    model, opt, val_data, val_batches, batch_size,
+                    prompts={name: ids for name, (_, ids) in prompts.items()})
+                for label, opt in lossy.items()}
     return QuantizedResult(speed, accuracy, {
         "thread_counts": list(thread_counts), "runs": runs, "new_tokens": new_tokens,
-        "prompts": {name: text for name, (text, _) in prompts.items()}})
+        "prompts": {name: text for name, (text, _) in prompts.items()},
+        "quality": evaluation}, quality)

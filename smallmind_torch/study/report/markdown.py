@@ -80,9 +80,10 @@ QUANTIZED_NOTE = (
     "chooses between (weight-only int8 with float32 activations, and w8a8 with int8 "
     "activations on VNNI dot products where the CPU has them; the main table says which "
     "`max-int8` chose) and bf16 on the custom ops, each in its own model, alternating run by "
-    "run with fp32 `max`. Then what each format costs against fp32 reference: |logit "
-    "difference| over the check input, greedy tokens over 50 and 200 new tokens after each "
-    "named prompt, and the validation loss of the trained checkpoint.")
+    "run with fp32 `max`. Then what each format costs against fp32 reference: the scoreboard "
+    "(teacher-forced over an evaluation set: perplexity, KL divergence, top token, the correct "
+    "token's probability), |logit difference| over the check input, greedy tokens over 50 and "
+    "200 new tokens after each named prompt, and the validation loss of the trained checkpoint.")
 DIFFS_NOTE = (
     "`smallmind diff A B` (or this part of `make study`), switch by switch: each preset's "
     "decode steps under the profiler (after the prefill and first token; phase0 over fewer "
@@ -125,17 +126,37 @@ def _section(lines, title, rows_fn, note="", plot=None, plots=None):
         lines += [f"![{plot}]({Path(plots[plot]).name})", ""]
 
 
+def _quality_markdown(result) -> str:
+    """The scoreboard and its note (none for results from before it)."""
+    if not result.quality:
+        return ""
+    e = result.settings.get("quality", {})
+    return (f"The scoreboard, teacher-forced over {e.get('set', 'an evaluation set')}: "
+            f"{e.get('windows')} non-overlapping windows of {e.get('block_size')} tokens, "
+            f"{e.get('positions')} positions, each scored under fp32 reference and under the "
+            "format after the same fp32 prefix (one near-tie changes one position, not every "
+            "later one). PPL = exp(mean negative log-likelihood), ± one standard error of the "
+            "per-token figures; delta NLL is the mean of the paired per-token differences "
+            "(format - fp32), a change is real where it is several of its SEs from 0; KL is "
+            "KL(p_fp32 || p_format) of the next-token distribution per position; same top token "
+            "is the share of positions whose most likely token is fp32's; delta p is the change "
+            "in the correct next token's probability, p_format - p_fp32, in % points "
+            "(llama.cpp's `perplexity --kl-divergence` reports the same figures).\n\n"
+            + t.md_table(*t.format_quality_rows(result.quality)) + "\n\n")
+
+
 def _quantized_markdown(study: StudyResult) -> "str | None":
     if study.quantized is None:
         return None
     prompts = study.quantized.settings.get("prompts", {})
     named = "; ".join(f"**{name}**: {text}" for name, text in prompts.items())
     return (t.md_table(*t.format_speed_rows(study.quantized)) + "\n\n"
+            + _quality_markdown(study.quantized)
             + (f"The greedy tokens are compared after each prompt of this set: {named}. "
                "The main table's figure is the study prompt's first 50. One near-tie decided "
                "the other way changes every token after it, so two prompts can give 100% and "
-               "a few %: greedy agreement is a cliff, not a measure of closeness; the logit "
-               "differences and the validation loss are.\n\n" if named else "")
+               "a few %: greedy agreement is a cliff, not a measure of closeness; the "
+               "scoreboard, the logit differences and the validation loss are.\n\n" if named else "")
             + t.md_table(*t.format_accuracy_rows(study.quantized)) + "\n")
 
 

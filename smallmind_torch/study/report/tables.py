@@ -280,11 +280,31 @@ def step_gain_rows(speed: list, preset: str, previous: "str | None") -> tuple:
     return header, rows
 
 
+GREEDY_AGREEMENT = ("greedy agreement, free running (a cliff: one near-tie changes every "
+                    "later token)")
+
+
+def format_quality_rows(quality: dict) -> tuple:
+    """The scoreboard, {label: FormatQuality}: each lossy format against fp32 reference,
+    teacher-forced over an evaluation set (measure/quality.py); ± is one standard error."""
+    nll = lambda v, se: f"{v:+.5f} ± {se:.5f}"
+    ppl = lambda v, se: f"{v:.3f} ± {se:.3f}"
+    percent = lambda v: f"{100 * v:+.3g}"
+    rows = [[label, str(q.positions), ppl(q.ppl_reference, q.ppl_reference_se), ppl(q.ppl, q.ppl_se),
+             nll(q.delta_nll, q.delta_nll_se), f"{q.kl_mean:.3g} ± {q.kl_mean_se:.2g}",
+             f"{q.kl_median:.3g} / {q.kl_p99:.3g} / {q.kl_max:.3g}", f"{q.same_top_percent:.2f}",
+             " / ".join(percent(q.delta_p[k]) for k in ("p1", "p50", "p99"))]
+            for label, q in quality.items()]
+    return (["format", "positions", "PPL fp32 ± SE", "PPL format ± SE", "delta NLL ± SE (nats)",
+             "mean KL ± SE (nats)", "median / p99 / max KL", "same top token %",
+             "delta p p1 / p50 / p99 (% points)"], rows)
+
+
 def format_accuracy_rows(result: QuantizedResult) -> tuple:
     """Each lossy format against fp32 reference."""
     loss = (lambda v: "-" if v is None else f"{v:.4f}")
-    prompts = list(result.settings.get("prompts") or next(iter(result.accuracy.values()),
-                                                           None).greedy_agreement)
+    first = next(iter(result.accuracy.values()), None)
+    prompts = list(result.settings.get("prompts") or (first.greedy_agreement if first else {}))
     rows = []
     for label, a in result.accuracy.items():
         q, agree, first = a.logit_diff_quantiles, a.greedy_agreement, a.first_divergence
@@ -297,7 +317,7 @@ def format_accuracy_rows(result: QuantizedResult) -> tuple:
                      loss(a.val_loss_reference), loss(a.val_loss),
                      "-" if change is None else f"{change:+.4f}"])
     return (["format", "max abs logit diff", "p50 / p90 / p99",
-             *[h for p in prompts for h in (f"greedy tokens equal, {p} (50 / 200)",
+             *[h for p in prompts for h in (f"{GREEDY_AGREEMENT}, {p} (50 / 200)",
                                             f"first difference, {p} (50 / 200)")],
              "val loss fp32", "val loss", "change (nats)"], rows)
 
