@@ -2,7 +2,7 @@
 One concern per folder; modules use each other's public names only.
 
     seed.py      the seed study's figures (SmallMind, C#)
-    results.py   every result type, data only: StudyResult and its sections; to_dict / from_dict
+    results/     every result type, data only: StudyResult and its sections; to_dict / from_dict
     protocol/    how one figure is measured: settings (BenchSettings, the fixed inputs), timing,
                  profiling, machine (the machine's limits, the roofline); the check against
                  config.reference_for is the model half's (smallmind_torch/check.py), which

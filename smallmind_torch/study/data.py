@@ -1,6 +1,6 @@
 """What makes a result type data: `to_dict()` (what results.json holds) and `from_dict()` (read
 back from it, so that the report renders from results.json alone), for the dataclasses of
-results.py."""
+results/."""
 from __future__ import annotations
 
 import types

@@ -1,2 +1,2 @@
-"""One module per part of the study, each returning a results.py type: preset (the main table),
+"""One module per part of the study, each returning a results/ type: preset (the main table),
 peer (its peers), waterfall, training, scaling, quantized, traces."""

@@ -241,6 +241,8 @@ def measure_diffs(model, pairs=DIFF_CHAIN, *, prompt_len: int = 16, tokens: int 
     graph there (<A>-vs-<B>.diff-flame.html). A pair with a preset whose custom ops cannot be
     built is "unavailable"."""
     profiles: dict = {}
+    if flame_dir is not None:
+        Path(flame_dir).mkdir(parents=True, exist_ok=True)
 
     def profiled(name):
         if name not in profiles:

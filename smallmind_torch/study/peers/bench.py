@@ -14,7 +14,7 @@ conversion: the one-time costs it reports), and for every prompt:
    short pause between engines (idle thread pools of the previous one stop spinning); every
    run's tokens are checked again.
 
-The medians (min, max) and the ratios are in results.py (EngineRow, CaseResult); an engine can
+The medians (min, max) and the ratios are in results/ (EngineRow, CaseResult); an engine can
 also run in this process (`InProcess`), asked the same way.
 """
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""The result types of the phase diff (measure/diff.py), data only like every result type:
-kept apart from results.py for its length; results.py imports them, so that both modules'
-readers find them there too."""
+"""The result types of the phase diff (measure/diff.py), data only like every result type,
+imported by results/__init__.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .data import Data
+from ..data import Data
 
 
 @dataclass
