@@ -158,15 +158,17 @@ def test_tables_render_failed_and_unavailable_rows(tmp_path):
     assert again == json.loads(Path(paths["json"]).read_text())
 
 
-def test_every_committed_picture_is_linked_from_the_report_and_written_by_the_code():
-    """No orphan: each PNG under results/ is linked from REPORT.md and is one the code writes
-    (a plot of plots.FILES, or a trace's picture)."""
+def test_every_committed_file_of_the_results_is_linked_from_the_report_and_written_by_the_code():
+    """No orphan: each file under results/ but the report and its data is linked from REPORT.md
+    and is one the code writes (a plot of plots.FILES, a trace's views, a diff's flame graph)."""
     results = Path(__file__).resolve().parents[1] / "results"
     report = (results / "REPORT.md").read_text(encoding="utf-8")
     linked = set(re.findall(r"\]\(([^)\s]+)\)", report))
     written = set(plots.FILES.values())
-    pictures = sorted(p.relative_to(results).as_posix() for p in results.rglob("*.png"))
-    assert pictures
-    assert [p for p in pictures if p not in linked] == []
-    assert [p for p in pictures if p not in written and not re.fullmatch(
-        r"traces/([\w-]+)/\1\.(step|memory)\.png", p)] == []
+    files = sorted(p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()
+                   and p.name not in ("REPORT.md", "results.json"))
+    assert any(f.endswith(".png") for f in files) and any(f.endswith(".html") for f in files)
+    assert [f for f in files if f not in linked] == []
+    assert [f for f in files if f not in written and not re.fullmatch(
+        r"traces/([\w-]+)/\1\.(step\.png|memory\.png|flame\.html)|"
+        r"traces/diffs/[\w-]+-vs-[\w-]+\.diff-flame\.html", f)] == []

@@ -260,3 +260,21 @@ def test_other_python_threads_stay_out_of_the_op_table(tmp_path):
     names = [op["name"] for op in result.top_ops]
     assert names and not [n for n in names if ".py(" in n or n.startswith("<built-in")], names
     assert "selectors" not in text_table(*top_ops_rows(result))
+
+
+def test_logical_stacks_compare_two_phases_whose_python_differs():
+    g = "generation.py:generate_stream"
+    phase1 = {f"{g};_contextlib.py:decorate_context;model.py:forward_last;linear;forms.py:linear_torch;"
+              "built-in method addmm;aten::addmm": 3000.0,
+              f"{g};_contextlib.py:decorate_context;model.py:forward_last": 200.0,
+              f"{g};_contextlib.py:decorate_context;model.py:forward_last;layernorm;aten::mean": 50.0}
+    phase3 = {f"{g};runtime.py:decode_greedy;runtime.py:decode;linear;forms.py:linear_custom;"
+              "_ops.py:__call__;smallmind::linear_out": 900.0,
+              f"{g};runtime.py:decode_greedy;runtime.py:decode;linear;forms.py:linear_custom": 100.0}
+    assert flame.logical_stacks(phase1) == {"linear;aten::addmm": 3000.0, flame.PYTHON_FRAME: 200.0,
+                                            "layernorm;aten::mean": 50.0}
+    assert flame.logical_stacks(phase3) == {"linear;smallmind::linear_out": 900.0,
+                                            f"linear;{flame.PYTHON_FRAME}": 100.0}
+    # the label is common to both sides: the differential graph compares it frame by frame
+    assert {s.split(";")[0] for s in flame.logical_stacks(phase1)} & {
+        s.split(";")[0] for s in flame.logical_stacks(phase3)} == {"linear"}

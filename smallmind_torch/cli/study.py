@@ -7,7 +7,7 @@ report from the merged results.
     smallmind study                                   # seed shape (minutes: phase 0 is slow)
     smallmind study --tiny --out /tmp/study --logdir /tmp/study/runs   # seconds
     smallmind study --only scaling --checkpoint checkpoints/seed      # one part again
-    tensorboard --logdir runs                         # one run per phase
+    # then runs/<phase>/<phase>.flame.html in a browser, offline (README: "Traces")
 """
 from __future__ import annotations
 
@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nreport: {paths['report']}\njson:   {paths['json']}\nplots:  "
           + ", ".join(v for k, v in paths.items() if k not in ("report", "json")))
     if "traces" in steps:
-        print(f"traces: tensorboard --logdir {args.logdir}")
+        print(f"traces: {args.logdir}/<phase>/: <phase>.flame.html (any browser, offline), "
+              f"<phase>.step.png, <phase>.memory.png, the Chrome trace and the TensorBoard run "
+              f"(`smallmind profile` lists each with how to open it)")
     print(f"study took {time.perf_counter() - start:.0f} s")
     return 0
 

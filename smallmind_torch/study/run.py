@@ -127,6 +127,7 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
     large = None if tiny else large
 
     def diffs():
+        shutil.rmtree(Path(out) / "traces" / "diffs", ignore_errors=True)  # the study's own
         found = measure_diffs(model, prompt_len=settings.prompt_len, seed=settings.seed,
                               tokens=2 if tiny else 8, phase0_tokens=1 if tiny else PHASE0_TOKENS,
                               flame_dir=Path(out) / "traces" / "diffs", progress=progress)
@@ -217,6 +218,8 @@ def trace_study(study: StudyResult, model, settings: BenchSettings, logdir="runs
         trace = write_traces(model, name, logdir, prompt_len=settings.prompt_len,
                              seed=settings.seed, active=1 if name == "phase0" else 2)
         kept = []
+        # the study's own folder of this phase's views: what an older run left there goes
+        shutil.rmtree(Path(out) / "traces" / trace.name, ignore_errors=True)
         for picture in trace.pictures:
             target = Path(out) / "traces" / trace.name / Path(picture).name
             target.parent.mkdir(parents=True, exist_ok=True)

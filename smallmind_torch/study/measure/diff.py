@@ -23,7 +23,7 @@ from ...ops import CustomOpsUnavailable
 from ..protocol.profiling import STEP_LABEL, allocations_from_events, quiet_profiler
 from ..protocol.settings import device_of, fixed_prompt, progress_over
 from ..protocol.trace_events import MEMORY_EVENT, folded_stacks
-from ..report.flame import clean_stacks, write_flame_graph
+from ..report.flame import clean_stacks, logical_stacks, write_flame_graph
 from ..results import OpProfile, OpRow, OpStat, PhaseDiff
 
 
@@ -198,10 +198,13 @@ def diff_file_stem(a: str, b: str) -> str:
 def write_diff_flame_graph(diff: PhaseDiff, a: OpProfile, b: OpProfile,
                            path: "str | os.PathLike") -> str:
     """The differential flame graph of B against A (per token of B), at `path`; recorded in
-    `diff.flame_graph`."""
+    `diff.flame_graph`. Its frames are the profiler labels and ops (flame.logical_stacks: the
+    two phases' Python differs, their labels do not)."""
     diff.flame_graph = write_flame_graph(
-        b.stacks, path, f"{diff.title}: call stacks, self time per token (B against A)",
-        baseline={k: v * b.tokens / a.tokens for k, v in a.stacks.items()}, per=b.tokens)
+        logical_stacks(b.stacks), path,
+        f"{diff.title}: self time per token by profiler label and op (B against A)",
+        baseline=logical_stacks({k: v * b.tokens / a.tokens for k, v in a.stacks.items()}),
+        per=b.tokens)
     return diff.flame_graph
 
 

@@ -82,6 +82,26 @@ def read_folded(path) -> dict:
     return clean_stacks(stacks)
 
 
+PYTHON_FRAME = "Python"  # logical_stacks' name for the time of Python frames
+
+
+def logical_stacks(stacks: dict) -> dict:
+    """The stacks of the profiler labels and ops alone: Python frames are dropped, and the self
+    time of a stack that ends in one goes to a PYTHON_FRAME under the innermost label or op
+    around it. Two phases whose Python differs (phase1's forward_last, max's decode_greedy)
+    then share their frames, so that a differential graph compares like with like: `linear`
+    against `linear`, `aten::addmm` against `smallmind::linear_out` beneath it."""
+    logical: dict = {}
+    for stack, us in stacks.items():
+        frames = stack.split(";")
+        kept = [f for f in frames if _kind(f) != "python"]
+        if _kind(frames[-1]) == "python":
+            kept.append(PYTHON_FRAME)
+        key = ";".join(kept)
+        logical[key] = logical.get(key, 0.0) + us
+    return logical
+
+
 def write_folded(stacks: dict, path) -> str:
     """One line per stack, "frame;frame;...;leaf <self microseconds>", whole microseconds as
     flamegraph.pl, inferno and speedscope read them (stacks under half a microsecond left out);

@@ -93,7 +93,10 @@ DIFFS_NOTE = (
     "changed most first. The figures come from a pass without call-stack recording; the "
     "flame graphs from a second pass with it (the Python tracer slows every call, so their "
     "times are larger: compare them within a graph). Each pair's differential flame graph "
-    "(one HTML file, offline) shows B's call stacks against A's.")
+    "(one HTML file, offline) shows B's self time by profiler label and op against A's. The "
+    "main table's figures are over the whole 50-token generation, prefill included; these are "
+    "over a few decode steps alone (phase1's workspace still grows in its first steps), so "
+    "they differ from it where the prefill or the first steps differ from the rest.")
 DIFF_ROWS = 10  # rows of each pair's table
 ENGINES_NOTE = (
     "`smallmind peers` (or this part of `make study`): ONNX Runtime runs the decode step "
