@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ..results import PhaseDiff
-from .tables import md_table, text_table
+from .tables import fmt_bytes, md_table, text_table
 
 TINY = 0.0005  # below this a figure prints as ~0, not as 1.89e-05
 
@@ -39,7 +39,7 @@ def totals_line(diff: PhaseDiff) -> str:
             f"profiler ({num(diff.ms_per_token_delta, True)} ms, "
             f"{_ratio(diff.ms_per_token_a, diff.ms_per_token_b)}); "
             f"{num(diff.allocs_per_token_a)} -> {num(diff.allocs_per_token_b)} allocations, "
-            f"{num(diff.bytes_per_token_a / 1e3)} -> {num(diff.bytes_per_token_b / 1e3)} KB")
+            f"{fmt_bytes(diff.bytes_per_token_a)} -> {fmt_bytes(diff.bytes_per_token_b)} allocated")
 
 
 def only_in_line(diff: PhaseDiff) -> str:
@@ -65,11 +65,11 @@ def _only(row, diff: PhaseDiff) -> str:
 def diff_rows(diff: PhaseDiff, limit: "int | None" = None) -> tuple:
     """(header, rows) for the terminal: per key, A, B and the change of each figure."""
     header = ["label / op", "kind", "calls A", "calls B", "change", "self ms A", "self ms B",
-              "change", "allocs A", "allocs B", "change", "KB A", "KB B", ""]
+              "change", "allocs A", "allocs B", "change", "memory A", "memory B", ""]
     rows = [[r.name, r.kind, num(r.calls_a), num(r.calls_b), num(r.calls_delta, True),
              num(r.self_ms_a), num(r.self_ms_b), num(r.self_ms_delta, True),
              num(r.allocs_a), num(r.allocs_b), num(r.allocs_delta, True),
-             num(r.bytes_a / 1e3), num(r.bytes_b / 1e3), _only(r, diff)]
+             fmt_bytes(r.bytes_a), fmt_bytes(r.bytes_b), _only(r, diff)]
             for r in diff.rows[:limit]]
     return header, rows
 
@@ -88,11 +88,11 @@ def diff_text(diff: PhaseDiff, limit: "int | None" = 20) -> str:
 
 def diff_md_rows(diff: PhaseDiff, limit: int = 10) -> tuple:
     """(header, rows) for REPORT.md: the `limit` largest changes of self time, A -> B cells."""
-    header = ["label / op", "kind", "calls", "self ms", "change (ms)", "allocations", "KB", "only in"]
+    header = ["label / op", "kind", "calls", "self ms", "change (ms)", "allocations", "memory", "only in"]
     rows = [[f"`{r.name}`", r.kind, f"{num(r.calls_a)} -> {num(r.calls_b)}",
              f"{num(r.self_ms_a)} -> {num(r.self_ms_b)}", num(r.self_ms_delta, True),
              f"{num(r.allocs_a)} -> {num(r.allocs_b)}",
-             f"{num(r.bytes_a / 1e3)} -> {num(r.bytes_b / 1e3)}",
+             f"{fmt_bytes(r.bytes_a)} -> {fmt_bytes(r.bytes_b)}",
              {"A": diff.a, "B": diff.b}.get(r.only_in, "")] for r in diff.rows[:limit]]
     return header, rows
 

@@ -89,7 +89,7 @@ DIFFS_NOTE = (
     "decode steps under the profiler (after the prefill and first token; phase0 over fewer "
     "steps), per `record_function` label and ATen or custom op, per generated token, A -> B: "
     "calls, self time (its time minus that of the labels and ops right inside it: a label's "
-    "self time is the Python between its ops), allocations and KB, the rows whose self time "
+    "self time is the Python between its ops), allocations and their bytes, the rows whose self time "
     "changed most first. The figures come from a pass without call-stack recording; the "
     "flame graphs from a second pass with it (the Python tracer slows every call, so their "
     "times are larger: compare them within a graph). Each pair's differential flame graph "
