@@ -19,8 +19,14 @@ import time
 from dataclasses import dataclass
 
 QUIET_OTHER_CORES = 0.25   # other processes kept under a quarter of a core busy on average
+# Runs of one figure whose slowest and fastest differ by more than this factor are disturbed:
+# on a shared machine the figure says more about the neighbours than the code.
+DISTURBED_RATIO = 1.5
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# The counters move in whole clock ticks (10 ms), one of which may fall at each end of an
+# interval, and the kernel's own interrupt time is nobody's: so much is not counted as load.
+RESOLUTION_S = 2 / _TICKS_PER_S
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,8 @@ class Load:
 
     @property
     def other_cores(self) -> float:
-        return self.other_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+        """The cores other processes kept busy on average, less the counters' RESOLUTION_S."""
+        return max(0.0, self.other_cpu_s - RESOLUTION_S) / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def quiet(self) -> bool:

@@ -35,9 +35,10 @@ def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
     return None
 
 
-def choose_max(device, dtype, model=None, name: str = "max") -> Phase:
+def choose_max(device, dtype, model=None, name: str = "max", *, force: bool = False) -> Phase:
     """The fastest of MAX_PRESETS[name]'s candidates that runs for this device and dtype:
-    measured on `model` when several run (tuning.choose), else the first that runs."""
+    measured on `model` when several run (tuning.choose; `force`: measured again even when
+    cached), else the first that runs."""
     runnable, skipped = {}, []
     for label, opt in MAX_PRESETS[name].items():
         problem = custom_ops_problem(opt, device, dtype)
@@ -46,7 +47,7 @@ def choose_max(device, dtype, model=None, name: str = "max") -> Phase:
         elif not skipped or problem != skipped[-1][1]:
             skipped.append((label, problem))
     if model is not None and torch.device(device).type == "cpu" and len(runnable) > 1:
-        choice = tuning.choose(model, runnable, name)
+        choice = tuning.choose(model, runnable, name, force=force)
         label, how = choice.label, choice.describe()
     else:
         label, how = next(iter(runnable)), "the first that runs here"

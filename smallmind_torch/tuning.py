@@ -19,6 +19,14 @@ rounded weights). The choice and its times (and each lossy candidate's mean KL) 
 (torch installation, compiler, CPU, sources), so a new machine or a rebuilt library measures
 again. `SMALLMIND_MAX=first` skips the measurement (the first runnable candidate, in list
 order), as the tests do for speed and determinism.
+
+A measurement made while the machine was busy would choose for good from the neighbours'
+load (it once picked a candidate 2.5x slower than the best for every later run), so each
+one knows whether the machine was quiet: the cores other processes kept busy meanwhile
+(machine_load.py) and the spread of the chosen candidate's rounds. A disturbed measurement
+is made again, ATTEMPTS times at most; if it stays disturbed its choice serves this process,
+is not cached, and stderr says so. The cache entry keeps each candidate's rounds and the
+machine's load; `smallmind tune` shows them and measures again on demand.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ from . import ops
 from .check import ReferenceRun
 from .config import LOSSY_FORMS, MAX_INT8_MEAN_KL, OptConfig, check_tolerance
 from .divergence import mean_kl, windows_of
+from .machine_load import DISTURBED_RATIO, QUIET_OTHER_CORES, machine_load
 from .runtime import Phase, PhaseRuntime
 
 PROMPT_LEN = 16      # as the study's protocol
@@ -46,14 +55,17 @@ ROUNDS = 3
 TOLERANCE = 1e-4     # max |logit difference| against reference, as the study checks
 QUALITY_WINDOWS = 2  # of QUALITY_TOKENS random ids (the context where shorter): the KL bound's
 QUALITY_TOKENS = 64  # stream, a few ms per candidate at the seed shape
+ATTEMPTS = 3         # measurements at most while the machine stays disturbed
 
 
 @dataclass(frozen=True)
 class Choice:
     label: str
     times_ms: dict      # label -> estimated ms for the protocol's 50 tokens (None: not chosen)
-    source: str         # "measured now" | "cached" | "fixed order"
+    source: str         # "measured now" | "cached" | "fixed order" | "... not cached ..."
     mean_kl: dict = field(default_factory=dict)  # lossy candidates: label -> mean KL (nats)
+    rounds_ms: dict = field(default_factory=dict)   # label -> each timed round's estimate
+    other_cores: "float | None" = None  # the cores other processes kept busy meanwhile
 
     def describe(self) -> str:
         if not self.times_ms:
@@ -72,7 +84,7 @@ def over_bound(kl: float) -> str:
     return f"over the quality bound (mean KL {kl:.3g} nats > {MAX_INT8_MEAN_KL:g})"
 
 
-def _cache_file() -> Path:
+def cache_file() -> Path:
     return ops.build_directory() / "max.json"
 
 
@@ -86,10 +98,17 @@ def _read_cache() -> dict:
     """The cache file's entries; an unreadable file (missing, not JSON, nested past what the
     parser takes) is an empty cache, measured again and rewritten."""
     try:
-        data = json.loads(_cache_file().read_text(encoding="utf-8"))
+        data = json.loads(cache_file().read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError, RecursionError):
         return {}
+
+
+def cached_entry(model, preset: str = "max") -> "dict | None":
+    """What max.json holds for `model`'s shape and this machine's thread count and ISA (the
+    chosen candidate, its times, rounds and the machine's load when measured), or None."""
+    entry = _read_cache().get(_key(model, preset))
+    return entry if isinstance(entry, dict) else None
 
 
 def _valid_entry(entry, candidates) -> bool:
@@ -116,7 +135,7 @@ def _lossy(candidates: dict) -> dict:
 
 
 def _write_cache(key: str, entry: dict) -> None:
-    path = _cache_file()
+    path = cache_file()
     data = _read_cache()
     data[key] = entry
     tmp = path.with_name(f".max.json.tmp-{os.getpid()}")
@@ -134,10 +153,10 @@ def _timed(fn) -> float:
 
 
 def measure(model, candidates: dict) -> dict:
-    """label -> estimated ms for the protocol's generation on `model` (None: incorrect, i.e.
-    not the output of reference_for(candidate): check.ReferenceRun, the study's check, on the
-    tuning prompt). Each candidate runs in a runtime of its own (`model.using`); the model's
-    phase is as it was afterwards."""
+    """label -> the estimated ms for the protocol's generation on `model` of each of the ROUNDS
+    timed rounds (None: incorrect, i.e. not the output of reference_for(candidate):
+    check.ReferenceRun, the study's check, on the tuning prompt). Each candidate runs in a
+    runtime of its own (`model.using`); the model's phase is as it was afterwards."""
     g = torch.Generator().manual_seed(0)
     block = model.config.block_size
     prompt_len = min(PROMPT_LEN, max(1, block // 2))  # a small context holds a shorter prompt
@@ -171,8 +190,21 @@ def measure(model, candidates: dict) -> dict:
             times[label][0].append(prefill_s)
             times[label][1].append(statistics.median(decode) if decode else 0.0)
     return {label: None if label in wrong else
-            1e3 * (statistics.median(p) + (NEW_TOKENS - 1) * statistics.median(d))
-            for label, (p, d) in times.items()}
+            [1e3 * (p + (NEW_TOKENS - 1) * d) for p, d in zip(prefill, decode)]
+            for label, (prefill, decode) in times.items()}
+
+
+def disturbances(rounds_ms: dict, chosen: str, other_cores: "float | None") -> list:
+    """Why a measurement cannot be trusted ([] when the machine was quiet): other processes
+    kept QUIET_OTHER_CORES or more busy, or the chosen candidate's rounds differ by more than
+    DISTURBED_RATIO (a burst that slowed some rounds and not others)."""
+    why = []
+    if other_cores is not None and other_cores >= QUIET_OTHER_CORES:
+        why.append(f"other processes kept {other_cores:.2f} cores busy")
+    rounds = rounds_ms.get(chosen) or []
+    if rounds and min(rounds) > 0 and max(rounds) / min(rounds) > DISTURBED_RATIO:
+        why.append(f"{chosen}'s rounds differ by {max(rounds) / min(rounds):.2f}x")
+    return why
 
 
 def quality_windows(model) -> torch.Tensor:
@@ -195,15 +227,18 @@ def _runtime(model, label: str, opt: OptConfig) -> PhaseRuntime:
     return PhaseRuntime(model, Phase(label, opt, label, opt))
 
 
-def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max") -> Choice:
-    """The fastest correct candidate for `model` on this machine (cached after the first time);
-    `candidates` are the runnable ones of MAX_PRESETS[preset], in its order."""
+def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max", *,
+           force: bool = False) -> Choice:
+    """The fastest correct candidate for `model` on this machine (cached after the first quiet
+    measurement; `force` measures again); `candidates` are the runnable ones of
+    MAX_PRESETS[preset], in its order."""
     if len(candidates) == 1 or os.environ.get("SMALLMIND_MAX") == "first":
         return Choice(next(iter(candidates)), {}, "fixed order")
     key = _key(model, preset)
     entry = _read_cache().get(key)
-    if _valid_entry(entry, candidates):  # anything else is measured again and overwritten
-        return Choice(entry["chosen"], entry["times_ms"], "cached", entry.get("mean_kl", {}))
+    if not force and _valid_entry(entry, candidates):  # else measured again and overwritten
+        return Choice(entry["chosen"], entry["times_ms"], "cached", entry.get("mean_kl", {}),
+                      entry.get("rounds_ms", {}), entry.get("other_cores"))
     print(f"smallmind: choosing {preset} for this machine ({len(candidates)} candidates, "
           f"{model.config.n_layer} layers x {model.config.n_embd}, "
           f"{torch.get_num_threads()} threads; a few seconds, once)", file=sys.stderr)
@@ -211,15 +246,30 @@ def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max") -> Ch
     over = {label for label, kl in kls.items() if kl > MAX_INT8_MEAN_KL}
     for label in over:
         print(f"smallmind: {preset}: not {label}: {over_bound(kls[label])}", file=sys.stderr)
-    times = measure(model, {k: v for k, v in candidates.items() if k not in over})
-    times = {label: times.get(label) for label in candidates}  # None: wrong or over the bound
-    correct = {k: v for k, v in times.items() if v is not None}
-    if not correct:  # only where every lossy candidate is over the bound (the last fp32
-        # candidate is plain PyTorch, correct by definition)
-        return Choice(next(iter(candidates)), times,
-                      "fixed order (none measured correct and within the quality bound)", kls)
-    chosen = min(correct, key=correct.get)
+    allowed = {k: v for k, v in candidates.items() if k not in over}
+    for attempt in range(1, ATTEMPTS + 1):
+        with machine_load() as load:
+            rounds = measure(model, allowed)
+        rounds = {label: rounds.get(label) for label in candidates}  # None: wrong, over the bound
+        times = {k: None if r is None else statistics.median(r) for k, r in rounds.items()}
+        correct = {k: v for k, v in times.items() if v is not None}
+        if not correct:  # only where every lossy candidate is over the bound (the last fp32
+            # candidate is plain PyTorch, correct by definition)
+            return Choice(next(iter(candidates)), times,
+                          "fixed order (none measured correct and within the quality bound)", kls)
+        chosen = min(correct, key=correct.get)
+        disturbed = disturbances(rounds, chosen, load.other_cores)
+        if not disturbed:
+            break
+        print(f"smallmind: {preset}: the measurement was disturbed ({'; '.join(disturbed)})"
+              + (", measuring again" if attempt < ATTEMPTS else ""), file=sys.stderr)
+    if disturbed:  # this process's choice, not every later one's
+        print(f"smallmind: {preset}: the machine stayed busy over {ATTEMPTS} measurements: "
+              f"{chosen} for this process only, not cached", file=sys.stderr)
+        return Choice(chosen, times, f"measured now, not cached ({'; '.join(disturbed)})", kls,
+                      rounds, load.other_cores)
     _write_cache(key, {"chosen": chosen, "times_ms": times, "mean_kl": kls,
                        "over_quality_bound": {label: over_bound(kls[label]) for label in over},
-                       "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return Choice(chosen, times, "measured now", kls)
+                       "rounds_ms": rounds, "other_cores": load.other_cores,
+                       "attempts": attempt, "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return Choice(chosen, times, "measured now", kls, rounds, load.other_cores)

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from smallmind_torch.machine_load import CpuSnapshot, Load, load_between, machine_load, snapshot
+from smallmind_torch.machine_load import (RESOLUTION_S, CpuSnapshot, Load, load_between, machine_load,
+                                         snapshot)
 
 pytestmark = pytest.mark.skipif(snapshot() is None, reason="no /proc/stat (not Linux)")
 
@@ -41,7 +42,9 @@ def test_our_own_work_is_not_counted_as_other():
 
 def test_arithmetic():
     load = load_between(CpuSnapshot(10.0, 2.0, 100.0), CpuSnapshot(13.0, 3.0, 102.0))
-    assert load == Load(other_cpu_s=2.0, wall_s=2.0) and load.other_cores == 1.0
+    assert load == Load(other_cpu_s=2.0, wall_s=2.0)
+    assert load.other_cores == pytest.approx((2.0 - RESOLUTION_S) / 2.0)
+    assert Load(other_cpu_s=RESOLUTION_S, wall_s=0.05).other_cores == 0.0  # a tick is no load
     assert load_between(CpuSnapshot(10.0, 2.0, 0.0), CpuSnapshot(10.0, 2.5, 1.0)).other_cpu_s == 0.0
 
 

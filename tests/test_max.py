@@ -79,7 +79,7 @@ def test_max_is_measured_once_then_cached(monkeypatch, tmp_path, capsys):
     if not ops.available():
         pytest.skip("custom ops unavailable here: only one candidate runs")
     monkeypatch.delenv("SMALLMIND_MAX")
-    monkeypatch.setattr(tuning, "_cache_file", lambda: tmp_path / "max.json")
+    monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     model = GPT(TINY).eval()
     model.set_phase("max")
     assert "choosing max for this machine" in capsys.readouterr().err
@@ -103,7 +103,7 @@ def test_a_candidate_that_is_wrong_here_is_never_chosen(monkeypatch, tmp_path):
     if not ops.available():
         pytest.skip("custom ops unavailable here: only one candidate runs")
     monkeypatch.delenv("SMALLMIND_MAX")
-    monkeypatch.setattr(tuning, "_cache_file", lambda: tmp_path / "max.json")
+    monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     real = tuning.measure
 
     def fused_is_wrong(model, candidates):
@@ -123,7 +123,7 @@ def test_max_is_measured_on_a_context_shorter_than_the_tuning_prompt(monkeypatch
     if not ops.available():
         pytest.skip("custom ops unavailable here: only one candidate runs")
     monkeypatch.delenv("SMALLMIND_MAX")
-    monkeypatch.setattr(tuning, "_cache_file", lambda: tmp_path / "max.json")
+    monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     config = ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=32, block_size=block_size)
     model = GPT(config).eval().set_phase("max")
     assert "measured now" in model.phase.description
@@ -145,7 +145,7 @@ def test_a_bad_cache_entry_is_measured_again_never_fatal(monkeypatch, tmp_path, 
         pytest.skip("custom ops unavailable here: only one candidate runs")
     monkeypatch.delenv("SMALLMIND_MAX")
     path = tmp_path / "max.json"
-    monkeypatch.setattr(tuning, "_cache_file", lambda: path)
+    monkeypatch.setattr(tuning, "cache_file", lambda: path)
     model = GPT(TINY).eval()
     path.write_text(json.dumps({tuning._key(model, "max"): entry}))
     assert "measured now" in model.set_phase("max").phase.description
@@ -153,7 +153,7 @@ def test_a_bad_cache_entry_is_measured_again_never_fatal(monkeypatch, tmp_path, 
     assert set(fresh["times_ms"]) == set(MAX_CANDIDATES)
 
 
-def test_a_deeply_nested_cache_file_is_measured_again(monkeypatch, tmp_path):
+def test_a_deeply_nestedcache_file_is_measured_again(monkeypatch, tmp_path):
     from smallmind_torch import tuning
 
     if not ops.available():
@@ -161,5 +161,72 @@ def test_a_deeply_nested_cache_file_is_measured_again(monkeypatch, tmp_path):
     monkeypatch.delenv("SMALLMIND_MAX")
     path = tmp_path / "max.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
-    monkeypatch.setattr(tuning, "_cache_file", lambda: path)
+    monkeypatch.setattr(tuning, "cache_file", lambda: path)
     assert "measured now" in GPT(TINY).eval().set_phase("max").phase.description
+
+
+def test_the_disturbances_of_a_measurement():
+    from smallmind_torch import tuning
+
+    quiet = {"a": [10.0, 11.0, 10.5], "b": [30.0, 90.0, 31.0]}
+    assert tuning.disturbances(quiet, "a", 0.1) == []  # b's burst does not change the choice
+    assert tuning.disturbances(quiet, "b", None) == ["b's rounds differ by 3.00x"]
+    assert tuning.disturbances(quiet, "a", 0.9) == ["other processes kept 0.90 cores busy"]
+
+
+def test_a_choice_made_while_another_process_hogs_the_cpu_is_never_cached(monkeypatch, tmp_path,
+                                                                          capsys):
+    import subprocess
+    import sys
+
+    from smallmind_torch import tuning
+    from smallmind_torch.threads import threads
+
+    if not ops.available():
+        pytest.skip("custom ops unavailable here: only one candidate runs")
+    monkeypatch.delenv("SMALLMIND_MAX")
+    path = tmp_path / "max.json"
+    monkeypatch.setattr(tuning, "cache_file", lambda: path)
+    model = GPT(TINY).eval()
+    hog = subprocess.Popen([sys.executable, "-c",
+                            "import time\nend = time.time() + 60\nwhile time.time() < end: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)  # the hog spinning before the measurement starts
+        with threads(1):  # one core for us, the other for the hog
+            busy = model.set_phase("max").phase
+    finally:
+        hog.kill()
+        hog.wait()
+    err = capsys.readouterr().err
+    assert "not cached" in busy.description and "other processes kept" in busy.description
+    assert "measuring again" in err and "for this process only, not cached" in err
+    with threads(1):  # (the cache is keyed by the thread count too)
+        assert tuning.cached_entry(model, "max") is None  # a later process measures again
+        quiet = model.set_phase("max").phase  # the machine quiet again: measured, cached
+        entry = tuning.cached_entry(model, "max")
+    assert "measured now" in quiet.description and entry["chosen"] in MAX_CANDIDATES
+    assert entry["other_cores"] < 0.25 and set(entry["rounds_ms"]) == set(MAX_CANDIDATES)
+
+
+def test_tune_shows_the_choice_and_measures_again_on_demand(monkeypatch, tmp_path, capsys):
+    from smallmind_torch import tuning
+
+    if not ops.available():
+        pytest.skip("custom ops unavailable here: only one candidate runs")
+    args = ["tune", "--tiny", "--threads", "1"]
+    assert cli.main(args) == 0  # the tests' SMALLMIND_MAX=first: nothing measured
+    assert "SMALLMIND_MAX=first" in capsys.readouterr().out
+    monkeypatch.delenv("SMALLMIND_MAX")
+    monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing cached: measuring now" in out and "max = " in out and "chosen" in out
+    assert cli.main(args) == 0  # now from the cache, with each candidate's rounds
+    out = capsys.readouterr().out
+    assert "cached in" in out and "rounds (ms)" in out and "other processes kept" in out
+    assert "measuring" not in out
+    assert cli.main([*args, "--force"]) == 0
+    assert "measuring again (--force)" in capsys.readouterr().out
+    assert cli.main(["tune", "--preset", "nope"]) == 2

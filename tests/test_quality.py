@@ -158,7 +158,7 @@ def test_max_int8_rejects_a_candidate_over_the_quality_bound(sharp_model, monkey
     """w8a8 with every activation scale 1.5x too large passes its own reference check (the
     reference runs the same rounding) but not the bound; weight-only int8 passes both."""
     monkeypatch.delenv("SMALLMIND_MAX", raising=False)
-    monkeypatch.setattr(tuning, "_cache_file", lambda: tmp_path / "max.json")
+    monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     real = weight_formats.quantize_rows
     monkeypatch.setattr(weight_formats, "quantize_rows",
                         lambda x: (lambda q, s: (q, 1.5 * s))(*real(x)))
@@ -179,7 +179,7 @@ def test_max_int8_rejects_a_candidate_over_the_quality_bound(sharp_model, monkey
 def test_a_cache_entry_without_the_bound_is_measured_again(sharp_model, monkeypatch, tmp_path):
     monkeypatch.delenv("SMALLMIND_MAX", raising=False)
     path = tmp_path / "max.json"
-    monkeypatch.setattr(tuning, "_cache_file", lambda: path)
+    monkeypatch.setattr(tuning, "cache_file", lambda: path)
     candidates = {"w8a8": W8A8_SDPA, "int8": INT8_SDPA}
     path.write_text(json.dumps({tuning._key(sharp_model, "max-int8"): {
         "chosen": "w8a8", "times_ms": {"w8a8": 1.0, "int8": 2.0}}}))

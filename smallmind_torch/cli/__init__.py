@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import bench, build_ops, diff, generate, peers, profile, study, train  # noqa: F401  (each registers its command)
+from . import bench, build_ops, diff, generate, peers, profile, study, train, tune  # noqa: F401  (each registers its command)
 from .core import COMMANDS, run_command
 
 

@@ -13,11 +13,7 @@ from typing import Callable
 
 import torch
 
-from ...machine_load import QUIET_OTHER_CORES
-
-# Runs of one figure whose slowest and fastest differ by more than this factor are flagged as
-# disturbed: on a shared machine the figure says more about the neighbours than the code.
-DISTURBED_RATIO = 1.5
+from ...machine_load import DISTURBED_RATIO, QUIET_OTHER_CORES
 
 
 def spread(values, other_cores: "float | None" = None) -> dict:

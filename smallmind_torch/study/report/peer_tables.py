@@ -9,7 +9,7 @@ their agreement is shown.
 """
 from __future__ import annotations
 
-from ..protocol.timing import DISTURBED_RATIO
+from ...machine_load import DISTURBED_RATIO
 from ..results import CaseResult, EngineRow, PeersResult
 
 HEADER = ["engine", "weights", "threads", "tokens/s", "min-max", "first token ms", "decode ms",

@@ -40,7 +40,7 @@ def fmt_bytes(nbytes) -> str:
 
 def with_spread(value, result, figure, digits=1):
     """A figure with its spread: "912 ±6%" (half the min-max range of its runs, relative to the
-    median); a trailing "!" when the runs differ by more than timing.DISTURBED_RATIO."""
+    median); a trailing "!" when the runs were disturbed (timing.spread)."""
     return with_spread_value(value, result.spread.get(figure), digits)
 
 
