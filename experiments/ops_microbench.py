@@ -34,7 +34,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from smallmind_torch.study.protocol.machine import memory_bandwidth_gbs, mm_gflops
+from smallmind_torch.machine_load import memory_bandwidth_gbs
+from smallmind_torch.study.protocol.machine import mm_gflops
 from smallmind_torch.study.protocol.timing import median_time
 from smallmind_torch.threads import threads
 

@@ -11,12 +11,19 @@ included), both in the same clock ticks, over the measurement's wall time.
     load.other_cores   # the average number of cores other processes kept busy meanwhile
 
 Where /proc is absent (not Linux) nothing can be said: `other_cores` is None.
+
+`memory_bandwidth_gbs()` is the other fact about the machine a timing is judged by: the read
+bandwidth that a decode step's roofline divides its weights' bytes by (the study's machine
+limits, tuning's sanity bound).
 """
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass
+
+import torch
 
 QUIET_OTHER_CORES = 0.25   # other processes kept under a quarter of a core busy on average
 # Runs of one figure whose slowest and fastest differ by more than this factor are disturbed:
@@ -94,3 +101,20 @@ class machine_load:
     @property
     def other_cores(self) -> "float | None":
         return None if self.load is None else self.load.other_cores
+
+
+def memory_bandwidth_gbs(nbytes: int = 64 * 2**20, *, device="cpu", repeat: int = 5) -> float:
+    """Read bandwidth in GB/s: a float32 buffer of `nbytes` summed once, over the median of
+    `repeat` timed sums after 2 untimed ones."""
+    n = max(1, nbytes // 4)
+    buf = torch.ones(n, dtype=torch.float32, device=device)
+    sync = torch.cuda.synchronize if buf.is_cuda else (lambda: None)
+    times = []
+    for i in range(2 + repeat):
+        sync()
+        start = time.perf_counter()
+        buf.sum()
+        sync()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return n * 4 / statistics.median(times) / 1e9

@@ -23,7 +23,8 @@ order), as the tests do for speed and determinism.
 A measurement made while the machine was busy would choose for good from the neighbours'
 load (it once picked a candidate 2.5x slower than the best for every later run), so each
 one knows whether the machine was quiet: the cores other processes kept busy meanwhile
-(machine_load.py) and the spread of the chosen candidate's rounds. A disturbed measurement
+(machine_load.py), the spread of the chosen candidate's rounds and, where the weights outgrow
+the caches, its time against its memory roofline (roofline_ms). A disturbed measurement
 is made again, ATTEMPTS times at most; if it stays disturbed its choice serves this process,
 is not cached, and stderr says so. The cache entry keeps each candidate's rounds and the
 machine's load; `smallmind tune` shows them and measures again on demand.
@@ -45,8 +46,9 @@ from . import ops
 from .check import ReferenceRun
 from .config import LOSSY_FORMS, MAX_INT8_MEAN_KL, OptConfig, check_tolerance
 from .divergence import mean_kl, windows_of
-from .machine_load import DISTURBED_RATIO, QUIET_OTHER_CORES, machine_load
+from .machine_load import DISTURBED_RATIO, QUIET_OTHER_CORES, machine_load, memory_bandwidth_gbs
 from .runtime import Phase, PhaseRuntime
+from .weight_formats import decode_weight_bytes
 
 PROMPT_LEN = 16      # as the study's protocol
 NEW_TOKENS = 50
@@ -56,6 +58,11 @@ TOLERANCE = 1e-4     # max |logit difference| against reference, as the study ch
 QUALITY_WINDOWS = 2  # of QUALITY_TOKENS random ids (the context where shorter): the KL bound's
 QUALITY_TOKENS = 64  # stream, a few ms per candidate at the seed shape
 ATTEMPTS = 3         # measurements at most while the machine stays disturbed
+# A choice that took more than ROOFLINE_SLACK times its memory roofline was not timed on a quiet
+# machine; judged where the weights outgrow the caches (ROOFLINE_MIN_BYTES), so that a decode
+# step is bound by reading them: below, a step's cost is overhead and the bound says nothing.
+ROOFLINE_SLACK = 4.0
+ROOFLINE_MIN_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -194,16 +201,32 @@ def measure(model, candidates: dict) -> dict:
             for label, (prefill, decode) in times.items()}
 
 
-def disturbances(rounds_ms: dict, chosen: str, other_cores: "float | None") -> list:
+def roofline_ms(model, weights: str = "fp32") -> "float | None":
+    """The protocol's NEW_TOKENS at the memory roofline: the bytes of weights a decode step
+    reads in the format `weights` (weight_formats.decode_weight_bytes), once per token, at the
+    read bandwidth measured now over a buffer of that size; None below ROOFLINE_MIN_BYTES."""
+    nbytes = decode_weight_bytes(model, weights)
+    if nbytes < ROOFLINE_MIN_BYTES:
+        return None
+    return NEW_TOKENS * nbytes / (memory_bandwidth_gbs(nbytes, repeat=3) * 1e9) * 1e3
+
+
+def disturbances(rounds_ms: dict, chosen: str, other_cores: "float | None",
+                 roofline: "float | None" = None) -> list:
     """Why a measurement cannot be trusted ([] when the machine was quiet): other processes
-    kept QUIET_OTHER_CORES or more busy, or the chosen candidate's rounds differ by more than
-    DISTURBED_RATIO (a burst that slowed some rounds and not others)."""
+    kept QUIET_OTHER_CORES or more busy, the chosen candidate's rounds differ by more than
+    DISTURBED_RATIO (a burst that slowed some rounds and not others), or its time is more than
+    ROOFLINE_SLACK times its memory roofline (`roofline`, ms; a slowdown that lasted every
+    round, which the machine's load does not show, e.g. a neighbour on the same host)."""
     why = []
     if other_cores is not None and other_cores >= QUIET_OTHER_CORES:
         why.append(f"other processes kept {other_cores:.2f} cores busy")
     rounds = rounds_ms.get(chosen) or []
     if rounds and min(rounds) > 0 and max(rounds) / min(rounds) > DISTURBED_RATIO:
         why.append(f"{chosen}'s rounds differ by {max(rounds) / min(rounds):.2f}x")
+    if rounds and roofline and statistics.median(rounds) > ROOFLINE_SLACK * roofline:
+        why.append(f"{chosen} took {statistics.median(rounds):.1f} ms, "
+                   f"{statistics.median(rounds) / roofline:.1f}x its memory roofline ({roofline:.1f} ms)")
     return why
 
 
@@ -258,7 +281,8 @@ def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max", *,
             return Choice(next(iter(candidates)), times,
                           "fixed order (none measured correct and within the quality bound)", kls)
         chosen = min(correct, key=correct.get)
-        disturbed = disturbances(rounds, chosen, load.other_cores)
+        bound = roofline_ms(model, candidates[chosen].weights)
+        disturbed = disturbances(rounds, chosen, load.other_cores, bound)
         if not disturbed:
             break
         print(f"smallmind: {preset}: the measurement was disturbed ({'; '.join(disturbed)})"
@@ -270,6 +294,6 @@ def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max", *,
                       rounds, load.other_cores)
     _write_cache(key, {"chosen": chosen, "times_ms": times, "mean_kl": kls,
                        "over_quality_bound": {label: over_bound(kls[label]) for label in over},
-                       "rounds_ms": rounds, "other_cores": load.other_cores,
+                       "rounds_ms": rounds, "other_cores": load.other_cores, "roofline_ms": bound,
                        "attempts": attempt, "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
     return Choice(chosen, times, "measured now", kls, rounds, load.other_cores)

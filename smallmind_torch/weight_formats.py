@@ -107,3 +107,41 @@ def prepare(weight: torch.Tensor, fmt: str):
     # made outside inference mode even inside it, as the workspace's buffers (workspace.py)
     with torch.inference_mode(False), torch.no_grad():
         return _PREPARE[fmt](weight)
+
+
+# ---- the bytes a decode step reads ----------------------------------------------------------
+
+def weight_bytes_per_decode(model) -> int:
+    """Bytes of parameters one decode step reads: every weight once (the tied wte/lm_head
+    once, as the lm head), plus one row each of wte and wpe."""
+    seen, total = set(), 0
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if name.endswith("wpe.weight"):
+            total += p[0].numel() * p.element_size()
+        else:
+            total += p.numel() * p.element_size()
+    wte = model.transformer.wte.weight
+    return total + wte[0].numel() * wte.element_size()
+
+
+BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "w8a8": 1, "bf16": 2}
+
+
+def decode_weight_bytes(model, weights: "str | None" = None) -> int:
+    """weight_bytes_per_decode in the format `weights` (default: the model's phase's): the
+    matrices of the linear layers and the lm head at their format's width (int8, w8a8: plus a
+    float32 scale per row), the rest (LayerNorms, biases, the position row, the token row) in
+    float32."""
+    fmt = weights or model.phase.opt.weights
+    total = weight_bytes_per_decode(model)
+    if fmt == "fp32":
+        return total
+    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for w in {id(w): w for w in matrices}.values():  # the tied lm head once
+        rows, cols = w.shape
+        total -= w.numel() * 4
+        total += rows * cols * BYTES_PER_WEIGHT[fmt] + (rows * 4 if fmt in ("int8", "w8a8") else 0)
+    return total

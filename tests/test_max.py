@@ -230,3 +230,17 @@ def test_tune_shows_the_choice_and_measures_again_on_demand(monkeypatch, tmp_pat
     assert cli.main([*args, "--force"]) == 0
     assert "measuring again (--force)" in capsys.readouterr().out
     assert cli.main(["tune", "--preset", "nope"]) == 2
+
+
+def test_a_choice_far_slower_than_its_memory_roofline_is_disturbed(monkeypatch):
+    from smallmind_torch import tuning
+
+    model = GPT(TINY).eval()
+    assert tuning.roofline_ms(model) is None  # small weights: a step is overhead, not memory
+    monkeypatch.setattr(tuning, "ROOFLINE_MIN_BYTES", 0)
+    fp32, int8 = tuning.roofline_ms(model), tuning.roofline_ms(model, "int8")
+    assert 0 < int8 < fp32  # a quarter of the matrices' bytes
+    rounds = {"a": [10.0, 10.5, 10.2]}
+    assert tuning.disturbances(rounds, "a", 0.0, roofline=5.0) == []
+    assert tuning.disturbances(rounds, "a", 0.0, roofline=2.0) == [
+        "a took 10.2 ms, 5.1x its memory roofline (2.0 ms)"]

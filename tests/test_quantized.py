@@ -11,7 +11,7 @@ from torch.testing import assert_close
 from smallmind_torch import GPT, ModelConfig, OptConfig, ops, phases
 from smallmind_torch.config import MAX_CANDIDATES, MAX_INT8_CANDIDATES, check_tolerance, reference_for
 from smallmind_torch.study.measure.quantized import weight_format_accuracy
-from smallmind_torch.study.protocol.machine import decode_weight_bytes
+from smallmind_torch.weight_formats import decode_weight_bytes
 
 from helpers import TINY, allocations, load_experiment, ops_binding_or_skip
 

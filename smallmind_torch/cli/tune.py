@@ -33,6 +33,9 @@ def entry_lines(entry: dict) -> list:
         note = "chosen" if label == entry.get("chosen") else kl.get(label, "wrong" if ms is None else "")
         cells = ", ".join(f"{v:.1f}" for v in r) if r else "-"
         lines.append(f"  {label:<30} {'-' if ms is None else f'{ms:.1f}':>14}  {cells:<28} {note}")
+    roofline = entry.get("roofline_ms")
+    if roofline:
+        lines.append(f"  memory roofline of the 50 tokens: {roofline:.1f} ms (every weight read once a token)")
     other = entry.get("other_cores")
     lines.append(f"  measured {entry.get('measured', '?')}, in {entry.get('attempts', 1)} attempt(s); "
                  + ("other processes' load not recorded (an entry from before it was)" if other is None

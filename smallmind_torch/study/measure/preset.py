@@ -22,7 +22,8 @@ from ...config import OptConfig, check_tolerance
 from ...machine_load import machine_load
 from ...ops import CustomOpsUnavailable
 from ...check import ReferenceRun, first_mismatch
-from ..protocol.machine import decode_weight_bytes, environment, matmul_gflops, roofline
+from ...weight_formats import decode_weight_bytes
+from ..protocol.machine import environment, matmul_gflops, roofline
 from ..protocol.profiling import profile_generation
 from ..protocol.settings import (BenchSettings, check_input, device_of, fixed_prompt,
                                  progress_bar)

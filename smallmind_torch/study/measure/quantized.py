@@ -28,7 +28,7 @@ from ...threads import threads
 from ...train.corpus import get_batch
 from ...train.loop import lm_loss
 from ...check import first_mismatch
-from ..protocol.machine import decode_weight_bytes
+from ...weight_formats import decode_weight_bytes
 from ..protocol.settings import BenchSettings, check_input, describe_prompt, fixed_prompt
 from ..protocol.timing import spread
 from ..results import FormatAccuracy, FormatSpeed, QuantizedResult

@@ -17,7 +17,8 @@ import torch
 
 from ... import ops
 from ...forms import LINEAR_BY_WEIGHTS
-from ...weight_formats import prepare
+from ...machine_load import memory_bandwidth_gbs
+from ...weight_formats import prepare, weight_bytes_per_decode
 from ..results import MachineLimits, PhaseResult
 from .settings import BenchSettings, device_of, progress_bar
 from .timing import gflops, median_time, spread
@@ -50,14 +51,6 @@ def environment(device: "torch.device | str" = "cpu") -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def memory_bandwidth_gbs(nbytes: int = 64 * 2**20, *, device="cpu", repeat: int = 5) -> float:
-    """Read bandwidth in GB/s: bytes of a float32 buffer summed once, over the median time."""
-    n = max(1, nbytes // 4)
-    buf = torch.ones(n, dtype=torch.float32, device=device)
-    seconds = median_time(lambda: buf.sum(), warmup=2, repeat=repeat, device=device)
-    return n * 4 / seconds / 1e9
 
 
 def mm_gflops(n: int = 512, *, device="cpu", repeat: int = 5, mm=None) -> float:
@@ -119,41 +112,6 @@ def measure_machine(model=None, settings: BenchSettings = BenchSettings(), *, de
 
 
 # ---- a preset against the limits -------------------------------------------------------------
-
-def weight_bytes_per_decode(model) -> int:
-    """Bytes of parameters one decode step reads: every weight once (the tied wte/lm_head
-    once, as the lm head), plus one row each of wte and wpe."""
-    seen, total = set(), 0
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if name.endswith("wpe.weight"):
-            total += p[0].numel() * p.element_size()
-        else:
-            total += p.numel() * p.element_size()
-    wte = model.transformer.wte.weight
-    return total + wte[0].numel() * wte.element_size()
-
-
-BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "w8a8": 1, "bf16": 2}
-
-
-def decode_weight_bytes(model) -> int:
-    """weight_bytes_per_decode in the format of the model's phase: the matrices of the linear
-    layers and the lm head at their format's width (int8, w8a8: plus a float32 scale per row),
-    the rest (LayerNorms, biases, the position row, the token row) in float32."""
-    fmt = model.phase.opt.weights
-    total = weight_bytes_per_decode(model)
-    if fmt == "fp32":
-        return total
-    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    for w in {id(w): w for w in matrices}.values():  # the tied lm head once
-        rows, cols = w.shape
-        total -= w.numel() * 4
-        total += rows * cols * BYTES_PER_WEIGHT[fmt] + (rows * 4 if fmt in ("int8", "w8a8") else 0)
-    return total
-
 
 def matmul_gflops(opt, sizes=(128, 256, 512), *, device="cpu", repeat=5) -> tuple:
     """({n: GFLOPS of the preset's linear form on `a, w`}, {n: GFLOPS of torch.mm}) on square
