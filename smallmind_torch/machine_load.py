@@ -69,13 +69,17 @@ class Load:
         """The cores other processes kept busy on average, less the counters' RESOLUTION_S."""
         return max(0.0, self.other_cpu_s - RESOLUTION_S) / self.wall_s if self.wall_s > 0 else 0.0
 
-    @property
-    def quiet(self) -> bool:
-        return self.other_cores < QUIET_OTHER_CORES
 
-    def describe(self) -> str:
-        return (f"other processes used {self.other_cores:.2f} cores on average over "
-                f"{self.wall_s:.2f} s ({'quiet' if self.quiet else 'BUSY'})")
+
+def busy(other_cores: "float | None") -> bool:
+    """Whether other processes kept QUIET_OTHER_CORES or more busy (False where unmeasured)."""
+    return other_cores is not None and other_cores >= QUIET_OTHER_CORES
+
+
+def uneven(runs) -> bool:
+    """Whether the slowest and fastest of a figure's runs differ by more than DISTURBED_RATIO."""
+    lo, hi = min(runs), max(runs)
+    return bool(lo > 0 and hi / lo > DISTURBED_RATIO)
 
 
 def load_between(start: CpuSnapshot, end: CpuSnapshot) -> Load:

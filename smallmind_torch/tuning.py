@@ -46,7 +46,7 @@ from . import ops
 from .check import ReferenceRun
 from .config import LOSSY_FORMS, MAX_INT8_MEAN_KL, OptConfig, check_tolerance
 from .divergence import mean_kl, windows_of
-from .machine_load import DISTURBED_RATIO, QUIET_OTHER_CORES, machine_load, memory_bandwidth_gbs
+from .machine_load import busy, machine_load, memory_bandwidth_gbs, uneven
 from .runtime import Phase, PhaseRuntime
 from .weight_formats import decode_weight_bytes
 
@@ -71,8 +71,6 @@ class Choice:
     times_ms: dict      # label -> estimated ms for the protocol's 50 tokens (None: not chosen)
     source: str         # "measured now" | "cached" | "fixed order" | "... not cached ..."
     mean_kl: dict = field(default_factory=dict)  # lossy candidates: label -> mean KL (nats)
-    rounds_ms: dict = field(default_factory=dict)   # label -> each timed round's estimate
-    other_cores: "float | None" = None  # the cores other processes kept busy meanwhile
 
     def describe(self) -> str:
         if not self.times_ms:
@@ -219,10 +217,10 @@ def disturbances(rounds_ms: dict, chosen: str, other_cores: "float | None",
     ROOFLINE_SLACK times its memory roofline (`roofline`, ms; a slowdown that lasted every
     round, which the machine's load does not show, e.g. a neighbour on the same host)."""
     why = []
-    if other_cores is not None and other_cores >= QUIET_OTHER_CORES:
+    if busy(other_cores):
         why.append(f"other processes kept {other_cores:.2f} cores busy")
     rounds = rounds_ms.get(chosen) or []
-    if rounds and min(rounds) > 0 and max(rounds) / min(rounds) > DISTURBED_RATIO:
+    if rounds and uneven(rounds):
         why.append(f"{chosen}'s rounds differ by {max(rounds) / min(rounds):.2f}x")
     if rounds and roofline and statistics.median(rounds) > ROOFLINE_SLACK * roofline:
         why.append(f"{chosen} took {statistics.median(rounds):.1f} ms, "
@@ -260,8 +258,7 @@ def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max", *,
     key = _key(model, preset)
     entry = _read_cache().get(key)
     if not force and _valid_entry(entry, candidates):  # else measured again and overwritten
-        return Choice(entry["chosen"], entry["times_ms"], "cached", entry.get("mean_kl", {}),
-                      entry.get("rounds_ms", {}), entry.get("other_cores"))
+        return Choice(entry["chosen"], entry["times_ms"], "cached", entry.get("mean_kl", {}))
     print(f"smallmind: choosing {preset} for this machine ({len(candidates)} candidates, "
           f"{model.config.n_layer} layers x {model.config.n_embd}, "
           f"{torch.get_num_threads()} threads; a few seconds, once)", file=sys.stderr)
@@ -290,10 +287,9 @@ def choose(model, candidates: "dict[str, OptConfig]", preset: str = "max", *,
     if disturbed:  # this process's choice, not every later one's
         print(f"smallmind: {preset}: the machine stayed busy over {ATTEMPTS} measurements: "
               f"{chosen} for this process only, not cached", file=sys.stderr)
-        return Choice(chosen, times, f"measured now, not cached ({'; '.join(disturbed)})", kls,
-                      rounds, load.other_cores)
+        return Choice(chosen, times, f"measured now, not cached ({'; '.join(disturbed)})", kls)
     _write_cache(key, {"chosen": chosen, "times_ms": times, "mean_kl": kls,
                        "over_quality_bound": {label: over_bound(kls[label]) for label in over},
                        "rounds_ms": rounds, "other_cores": load.other_cores, "roofline_ms": bound,
                        "attempts": attempt, "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return Choice(chosen, times, "measured now", kls, rounds, load.other_cores)
+    return Choice(chosen, times, "measured now", kls)

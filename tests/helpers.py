@@ -68,3 +68,13 @@ def load_experiment(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def measure_max_as_if_quiet(monkeypatch) -> None:
+    """`max` measured (not SMALLMIND_MAX=first) and every measurement taken as quiet: the tests
+    that use it assert what is chosen and cached, not whether the machine was quiet meanwhile
+    (a timing, which a shared machine cannot promise); test_max's hog test checks that."""
+    from smallmind_torch import tuning
+
+    monkeypatch.delenv("SMALLMIND_MAX", raising=False)
+    monkeypatch.setattr(tuning, "disturbances", lambda *args, **kwargs: [])

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from smallmind_torch.machine_load import (RESOLUTION_S, CpuSnapshot, Load, load_between, machine_load,
-                                         snapshot)
+from smallmind_torch.machine_load import (RESOLUTION_S, CpuSnapshot, Load, busy, load_between,
+                                         machine_load, snapshot, uneven)
 
 pytestmark = pytest.mark.skipif(snapshot() is None, reason="no /proc/stat (not Linux)")
 
@@ -28,7 +28,7 @@ def test_a_busy_process_beside_us_is_seen():
         hog.wait()
     assert m.load.wall_s == pytest.approx(0.5, abs=0.2)
     assert m.other_cores > 0.5  # the hog kept about one core busy
-    assert not m.load.quiet and "BUSY" in m.load.describe()
+    assert busy(m.other_cores)
 
 
 def test_our_own_work_is_not_counted_as_other():
@@ -52,6 +52,8 @@ def test_a_figure_measured_while_another_process_ran_is_flagged():
     from smallmind_torch.study.protocol.timing import spread
 
     assert not spread([1.0, 1.1], other_cores=0.05)["disturbed"]
-    busy = spread([1.0, 1.1], other_cores=0.9)
-    assert busy["disturbed"] and busy["other_cores"] == 0.9
+    during_load = spread([1.0, 1.1], other_cores=0.9)
+    assert during_load["disturbed"] and during_load["other_cores"] == 0.9
     assert spread([1.0, 1.1])["other_cores"] is None  # not measured: the spread alone decides
+    assert spread([1.0, 1.6])["disturbed"] and uneven([1.0, 1.6]) and not uneven([1.0, 1.4])
+    assert not busy(None) and not busy(0.1) and busy(0.25)

@@ -8,7 +8,7 @@ import torch
 from smallmind_torch import GPT, cli, ops, phases
 from smallmind_torch.config import MAX_CANDIDATES
 
-from helpers import TINY
+from helpers import TINY, measure_max_as_if_quiet
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_max_is_measured_once_then_cached(monkeypatch, tmp_path, capsys):
 
     if not ops.available():
         pytest.skip("custom ops unavailable here: only one candidate runs")
-    monkeypatch.delenv("SMALLMIND_MAX")
+    measure_max_as_if_quiet(monkeypatch)
     monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     model = GPT(TINY).eval()
     model.set_phase("max")
@@ -102,7 +102,7 @@ def test_a_candidate_that_is_wrong_here_is_never_chosen(monkeypatch, tmp_path):
 
     if not ops.available():
         pytest.skip("custom ops unavailable here: only one candidate runs")
-    monkeypatch.delenv("SMALLMIND_MAX")
+    measure_max_as_if_quiet(monkeypatch)
     monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     real = tuning.measure
 
@@ -122,7 +122,7 @@ def test_max_is_measured_on_a_context_shorter_than_the_tuning_prompt(monkeypatch
 
     if not ops.available():
         pytest.skip("custom ops unavailable here: only one candidate runs")
-    monkeypatch.delenv("SMALLMIND_MAX")
+    measure_max_as_if_quiet(monkeypatch)
     monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     config = ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=32, block_size=block_size)
     model = GPT(config).eval().set_phase("max")
@@ -143,7 +143,7 @@ def test_a_bad_cache_entry_is_measured_again_never_fatal(monkeypatch, tmp_path, 
 
     if not ops.available():
         pytest.skip("custom ops unavailable here: only one candidate runs")
-    monkeypatch.delenv("SMALLMIND_MAX")
+    measure_max_as_if_quiet(monkeypatch)
     path = tmp_path / "max.json"
     monkeypatch.setattr(tuning, "cache_file", lambda: path)
     model = GPT(TINY).eval()
@@ -158,7 +158,7 @@ def test_a_deeply_nestedcache_file_is_measured_again(monkeypatch, tmp_path):
 
     if not ops.available():
         pytest.skip("custom ops unavailable here: only one candidate runs")
-    monkeypatch.delenv("SMALLMIND_MAX")
+    measure_max_as_if_quiet(monkeypatch)
     path = tmp_path / "max.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
     monkeypatch.setattr(tuning, "cache_file", lambda: path)
@@ -218,7 +218,7 @@ def test_tune_shows_the_choice_and_measures_again_on_demand(monkeypatch, tmp_pat
     args = ["tune", "--tiny", "--threads", "1"]
     assert cli.main(args) == 0  # the tests' SMALLMIND_MAX=first: nothing measured
     assert "SMALLMIND_MAX=first" in capsys.readouterr().out
-    monkeypatch.delenv("SMALLMIND_MAX")
+    measure_max_as_if_quiet(monkeypatch)
     monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     assert cli.main(args) == 0
     out = capsys.readouterr().out

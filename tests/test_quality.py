@@ -15,7 +15,7 @@ from smallmind_torch.study.measure.quality import format_quality, random_stream
 from smallmind_torch.study.report.markdown import markdown_report
 from smallmind_torch.study.results import FormatQuality, QuantizedResult, StudyResult
 
-from helpers import TINY
+from helpers import TINY, measure_max_as_if_quiet
 
 INT8 = OptConfig(weights="int8")  # the library's GEMM on the int8 weights: no custom op
 W8A8 = OptConfig(weights="w8a8")
@@ -157,7 +157,7 @@ def test_max_int8_rejects_a_candidate_over_the_quality_bound(sharp_model, monkey
                                                              capsys):
     """w8a8 with every activation scale 1.5x too large passes its own reference check (the
     reference runs the same rounding) but not the bound; weight-only int8 passes both."""
-    monkeypatch.delenv("SMALLMIND_MAX", raising=False)
+    measure_max_as_if_quiet(monkeypatch)
     monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "max.json")
     real = weight_formats.quantize_rows
     monkeypatch.setattr(weight_formats, "quantize_rows",
@@ -177,7 +177,7 @@ def test_max_int8_rejects_a_candidate_over_the_quality_bound(sharp_model, monkey
 
 
 def test_a_cache_entry_without_the_bound_is_measured_again(sharp_model, monkeypatch, tmp_path):
-    monkeypatch.delenv("SMALLMIND_MAX", raising=False)
+    measure_max_as_if_quiet(monkeypatch)
     path = tmp_path / "max.json"
     monkeypatch.setattr(tuning, "cache_file", lambda: path)
     candidates = {"w8a8": W8A8_SDPA, "int8": INT8_SDPA}

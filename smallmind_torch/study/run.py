@@ -23,7 +23,7 @@ from .measure.diff import PHASE0_TOKENS, measure_diffs
 from .measure.peer import measure_peer
 from .measure.preset import measure_preset, reference_run
 from .measure.quality import VALIDATION_SET, validation_stream
-from .measure.quantized import measure_formats
+from .measure.quantized import RANDOM_PROMPT, measure_formats
 from .measure.scaling import measure_scaling
 from .measure.traces import write_traces
 from .measure.training import measure_init, measure_training_step
@@ -168,12 +168,11 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
             val, evaluation_set = validation_stream(), VALIDATION_SET
         # the greedy agreement after the study's prompt (the main table's figure) and, when that
         # is a text, after the fixed random ids too: two prompts, both named in the report
-        prompts = {"study prompt": (describe_prompt(prompt, settings, prompt_text), prompt
-                                    if prompt is not None else fixed_prompt(
-                                        model.config, settings.prompt_len, settings.seed))}
+        random_ids = fixed_prompt(model.config, settings.prompt_len, settings.seed)
+        prompts = {"study prompt": (describe_prompt(prompt, settings, prompt_text),
+                                    random_ids if prompt is None else prompt)}
         if prompt is not None:
-            prompts["random ids"] = (describe_prompt(None, settings),
-                                     fixed_prompt(model.config, settings.prompt_len, settings.seed))
+            prompts[RANDOM_PROMPT] = (describe_prompt(None, settings), random_ids)
         return measure_formats(model, val, thread_counts=(1,) if tiny else (1, 2),
                                runs=1 if tiny else 5, new_tokens=settings.new_tokens,
                                val_batches=1 if tiny else 10, batch_size=2 if tiny else 8,

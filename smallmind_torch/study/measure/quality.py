@@ -77,9 +77,9 @@ def format_quality(model, phase, tokens: torch.Tensor, *, block_size: "int | Non
         nll=float(nll.mean()), nll_se=_standard_error(nll),
         delta_nll=float((nll - nll_ref).mean()), delta_nll_se=_standard_error(nll - nll_ref),
         kl_mean=float(kl.mean()), kl_mean_se=_standard_error(kl),
-        kl_median=_percentile(kl, 50), kl_p99=_percentile(kl, 99), kl_max=float(kl.max()),
+        kl_median=percentile(kl, 50), kl_p99=percentile(kl, 99), kl_max=float(kl.max()),
         same_top_percent=100.0 * float(scores["same_top"].double().mean()),
-        delta_p={**{f"p{q}": _percentile(p_change, q) for q in DELTA_P_PERCENTILES},
+        delta_p={**{f"p{q}": percentile(p_change, q) for q in DELTA_P_PERCENTILES},
                  "mean": float(p_change.mean()), "rms": float(p_change.square().mean().sqrt())})
 
 
@@ -89,7 +89,7 @@ def _standard_error(values: torch.Tensor) -> float:
     return float(values.std(correction=1) / math.sqrt(n)) if n > 1 else float("nan")
 
 
-def _percentile(values: torch.Tensor, q: float) -> float:
+def percentile(values: torch.Tensor, q: float) -> float:
     """The q-th percentile, linear between the closest ranks (as numpy's default); any size
     (torch.quantile stops at 2^24 values)."""
     ordered = values.double().sort().values

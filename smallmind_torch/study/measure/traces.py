@@ -90,7 +90,8 @@ def write_traces(model, preset: "str | OptConfig | None", logdir: "str | os.Path
                  pictures: bool = True) -> TraceResult:
     """Profile `preset` on `model` and write its TensorBoard run, Chrome trace and (with
     `pictures`) the offline views under logdir/name (the module's docstring); `result.files`:
-    each file with what it is and how to open it; `result.top_ops`: the `row_limit` ops and labels first by `sort_by`.
+    each file with what it is and how to open it; `result.top_ops`: the `row_limit` ops and
+    labels first by `sort_by`.
     `preset=None` keeps the model's current phase, else the phase is restored after. Custom-op
     presets that cannot be built give status "unavailable"; `result.phase` says what ran (for
     "max", which candidate)."""
@@ -114,6 +115,7 @@ def _write_views(result: TraceResult, run_dir: Path, events, tokens: int, cuda_p
     step_png = step_timeline(bars, step_ms, run_dir / f"{name}.step.png", f"{phase}: one profiled step")
     stacks = write_folded(clean_stacks(folded_stacks(events)), run_dir / f"{name}.stacks.txt")
     per = f"per token over {tokens} profiled tokens" if tokens > 1 else "1 profiled token"
+    # drawn from the file as written (whole microseconds): the page and the file agree
     flame = write_flame_graph(read_folded(stacks), run_dir / f"{name}.flame.html",
                               f"{phase}: where the time goes, by call stack ({per})", per=tokens)
     allocs = allocations(events)

@@ -13,19 +13,16 @@ from typing import Callable
 
 import torch
 
-from ...machine_load import DISTURBED_RATIO, QUIET_OTHER_CORES
+from ...machine_load import busy, uneven
 
 
 def spread(values, other_cores: "float | None" = None) -> dict:
     """min / median / max of a figure's runs, and whether they were disturbed: runs that differ
     by more than DISTURBED_RATIO, or other processes that kept QUIET_OTHER_CORES or more busy
     meanwhile (`other_cores`, machine_load's, when it was measured)."""
-    values = sorted(values)
-    lo, hi = values[0], values[-1]
-    busy = other_cores is not None and other_cores >= QUIET_OTHER_CORES
-    return {"min": lo, "median": statistics.median(values), "max": hi, "runs": len(values),
-            "other_cores": other_cores,
-            "disturbed": bool((lo > 0 and hi / lo > DISTURBED_RATIO) or busy)}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values),
+            "runs": len(values), "other_cores": other_cores,
+            "disturbed": uneven(values) or busy(other_cores)}
 
 
 def device_sync(device: "torch.device | str | None" = None) -> None:
