@@ -28,7 +28,7 @@ from .measure.scaling import measure_scaling
 from .measure.traces import write_traces
 from .measure.training import measure_init, measure_training_step
 from .measure.waterfall import measure_waterfall
-from .peers.bench import PeerSettings, make_workload, run_peers
+from .peers.bench import DEFAULT_ENGINES, PeerSettings, make_workload, run_peers
 from .peers.engines import PEERS
 from .protocol.machine import environment, measure_machine
 from .protocol.settings import (BenchSettings, describe_prompt, device_of, fixed_prompt,
@@ -39,6 +39,10 @@ GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, bl
 PARTS = ("waterfall", "diffs", "training", "init", "scaling", "quantized", "engines")
 STEPS = ("presets", *PARTS, "traces")  # what `smallmind study --only` can run again
 ENGINE_SHAPES = ("seed", "gpt2-small")  # of the engines part: the model's, and GPT2_SMALL
+# The engines of a tiny (smoke) study: ours at both precisions and one peer, enough to run the
+# part and render its tables; every engine is checked on its own by `smallmind peers --tiny`
+# (tests/test_engines.py), and a real study runs them all (peers.bench.DEFAULT_ENGINES).
+TINY_ENGINES = ("smallmind", "smallmind:max-int8", "onnxruntime")
 # phase0's attention writes one score at a time into a tensor that requires grad: autograd
 # keeps a copy of the score tensor per write, B x nh x T x T floats times T^2/2 writes per
 # layer; at 8 x 128 tokens that is over a hundred GB (a run here was killed at 24 GiB).
@@ -189,7 +193,7 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
             workloads.append(make_workload(
                 "gpt2-small", big, fixed_prompt(large, settings.prompt_len, settings.seed)[0].tolist(),
                 new_tokens=n, long_prompt=512, seed=settings.seed, weights="random"))
-        return run_peers(workloads, settings=PeerSettings(
+        return run_peers(workloads, TINY_ENGINES if tiny else DEFAULT_ENGINES, PeerSettings(
             new_tokens=n, runs=1 if tiny else engine_runs, threads=(1,) if tiny else (1, 2),
             compile_backend=os.environ.get("SMALLMIND_COMPILE_BACKEND", "inductor")),
             log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None)
