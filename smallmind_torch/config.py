@@ -77,8 +77,10 @@ FORMS: dict[str, tuple] = {
     # 8: "default" = per-module init; "fast" = one vectorized pass over all parameters
     "init": ("default", "fast"),
     # beyond the seed: torch.compile of the forward and of a static-shape decode step
-    # (compiled.py), instead of hand-written ops; "max-autotune" also tunes Inductor's kernels
-    "compile": ("off", "inductor", "max-autotune"),
+    # (compiled.py), instead of hand-written ops; "max-autotune" also tunes Inductor's kernels;
+    # "cpp-wrapper" calls them from generated C++ instead of Python; "aot-inductor" runs the
+    # decode step as an AOTInductor package (torch.export, compiled ahead of time)
+    "compile": ("off", "inductor", "max-autotune", "cpp-wrapper", "aot-inductor"),
     # beyond the seed: the linear layers' and the lm head's weights as stored for the matmuls,
     # made once from the fp32 parameters, which stay as they are (weight_formats.py);
     # "int8" = weight-only int8 per output channel, float32 activations and arithmetic;
@@ -96,6 +98,9 @@ REQUIRES = {
     # compiled code allocates its own intermediates and runs its own decode step
     ("compile", "inductor"): {"workspace": False, "fused_decode": False},
     ("compile", "max-autotune"): {"workspace": False, "fused_decode": False},
+    ("compile", "cpp-wrapper"): {"workspace": False, "fused_decode": False},
+    # the package is the decode step over the KV cache
+    ("compile", "aot-inductor"): {"workspace": False, "fused_decode": False, "kv_cache": True},
     # compiled code reads the fp32 weights; the fused decode step has int8 variants
     # (decode_step_q8_, for int8 and w8a8), no bf16 one
     ("weights", "int8"): {"compile": "off"},

@@ -12,7 +12,7 @@ the model's parameters:
   `cache_length` and `cache_batch` say what the cache holds, and `epoch` changes whenever a
   call writes it (an open generate_stream checks it).
 
-What a runtime made from the parameters (the copies in another format, the fused step's
+What a runtime made from the parameters (the copies in another format, an AOTInductor package, the fused step's
 argument pack) would go stale when they change: `GPT` calls `refresh(model)` at every forward,
 prefill and generation start, which makes them again when a parameter was replaced, edited in
 place or moved, and drops the caches. It costs a counter compare (plus one version check per
@@ -114,7 +114,8 @@ class PhaseRuntime:
         param = model.transformer.wte.weight
         self.dtype, self.device = param.dtype, param.device
         # What is made from the parameters goes stale when they change (refresh)
-        self.derived = phase.opt.weights != "fp32" or phase.opt.fused_decode
+        self.derived = (phase.opt.weights != "fp32" or phase.opt.fused_decode
+                        or phase.opt.compile == "aot-inductor")
         self.epoch = 0
         self._prepare(model)
 
@@ -133,9 +134,13 @@ class PhaseRuntime:
         self.forms = resolve_forms(self.opt, self.weights)
         if self.derived:
             self.sources = _parameters_of(model)
-            # what refresh checks first: the weights copied into another format (the fused
-            # step reads the parameters themselves, so it sees their new values as they are)
-            copied = () if fmt == "fp32" else {id(m.weight): m.weight for m in linears}.values()
+            # what refresh checks first: the weights copied into another format, or every
+            # parameter where an AOTInductor package holds them as constants (the fused step
+            # reads the parameters themselves, so it sees their new values as they are)
+            if self.opt.compile == "aot-inductor":
+                copied = list(model.parameters())
+            else:
+                copied = () if fmt == "fp32" else {id(m.weight): m.weight for m in linears}.values()
             self.copied = _Sources((w, w._version, w.data_ptr()) for w in copied)
             self.registrations = _registrations
         self.reset()

@@ -100,3 +100,64 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.slow
+def test_cpp_wrapper_matches_reference(inductor):
+    """Inductor's kernels called from its generated C++ wrapper instead of Python."""
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (1, 5))
+    expected = model.generate(idx, 12)
+    model.set_phase(OptConfig(kv_cache=True, compile="cpp-wrapper"))
+    assert torch.equal(model.generate(idx, 12), expected)
+
+
+@pytest.mark.slow
+def test_aot_inductor_package_matches_reference_and_follows_the_weights(inductor):
+    """The decode step as an AOTInductor package: the reference's tokens through the KV cache
+    it writes in place; the package holds the weights as constants, so editing a parameter in
+    place makes a new one (and the reference's new tokens)."""
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (1, 5))
+    expected = model.generate(idx, 12)
+    model.set_phase(OptConfig(kv_cache=True, compile="aot-inductor"))
+    assert torch.equal(model.generate(idx, 12), expected)
+    with torch.no_grad():  # in place: ln_f's output leans towards token 7 (its logit + 100)
+        w7 = model.transformer.wte.weight[7]
+        model.transformer.ln_f.bias.copy_(100 * w7 / w7.square().sum())
+    changed = model.generate(idx, 12)
+    with model.using("reference"):
+        assert torch.equal(changed, model.generate(idx, 12))
+    assert not torch.equal(changed, expected)  # the edit changed the tokens: a real check
+
+
+def test_aot_inductor_form_exports_the_decode_step_with_the_caches_as_inputs():
+    """Without Inductor (the tests' backend), the exported program itself runs: the same graph,
+    caches written in place, every batch size its own export."""
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    expected = [model.generate(idx[:b], TINY.block_size + 3) for b in (1, 2)]  # + a re-prefill
+    model.set_phase(OptConfig(kv_cache=True, compile="aot-inductor"))
+    got = [model.generate(idx[:b], TINY.block_size + 3) for b in (1, 2)]
+    assert all(torch.equal(a, e) for a, e in zip(got, expected))
+    assert sorted(model.phase.forms.decode.runners) == [1, 2]
+    with pytest.raises(ValueError, match="compile='aot-inductor' needs .*kv_cache=True"):
+        OptConfig(compile="aot-inductor")
+
+
+@pytest.mark.slow
+def test_freezing_folds_the_kv_cache_into_constants(inductor):
+    """The pitfall docs/study.md explains: Inductor's `freezing` turns the tensors a compiled
+    function reads as attributes into constants when it compiles, the KV cache included, so
+    the `compiled` preset under it attends to a cache that no longer follows its writes and its
+    greedy tokens leave the reference's. The compile forms never freeze; the AOT package takes
+    the caches as inputs."""
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (1, 16))
+    expected = model.generate(idx, 20)
+    with torch._inductor.config.patch(freezing=True):
+        model.set_phase("compiled")
+        frozen = model.generate(idx, 20)
+    assert not torch.equal(frozen, expected)
+    model.set_phase("compiled")  # the same preset, not frozen: the reference's tokens
+    assert torch.equal(model.generate(idx, 20), expected)

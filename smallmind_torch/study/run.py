@@ -2,7 +2,7 @@
 measures is in measure/, what the report shows in report/). `smallmind study` runs it.
 
     run_study     the presets' table: every preset, its peers (HF), the machine's limits
-    extend_study  the parts beyond it (PARTS: waterfall, diffs, training, init, scaling, quantized,
+    extend_study  the parts beyond it (PARTS: waterfall, diffs, training, init, compile, scaling, quantized,
                   engines)
     trace_study   profiler traces per preset
     run_steps     any of these in order (STEPS), into a new study or one read from results.json
@@ -17,7 +17,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..config import ModelConfig, OptConfig, presets
+from ..compiled import DEPLOYED_FORMS
+from ..config import PHASES, ModelConfig, OptConfig, presets
 from ..model import GPT
 from .measure.diff import PHASE0_TOKENS, measure_diffs
 from .measure.peer import measure_peer
@@ -36,7 +37,7 @@ from .protocol.settings import (BenchSettings, describe_prompt, device_of, fixed
 from .results import StudyResult, TrainingResult
 
 GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
-PARTS = ("waterfall", "diffs", "training", "init", "scaling", "quantized", "engines")
+PARTS = ("waterfall", "diffs", "training", "init", "compile", "scaling", "quantized", "engines")
 STEPS = ("presets", *PARTS, "traces")  # what `smallmind study --only` can run again
 ENGINE_SHAPES = ("seed", "gpt2-small")  # of the engines part: the model's, and GPT2_SMALL
 # The engines of a tiny (smoke) study: ours at both precisions and one peer, enough to run the
@@ -114,6 +115,8 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
     - "training": one optimizer step per preset at batch 8 x block_size, and at the `large`
       shape (batch 1 x 256) for reference, phase3 and max (training.py);
     - "init": construction time of each init form at the model's and the `large` shape;
+    - "compile": the `compiled` preset's deployed forms (compiled.DEPLOYED_FORMS: Inductor's
+      C++ wrapper, an AOTInductor package of the decode step), checked and timed as a preset;
     - "scaling": tokens/s at batch 1, 4, 16 and decode ms by position per preset (scaling.py).
     `presets_of`: part -> preset names (default: the study's presets, minus phase0 for
     scaling: its no-cache line has the reference's shape at 30x the minutes).
@@ -160,6 +163,12 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
         return {key: [measure_init(config, form, repeat=1 if tiny else 3)
                       for form in ("default", "fast")] for key, config in shapes.items()}
 
+    def compile_forms():
+        # the `compiled` preset's row is in the presets' table; these are its deployed forms
+        return {f"compile={form}": measure_preset(model, PHASES["compiled"].replace(compile=form),
+                                                  settings, name=f"compile={form}")
+                for form in progress_over(DEPLOYED_FORMS, "torch.compile forms", progress)}
+
     def scaling():
         kw = dict(new_tokens=settings.new_tokens, prompt_len=settings.prompt_len,
                   runs=settings.runs, batches=(1, 2) if tiny else (1, 4, 16))
@@ -199,7 +208,8 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
             log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None)
 
     measure = {"waterfall": lambda: measure_waterfall(model, settings, study.phases),
-               "diffs": diffs, "training": training, "init": init, "scaling": scaling,
+               "diffs": diffs, "training": training, "init": init, "compile": compile_forms,
+               "scaling": scaling,
                "quantized": quantized, "engines": engines}
     for part in PARTS:
         if part in parts:

@@ -211,7 +211,11 @@ def markdown_report(study: StudyResult, plots: "dict | None" = None) -> str:
     _section(lines, "torch.compile", t.compile_rows(study),
              "Compile time is the first forward and generation, apart from the timed runs; "
              "`recompiles` counts graphs compiled during the timed runs (none means one graph "
-             "served every position).")
+             "served every position). `compile=cpp-wrapper` calls Inductor's kernels from its "
+             "generated C++ instead of Python; `compile=aot-inductor` runs the decode step as an "
+             "AOTInductor package (exported, compiled ahead of time, no Dynamo guard; its graphs "
+             "are not Dynamo's, so none are counted). Inductor's `freezing` is not among them: it "
+             "folds the KV cache into constants and changes the tokens (docs/study.md).")
     _section(lines, "Batches and context length", t.scaling_rows(study),
              "Total tokens/s at each batch size, and the decode step at the first and last "
              "positions of the context: without a KV cache the step grows with the position, "

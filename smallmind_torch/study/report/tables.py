@@ -200,10 +200,19 @@ def scaling_rows(study: StudyResult) -> tuple:
 
 
 def compile_rows(study: StudyResult) -> tuple:
+    """The compiled presets, then the deployed forms of the "compile" part (a form that failed
+    its check or did not run: its status and reason)."""
     rows = [[n, fmt(r.compile_s, 1), fmt(r.graphs_compiled, 0), fmt(r.recompiles, 0),
              fmt(r.tokens_per_s), fmt(r.decode_ms, 3), fmt(r.prefill_ms, 2)]
             for n, r in study.phases.items() if r.ok and r.compile_s is not None]
-    return ["preset", "compile s", "graphs", "recompiles in the timed runs", "tokens/s",
+    for n, r in study.compile.items():
+        if r.ok:
+            rows.append([n, fmt(r.compile_s, 1), fmt(r.graphs_compiled, 0),
+                         fmt(r.recompiles, 0), fmt(r.tokens_per_s), fmt(r.decode_ms, 3),
+                         fmt(r.prefill_ms, 2)])
+        else:
+            rows.append([n, f"{r.status}: {r.reason}", "", "", "", "", ""])
+    return ["preset / form", "compile s", "graphs", "recompiles in the timed runs", "tokens/s",
             "decode ms", "prefill ms"], rows
 
 

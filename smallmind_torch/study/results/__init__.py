@@ -351,6 +351,8 @@ class StudyResult(Data):
     engines: PeersResult | None = None
     traces: dict[str, TraceResult] = field(default_factory=dict)
     diffs: list[PhaseDiff] = field(default_factory=list)   # consecutive presets, op by op
+    # the `compiled` preset's deployed forms (C++ wrapper, AOTInductor), each run as a preset
+    compile: dict[str, PhaseResult] = field(default_factory=dict)
     durations: dict = field(default_factory=dict)   # part -> seconds
 
     def ratios(self) -> dict:
