@@ -183,3 +183,38 @@ def test_sampling_keeps_the_targets_distribution(peaked, draft_kind, temperature
     pairs, thirds = empirical(peaked, prompt, config, temperature, top_k, draft)
     assert total_variation(pairs, joint) < 0.12
     assert total_variation(thirds, third) < 0.1
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+def test_cli_generate_with_a_draft_prints_the_targets_text_and_the_stats(tmp_path, capsys):
+    from smallmind_torch import cli
+    from smallmind_torch.train.checkpoint import save_checkpoint
+    from smallmind_torch.train.tokenizer import Tokenizer
+
+    save_checkpoint(tmp_path / "tiny", GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32,
+                                                       block_size=32)), Tokenizer.default(), step=0)
+    args = ["generate", "--checkpoint", str(tmp_path / "tiny"), "--prompt", "x = x + 1; x = x",
+            "--max-new-tokens", "10", "--temperature", "0"]
+    assert cli.main(args) == 0
+    plain = capsys.readouterr().out
+    assert cli.main(args + ["--draft", "ngram", "--draft-k", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out == plain
+    assert "speculative, draft ngram, k = 3" in out.err and "accepted" in out.err
+    assert cli.main(args + ["--draft", "bogus"]) == 2
+    assert "draft must be 'ngram' or a preset name" in capsys.readouterr().err
+
+
+def test_train_shape_wide_is_the_named_shape_under_the_shape_arguments(tmp_path):
+    from smallmind_torch import cli
+    from smallmind_torch.config import TRAINING_SHAPES
+    from smallmind_torch.train.checkpoint import load_checkpoint
+
+    assert TRAINING_SHAPES["wide"] == ModelConfig(n_layer=6, n_head=8, n_embd=512)
+    out = tmp_path / "wide"
+    assert cli.main(["train", "--shape", "wide", "--n-layer", "1", "--n-embd", "32", "--steps",
+                     "1", "--eval-iters", "1", "--batch-size", "2", "--no-progress",
+                     "--sample-tokens", "0", "--out", str(out)]) == 0
+    model, _, _ = load_checkpoint(out)
+    assert model.config == ModelConfig(n_layer=1, n_head=8, n_embd=32)
