@@ -75,6 +75,7 @@ class SpeculativeStats:
     histogram: list = field(default_factory=list)
     draft_s: float = 0.0
     verify_s: float = 0.0
+    rejections: int = 0        # steps that rejected a drafted token
     draft_calls: int = 0       # the draft model's forward calls (0 for ngram)
     tokens: int = 0            # tokens generated, by speculation and after it
     unspeculated: int = 0      # ... of which past block_size (generate's loop)
@@ -86,6 +87,14 @@ class SpeculativeStats:
     def acceptance_rate(self) -> float:
         """accepted / drafted (0 when nothing was drafted)."""
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def per_token_acceptance(self) -> float:
+        """a, the chance that a drafted token is kept given that the ones before it were: kept
+        tokens over kept + rejected ones (a step stops at its first rejection, so accepted /
+        drafted, which counts the never-checked tokens after it, underestimates a)."""
+        checked = self.accepted + self.rejections
+        return self.accepted / checked if checked else 0.0
 
     @property
     def tokens_per_step(self) -> float:
@@ -267,6 +276,7 @@ def speculative_generate(model, idx, max_new_tokens, config: SpeculativeConfig,
             stats.draft_s += drafted - begin
             stats.steps, stats.drafted, stats.accepted = stats.steps + 1, stats.drafted + m, stats.accepted + j
             stats.histogram[j] += 1
+            stats.rejections += j < m
         stats.draft_calls = draft.calls - calls
         if n < end:  # past block_size: each token re-prefills the cropped window, as generate does
             tokens[:, n:end] = generation.generate(model, tokens[:, :n], end - n, temperature,
@@ -274,3 +284,17 @@ def speculative_generate(model, idx, max_new_tokens, config: SpeculativeConfig,
             stats.unspeculated = end - n
     stats.tokens = max_new_tokens
     return tokens[:, :end], stats
+
+
+# ---- what to expect (Leviathan et al., 2023) -------------------------------------------------
+
+def expected_tokens_per_step(a: float, k: int) -> float:
+    """E = (1 - a^(k+1)) / (1 - a): tokens per target call when each of k drafted tokens is kept
+    with probability a given the ones before it (k + 1 at a = 1)."""
+    return float(k + 1) if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def predicted_speedup(a: float, k: int, c: float, v: float) -> float:
+    """E / (k c + v): the speed-up over plain decoding, where c is a drafted token's cost and v a
+    verify call's, both in target decode steps. Break-even where it is 1."""
+    return expected_tokens_per_step(a, k) / (k * c + v)
