@@ -2,7 +2,9 @@
 (DRAFTS) and k (K_VALUES), the acceptance (rate and per-call histogram), the tokens per target
 call, the measured tokens/s (runs alternating with the baseline's, medians, the same prompt
 and number of tokens; the greedy output checked equal to max's), the draft's and the verify
-call's cost in target decode steps (c, v) and the speed-up the formula predicts from them,
+call's cost in target decode steps (c: the draft model's decode step, or prompt lookup's time
+per drafted token; v: a verify call of k + 1 tokens after the prompt, each a median of its own
+timing, prefills apart) and the speed-up the formula predicts from them,
 E / (k c + v) (speculative.predicted_speedup), so that the break-even shows.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ...model import GPT
 from ...speculative import (SpeculativeConfig, expected_tokens_per_step, make_draft,
                             predicted_speedup, speculative_generate)
 from ...weight_formats import decode_weight_bytes
-from ..protocol.timing import spread
+from ..protocol.timing import sample_times, spread
 from ..results import SpeculativeRow, SpeculativeShape
 from .preset import measure_generation
 
@@ -31,6 +33,27 @@ def _timed(fn) -> tuple:
     begin = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - begin
+
+
+def verify_seconds(target, prompt, k: int, repeat: int = 20) -> float:
+    """Median time of one verify call of k + 1 tokens after the prompt (what a step of
+    speculative decoding costs the target, without the prompt's prefill)."""
+    target.prefill(prompt)
+    held, tokens = target.phase.cache_length, prompt[:, -1:].repeat(1, k + 1)
+
+    def call():
+        target.rewind(held)
+        target.verify(tokens)
+    return statistics.median(sample_times(call, warmup=2, repeat=repeat))
+
+
+def draft_step_seconds(draft, prompt, stats) -> float:
+    """A drafted token's time: a model draft's median decode step (its own generation, so that
+    its prefill is not counted), prompt lookup's time per drafted token slot of the run."""
+    if not hasattr(draft, "model"):
+        return stats.draft_s / max(stats.steps * stats.k, 1)
+    _, decode = measure_generation(draft.model, prompt, 20, 3)
+    return statistics.median(decode["decode_ms"]) / 1e3
 
 
 def measure_speculative(model, prompt, *, label: str, weights: str, prompt_text: str,
@@ -61,12 +84,14 @@ def measure_speculative(model, prompt, *, label: str, weights: str, prompt_text:
             if round_:
                 times[case].append(new_tokens / seconds)
     base = spread(times[None])
-    rows = []
+    rows, draft_s = [], {}
     for draft_label, k in cases:
         out, stats = last[(draft_label, k)]
         a = stats.per_token_acceptance
-        c = (stats.draft_s / max(stats.drafted, 1)) / step_s
-        v = (stats.verify_s / stats.steps) / step_s
+        if draft_label not in draft_s or not hasattr(made[draft_label], "model"):
+            draft_s[draft_label] = draft_step_seconds(made[draft_label], prompt, stats)
+        c = draft_s[draft_label] / step_s
+        v = verify_seconds(target, prompt, k) / step_s
         tps = spread(times[(draft_label, k)])
         mismatch = first_mismatch(out[0, prompt.size(1):], expected)
         draft = made[draft_label]
