@@ -218,3 +218,11 @@ def test_train_shape_wide_is_the_named_shape_under_the_shape_arguments(tmp_path)
                      "--sample-tokens", "0", "--out", str(out)]) == 0
     model, _, _ = load_checkpoint(out)
     assert model.config == ModelConfig(n_layer=1, n_head=8, n_embd=32)
+
+
+def test_the_formula():
+    from smallmind_torch.speculative import expected_tokens_per_step, predicted_speedup
+
+    assert expected_tokens_per_step(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_tokens_per_step(1.0, 4) == 5 and expected_tokens_per_step(0.0, 4) == 1
+    assert predicted_speedup(0.5, 2, c=0.1, v=1.05) == pytest.approx(1.75 / 1.25)
