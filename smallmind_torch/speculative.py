@@ -112,8 +112,9 @@ class SpeculativeStats:
 # ---- drafts: each writes its proposal into the token buffer after the committed tokens -------
 
 class NgramDraft:
-    """Prompt lookup: the most recent earlier occurrence of the context's last n tokens (n from
-    the longest of `sizes`) proposes the tokens that followed it; nothing if none is found.
+    """Prompt lookup: an earlier occurrence of the context's last n tokens (n from the longest
+    of `sizes`; the latest followed by k tokens) proposes the tokens that followed it; nothing
+    if none is found.
     Deterministic: its q is all on the token it proposes (q = None below)."""
 
     def __init__(self, sizes=(3, 2, 1)):
@@ -131,7 +132,11 @@ class NgramDraft:
             windows = context.unfold(0, size, 1)[:-1]  # every earlier window of `size` tokens
             found = (windows == context[n - size:]).all(dim=1).nonzero()
             if len(found):
-                follow = int(found[-1]) + size
+                # the latest match followed by k tokens, else the earliest (the longest
+                # continuation): in a loop the latest match ends next to the suffix itself
+                follows = found.view(-1) + size
+                full = follows[follows + k <= n]
+                follow = int(full[-1] if len(full) else follows[0])
                 m = min(k, n - follow)
                 tokens[0, n:n + m] = context[follow:follow + m]
                 return m, None

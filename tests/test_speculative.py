@@ -95,6 +95,9 @@ def test_ngram_lookup_proposes_what_followed_the_last_match():
     assert NgramDraft((2, 1)).propose(tokens, 3, 4, 0.0, None, None) == (2, None)
     assert tokens[0, 3:5].tolist() == [6, 8]
     assert NgramDraft((2, 1)).propose(torch.tensor([[1, 2, 3, 0]]), 3, 2, 0.0, None, None)[0] == 0
+    tokens = torch.tensor([[4, 4, 4, 4, 4, 4, 0, 0, 0]])  # a loop: not the match next to the end
+    assert NgramDraft((3,)).propose(tokens, 6, 3, 0.0, None, None) == (3, None)
+    assert tokens[0, 6:].tolist() == [4, 4, 4]
 
 
 def test_bad_input_is_refused(tiny):
