@@ -24,6 +24,8 @@ setup: $(STAMP)
 # STUDY_ARGS="--only PART" runs one part again into results/results.json (smallmind study --help)
 study: $(STAMP)
 	$(PY) -m smallmind_torch.cli train --if-missing --out checkpoints/seed
+	# 6 x 512, the memory-bound shape of the speculative decoding part (~22 min on 2 cores)
+	$(PY) -m smallmind_torch.cli train --if-missing --shape wide --steps 900 --out checkpoints/wide
 	$(PY) -m smallmind_torch.cli generate --checkpoint checkpoints/seed --phase max \
 		--prompt "The for statement" --max-new-tokens 60 --temperature 0
 	$(PY) -m smallmind_torch.cli study --checkpoint checkpoints/seed --out results $(STUDY_ARGS)

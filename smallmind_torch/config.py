@@ -50,6 +50,16 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
 
+# Named model shapes `smallmind train --shape` trains (same vocabulary, corpus and context).
+# "wide": 6 x 512, ~19M parameters (76 MB of fp32 weights, past a desktop L3), so that a decode
+# step is bound by reading the weights from memory, where the seed's 13 MB stay in cache; the
+# speculative decoding part of the study measures on it (docs/study.md).
+TRAINING_SHAPES: dict[str, ModelConfig] = {
+    "seed": ModelConfig(),
+    "wide": ModelConfig(n_layer=6, n_head=8, n_embd=512),
+}
+
+
 # Allowed forms per switch. The first entry of each tuple is the naive (phase 0) form.
 FORMS: dict[str, tuple] = {
     # 1: "naive" = one dot product per (query i, key j <= i); "batched" = one Q @ K^T

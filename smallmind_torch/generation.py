@@ -24,11 +24,9 @@ import torch
 MIN_TEMPERATURE = float(torch.finfo(torch.float32).tiny)
 
 
-def sample(logits, temperature: float, top_k, generator):
-    """Next token (B, 1) from logits (B, V): sampled at `temperature`; greedy (the argmax, the
-    limit as the temperature goes to 0) at 0 and below MIN_TEMPERATURE."""
-    if temperature < MIN_TEMPERATURE:
-        return logits.argmax(dim=-1, keepdim=True)
+def probabilities(logits, temperature: float, top_k):
+    """The distribution (B, V) that `sample` draws from at `temperature` (> 0) and `top_k`: the
+    one place both are applied (speculative decoding scores its draft and its target with it)."""
     # The top k are chosen on the logits themselves (the order a temperature keeps): at huge
     # temperatures the scaled logits below are all 0 and could not tell them apart.
     if top_k is not None:
@@ -38,7 +36,15 @@ def sample(logits, temperature: float, top_k, generator):
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         logits = logits.masked_fill(removed, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample(logits, temperature: float, top_k, generator):
+    """Next token (B, 1) from logits (B, V): sampled at `temperature`; greedy (the argmax, the
+    limit as the temperature goes to 0) at 0 and below MIN_TEMPERATURE."""
+    if temperature < MIN_TEMPERATURE:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = probabilities(logits, temperature, top_k)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
@@ -54,7 +60,9 @@ def _as_int(value, name: str, low: int) -> int:
     return value
 
 
-def _check_args(model, idx, max_new_tokens, temperature, top_k, generator):
+def check_args(model, idx, max_new_tokens, temperature, top_k, generator):
+    """The arguments of generate, checked (ValueError / TypeError): (max_new_tokens, temperature
+    as a float, top_k)."""
     model.check_idx(idx, max_len=None)  # longer prompts are cropped to the last block_size
     max_new_tokens = _as_int(max_new_tokens, "max_new_tokens", 0)
     if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
@@ -68,7 +76,8 @@ def _check_args(model, idx, max_new_tokens, temperature, top_k, generator):
     return max_new_tokens, float(temperature), top_k
 
 
-def _token_buffer(B, length, device):
+def token_buffer(B, length, device):
+    """An uninitialised (B, length) LongTensor for a run's tokens (ValueError if it cannot exist)."""
     try:
         return torch.empty(B, length, dtype=torch.long, device=device)
     except RuntimeError as exc:  # e.g. max_new_tokens = 10**13
@@ -86,14 +95,14 @@ def _interrupted():
 
 @torch.no_grad()
 def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
-    max_new_tokens, temperature, top_k = _check_args(model, idx, max_new_tokens, temperature,
-                                                     top_k, generator)
+    max_new_tokens, temperature, top_k = check_args(model, idx, max_new_tokens, temperature,
+                                                    top_k, generator)
     if max_new_tokens == 0:
         return
     block_size = model.config.block_size
     B, T0 = idx.shape
     # All tokens of the run, written in place: no per-step concatenation.
-    tokens = _token_buffer(B, T0 + max_new_tokens, idx.device)
+    tokens = token_buffer(B, T0 + max_new_tokens, idx.device)
     tokens[:, :T0] = idx
     use_cache, greedy = model.phase.opt.kv_cache, temperature < MIN_TEMPERATURE
     mark = None  # (the runtime, its epoch) after this stream's last step

@@ -319,6 +319,46 @@ class GPT(nn.Module):
         with self.lock:
             return self.phase.decode_greedy(self, token)
 
+    @torch.no_grad()
+    def verify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run tokens (B, T) through the KV cache at positions cache_length.. in one call and
+        return the logits of every one of them (B, T, V): speculative decoding scores its drafted
+        tokens so. A prefill-shaped forward at an offset (the phase's forward, never the
+        single-token fused step); on an empty cache, a prefill that keeps every position."""
+        if not self.phase.opt.kv_cache:
+            raise ValueError("verify needs a phase with kv_cache=True")
+        self.check_idx(tokens, max_len=self.config.block_size)
+        B, T = tokens.shape
+        with self.lock:
+            rt = self.phase
+            rt.refresh(self)
+            if rt.kv_caches is None:
+                rt.setup_caches(self, max_batch=B)
+            start = rt.cache_length
+            if B > rt.kv_caches[0].max_batch or (start > 0 and B != rt.cache_batch):
+                raise ValueError(f"verify: batch {B} is not the cache's ({rt.cache_batch} "
+                                 f"sequences filled, room for {rt.kv_caches[0].max_batch})")
+            if start + T > self.config.block_size:
+                raise ValueError(f"verify: {T} tokens after the {start} the KV cache holds "
+                                 f"exceed block_size = {self.config.block_size}")
+            rt.epoch += 1
+            logits = rt.forms.forward(self, tokens, start, False, True)
+            rt.cache_length, rt.cache_batch = start + T, B
+            return logits.clone() if rt.forms.reuses_buffers else logits
+
+    def rewind(self, length: int) -> None:
+        """Keep the first `length` positions of the KV cache (0 <= length <= what it holds): the
+        later ones are dropped, the next call writes over them (speculative decoding's rollback
+        of rejected draft tokens)."""
+        with self.lock:
+            rt = self.phase
+            if (not isinstance(length, int) or isinstance(length, bool)
+                    or not 0 <= length <= rt.cache_length):
+                raise ValueError(f"rewind: length must be an int in [0, {rt.cache_length}] "
+                                 f"(the positions the KV cache holds), got {length!r}")
+            rt.cache_length = length
+            rt.epoch += 1
+
     # ---- generation ---------------------------------------------------------------------
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ HEADINGS = ("## The story", "## Main table", "## Where a token's time goes",
             "## What each switch bought", "## What each switch changed, read off the profiler",
             "## The machine's limits and the roofline",
             "## Training: one optimizer step", "## Initialization", "## Batches and context",
-            "## Weight formats", "## Peer engines on the same weights", "## Profiler traces",
+            "## Weight formats", "## Speculative decoding", "## Peer engines on the same weights", "## Profiler traces",
             "## How long each part took", "## Environment")
 
 
@@ -51,6 +51,7 @@ def test_study_tiny(tiny_study):
     assert data["ratios"]["max"]["speedup_vs_phase0"] > 0
     assert [r["label"] for r in data["waterfall"]][-1] == "= max" and data["training"]["model"]
     assert data["scaling"] and data["quantized"]["speed"] and data["engines"]["cases"]
+    assert all(r["greedy_equal"] for r in data["speculative"]["shapes"][0]["rows"])
     assert [(d["a"], d["b"]) for d in data["diffs"]] == list(DIFF_CHAIN)
     assert all((out / d["flame_graph"]).exists() for d in data["diffs"] if d["status"] == "ok")
     for kind in ("tokens_per_s", "decode_split", "waterfall", "roofline", "positions", "batches",

@@ -125,7 +125,7 @@ INT_BOUNDS = {
     "new_tokens": (1, 100_000, ""), "runs": (1, 10_000, ""), "prompt_len": (1, 16384, ""),
     "long_prompt": (0, 16384, ""), "max_new_tokens": (0, 1_000_000, ""), "top_k": (1, 2**20, ""),
     "tokens": (1, 100_000, ""), "row_limit": (1, 10_000, ""), "sample_tokens": (0, 100_000, ""),
-    "rows": (1, 10_000, ""),
+    "rows": (1, 10_000, ""), "draft_k": (1, 1024, ""),
     "steps": (1, 10**9, ""), "batch_size": (1, 65536, ""), "warmup_steps": (0, 10**9, ""),
     "eval_interval": (1, 10**9, ""), "eval_iters": (1, 10**6, ""), "stop_at": (1, 10**9, ""),
 }

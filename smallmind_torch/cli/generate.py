@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--draft", default=None, metavar="ngram|PRESET",
+                   help="speculative decoding: 'ngram' (prompt lookup) or a preset whose phase "
+                        "drafts with the same weights (e.g. max-int8); the output is --phase's "
+                        "own; prints the acceptance stats")
+    p.add_argument("--draft-k", type=int, default=4, help="tokens drafted per target call (4)")
     add_threads_argument(p)
 
 
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..ops import CustomOpsUnavailable
 
     check_presets([args.phase])
+    speculative = _speculative_config(args)
     if not args.temperature >= 0:  # NaN too
         raise UsageError(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}")
     with threads_from_args(args):
@@ -62,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             ids = [tok.eot_id if tok.eot_id is not None else tok.encode("\n")[0]]
         idx = torch.tensor([ids], dtype=torch.long)
         g = torch.Generator().manual_seed(args.seed)
+        if speculative is not None:
+            return _speculative(model, tok, idx, args, speculative, g)
         out = sys.stdout
         out.write(args.prompt)
         out.flush()
@@ -78,6 +86,33 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(str(e)) from e
         out.write(dec.flush() + "\n")
         out.flush()
+    return 0
+
+
+def _speculative_config(args):
+    """--draft and --draft-k as a SpeculativeConfig (None without --draft)."""
+    from ..speculative import SpeculativeConfig
+
+    if args.draft is None:
+        return None
+    try:
+        return SpeculativeConfig(args.draft, args.draft_k)
+    except ValueError as e:
+        raise UsageError(f"--draft / --draft-k: {e}") from e
+
+
+def _speculative(model, tok, idx, args, config, generator) -> int:
+    """The whole continuation at once (verified in blocks, not streamed), then the stats."""
+    from ..speculative import speculative_generate
+
+    try:
+        tokens, stats = speculative_generate(model, idx, args.max_new_tokens, config,
+                                             args.temperature, args.top_k, generator)
+    except ValueError as e:
+        raise UsageError(f"--draft / --draft-k: {e}") from e
+    print(args.prompt + tok.decode(tokens[0, idx.size(1):].tolist()))
+    print(f"smallmind: speculative, draft {args.draft}, k = {args.draft_k}: {stats.describe()}",
+          file=sys.stderr)
     return 0
 
 

@@ -14,6 +14,7 @@ from .core import (Command, CommandError, UsageError, add_shape_arguments, add_t
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config import TRAINING_SHAPES
     from ..train import TrainConfig
 
     d = TrainConfig()
@@ -43,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--sample-tokens", type=int, default=200,
                    help="tokens of sample text printed at the end (0: none)")
+    p.add_argument("--shape", choices=list(TRAINING_SHAPES), default=None,
+                   help="a named shape (config.TRAINING_SHAPES; default: seed); the shape "
+                        "arguments below override its fields")
     add_shape_arguments(p, "model shape (default: the seed shape)",
                         ("n_layer", "n_head", "n_embd", "block_size"))
 
@@ -87,7 +91,7 @@ def _run(args: argparse.Namespace, rank: int) -> int:
                           dist_timeout=args.dist_timeout)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    model_config = model_config_from_args(args)
+    model_config = model_config_from_args(args, _shape_base(args.shape))
     try:
         result = train(cfg, model_config, resume=args.resume, progress=not args.no_progress,
                        stop_at=args.stop_at)
@@ -112,6 +116,15 @@ def _run(args: argparse.Namespace, rank: int) -> int:
         out = model.generate(idx, max_new_tokens=args.sample_tokens, temperature=0.8, generator=g)
         print("sample:\n" + tok.decode(out[0].tolist()))
     return 0
+
+
+def _shape_base(shape: "str | None") -> "dict | None":
+    """The named shape's fields (None: the shape arguments alone, over the seed shape)."""
+    from dataclasses import asdict
+
+    from ..config import TRAINING_SHAPES
+
+    return None if shape is None else asdict(TRAINING_SHAPES[shape])
 
 
 register(Command("train", "train the model on the default corpus (pydoc topics)", add_arguments, run))

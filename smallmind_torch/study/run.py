@@ -2,8 +2,8 @@
 measures is in measure/, what the report shows in report/). `smallmind study` runs it.
 
     run_study     the presets' table: every preset, its peers (HF), the machine's limits
-    extend_study  the parts beyond it (PARTS: waterfall, diffs, training, init, compile, scaling, quantized,
-                  engines)
+    extend_study  the parts beyond it (PARTS: waterfall, diffs, training, init, compile, scaling,
+                  quantized, speculative, engines)
     trace_study   profiler traces per preset
     run_steps     any of these in order (STEPS), into a new study or one read from results.json
 """
@@ -17,6 +17,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+import torch
+
 from ..compiled import DEPLOYED_FORMS
 from ..config import PHASES, ModelConfig, OptConfig, presets
 from ..model import GPT
@@ -26,6 +28,7 @@ from .measure.preset import measure_preset, reference_run
 from .measure.quality import VALIDATION_SET, validation_stream
 from .measure.quantized import RANDOM_PROMPT, measure_formats
 from .measure.scaling import measure_scaling
+from .measure.speculative import measure_speculative
 from .measure.traces import write_traces
 from .measure.training import measure_init, measure_training_step
 from .measure.waterfall import measure_waterfall
@@ -34,10 +37,13 @@ from .peers.engines import PEERS
 from .protocol.machine import environment, measure_machine
 from .protocol.settings import (BenchSettings, describe_prompt, device_of, fixed_prompt,
                                 progress_over)
-from .results import StudyResult, TrainingResult
+from .results import SpeculativeResult, StudyResult, TrainingResult
 
 GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
-PARTS = ("waterfall", "diffs", "training", "init", "compile", "scaling", "quantized", "engines")
+PARTS = ("waterfall", "diffs", "training", "init", "compile", "scaling", "quantized",
+         "speculative", "engines")
+# the wider trained model of the speculative part (`smallmind train --shape wide`, make study)
+WIDE_CHECKPOINT = "checkpoints/wide"
 STEPS = ("presets", *PARTS, "traces")  # what `smallmind study --only` can run again
 ENGINE_SHAPES = ("seed", "gpt2-small")  # of the engines part: the model's, and GPT2_SMALL
 # The engines of a tiny (smoke) study: ours at both precisions and one peer, enough to run the
@@ -107,7 +113,8 @@ def run_study(model, phases=None, peers: Iterable[str] = ("hf",),
 def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS, *,
                  presets_of=None, large: "ModelConfig | None" = GPT2_SMALL, progress=False,
                  prompt=None, prompt_text: "str | None" = None, engine_shapes=("seed",),
-                 engine_runs: int = 5, out="results") -> StudyResult:
+                 engine_runs: int = 5, out="results",
+                 wide_checkpoint: "str | None" = WIDE_CHECKPOINT) -> StudyResult:
     """Add to `study` (run on `model`) the parts beyond the presets' table, each timed:
     - "waterfall": phase0 to max, switch by switch (waterfall.py);
     - "diffs": each switch of diff.DIFF_CHAIN op by op under the profiler, the differential
@@ -124,6 +131,9 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
       and accuracy against fp32 reference, the validation loss too when the weights are a
       checkpoint, and each lossy format's scoreboard (quality.py) over the validation split
       (a checkpoint's) or a fixed random stream (quantized.py);
+    - "speculative": speculative decoding (ngram and self-speculative drafts, k = 1, 2, 4, 6)
+      against fp32 max's greedy decoding on the model, on `wide_checkpoint` (skipped if absent)
+      and at the `large` shape (random weights) (speculative.py);
     - "engines": the peer engines on the model's weights and, for `engine_shapes` with
       "gpt2-small", at the large shape, each in its own process (peers/bench.py).
     Tiny settings shrink every part (and skip the large shape)."""
@@ -192,6 +202,37 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
                                prompts=prompts, quality_tokens=val, quality_set=evaluation_set,
                                quality_windows=2 if tiny else None)
 
+    def speculative():
+        from ..train.checkpoint import CheckpointError, load_checkpoint
+
+        kw = dict(new_tokens=settings.new_tokens, runs=1 if tiny else 5,
+                  k_values=(1, 2) if tiny else (1, 2, 4, 6))
+        text = describe_prompt(prompt, settings, prompt_text)
+        ids = prompt if prompt is not None else fixed_prompt(model.config, settings.prompt_len,
+                                                             settings.seed)
+        shapes = [measure_speculative(model, ids, label="seed", weights=study.weights,
+                                      prompt_text=text, **kw)]
+        skipped = {}
+        try:
+            wide, tok, _ = (None, None, None) if tiny or not wide_checkpoint else \
+                load_checkpoint(wide_checkpoint)
+        except CheckpointError as exc:
+            wide, skipped["wide"] = None, f"no checkpoint: {exc} (make study trains it)"
+        if wide is not None:
+            wide_ids = (torch.tensor([tok.encode(prompt_text)]) if prompt_text
+                        else fixed_prompt(wide.config, settings.prompt_len, settings.seed))
+            shapes.append(measure_speculative(
+                wide, wide_ids, label="wide", weights=f"checkpoint {wide_checkpoint}",
+                prompt_text=describe_prompt(wide_ids if prompt_text else None, settings,
+                                            prompt_text), **kw))
+        if large is not None:
+            shapes.append(measure_speculative(
+                GPT(large), fixed_prompt(large, settings.prompt_len, settings.seed),
+                label="gpt2-small", weights="random", prompt_text=describe_prompt(None, settings),
+                **kw))
+        return SpeculativeResult(shapes, {"runs": kw["runs"], "k_values": list(kw["k_values"]),
+                                          "new_tokens": settings.new_tokens}, skipped)
+
     def engines():
         n = settings.new_tokens
         first = (prompt if prompt is not None else fixed_prompt(model.config, settings.prompt_len,
@@ -209,8 +250,8 @@ def extend_study(study: StudyResult, model, settings: BenchSettings, parts=PARTS
 
     measure = {"waterfall": lambda: measure_waterfall(model, settings, study.phases),
                "diffs": diffs, "training": training, "init": init, "compile": compile_forms,
-               "scaling": scaling,
-               "quantized": quantized, "engines": engines}
+               "scaling": scaling, "quantized": quantized, "speculative": speculative,
+               "engines": engines}
     for part in PARTS:
         if part in parts:
             if progress and part == "waterfall":

@@ -18,6 +18,8 @@ from ..seed import SEED
 from . import tables as t
 from .diff_tables import diff_markdown
 from .peer_tables import markdown as engines_markdown
+from .speculative_tables import NOTE as SPECULATIVE_NOTE
+from .speculative_tables import markdown as speculative_markdown
 from .plots import plot_all
 
 VIEWERS = ("Beside each trace, and copied here (`traces/<phase>/`), views that open with no "
@@ -224,6 +226,8 @@ def markdown_report(study: StudyResult, plots: "dict | None" = None) -> str:
         lines += [f"![positions]({Path(plots['positions']).name})", ""]
     _markdown_section(lines, "Weight formats: int8, w8a8 and bf16 against fp32",
                       QUANTIZED_NOTE, _quantized_markdown(study))
+    _markdown_section(lines, "Speculative decoding: fp32 max's own tokens, several per call",
+                      SPECULATIVE_NOTE, study.speculative and speculative_markdown(study.speculative))
     _markdown_section(lines, "Peer engines on the same weights (each in its own process)",
                       ENGINES_NOTE, study.engines and engines_markdown(study.engines), "engines", plots)
     if study.traces:

@@ -16,6 +16,7 @@ from ..data import Data
 from ..seed import SEED
 from .diff import OpProfile, OpRow, OpStat, PhaseDiff  # noqa: F401  (the phase diff's)
 from .formats import FormatAccuracy, FormatQuality, FormatSpeed, QuantizedResult  # noqa: F401
+from .speculative import SpeculativeResult, SpeculativeRow, SpeculativeShape  # noqa: F401
 
 @dataclass
 class Check(Data):
@@ -348,6 +349,7 @@ class StudyResult(Data):
     init: dict[str, list[InitResult]] = field(default_factory=dict)          # "model", "large"
     scaling: list[ScalingResult] = field(default_factory=list)
     quantized: QuantizedResult | None = None
+    speculative: SpeculativeResult | None = None
     engines: PeersResult | None = None
     traces: dict[str, TraceResult] = field(default_factory=dict)
     diffs: list[PhaseDiff] = field(default_factory=list)   # consecutive presets, op by op
