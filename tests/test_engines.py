@@ -23,8 +23,11 @@ PROMPT, N = [5, 1, 17, 3], 6
 
 
 ENGINES = ["smallmind", "smallmind:reference", "smallmind:max-int8", "onnxruntime",
-           "onnxruntime-int8", "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled"]
-INT8 = {"smallmind:max-int8", "onnxruntime-int8", "ctranslate2-int8"}
+           "onnxruntime-int8", "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled",
+           "llama.cpp-q4_0"]
+LOSSY = {"smallmind:max-int8": "int8", "onnxruntime-int8": "int8", "ctranslate2-int8": "int8",
+         "llama.cpp-q4_0": "int4"}  # the other llama.cpp and the torchao engines: in
+# test_engines_llama_torchao.py, in this process
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +62,12 @@ def test_each_engine_gives_reference_greedy_tokens(peers_run, name):
         row = next(r for r in case["rows"] if r["engine"] == engine)
         if missing:
             assert row["status"] == "not installed"
-            pytest.skip(f"{name}: {', '.join(missing)} not installed (pip install 'smallmind-torch[peers]')")
+            pytest.skip(f"{name}: {engines.not_installed_reason(name, missing)}")
         assert row["status"] == "ok", row
         assert len(row["runs"]) == 1 and row["tokens_per_s"]["median"] > 0
         assert row["first_token_ms"]["median"] > 0 and row["decode_ms"]["median"] > 0
-        assert row["weights"] == ("int8" if name in INT8 else "fp32")
-        if name in INT8:
+        assert row["weights"] == LOSSY.get(name, "fp32")
+        if name in LOSSY:
             assert 0.0 <= row["agreement"] <= 1.0
             assert (row["first_mismatch"] is None) == (row["agreement"] == 1.0)
         else:
@@ -78,8 +81,9 @@ def test_peers_tiny_writes_tables_and_json_with_every_status(peers_run):
         rows = {r["engine"]: r for r in case["rows"]}
         assert list(rows) == ["smallmind:max", *ENGINES[1:]]
         assert all(r["status"] in ("ok", "not installed") for r in rows.values())
-        for key, fmt in (("x_best_peer", "fp32"), ("x_best_int8_peer", "int8")):
-            ok_peers = [n for n in engines.PEERS if rows[n]["status"] == "ok"
+        for key, fmt in (("x_best_peer", "fp32"), ("x_best_int8_peer", "int8"),
+                         ("x_best_int4_peer", "int4")):
+            ok_peers = [n for n in engines.PEERS if n in rows and rows[n]["status"] == "ok"
                         and rows[n]["weights"] == fmt]
             if ok_peers:
                 best = max(rows[n]["tokens_per_s"]["median"] for n in ok_peers)
@@ -113,7 +117,9 @@ def test_engine_names():
         with pytest.raises(ValueError):
             engines.split_name(bad)
     assert set(engines.PEERS) == {"onnxruntime", "onnxruntime-int8", "ctranslate2",
-                                  "ctranslate2-int8", "hf", "hf-compiled"}
+                                  "ctranslate2-int8", "hf", "hf-compiled", "llama.cpp",
+                                  "llama.cpp-q8_0", "llama.cpp-q4_0", "torchao-int8",
+                                  "torchao-int4"}
     assert engines.engine_weights("smallmind:max-int8") == "int8"
     assert engines.engine_weights("smallmind", "max-int8") == "int8"
     assert engines.engine_weights("smallmind") == engines.engine_weights("hf") == "fp32"

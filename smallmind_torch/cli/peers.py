@@ -1,7 +1,10 @@
-"""`smallmind peers`: smallmind against ONNX Runtime, CTranslate2 and Hugging Face transformers
-on the same weights, each engine in its own process, alternating run by run (docs/study.md;
-study/peers/); the int8 engines (smallmind:max-int8, onnxruntime-int8, ctranslate2-int8)
-beside the fp32 ones, their agreement with fp32 reference's tokens measured. Needs the [peers] extra for the peers; a missing one is "not installed".
+"""`smallmind peers`: smallmind against ONNX Runtime, CTranslate2, Hugging Face transformers,
+llama.cpp and torchao on the same weights, each engine in its own process, alternating run by
+run (docs/study.md; study/peers/); the int8 and int4 engines (smallmind:max-int8,
+onnxruntime-int8, ctranslate2-int8, llama.cpp-q8_0, llama.cpp-q4_0, torchao-int8,
+torchao-int4) beside the fp32 ones, their agreement with fp32 reference's tokens measured.
+Needs the [peers] extra (llama.cpp: [llamacpp], torchao: [torchao]); a peer whose packages are
+missing is "not installed".
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", nargs="+", default=None, metavar="ENGINE",
                    help="smallmind (the --phase preset), smallmind:PRESET (e.g. "
                         "smallmind:max-int8), onnxruntime, onnxruntime-int8, ctranslate2, "
-                        "ctranslate2-int8, hf, hf-compiled (default: smallmind, "
+                        "ctranslate2-int8, hf, hf-compiled, llama.cpp, llama.cpp-q8_0, "
+                        "llama.cpp-q4_0, torchao-int8, torchao-int4 (default: smallmind, "
                         "smallmind:max-int8 and every peer)")
     p.add_argument("--shapes", nargs="+", default=None, metavar="SHAPE",
                    help="seed, gpt2-small, tiny, custom (the seed shape changed by the shape "
@@ -37,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 512: GPT-2 small; 0: none)")
     p.add_argument("--phase", default="max", help="preset of the `smallmind` engine (max)")
     p.add_argument("--compile-backend", default="inductor",
-                   help="torch.compile backend of hf-compiled (inductor)")
+                   help="torch.compile backend of hf-compiled and the torchao engines "
+                        "(inductor)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint directory for the seed shape (smallmind train); default: "
                         "random weights from --seed")
@@ -135,5 +140,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-register(Command("peers", "smallmind against ONNX Runtime, CTranslate2 and HF on the same "
-                          "weights, each in its own process (docs/study.md)", add_arguments, run))
+register(Command("peers", "smallmind against ONNX Runtime, CTranslate2, HF, llama.cpp and "
+                          "torchao on the same weights, each in its own process (docs/study.md)",
+                 add_arguments, run))

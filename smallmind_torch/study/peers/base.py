@@ -80,7 +80,9 @@ class Engine:
     name = ""
     label = ""
     requires: tuple = ()    # modules the engine imports (missing: "not installed")
-    weights = "fp32"        # the weight format it computes with: "fp32" or "int8"
+    extra = "peers"         # the package extra that installs them
+    weights = "fp32"        # the weight format it computes with: "fp32", "int8" or "int4"
+    compiled = False        # torch.compile'd: made with the compile backend
 
     def __init__(self, threads: int):
         self.threads = threads

@@ -7,9 +7,10 @@ thread count, one worker process per engine (worker.py) prepares its engine (exp
 conversion: the one-time costs it reports), and for every prompt:
 
 1. each engine generates once: its tokens are checked against reference's. An fp32 engine that
-   disagrees is FAILED (first mismatching token) and never timed; an int8 engine's agreement
-   (the fraction of equal tokens, the first that differs) is recorded instead; one whose
-   package is missing is "not installed"; any other failure is "error: <reason>";
+   disagrees is FAILED (first mismatching token) and never timed; an int8 or int4 engine's
+   agreement (the fraction of equal tokens, the first that differs) is recorded instead; one
+   whose package is missing is "not installed" (with the extra that installs it); any other
+   failure, a library that fails to load included, is "error: <reason>";
 2. `runs` rounds, each running every engine that passed once, in a rotating order, with a
    short pause between engines (idle thread pools of the previous one stop spinning); every
    run's tokens are checked again.
@@ -37,11 +38,12 @@ from ..protocol.settings import fixed_prompt
 from ..protocol.timing import spread
 from ..results import CaseResult, EngineRow, PeersResult
 from .base import RunTiming, save_weights
-from .engines import engine_weights, is_peer, make_engine, missing_packages
+from .engines import engine_weights, is_peer, make_engine, missing_packages, not_installed_reason
 from .worker import answer, reason
 
 DEFAULT_ENGINES = ("smallmind", "smallmind:max-int8", "onnxruntime", "onnxruntime-int8",
-                   "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled")
+                   "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled", "llama.cpp",
+                   "llama.cpp-q8_0", "llama.cpp-q4_0", "torchao-int8", "torchao-int4")
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ def start_workers(engines, weights, workdir, threads, settings, rows: dict, log,
         missing = missing_packages(engine)
         if missing:
             rows[engine].status = "not installed"
-            rows[engine].reason = f"{', '.join(missing)} missing (pip install 'smallmind-torch[peers]')"
+            rows[engine].reason = not_installed_reason(engine, missing)
         elif in_process:
             try:
                 ready[engine] = worker = InProcess(engine, weights, workdir, threads, settings)

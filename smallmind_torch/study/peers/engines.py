@@ -15,20 +15,30 @@ worker loads only what its engine needs (and torch, which the package imports).
     ctranslate2   CTranslate2's own converter from the Hugging Face model, greedy
     ctranslate2-int8  the same model loaded with compute_type="int8" (CTranslate2 quantizes the
                   weights on load and runs its int8 GEMMs)
-    hf            transformers `GPT2LMHeadModel.generate`
+    hf            transformers `GPT2LMHeadModel.generate` (hf_engines.py)
     hf-compiled   the same with a static cache and `torch.compile` (compiled on the first call
                   of each prompt shape: that call's extra time is the compile time)
+    llama.cpp     llama.cpp (llama-cpp-python) on a GGUF file written from our weights
+                  (llama_cpp_engine.py, gguf_export.py); llama.cpp-q8_0 and llama.cpp-q4_0
+                  on the same file with its matrices in q8_0 / q4_0
+    torchao-int8  hf-compiled after torchao's int8 weight-only `quantize_` (torchao_engine.py);
+    torchao-int4  ... int4 weight-only, groups of 32
+
+The peers beyond ONNX Runtime, CTranslate2 and HF come with their own extras (`Engine.extra`:
+[llamacpp], [torchao]); an engine whose packages are missing is "not installed" with the
+command that installs them (`not_installed_reason`).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 import time
-import warnings
 from pathlib import Path
 
-from ..protocol.timing import device_sync
 from .base import Engine, load_weights
+from .hf_engines import HFCompiledEngine, HFEngine
+from .llama_cpp_engine import LlamaCppEngine, LlamaCppQ4Engine, LlamaCppQ8Engine
+from .torchao_engine import TorchAOInt4Engine, TorchAOInt8Engine
 
 
 class SmallmindEngine(Engine):
@@ -210,84 +220,12 @@ class CTranslate2Int8Engine(CTranslate2Engine):
     compute_type = "int8"  # quantized from the float32 conversion as it loads
 
 
-class TimingStreamer:
-    """A transformers streamer that stamps each new token (put() is called once with the prompt,
-    then once per generated token)."""
-
-    def __init__(self, device):
-        self.device = device
-        self.stamps = []
-
-    def put(self, value):
-        device_sync(self.device)
-        self.stamps.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
-class HFEngine(Engine):
-    name = "hf"
-    label = "HF generate"
-    requires = ("transformers", "torch")
-    compiled = False
-
-    def prepare(self, weights, workdir):
-        self.use_threads()
-        start = time.perf_counter()
-        self.hf = load_weights(weights).to_hf().eval()
-        self.hf.generation_config.eos_token_id = None  # exactly n tokens, like every engine
-        if self.compiled:
-            import torch
-
-            # transformers' recipe (docs: static cache and torch.compile); the compile itself
-            # happens in the first generate of each prompt shape
-            self.hf.generation_config.cache_implementation = "static"
-            self.hf.forward = torch.compile(self.hf.forward, backend=self.backend,
-                                            mode="reduce-overhead" if self.backend == "inductor" else None,
-                                            fullgraph=True)
-        return {"load_s": time.perf_counter() - start}
-
-    def generate(self, prompt, n):
-        import torch
-
-        idx = torch.tensor([prompt], dtype=torch.long)
-        streamer = TimingStreamer("cpu")  # stamps each token as generate streams it
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = self.hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n,
-                                   min_new_tokens=n, do_sample=False, pad_token_id=0,
-                                   streamer=streamer)
-        return out[0, len(prompt):].tolist(), streamer.stamps[1:]  # stamps[0]: the prompt
-
-    def compile_counters(self) -> dict:
-        """Inductor's FX graph cache hits and misses so far (was the compile cold?)."""
-        if not self.compiled:
-            return {}
-        try:
-            from torch._dynamo.utils import counters
-        except Exception:  # pragma: no cover
-            return {}
-        return {k: int(v) for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}
-
-
-class HFCompiledEngine(HFEngine):
-    name = "hf-compiled"
-    label = "HF generate, static cache + torch.compile"
-    compiled = True
-
-    def __init__(self, threads: int, backend: str = "inductor"):
-        super().__init__(threads)
-        self.backend = backend  # e.g. "aot_eager": the plumbing without inductor's compile
-        if backend != "inductor":
-            self.label = f"{self.label}[{backend}]"
-
-
 # ---- registry --------------------------------------------------------------------------------
 
 ENGINES: dict = {cls.name: cls for cls in (SmallmindEngine, OnnxRuntimeEngine, OnnxRuntimeInt8Engine,
                                             CTranslate2Engine, CTranslate2Int8Engine, HFEngine,
-                                            HFCompiledEngine)}
+                                            HFCompiledEngine, LlamaCppEngine, LlamaCppQ8Engine,
+                                            LlamaCppQ4Engine, TorchAOInt8Engine, TorchAOInt4Engine)}
 PEERS = tuple(name for name in ENGINES if name != "smallmind")   # the engines we measure against
 
 
@@ -311,8 +249,8 @@ def make_engine(name: str, threads: int, default_preset: str = "max",
     base, preset = split_name(name)
     if base == "smallmind":
         return SmallmindEngine(threads, preset or default_preset)
-    if base == "hf-compiled":
-        return HFCompiledEngine(threads, compile_backend)
+    if ENGINES[base].compiled:  # hf-compiled, the torchao engines
+        return ENGINES[base](threads, compile_backend)
     return ENGINES[base](threads)
 
 
@@ -320,6 +258,12 @@ def missing_packages(name: str) -> list:
     """The modules an engine needs that are not installed (checked without importing them)."""
     base, _ = split_name(name)
     return [m for m in ENGINES[base].requires if importlib.util.find_spec(m) is None]
+
+
+def not_installed_reason(name: str, missing: list) -> str:
+    """Why an engine is "not installed": its missing modules and the extra that installs them."""
+    extra = ENGINES[split_name(name)[0]].extra
+    return f"{', '.join(missing)} missing (pip install 'smallmind-torch[{extra}]')"
 
 
 def is_peer(name: str) -> bool:
@@ -336,9 +280,10 @@ def preset_weights(preset: str) -> str:
 
 
 def engine_weights(name: str, default_preset: str = "max") -> str:
-    """The weight format an engine computes with: "fp32", or "int8" for the int8 engines and
-    `smallmind:max-int8`; its greedy tokens are compared with fp32 reference's, and for a
-    lossy format the agreement is measured, not required."""
+    """The weight format an engine computes with: "fp32", "int8" for the int8 engines (q8_0
+    among them) and `smallmind:max-int8`, "int4" for the int4 ones (q4_0 among them); its
+    greedy tokens are compared with fp32 reference's, and for a lossy format the agreement is
+    measured, not required."""
     base, preset = split_name(name)
     if base == "smallmind":
         return preset_weights(preset or default_preset)

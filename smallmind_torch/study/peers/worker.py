@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..protocol.profiling import profile_call
 from .base import timed_run
-from .engines import make_engine, missing_packages
+from .engines import make_engine, missing_packages, not_installed_reason
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,7 +98,7 @@ def main(argv: "list[str] | None" = None) -> int:
     missing = missing_packages(args.engine)
     if missing:
         send({"ok": False, "status": "not installed",
-              "error": f"{', '.join(missing)} not installed (pip install 'smallmind-torch[peers]')"})
+              "error": not_installed_reason(args.engine, missing)})
         return 0
     send({"ok": True, "started": True})  # imported: the driver starts every worker at once
     first = sys.stdin.readline()  # then has them prepare one at a time: {"op": "prepare"}

@@ -3,9 +3,9 @@ and a Markdown table per case, from a results.PeersResult.
 
 A case is one shape and one prompt; its rows are one per (engine, thread count). Ratios
 (CaseResult.ratios) are taken inside a case and a thread count, between figures measured in
-the same run: tokens/s over the best fp32 peer's and over the best int8 peer's, first-token
-time over ONNX Runtime's. An int8 engine's tokens are not required to equal fp32 reference's:
-their agreement is shown.
+the same run: tokens/s over the best fp32 peer's, the best int8 peer's and the best int4
+peer's, first-token time over ONNX Runtime's. An int8 or int4 engine's tokens are not required
+to equal fp32 reference's: their agreement is shown.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ...machine_load import DISTURBED_RATIO
 from ..results import CaseResult, EngineRow, PeersResult
 
 HEADER = ["engine", "weights", "threads", "tokens/s", "min-max", "first token ms", "decode ms",
-          "x best fp32 peer", "x best int8 peer", "first token x ORT", "one-time", "check"]
+          "x best fp32 peer", "x best int8 peer", "x best int4 peer", "first token x ORT",
+          "one-time", "check"]
 
 
 def _num(value, digits=None) -> str:
@@ -58,7 +59,7 @@ def case_rows(case: CaseResult) -> list:
     rows = []
     for r in case.rows:
         if not r.ok:
-            rows.append([_short_label(r), r.weights, str(r.threads), *["-"] * 7, _one_time(r),
+            rows.append([_short_label(r), r.weights, str(r.threads), *["-"] * 8, _one_time(r),
                          r.describe_status()])
             continue
         ratio = ratios.get(r.threads, {}).get(r.engine, {})
@@ -68,7 +69,8 @@ def case_rows(case: CaseResult) -> list:
             _short_label(r), r.weights, str(r.threads), _num(tps["median"] if tps else None),
             _range(tps), _num(first["median"] if first else None),
             _num(decode["median"] if decode else None),
-            x("x_best_peer"), x("x_best_int8_peer"), x("first_token_x_onnxruntime"),
+            x("x_best_peer"), x("x_best_int8_peer"), x("x_best_int4_peer"),
+            x("first_token_x_onnxruntime"),
             _one_time(r), r.describe_check()])
     return rows
 
@@ -76,7 +78,7 @@ def case_rows(case: CaseResult) -> list:
 def format_case(case: CaseResult) -> str:
     rows = [HEADER] + case_rows(case)
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    right = {2, 3, 4, 5, 6, 7, 8, 9}
+    right = {2, 3, 4, 5, 6, 7, 8, 9, 10}
     lines = [case.title]
     for row in rows:
         lines.append("  ".join(cell.rjust(w) if i in right else cell.ljust(w)

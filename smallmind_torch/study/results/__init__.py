@@ -170,8 +170,8 @@ class EngineRow(_StatusAndMemory, Data):
     setup: dict = field(default_factory=dict)   # one-time costs in seconds (export_s, ...)
     first_call_s: float | None = None  # the check run (the first call: includes any compile)
     first_mismatch: int | None = None  # first generated token that differs from reference's
-    weights: str = "fp32"              # the weight format the engine computes with
-    agreement: float | None = None     # int8: the fraction of its greedy tokens = reference's
+    weights: str = "fp32"              # the weight format the engine computes with (int8, int4)
+    agreement: float | None = None     # int8, int4: the fraction of its greedy tokens = reference's
     tokens_per_s: dict | None = None   # spread() over the runs: min, median, max, ...
     first_token_ms: dict | None = None
     decode_ms: dict | None = None
@@ -183,8 +183,9 @@ class EngineRow(_StatusAndMemory, Data):
 
     @property
     def compile_s(self) -> float | None:
-        """hf-compiled: the first call's time beyond a steady run's (the compile)."""
-        if not self.engine.startswith("hf-compiled") or self.first_call_s is None or not self.runs:
+        """hf-compiled, torchao: the first call's time beyond a steady run's (the compile)."""
+        if (not self.engine.startswith(("hf-compiled", "torchao")) or self.first_call_s is None
+                or not self.runs):
             return None
         return max(0.0, self.first_call_s - statistics.median(r["total_s"] for r in self.runs))
 
@@ -216,18 +217,20 @@ class CaseResult(Data):
 
     def ratios(self) -> dict:
         """{threads: {engine: {"x_best_peer": ..., "x_best_int8_peer": ...,
-        "first_token_x_onnxruntime": ...}}}; x_best_peer is over the best fp32 peer."""
+        "x_best_int4_peer": ..., "first_token_x_onnxruntime": ...}}}; x_best_peer is over the
+        best fp32 peer."""
         out = {}
         for threads in sorted({r.threads for r in self.rows}):
             rows = [r for r in self.rows if r.threads == threads and r.ok and r.tokens_per_s]
             best = {fmt: max((r.tokens_per_s["median"] for r in rows
                               if r.is_peer and r.weights == fmt), default=None)
-                    for fmt in ("fp32", "int8")}
+                    for fmt in ("fp32", "int8", "int4")}
             ort = next((r for r in rows if r.engine == "onnxruntime"), None)
             group = {}
             for r in rows:
                 ratio = {}
-                for fmt, key in (("fp32", "x_best_peer"), ("int8", "x_best_int8_peer")):
+                for fmt, key in (("fp32", "x_best_peer"), ("int8", "x_best_int8_peer"),
+                                 ("int4", "x_best_int4_peer")):
                     if best[fmt]:
                         ratio[key] = r.tokens_per_s["median"] / best[fmt]
                 if ort is not None and ort.first_token_ms and r.first_token_ms:
