@@ -119,6 +119,20 @@ def check_int4_group(group_size, k: int, what: str = "quantize_int4") -> None:
                          f"group size that is a multiple of {INT4_BLOCK}")
 
 
+class FormatUnavailable(ValueError):
+    """A model whose matrices a weight format cannot hold (int4: a width not a multiple of its
+    group size)."""
+
+
+def format_problem(fmt: str, config) -> "str | None":
+    """Why a model of shape `config` (a ModelConfig) cannot hold its matrices in the format
+    `fmt` (None: it can). Every matrix's K is n_embd or 4 n_embd."""
+    if fmt == "int4" and config.n_embd % INT4_GROUP:
+        return (f"int4 weights need n_embd a multiple of their group size {INT4_GROUP} (every "
+                f"matrix's K is n_embd or 4 n_embd); this model has n_embd = {config.n_embd}")
+    return None
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """q int (N, K) in [-7, 7], K a multiple of 32 -> uint8 (N, K / 2): q + 8 two per byte, in
     each block of 32 byte i = element i (low nibble) | element i + 16 (high nibble)."""
