@@ -1,4 +1,4 @@
-"""Weight formats against fp32 `max`: int8 (`max-int8`) and bf16 (custom ops) at the seed and
+"""Weight formats against fp32 `max`: int8 (`max-int8`), int4 (`max-int4`) and bf16 (custom ops) at the seed and
 GPT-2 small shapes, speed at 1 and 2 threads and what each format costs in accuracy
 (study/measure/quantized.py, the report's section of the same name).
 

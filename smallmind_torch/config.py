@@ -4,8 +4,8 @@
 row of the study's bottleneck table (docs/study.md); each field names the *form* that row
 runs in. `PHASES` holds the fixed presets and `MAX_CANDIDATES` what "max" chooses from: data,
 not code paths (`phases.resolve` turns a name into an OptConfig, `model.resolve_forms` an
-OptConfig into callables). `MAX_PRESETS` names the presets chosen by measurement: "max" and
-"max-int8".
+OptConfig into callables). `MAX_PRESETS` names the presets chosen by measurement: "max",
+"max-int8" and "max-int4".
 """
 from __future__ import annotations
 
@@ -97,9 +97,11 @@ FORMS: dict[str, tuple] = {
     # "bf16" = bfloat16 weights and activations in the dot products, float32 accumulation
     # (native bf16 dot products on AVX512_BF16); "w8a8" = int8's weights with int8 activations
     # (each row quantized on the fly) and exact int32 dot products (VNNI where present), as
-    # the engines' int8 compute types do; with matmul="torch" each is computed in float32 on
-    # the rounded operands by the library's GEMM (the naive form)
-    "weights": ("fp32", "int8", "bf16", "w8a8"),
+    # the engines' int8 compute types do; "int4" = group-wise int4 weights (a scale per row and
+    # group of 32 inputs, two weights per byte, ggml q4_0's layout) with w8a8's int8
+    # activations and exact int32 sums per group; with matmul="torch" each is computed in
+    # float32 on the rounded operands by the library's GEMM (the naive form)
+    "weights": ("fp32", "int8", "bf16", "w8a8", "int4"),
 }
 
 # Forms that only make sense on top of others: (switch, form) -> the switches it needs.
@@ -112,24 +114,26 @@ REQUIRES = {
     # the package is the decode step over the KV cache
     ("compile", "aot-inductor"): {"workspace": False, "fused_decode": False, "kv_cache": True},
     # compiled code reads the fp32 weights; the fused decode step has int8 variants
-    # (decode_step_q8_, for int8 and w8a8), no bf16 one
+    # (decode_step_q8_, for int8 and w8a8) and an int4 one (decode_step_q4_), no bf16 one
     ("weights", "int8"): {"compile": "off"},
     ("weights", "w8a8"): {"compile": "off"},
+    ("weights", "int4"): {"compile": "off"},
     ("weights", "bf16"): {"compile": "off", "fused_decode": False},
 }
 
 # Forms whose output is not the reference's up to float rounding: their error against fp32 is
 # measured (study/measure/quantized.py) and bounded by their own tests; a phase with one is checked to
 # 1e-4 against `reference_for(opt)`, the reference forms on the same rounded weights.
-LOSSY_FORMS = {("weights", "int8"), ("weights", "bf16"), ("weights", "w8a8")}
+LOSSY_FORMS = {("weights", "int8"), ("weights", "bf16"), ("weights", "w8a8"), ("weights", "int4")}
 
 # The check's bound on |logit difference| against reference_for(opt), by weight format, where
-# float rounding (1e-4) is not enough: w8a8 rounds the activations to int8 and bf16 to bfloat16,
+# float rounding (1e-4) is not enough: w8a8 and int4 round the activations to int8 and bf16 to
+# bfloat16,
 # and wherever two forms' float results straddle a rounding boundary an activation moves by one
 # step of that format (max |row| / 127 for int8, 2^-8 of the value for bf16), which moves logits
 # by up to a few 1e-2 (measured for bf16: 5e-3 at the seed shape, 1.2e-2 at 12 x 768; tested in
 # test_quantized.py). Greedy tokens must still match.
-CHECK_TOLERANCE = {"w8a8": 0.1, "bf16": 0.1}
+CHECK_TOLERANCE = {"w8a8": 0.1, "bf16": 0.1, "int4": 0.1}
 
 
 # The quality bound of a lossy candidate of "max" / "max-int8" (tuning.py): its mean KL
@@ -250,8 +254,17 @@ MAX_INT8_CANDIDATES: dict[str, OptConfig] = {
     "int8 sdpa + kv cache": MAX_CANDIDATES["sdpa + kv cache"].replace(weights="int8"),
 }
 
+# "max-int4" likewise with int4 weights (group-wise, int8 activations; the model's width must be
+# a multiple of 32, the group size); the last candidate needs no custom op.
+MAX_INT4_CANDIDATES: dict[str, OptConfig] = {
+    "int4 fused decode": MAX_CANDIDATES["fused decode"].replace(weights="int4"),
+    "int4 custom ops": MAX_CANDIDATES["custom ops"].replace(weights="int4"),
+    "int4 sdpa + kv cache": MAX_CANDIDATES["sdpa + kv cache"].replace(weights="int4"),
+}
+
 # preset name -> the candidates it chooses from
-MAX_PRESETS: dict[str, dict] = {"max": MAX_CANDIDATES, "max-int8": MAX_INT8_CANDIDATES}
+MAX_PRESETS: dict[str, dict] = {"max": MAX_CANDIDATES, "max-int8": MAX_INT8_CANDIDATES,
+                                "max-int4": MAX_INT4_CANDIDATES}
 
 
 def reference_for(opt: OptConfig) -> OptConfig:
@@ -262,5 +275,5 @@ def reference_for(opt: OptConfig) -> OptConfig:
 
 def presets() -> tuple:
     """Every name a phase can be given by: the presets of PHASES (read at call time, so one
-    added to it counts), then "max" and "max-int8"."""
+    added to it counts), then "max", "max-int8" and "max-int4"."""
     return (*PHASES, *MAX_PRESETS)

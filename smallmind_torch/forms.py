@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from . import ops
 from .labels import region
-from .weight_formats import QuantizedWeight, linear_w8a8_reference, round_to_bf16
+from .weight_formats import Int4Weight, QuantizedWeight, linear_w4a8_reference, \
+    linear_w8a8_reference, round_to_bf16
 
 
 # ---- bottleneck 6: LayerNorm ----------------------------------------------------------------
@@ -72,7 +73,7 @@ def linear_custom(x, weight, bias, out=None):
 LINEAR = {"torch": linear_torch, "custom": linear_custom}
 
 
-# ---- beyond the seed: int8 and bf16 weights (the `weights` switch) ---------------------------
+# ---- beyond the seed: int8, int4 and bf16 weights (the `weights` switch) ---------------------
 # Each form takes the weight as its format stores it (weight_formats.prepare: made once, when the
 # phase is set) and has the naive form right above the fast one: "torch" computes in float32 on
 # the operands as the format rounds them (the weight dequantized, for bf16 the activations
@@ -95,6 +96,15 @@ def linear_w8a8_custom(x, weight: QuantizedWeight, bias, out=None):
     return ops.linear_w8a8(x, weight.w_q, weight.scale, bias, out=out)
 
 
+def linear_int4_torch(x, weight: Int4Weight, bias, out=None):
+    y = linear_w4a8_reference(x, weight, bias)  # the dequantized weight, int8 activations
+    return y if out is None else out.copy_(y)
+
+
+def linear_int4_custom(x, weight: Int4Weight, bias, out=None):
+    return ops.linear_q4(x, weight.packed, weight.scales, weight.group_size, bias, out=out)
+
+
 def linear_bf16_torch(x, weight, bias, out=None):
     return linear_torch(round_to_bf16(x), weight.to(x.dtype), bias, out=out)
 
@@ -109,6 +119,7 @@ LINEAR_BY_WEIGHTS = {
     "int8": {"torch": linear_int8_torch, "custom": linear_int8_custom},
     "bf16": {"torch": linear_bf16_torch, "custom": linear_bf16_custom},
     "w8a8": {"torch": linear_w8a8_torch, "custom": linear_w8a8_custom},
+    "int4": {"torch": linear_int4_torch, "custom": linear_int4_custom},
 }
 
 

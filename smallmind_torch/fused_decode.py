@@ -5,12 +5,14 @@ The unit in one file, read top to bottom:
   ops' parameter lists (the ops take them as one `Tensor[]`), and `Q8_PARAMS`, the matrices
   `decode_step_q8_` takes as int8;
 - `decode_block_reference`: one block (the `decode_block_` op) in plain PyTorch, and
-  `decode_step_reference`: the whole step (the `decode_step_` and `decode_step_q8_` ops:
+  `decode_step_reference`: the whole step (the `decode_step_`, `decode_step_q8_` and
+  `decode_step_q4_` ops:
   embeddings, every block, ln_f, the tied lm head, the argmax), both in the same step order and
   with the same names as `csrc/decode_kernel.h`;
 - `FusedStep`: the model's decode step on the op, what the `fused_decode` switch selects for
   one new token per sequence: every argument but the token and its position gathered once
-  (on int8 weights, the phase's QuantizedWeights, for "w8a8" with int8 activations too), so
+  (on int8 weights, the phase's QuantizedWeights, for "w8a8" with int8 activations too; on int4
+  weights its Int4Weights), so
   that a step looks nothing up; logits and, for greedy generation, the next token ids, views of
   the phase's workspace.
 
@@ -27,8 +29,8 @@ import torch.nn.functional as F
 
 from . import ops
 from .decode_layout import BLOCK_PARAMS, Q8_PARAMS
-from .forms import linear_int8_torch, linear_w8a8_torch
-from .weight_formats import QuantizedWeight
+from .forms import linear_int4_torch, linear_int8_torch, linear_w8a8_torch
+from .weight_formats import Int4Weight, QuantizedWeight
 from .labels import region
 
 # BLOCK_PARAMS (the ops' parameter order: nanoGPT names, weights in nn.Linear layout (out, in))
@@ -76,22 +78,30 @@ def decode_block_reference(x, params, k_cache, v_cache, pos: int, n_head: int, e
 
 def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
                           v_caches, n_head: int, eps: float, logits, next_tokens,
-                          weights_q8=None, scales_q8=None, int8_activations: bool = False):
+                          weights_q8=None, scales_q8=None, int8_activations: bool = False, *,
+                          weights_q4=None, scales_q4=None, group_size: int = 32):
     """Plain PyTorch of `decode_step_`: tokens (B,) or (B, 1) at position `pos`; block_params
     12 tensors per block (BLOCK_PARAMS order, block after block); one k and one v cache per
     block, row `pos` written; logits (B, [1,] V) and next_tokens (B, [1]) written in place.
     Returns (logits, next_tokens). With weights_q8 / scales_q8, `decode_step_q8_`: the four
     weight matrices of each block and the lm head are the dequantized int8 ones, and with
-    int8_activations their input rows are quantized too (w8a8)."""
+    int8_activations their input rows are quantized too (w8a8). With weights_q4 / scales_q4,
+    `decode_step_q4_`: the same matrices as Int4Weights of `group_size`, their input rows
+    quantized to int8 (forms.linear_int4_torch)."""
     B, C = tokens.size(0), wte.size(1)
     linear, head = F.linear, wte  # the lm head is tied to the token embedding
+    quantized = None
     if weights_q8 is not None:
         quantized = [QuantizedWeight(w_q, scale) for w_q, scale in zip(weights_q8, scales_q8)]
+        linear = linear_w8a8_torch if int8_activations else linear_int8_torch  # the naive forms
+    elif weights_q4 is not None:
+        quantized = [Int4Weight(w, s, group_size) for w, s in zip(weights_q4, scales_q4)]
+        linear = linear_int4_torch
+    if quantized is not None:
         block_params = list(block_params)
         for l in range(len(k_caches)):
             for m, i in enumerate(Q8_PARAMS):
                 block_params[N_PARAMS * l + i] = quantized[len(Q8_PARAMS) * l + m]
-        linear = linear_w8a8_torch if int8_activations else linear_int8_torch  # the naive forms
         head = quantized[-1]
     x = wte[tokens.reshape(B)] + wpe[pos]  # (B, C)
     for l, (k_cache, v_cache) in enumerate(zip(k_caches, v_caches)):  # every block
@@ -104,10 +114,11 @@ def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f
 
 
 class FusedStep:
-    """A phase's fused decode step, ready to call: the op (`decode_step_`, or on int8 weights
-    `decode_step_q8_`) with every argument but the token and its position, gathered once when
-    the phase's KV caches are set up (runtime.PhaseRuntime.setup_caches). `fmt`: the `weights`
-    switch; for "int8" and "w8a8", `prepared` maps each linear layer to its QuantizedWeight.
+    """A phase's fused decode step, ready to call: the op (`decode_step_`, on int8 weights
+    `decode_step_q8_`, on int4 ones `decode_step_q4_`) with every argument but the token and its
+    position, gathered once when the phase's KV caches are set up
+    (runtime.PhaseRuntime.setup_caches). `fmt`: the `weights` switch; for "int8", "w8a8" and
+    "int4", `prepared` maps each linear layer to its QuantizedWeight or Int4Weight.
     A call returns (logits (B, 1, V), next token ids (B, 1)), views of the workspace valid
     until the next call."""
 
@@ -123,10 +134,18 @@ class FusedStep:
                      c.n_head, c.layer_norm_epsilon)
         # the ops themselves (OpOverloads), not their Python bindings: every argument was
         # checked when gathered, the bindings' diagnosis is for callers that build their own
+        quantized = [] if fmt == "fp32" else [prepared[module] for module in q8_modules(model)]
         if fmt == "fp32":
             self.op, self.int8_args = torch.ops.smallmind.decode_step_.default, ()
+        elif fmt == "int4":
+            groups = {w.group_size for w in quantized}
+            if len(groups) != 1:
+                raise ValueError(f"fused decode on int4 weights needs one group size for every "
+                                 f"matrix, got {sorted(groups)}")
+            self.op = torch.ops.smallmind.decode_step_q4_.default
+            self.int8_args = ([w.packed for w in quantized], [w.scales for w in quantized],
+                              groups.pop())
         else:  # int8 or w8a8: the same int8 weights, int8 activations for w8a8
-            quantized = [prepared[module] for module in q8_modules(model)]
             self.op = torch.ops.smallmind.decode_step_q8_.default
             self.int8_args = ([w.w_q for w in quantized], [w.scale for w in quantized],
                               fmt == "w8a8")

@@ -17,6 +17,7 @@ import torch
 from . import ops, tuning
 from .config import MAX_PRESETS, PHASES, OptConfig, presets
 from .runtime import Phase, PhaseRuntime
+from .weight_formats import FormatUnavailable, format_problem
 
 
 def custom_ops_problem(opt: OptConfig, device, dtype) -> "str | None":
@@ -83,10 +84,27 @@ def decide(phase: "str | OptConfig", *, device="cpu", dtype=torch.float32, model
 
 def resolve(phase: "str | OptConfig | Phase | PhaseRuntime", model) -> PhaseRuntime:
     """What `model` runs for `phase`: decided for its device and dtype (decide), then made
-    ready on it. A Phase is made ready as it is; a PhaseRuntime of this model is returned."""
+    ready on it. A Phase is made ready as it is; a PhaseRuntime of this model is returned.
+    Raises FormatUnavailable (a ValueError) where the phase's weight format cannot hold the
+    model's matrices (int4 on a width that is not a multiple of 32)."""
     if isinstance(phase, PhaseRuntime):
         return phase
+    problem = format_problem(_weights_of(phase), model.config)
+    if problem is not None:  # before "max-int4" measures its candidates
+        raise FormatUnavailable(f"phase {getattr(phase, 'requested', phase)!r} cannot run on "
+                                f"this model: {problem}")
     if not isinstance(phase, Phase):
         param = model.transformer.wte.weight
         phase = decide(phase, device=param.device, dtype=param.dtype, model=model)
     return PhaseRuntime(model, phase)
+
+
+def _weights_of(phase) -> str:
+    """The weight format `phase` runs in (a max preset's: its candidates', which share one)."""
+    if isinstance(phase, Phase):
+        return phase.opt.weights
+    if isinstance(phase, OptConfig):
+        return phase.weights
+    if isinstance(phase, str) and phase in MAX_PRESETS:
+        return next(iter(MAX_PRESETS[phase].values())).weights
+    return "fp32"

@@ -1,9 +1,15 @@
 """The weight formats of the `weights` switch, in plain PyTorch: how an fp32 weight becomes
-int8 or bf16, and the weight each format's linear form reads.
+int8, int4 or bf16, and the weight each format's linear form reads.
 
 - int8 (and w8a8, which reads the same int8 weights): symmetric, per output channel
   (`quantize_per_channel`: scale[n] = max |w[n, :]| / 127, w_q = round(w / scale) in
   [-127, 127]); the weight it stands for is scale[:, None] * w_q. A `QuantizedWeight` holds both.
+- int4 (`quantize_int4`): symmetric, per output channel and group of `group_size` (32 by
+  default) consecutive inputs: scale[n, g] = max |w[n, group g]| / 7, q = round(w / scale) in
+  [-7, 7], stored two per byte as q + 8 (ggml q4_0's layout inside each block of 32: byte i
+  holds element i in its low nibble, element i + 16 in its high one). An `Int4Weight` holds
+  the packed bytes and the scales; its linear form quantizes the activations per row to int8
+  as w8a8 does (linear_w4a8_reference).
 - bf16: each weight rounded to the nearest bfloat16 (8 bits of mantissa); the bf16 forms round
   the activations the same way, so that a product is exact in float32 and only the operands'
   rounding is an error (what a native bf16 dot product, AVX512_BF16's vdpbf16ps, computes).
@@ -95,13 +101,107 @@ def quantize_weight(weight: torch.Tensor) -> QuantizedWeight:
     return QuantizedWeight(*quantize_per_channel(weight))
 
 
+# ---- int4: group-wise symmetric, two weights per byte ----------------------------------------
+
+INT4_BLOCK = 32  # the packing's unit (ggml's q4_0 block); a group is a whole number of blocks
+INT4_GROUP = 32  # the default group size
+
+
+def check_int4_group(group_size, k: int, what: str = "quantize_int4") -> None:
+    """A clear ValueError unless `group_size` is a positive multiple of 32 that divides K."""
+    if (not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1
+            or group_size % INT4_BLOCK):
+        raise ValueError(f"{what}: group_size must be a positive multiple of {INT4_BLOCK} "
+                         f"(32, 64, 96, ...), got {group_size!r}")
+    if k < 1 or k % group_size:
+        raise ValueError(f"{what}: the group size {group_size} must divide the weight's K "
+                         f"(its input features), got K = {k}; int4 needs K a multiple of a "
+                         f"group size that is a multiple of {INT4_BLOCK}")
+
+
+class FormatUnavailable(ValueError):
+    """A model whose matrices a weight format cannot hold (int4: a width not a multiple of its
+    group size)."""
+
+
+def format_problem(fmt: str, config) -> "str | None":
+    """Why a model of shape `config` (a ModelConfig) cannot hold its matrices in the format
+    `fmt` (None: it can). Every matrix's K is n_embd or 4 n_embd."""
+    if fmt == "int4" and config.n_embd % INT4_GROUP:
+        return (f"int4 weights need n_embd a multiple of their group size {INT4_GROUP} (every "
+                f"matrix's K is n_embd or 4 n_embd); this model has n_embd = {config.n_embd}")
+    return None
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """q int (N, K) in [-7, 7], K a multiple of 32 -> uint8 (N, K / 2): q + 8 two per byte, in
+    each block of 32 byte i = element i (low nibble) | element i + 16 (high nibble)."""
+    n, k = q.shape
+    u = (q.to(torch.int16) + 8).view(n, k // INT4_BLOCK, 2, INT4_BLOCK // 2)
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).to(torch.uint8).reshape(n, k // 2).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """pack_int4 undone: int8 (N, K) in [-8, 7] of uint8 (N, K / 2)."""
+    n, half = packed.shape
+    p = packed.view(n, half * 2 // INT4_BLOCK, INT4_BLOCK // 2).to(torch.int16)
+    return (torch.cat([p & 0xF, p >> 4], dim=-1) - 8).to(I8).reshape(n, half * 2)
+
+
+@dataclass(frozen=True)
+class Int4Weight:
+    """An int4 weight (quantize_int4): packed uint8 (N, K / 2), scales float32 (N, K / G)."""
+
+    packed: torch.Tensor
+    scales: torch.Tensor
+    group_size: int = INT4_GROUP
+
+    def dequantize(self) -> torch.Tensor:
+        """The float weight it stands for: scale[n, g] * q[n, k] for k in group g."""
+        q = unpack_int4(self.packed).float()
+        n, k = q.shape
+        return (q.view(n, k // self.group_size, self.group_size)
+                * self.scales[:, :, None]).view(n, k)
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int = INT4_GROUP) -> Int4Weight:
+    """The Int4Weight of a float weight (N, K), nn.Linear layout: per (row n, group g of
+    `group_size` inputs) scale = max |w| / 7 (1 for a group of zeros), q = round(w / scale)
+    (half to even) in [-7, 7]. group_size: a multiple of 32 that divides K."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"quantize_int4: weight must be a 2-D floating-point tensor (N, K), "
+                         f"got {getattr(weight, 'shape', type(weight).__name__)}")
+    check_int4_group(group_size, weight.size(1))
+    w = weight.detach().float()
+    if not torch.isfinite(w).all():
+        raise ValueError("quantize_int4: weight holds NaN or inf; int4 cannot represent it")
+    n, k = w.shape
+    groups = w.view(n, k // group_size, group_size)
+    amax = groups.abs().amax(dim=-1)
+    scales = torch.where(amax > 0, amax / 7.0, torch.ones_like(amax))
+    q = torch.round(groups / scales[:, :, None]).clamp_(-7, 7).view(n, k)
+    return Int4Weight(pack_int4(q), scales.contiguous(), group_size)
+
+
+def linear_w4a8_reference(x, weight: Int4Weight, bias=None):
+    """What the int4 form (the linear_q4 op) computes, in plain PyTorch and x's dtype: the rows
+    of x quantized to int8 (quantize_rows, as w8a8's) against the dequantized int4 weight,
+    y = (q_x @ W^T) * s_x + bias, W[n, k] = scale[n, g] * q[n, k]. The kernels sum each group
+    exactly in int32 and then scale it; here the float GEMM rounds a little differently."""
+    q, s = quantize_rows(x)
+    y = F.linear(q.to(x.dtype), weight.dequantize().to(x.dtype)) * s.to(x.dtype)[..., None]
+    return y if bias is None else y + bias
+
+
 # format -> how a float weight is stored in it; int8 and w8a8 read the same int8 weights
-_PREPARE = {"int8": quantize_weight, "w8a8": quantize_weight, "bf16": to_bf16}
+_PREPARE = {"int8": quantize_weight, "w8a8": quantize_weight, "bf16": to_bf16,
+            "int4": quantize_int4}
 
 
 def prepare(weight: torch.Tensor, fmt: str):
     """The weight as the format `fmt` stores it: the weight itself for "fp32", a
-    QuantizedWeight for "int8" and "w8a8", the bf16 tensor for "bf16"."""
+    QuantizedWeight for "int8" and "w8a8", an Int4Weight (groups of 32) for "int4", the bf16
+    tensor for "bf16"."""
     if fmt == "fp32":
         return weight
     # made outside inference mode even inside it, as the workspace's buffers (workspace.py)
@@ -127,13 +227,23 @@ def weight_bytes_per_decode(model) -> int:
     return total + wte[0].numel() * wte.element_size()
 
 
-BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "w8a8": 1, "bf16": 2}
+BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "w8a8": 1, "bf16": 2, "int4": 0.5}
+
+
+def scale_bytes(fmt: str, rows: int, cols: int) -> int:
+    """Bytes of the float32 scales of a (rows, cols) matrix in `fmt`: int8 and w8a8 one per row,
+    int4 one per group of INT4_GROUP inputs, the others none."""
+    if fmt in ("int8", "w8a8"):
+        return rows * 4
+    if fmt == "int4":
+        return rows * (cols // INT4_GROUP) * 4
+    return 0
 
 
 def decode_weight_bytes(model, weights: "str | None" = None) -> int:
     """weight_bytes_per_decode in the format `weights` (default: the model's phase's): the
     matrices of the linear layers and the lm head at their format's width (int8, w8a8: plus a
-    float32 scale per row), the rest (LayerNorms, biases, the position row, the token row) in
+    float32 scale per row; int4: half a byte, plus a float32 scale per group of 32), the rest (LayerNorms, biases, the position row, the token row) in
     float32."""
     fmt = weights or model.phase.opt.weights
     total = weight_bytes_per_decode(model)
@@ -143,5 +253,5 @@ def decode_weight_bytes(model, weights: "str | None" = None) -> int:
     for w in {id(w): w for w in matrices}.values():  # the tied lm head once
         rows, cols = w.shape
         total -= w.numel() * 4
-        total += rows * cols * BYTES_PER_WEIGHT[fmt] + (rows * 4 if fmt in ("int8", "w8a8") else 0)
+        total += int(rows * cols * BYTES_PER_WEIGHT[fmt]) + scale_bytes(fmt, rows, cols)
     return total

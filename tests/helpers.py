@@ -9,6 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from smallmind_torch import ModelConfig
 from smallmind_torch.ops import CustomOpsUnavailable
+from smallmind_torch.weight_formats import FormatUnavailable
 from smallmind_torch.study.protocol.profiling import allocations_from_events
 
 # The seed shape and two others (odd head size, a single head) that every preset must match.
@@ -36,11 +37,14 @@ def assert_pos_and_n_head_refused(bad_call, name: str, value: int):
 
 
 def set_phase_or_skip(model, phase):
-    """Custom-op presets skip, with the reason, where the C++ ops cannot be built."""
+    """Custom-op presets skip, with the reason, where the C++ ops cannot be built; a weight
+    format that cannot hold the model's matrices (int4 on an odd width) skips too."""
     try:
         model.set_phase(phase)
     except CustomOpsUnavailable as exc:
         pytest.skip(f"custom ops unavailable: {exc}")
+    except FormatUnavailable as exc:
+        pytest.skip(str(exc))
     return model
 
 

@@ -23,6 +23,11 @@
 // With int8_activations (the `w8a8` form) each matrix's input rows are quantized to int8 on
 // the fly and the dot products are int8 (linear_lowp_kernel.h: VNNI where the CPU has it).
 //
+// decode_step_q4_(..., weights_q4, scales_q4, group_size): the same step with int4 weights,
+// group-wise (weight_formats.quantize_int4: packed uint8 (N, K / 2), float32 scales
+// (N, K / group_size)) for the same matrices, each input row quantized to int8 on the fly as
+// w8a8's and each group's products summed exactly in int32 (linear_lowp_kernel.h).
+//
 // decode_block_(x, params, k_cache, v_cache, pos, n_head, eps): one pre-LN GPT-2 block, x
 // (B, C) the residual stream updated in place; params its 12 tensors. Per row b:
 //   h = LN1(x); q, k, v = (h c_attn_w^T + c_attn_b).split(C), each (nh, hs)
@@ -208,28 +213,48 @@ void run_decode_step(Isa isa, const DecodeStep& s, int nthreads) {
   SMALLMIND_DISPATCH(isa, decode::decode_step, s, nthreads);
 }
 
-// The int8 weights of decode_step_q8_: per block its matrices (decode_layout.h's kQ8Params:
-// c_attn, attn.c_proj, c_fc, mlp.c_proj), then the lm head; each int8 (N, K), contiguous,
-// shaped like the float32 weight it stands for, with float32 scales (N,).
-void check_q8(at::TensorList q8, at::TensorList scales, int64_t L, int64_t C, int64_t V,
-              const char* op) {
-  TORCH_CHECK(int64_t(q8.size()) == kQ8PerBlock * L + 1 && scales.size() == q8.size(),
-              "smallmind::", op, ": 'weights_q8' and 'scales_q8' must each hold ", kQ8PerBlock,
-              " tensors per block (", kParamNames[kQ8Params[0]], ", ..., ",
+// The low-precision weights of decode_step_q8_ (int8) and decode_step_q4_ (int4): per block
+// its matrices (decode_layout.h's kQ8Params: c_attn, attn.c_proj, c_fc, mlp.c_proj), then the
+// lm head, each shaped like the float32 weight (N, K) it stands for: int8 (N, K) with float32
+// scales (N,), or int4 packed uint8 (N, K / 2) with float32 scales (N, K / group).
+struct LowpWeights {
+  at::TensorList w, scales;
+  bool int4 = false;
+  bool int8_activations = false;  // int8: w8a8; int4 always quantizes the activations
+  int64_t group = 0;              // int4's group size
+  const char* w_name() const { return int4 ? "weights_q4" : "weights_q8"; }
+  const char* s_name() const { return int4 ? "scales_q4" : "scales_q8"; }
+};
+
+void check_lowp(const LowpWeights& lw, int64_t L, int64_t C, int64_t V, const char* op) {
+  TORCH_CHECK(int64_t(lw.w.size()) == kQ8PerBlock * L + 1 && lw.scales.size() == lw.w.size(),
+              "smallmind::", op, ": '", lw.w_name(), "' and '", lw.s_name(), "' must each hold ",
+              kQ8PerBlock, " tensors per block (", kParamNames[kQ8Params[0]], ", ..., ",
               kParamNames[kQ8Params[kQ8PerBlock - 1]], ") and the lm head, ",
-              kQ8PerBlock * L + 1, " for ", L, " blocks; got ", q8.size(), " and ", scales.size());
-  for (int64_t i = 0; i < int64_t(q8.size()); ++i) {
+              kQ8PerBlock * L + 1, " for ", L, " blocks; got ", lw.w.size(), " and ",
+              lw.scales.size());
+  if (lw.int4) {
+    TORCH_CHECK_VALUE(lw.group >= 1 && lw.group % 32 == 0, "smallmind::", op,
+                      ": group_size must be a positive multiple of 32 (32, 64, 96, ...), got ",
+                      lw.group);
+    TORCH_CHECK(C % lw.group == 0, "smallmind::", op, ": group_size (", lw.group,
+                ") must divide C = wte.size(1) = ", C, " (every matrix's K is C or 4C)");
+  }
+  for (int64_t i = 0; i < int64_t(lw.w.size()); ++i) {
     const bool head = i == kQ8PerBlock * L;
-    const auto shape = head ? std::make_pair(V, C) : param_shape(kQ8Params[i % kQ8PerBlock], C);
-    const std::string name = "weights_q8[" + std::to_string(i) + "]";
-    const std::string sname = "scales_q8[" + std::to_string(i) + "]";
-    check_cpu(q8[i], op, name.c_str());
-    check_dtype(q8[i], at::kChar, op, name.c_str());
-    check_shape(q8[i], {shape.first, shape.second}, op, name.c_str());
-    check_contiguous(q8[i], op, name.c_str());
-    check_cpu_float32(scales[i], op, sname.c_str());
-    check_shape(scales[i], {shape.first}, op, sname.c_str());
-    check_contiguous(scales[i], op, sname.c_str());
+    const auto [N, K] = head ? std::make_pair(V, C) : param_shape(kQ8Params[i % kQ8PerBlock], C);
+    const std::string name = std::string(lw.w_name()) + "[" + std::to_string(i) + "]";
+    const std::string sname = std::string(lw.s_name()) + "[" + std::to_string(i) + "]";
+    check_cpu(lw.w[i], op, name.c_str());
+    check_dtype(lw.w[i], lw.int4 ? at::kByte : at::kChar, op, name.c_str());
+    check_shape(lw.w[i], {N, lw.int4 ? K / 2 : K}, op, name.c_str());
+    check_contiguous(lw.w[i], op, name.c_str());
+    check_cpu_float32(lw.scales[i], op, sname.c_str());
+    if (lw.int4)
+      check_shape(lw.scales[i], {N, K / lw.group}, op, sname.c_str());
+    else
+      check_shape(lw.scales[i], {N}, op, sname.c_str());
+    check_contiguous(lw.scales[i], op, sname.c_str());
   }
 }
 
@@ -238,9 +263,8 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
                       const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
                       at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
                       double eps, at::Tensor& logits, at::Tensor& next_tokens,
-                      const at::TensorList* q8, const at::TensorList* q8_scales,
-                      bool int8_activations = false) {
-  const char* op = q8 ? "decode_step_q8_" : "decode_step_";
+                      const LowpWeights* lw) {
+  const char* op = !lw ? "decode_step_" : lw->int4 ? "decode_step_q4_" : "decode_step_q8_";
   // the model: wte (V, C), wpe (P, C), n_head, eps
   check_matrix(wte, op, "wte");
   check_dim(wte, 2, op, "wte");
@@ -328,12 +352,12 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
   for (int64_t i = 0; i < 5; ++i) ext.push_back(extent_of(*named[i], first_read + i, false));
   for (int64_t i = 0; i < L * kNumParams; ++i)
     ext.push_back(extent_of(block_params[i], first_read + 5 + i, false));
-  const int64_t first_q8 = first_read + 5 + L * kNumParams, n_q8 = q8 ? int64_t(q8->size()) : 0;
-  if (q8) {
-    check_q8(*q8, *q8_scales, L, C, V, op);
+  const int64_t first_q8 = first_read + 5 + L * kNumParams, n_q8 = lw ? int64_t(lw->w.size()) : 0;
+  if (lw) {
+    check_lowp(*lw, L, C, V, op);
     for (int64_t i = 0; i < n_q8; ++i) {
-      ext.push_back(extent_of((*q8)[i], first_q8 + i, false));
-      ext.push_back(extent_of((*q8_scales)[i], first_q8 + n_q8 + i, false));
+      ext.push_back(extent_of(lw->w[i], first_q8 + i, false));
+      ext.push_back(extent_of(lw->scales[i], first_q8 + n_q8 + i, false));
     }
   }
   check_no_overlap(ext, op, [&](int64_t id) -> std::string {
@@ -344,8 +368,8 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
     if (id < first_read) return cache_name("v_caches", id - 2 - L);
     if (id < first_read + 5) return names[id - first_read];
     if (id < first_q8) return param_name(id - first_read - 5);
-    if (id < first_q8 + n_q8) return cache_name("weights_q8", id - first_q8);
-    return cache_name("scales_q8", id - first_q8 - n_q8);
+    if (id < first_q8 + n_q8) return cache_name(lw->w_name(), id - first_q8);
+    return cache_name(lw->s_name(), id - first_q8 - n_q8);
   });
 
   static thread_local std::vector<DecodeLayer> layers;
@@ -353,11 +377,19 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
   for (int64_t l = 0; l < L; ++l) {
     layers[l] = layer_of(block_params.slice(size_t(l * kNumParams), kNumParams), k_caches[l],
                          v_caches[l]);
-    for (int64_t m = 0; q8 && m < kQ8PerBlock; ++m) {
-      layers[l].q[m] = (*q8)[l * kQ8PerBlock + m].const_data_ptr<int8_t>();
-      layers[l].qs[m] = (*q8_scales)[l * kQ8PerBlock + m].const_data_ptr<float>();
+    for (int64_t m = 0; lw && m < kQ8PerBlock; ++m) {
+      const at::Tensor& w = lw->w[l * kQ8PerBlock + m];
+      const float* scales = lw->scales[l * kQ8PerBlock + m].const_data_ptr<float>();
+      if (lw->int4) {
+        layers[l].q4[m] = w.const_data_ptr<uint8_t>();
+        layers[l].q4s[m] = scales;
+      } else {
+        layers[l].q[m] = w.const_data_ptr<int8_t>();
+        layers[l].qs[m] = scales;
+      }
     }
-    layers[l].int8_activations = int8_activations;
+    layers[l].int8_activations = lw && lw->int8_activations;
+    layers[l].q4_group = lw ? lw->group : 0;
   }
   DecodeStep s;
   s.d = DecodeDims{B, C, nh, hs, S};
@@ -374,10 +406,14 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
   s.eps = static_cast<float>(eps);
   s.logits = logits.data_ptr<float>();
   s.next_tokens = next_tokens.data_ptr<int64_t>();
-  if (q8) {
-    s.head_q = (*q8)[kQ8PerBlock * L].const_data_ptr<int8_t>();
-    s.head_scale = (*q8_scales)[kQ8PerBlock * L].const_data_ptr<float>();
-    s.int8_activations = int8_activations;
+  if (lw && lw->int4) {
+    s.head_q4 = lw->w[kQ8PerBlock * L].const_data_ptr<uint8_t>();
+    s.head_q4_scale = lw->scales[kQ8PerBlock * L].const_data_ptr<float>();
+    s.q4_group = lw->group;
+  } else if (lw) {
+    s.head_q = lw->w[kQ8PerBlock * L].const_data_ptr<int8_t>();
+    s.head_scale = lw->scales[kQ8PerBlock * L].const_data_ptr<float>();
+    s.int8_activations = lw->int8_activations;
   }
   run_decode_step(current_isa(), s, num_threads());
 }
@@ -388,7 +424,7 @@ void decode_step_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wt
                      at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
                      double eps, at::Tensor& logits, at::Tensor& next_tokens) {
   decode_step_impl(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-                   n_head, eps, logits, next_tokens, nullptr, nullptr);
+                   n_head, eps, logits, next_tokens, nullptr);
 }
 
 void decode_step_q8_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
@@ -398,8 +434,27 @@ void decode_step_q8_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor&
                         double eps, at::Tensor& logits, at::Tensor& next_tokens,
                         at::TensorList weights_q8, at::TensorList scales_q8,
                         bool int8_activations) {
+  LowpWeights lw;
+  lw.w = weights_q8;
+  lw.scales = scales_q8;
+  lw.int8_activations = int8_activations;
   decode_step_impl(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-                   n_head, eps, logits, next_tokens, &weights_q8, &scales_q8, int8_activations);
+                   n_head, eps, logits, next_tokens, &lw);
+}
+
+void decode_step_q4_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
+                        const at::Tensor& wpe, at::TensorList block_params,
+                        const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
+                        at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
+                        double eps, at::Tensor& logits, at::Tensor& next_tokens,
+                        at::TensorList weights_q4, at::TensorList scales_q4, int64_t group_size) {
+  LowpWeights lw;
+  lw.w = weights_q4;
+  lw.scales = scales_q4;
+  lw.int4 = true;
+  lw.group = group_size;
+  decode_step_impl(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+                   n_head, eps, logits, next_tokens, &lw);
 }
 
 }  // namespace
@@ -417,12 +472,18 @@ TORCH_LIBRARY_FRAGMENT(smallmind, m) {
       "Tensor ln_f_w, Tensor ln_f_b, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int n_head, "
       "float eps, Tensor(c!) logits, Tensor(d!) next_tokens, Tensor[] weights_q8, "
       "Tensor[] scales_q8, bool int8_activations=False) -> ()");
+  m.def(
+      "decode_step_q4_(Tensor tokens, int pos, Tensor wte, Tensor wpe, Tensor[] block_params, "
+      "Tensor ln_f_w, Tensor ln_f_b, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int n_head, "
+      "float eps, Tensor(c!) logits, Tensor(d!) next_tokens, Tensor[] weights_q4, "
+      "Tensor[] scales_q4, int group_size=32) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(smallmind, CPU, m) {
   m.impl("decode_block_", &decode_block_cpu);
   m.impl("decode_step_", &decode_step_cpu);
   m.impl("decode_step_q8_", &decode_step_q8_cpu);
+  m.impl("decode_step_q4_", &decode_step_q4_cpu);
 }
 
 }  // namespace smallmind

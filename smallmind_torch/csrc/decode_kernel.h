@@ -106,20 +106,29 @@ static inline void gemv_cols(const float* a, int64_t M, int64_t K, const float* 
     for (int64_t i = 0; i < M; ++i) emit(i, j, dot(a + i * K, w + j * K, K));
 }
 
-// The input rows of a w8a8 matrix, prepared (prepare_w8a8_rows) by this thread into its own
-// scratch (a few KiB: cheaper than a barrier), once for every call of the matrix that reads
-// them: c_attn is called once per head and per q, k, v.
+// The input rows of a matrix with int8 activations, prepared (w8a8: prepare_w8a8_rows; int4:
+// prepare_w4a8_rows) by this thread into its own scratch (a few KiB: cheaper than a barrier),
+// once for every call of the matrix that reads them: c_attn is called once per head and per
+// q, k, v.
 struct Int8Rows {
-  const int8_t* q;
-  const float* s;
+  const int8_t* q = nullptr;
+  const float* s = nullptr;
+  W4A8Rows q4{};  // int4 weights' layout
 };
 
-static inline Int8Rows prepare_input(const float* a, int64_t M, int64_t K) {
+static inline Int8Rows prepare_input(const float* a, int64_t M, int64_t K, bool int4) {
   static thread_local Scratch scratch;
+  Int8Rows rows;
+  if (int4) {
+    rows.q4 = prepare_w4a8_rows(a, M, K, scratch.get(w4a8_scratch_floats(M, K)));
+    return rows;
+  }
   float* s = scratch.get(size_t(M + (M * K + 3) / 4));
   auto* q = reinterpret_cast<int8_t*>(s + M);
   prepare_w8a8_rows(a, M, K, q, s);
-  return {q, s};
+  rows.q = q;
+  rows.s = s;
+  return rows;
 }
 
 // gemv_cols on int8 weights: with int8 activations (w8a8) on the prepared rows `a8` (prepared
@@ -132,18 +141,31 @@ static inline void gemv_cols_int8(bool int8_activations, const float* a, const I
     gemv_cols_q8(a, M, K, w, scale, bias, j0, j1, out, ldo, accumulate);
     return;
   }
-  const Int8Rows rows = a8 ? *a8 : prepare_input(a, M, K);
+  const Int8Rows rows = a8 ? *a8 : prepare_input(a, M, K, false);
   gemv_cols_w8a8(rows.q, rows.s, M, K, w, scale, bias, j0, j1, out, ldo, accumulate);
 }
 
+// gemv_cols on int4 weights (packed w, scales of groups of G), on the prepared rows `a8`
+// (prepared here when null).
+static inline void gemv_cols_int4(const float* a, const Int8Rows* a8, int64_t M, int64_t K,
+                                  const uint8_t* w, const float* scales, int64_t G,
+                                  const float* bias, int64_t j0, int64_t j1, float* out,
+                                  int64_t ldo, bool accumulate) {
+  const Int8Rows rows = a8 ? *a8 : prepare_input(a, M, K, true);
+  gemv_cols_w4a8(rows.q4, M, K, w, scales, G, bias, j0, j1, out, ldo, accumulate);
+}
+
 // Matrix m of a block (0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj) on columns [j0, j1):
-// its int8 form when the layer has one (a8: the rows already prepared for w8a8, or null), else
-// the float32 weight.
+// its int4 or int8 form when the layer has one (a8: the rows already prepared for int8
+// activations, or null), else the float32 weight.
 static inline void layer_gemv(const DecodeLayer& layer, int m, const float* a, int64_t M,
                               int64_t K, int64_t j0, int64_t j1, float* out, int64_t ldo,
                               bool accumulate, const Int8Rows* a8 = nullptr) {
   const float* bias = layer.p[kQ8Biases[m]];
-  if (layer.q[m])
+  if (layer.q4[m])
+    gemv_cols_int4(a, a8, M, K, layer.q4[m], layer.q4s[m], layer.q4_group, bias, j0, j1, out,
+                   ldo, accumulate);
+  else if (layer.q[m])
     gemv_cols_int8(layer.int8_activations, a, a8, M, K, layer.q[m], layer.qs[m], bias, j0, j1,
                    out, ldo, accumulate);
   else
@@ -216,9 +238,9 @@ static inline void block_layer(const DecodeDims& d, const DecodeLayer& layer, in
   // cache[b, head, pos] = k, v; y = softmax(q K^T / sqrt(hs)) V
   layer_norm_rows(x, B, C, p[ln_1_w], p[ln_1_b], eps, h);
   thread_range(d.nh, 1, tid, nth, &j0, &j1);
-  Int8Rows h8{};  // w8a8: h prepared once for every c_attn call below
-  const bool prepare = layer.q[0] && layer.int8_activations && j0 < j1;
-  if (prepare) h8 = prepare_input(h, B, C);
+  Int8Rows h8{};  // w8a8, int4: h prepared once for every c_attn call below
+  const bool prepare = (layer.q4[0] || (layer.q[0] && layer.int8_activations)) && j0 < j1;
+  if (prepare) h8 = prepare_input(h, B, C, layer.q4[0] != nullptr);
   for (int64_t hd = j0; hd < j1; ++hd) {
     for (int64_t part = 0; part < 3; ++part) {  // q, k, v
       const int64_t c0 = part * C + hd * hs;
@@ -330,7 +352,10 @@ static inline void decode_step(const DecodeStep& s, int nthreads) {
     int64_t* my_idx = best_idx + tid * B;
     int64_t j0, j1;
     thread_range(V, 16, tid, nth, &j0, &j1);
-    if (s.head_q)
+    if (s.head_q4)
+      gemv_cols_int4(h, nullptr, B, C, s.head_q4, s.head_q4_scale, s.q4_group, nullptr, j0, j1,
+                     s.logits, V, false);
+    else if (s.head_q)
       gemv_cols_int8(s.int8_activations, h, nullptr, B, C, s.head_q, s.head_scale, nullptr, j0,
                      j1, s.logits, V, false);
     else

@@ -53,6 +53,11 @@ struct DecodeLayer {
   const int8_t* q[decode_layout::kQ8PerBlock] = {};
   const float* qs[decode_layout::kQ8PerBlock] = {};
   bool int8_activations = false;  // w8a8: each matrix's input rows quantized on the fly
+  // int4 weights (decode_step_q4_), or null: matrix m packed uint8 (N, K / 2) with float32
+  // scales (N, K / q4_group), its input rows quantized to int8 on the fly
+  const uint8_t* q4[decode_layout::kQ8PerBlock] = {};
+  const float* q4s[decode_layout::kQ8PerBlock] = {};
+  int64_t q4_group = 0;
 };
 
 // The whole-model decode step (decode_step_ in decode.cpp).
@@ -72,6 +77,9 @@ struct DecodeStep {
   const int8_t* head_q = nullptr;     // the lm head as int8 (vocab, C), or null: wte
   const float* head_scale = nullptr;  // its scales (vocab,)
   bool int8_activations = false;      // w8a8 (the layers' flag too)
+  const uint8_t* head_q4 = nullptr;   // the lm head as int4 (vocab, C / 2), or null
+  const float* head_q4_scale = nullptr;  // its scales (vocab, C / q4_group)
+  int64_t q4_group = 0;
 };
 
 }  // namespace smallmind

@@ -5,7 +5,11 @@
 //   linear_bf16(x, w, bias) = bf16(x) @ w^T + bias, w bfloat16 (N, K): the activations are
 //     rounded to bf16 as a bf16 dot product reads them, the products summed in float32;
 //   linear_w8a8(x, w_q, scale, bias): linear_q8's weights with the rows of x quantized to int8
-//     on the fly (symmetric, per row), exact int32 dot products (VNNI where the CPU has it).
+//     on the fly (symmetric, per row), exact int32 dot products (VNNI where the CPU has it);
+//   linear_q4(x, w_packed, scales, group_size, bias): int4 weights, group-wise (uint8 (N, K / 2),
+//     two per byte; float32 scales (N, K / group_size)), the rows of x quantized as w8a8's, exact
+//     int32 sums per group: y = sx[m] * sum_g scale[n, g] * isum[m, n, g] + bias[n]. Inference
+//     only (no autograd formula, no *_inference twin).
 // The two int8 ops run the library's GEMM from kLibraryGemmRows rows on (prefill; see there).
 // Each has a no-autograd twin (*_inference) and an out-variant (*_out) that writes a contiguous
 // `out` (through a temporary when out overlaps an input). The kernels, once per ISA, are in
@@ -209,6 +213,72 @@ void int8_linear_out(const at::Tensor& x, const at::Tensor& w_q, const at::Tenso
            [&](at::Tensor& y) { int8_into<Int8Activations>(x, w_q, scale, bias, y); });
 }
 
+// ---- int4 weights: linear_q4 ----
+
+// The checks of linear_q4; returns the output shape (..., N).
+std::vector<int64_t> q4_check(const at::Tensor& x, const at::Tensor& w_packed,
+                              const at::Tensor& scales, int64_t group_size,
+                              const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "linear_q4";
+  TORCH_CHECK_VALUE(group_size >= 1 && group_size % 32 == 0, "smallmind::", op,
+                    ": group_size must be a positive multiple of 32 (32, 64, 96, ...), got ",
+                    group_size);
+  check_cpu_float32(x, op, "x");
+  check_min_dim(x, 1, op, "x");
+  check_cpu(w_packed, op, "w_packed");
+  check_dtype(w_packed, at::kByte, op, "w_packed");
+  check_dim(w_packed, 2, op, "w_packed");
+  check_contiguous(w_packed, op, "w_packed");
+  const int64_t N = w_packed.size(0), K = 2 * w_packed.size(1);
+  check_same_size(x.size(-1), K, op, "x.size(-1)", "2 * w_packed.size(1) (K: two int4 per byte)");
+  TORCH_CHECK(K % group_size == 0, "smallmind::", op, ": K = x.size(-1) = ", K,
+              " must be a multiple of group_size = ", group_size);
+  check_cpu_float32(scales, op, "scales");
+  check_shape(scales, {N, K / group_size}, op, "scales");
+  check_contiguous(scales, op, "scales");
+  if (bias) {
+    check_cpu_float32(*bias, op, "bias");
+    check_shape(*bias, {N}, op, "bias");
+    check_contiguous(*bias, op, "bias");
+  }
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
+}
+
+void q4_into(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& scales,
+             int64_t group_size, const std::optional<at::Tensor>& bias, at::Tensor& y) {
+  const int64_t N = w_packed.size(0), K = 2 * w_packed.size(1);
+  lowp_into(x, K, bias, y, [&](const at::Tensor& xc, int64_t M, at::Tensor& out) {
+    SMALLMIND_DISPATCH(current_isa(), linear_w4a8, xc.const_data_ptr<float>(), M, K,
+                       w_packed.const_data_ptr<uint8_t>(), scales.const_data_ptr<float>(),
+                       group_size, bias ? bias->const_data_ptr<float>() : nullptr,
+                       out.data_ptr<float>(), N, num_threads());
+  });
+}
+
+at::Tensor linear_q4(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& scales,
+                     int64_t group_size, const std::optional<at::Tensor>& bias) {
+  at::Tensor y = at::empty(q4_check(x, w_packed, scales, group_size, bias),
+                           x.options().memory_format(at::MemoryFormat::Contiguous));
+  q4_into(x, w_packed, scales, group_size, bias, y);
+  return y;
+}
+
+void linear_q4_out(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& scales,
+                   int64_t group_size, const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  const std::vector<int64_t> shape = q4_check(x, w_packed, scales, group_size, bias);
+  lowp_out(shape, "linear_q4", out,
+           overlaps_any(out, x, w_packed, bias) || may_overlap(out, scales), x,
+           [&](at::Tensor& y) { q4_into(x, w_packed, scales, group_size, bias, y); });
+}
+
+std::string linear_q4_kernel_op() {
+  if (current_isa() == Isa::avx512 && cpu_has_vnni()) return "avx512_vnni dot products";
+  if (current_isa() == Isa::scalar) return "scalar int32 dot products";
+  return "avx2 maddubs dot products";
+}
+
 // ---- bf16 ----
 
 void linear_bf16_into(const at::Tensor& x, const at::Tensor& w,
@@ -281,6 +351,13 @@ TORCH_LIBRARY_FRAGMENT(smallmind, m) {
       "linear_w8a8_out(Tensor x, Tensor w_q, Tensor scale, Tensor? bias=None, *, Tensor(a!) out) "
       "-> ()");
   m.def("linear_w8a8_kernel() -> str", &smallmind::linear_w8a8_kernel_op);
+  m.def(
+      "linear_q4(Tensor x, Tensor w_packed, Tensor scales, int group_size, Tensor? bias=None) "
+      "-> Tensor");
+  m.def(
+      "linear_q4_out(Tensor x, Tensor w_packed, Tensor scales, int group_size, "
+      "Tensor? bias=None, *, Tensor(a!) out) -> ()");
+  m.def("linear_q4_kernel() -> str", &smallmind::linear_q4_kernel_op);
 }
 
 TORCH_LIBRARY_IMPL(smallmind, CPU, m) {
@@ -293,4 +370,6 @@ TORCH_LIBRARY_IMPL(smallmind, CPU, m) {
   m.impl("linear_w8a8", &smallmind::int8_linear<true>);
   m.impl("linear_w8a8_inference", &smallmind::int8_linear<true>);
   m.impl("linear_w8a8_out", &smallmind::int8_linear_out<true>);
+  m.impl("linear_q4", &smallmind::linear_q4);
+  m.impl("linear_q4_out", &smallmind::linear_q4_out);
 }

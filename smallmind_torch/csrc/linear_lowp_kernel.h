@@ -320,6 +320,261 @@ static inline void gemv_cols_w8a8(const int8_t* qa, const float* sa, int64_t M, 
   gemv_cols_w8a8_generic(qa, sa, M, K, w, sw, bias, j0, j1, out, ldo, accumulate);
 }
 
+// ---- w4a8: int4 weights, group-wise, with int8 activations ----
+//
+// The weight (N, K) as weight_formats.quantize_int4 stores it: per (row n, group g of G inputs,
+// G a multiple of 32 dividing K) a float32 scale[n, g], and q in [-7, 7] stored as q + 8, two
+// per byte, ggml q4_0's layout in each block of 32 inputs (16 bytes: byte i holds input i in
+// its low nibble and input i + 16 in its high one). The activations are w8a8's (quantize_rows),
+// the dot products exact int32 sums per group, then
+//   y[m, n] = sa[m] * sum_g scale[n, g] * isum[m, n, g] + bias[n].
+// A decode step reads half a byte per weight (plus 4 bytes per group), half of int8's.
+
+constexpr int64_t kQ4Block = 32;   // inputs per packed block (16 bytes)
+constexpr int64_t kQ4Chunk = 128;  // 4 blocks: one 512-bit vector of packed weights
+
+// The naive loop: the rows of x quantized (quantize_rows), each group's sum of products exact in
+// int32, scaled by its weight scale, summed over groups in order, then times sx[m], plus bias.
+static inline void linear_w4a8_naive(const float* x, int64_t M, int64_t K, const uint8_t* w,
+                                     const float* scales, int64_t G, const float* bias,
+                                     float* y, int64_t N) {
+  std::vector<int8_t> qx(M * K);
+  std::vector<float> sx(M);
+  quantize_rows(x, M, K, qx.data(), sx.data());
+  const int64_t groups = K / G;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < groups; ++g) {
+        int32_t isum = 0;
+        for (int64_t k = g * G; k < (g + 1) * G; ++k) {
+          const uint8_t byte = w[n * (K / 2) + k / kQ4Block * 16 + k % 16];
+          const int32_t q = int32_t(k % kQ4Block < 16 ? byte & 0xF : byte >> 4) - 8;
+          isum += q * int32_t(qx[m * K + k]);
+        }
+        acc += float(isum) * scales[n * groups + g];
+      }
+      y[m * N + n] = acc * sx[m] + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+// The activations as the fast kernels read them, made once per input (prepare_w4a8_rows): per
+// row its int8 values (quantize_rows) in chunks of 4 blocks, each chunk the low halves (inputs
+// 0..15) of its 4 blocks, then their high halves, so that one vector of packed weights, its low
+// nibbles and its high nibbles, meets two vectors of activations (zeros past K); and per chunk 16
+// int32 corrections, lane 4b = -8 * (the sum of block b's 32 activations): the kernels multiply
+// the unsigned nibbles q + 8, and sum (q + 8) a - 8 sum a = sum q a.
+struct W4A8Rows {
+  const int8_t* q;       // (M, chunks * 128)
+  const int32_t* corr;   // (M, chunks * 16)
+  const float* s;        // (M,)
+  int64_t chunks;
+};
+
+static inline int64_t q4_chunks(int64_t K) { return (K + kQ4Chunk - 1) / kQ4Chunk; }
+
+// Floats of scratch prepare_w4a8_rows needs for M rows of K.
+static inline size_t w4a8_scratch_floats(int64_t M, int64_t K) {
+  const int64_t c = q4_chunks(K);
+  return size_t(M + M * c * 16 + M * c * kQ4Chunk / 4 + (K + 3) / 4);
+}
+
+static inline W4A8Rows prepare_w4a8_rows(const float* x, int64_t M, int64_t K, float* scratch) {
+  const int64_t chunks = q4_chunks(K);
+  float* s = scratch;
+  auto* corr = reinterpret_cast<int32_t*>(s + M);
+  auto* q = reinterpret_cast<int8_t*>(corr + M * chunks * 16);
+  auto* row = q + M * chunks * kQ4Chunk;  // one row in its natural order
+  const int64_t blocks = K / kQ4Block;
+  for (int64_t m = 0; m < M; ++m) {
+    quantize_rows(x + m * K, 1, K, row, s + m);
+    int8_t* qm = q + m * chunks * kQ4Chunk;
+    int32_t* cm = corr + m * chunks * 16;
+    std::memset(qm, 0, size_t(chunks * kQ4Chunk));
+    std::fill(cm, cm + chunks * 16, 0);
+    for (int64_t bi = 0; bi < blocks; ++bi) {
+      const int64_t c = bi / 4, b = bi % 4;
+      const int8_t* src = row + bi * kQ4Block;
+      std::memcpy(qm + c * kQ4Chunk + b * 16, src, 16);
+      std::memcpy(qm + c * kQ4Chunk + 64 + b * 16, src + 16, 16);
+      int32_t sum = 0;
+      for (int i = 0; i < kQ4Block; ++i) sum += src[i];
+      cm[c * 16 + b * 4] = -8 * sum;
+    }
+  }
+  return {q, corr, s, chunks};
+}
+
+// The weight scales of chunk c's 4 blocks (0 past the row's last block) into s4; a pointer to
+// them (into the scales themselves where the groups are the blocks and the chunk is whole).
+static inline const float* q4_chunk_scales(const float* sj, int64_t c, int64_t blocks,
+                                           int64_t G, float* s4) {
+  if (G == kQ4Block && 4 * c + 4 <= blocks) return sj + 4 * c;
+  for (int64_t b = 0; b < 4; ++b) {
+    const int64_t bi = 4 * c + b;
+    s4[b] = bi < blocks ? sj[bi * kQ4Block / G] : 0.f;
+  }
+  return s4;
+}
+
+// R prepared rows (from row i) against one int4 weight row (wj packed, sj its scales): R sums
+// sum_g scale[g] * isum[g] (the rows' sa not yet applied).
+#if SMALLMIND_ISA_LEVEL >= 1
+// 256-bit: the nibbles (unsigned) times the activations (signed) by vpmaddubsw, whose int16 pair
+// sums stay below 2 * 15 * 127 (two of them added: below 2^15), widened by vpmaddwd; the AVX2
+// form, and the AVX-512 form on a CPU without VNNI.
+template <int R>
+static inline void dot_q4_rows(const W4A8Rows& a, int64_t i, int64_t K, const uint8_t* wj,
+                               const float* sj, int64_t G, float* t) {
+  const int64_t blocks = K / kQ4Block;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  float s4[4];
+  for (int64_t c = 0; c < a.chunks; ++c) {
+    const __m128 sv4 = _mm_loadu_ps(q4_chunk_scales(sj, c, blocks, G, s4));
+    const int64_t left = blocks - 4 * c;  // blocks of this chunk, if fewer than 4
+    for (int h = 0; h < 2; ++h) {
+      if (2 * h >= left) break;
+      const uint8_t* p = wj + c * 64 + h * 32;
+      const __m256i pw = 2 * h + 1 < left
+          ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+          : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      const __m256i lo = _mm256_and_si256(pw, low);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(pw, 4), low);
+      const __m256 sv = _mm256_permutevar8x32_ps(
+          _mm256_castps128_ps256(sv4), _mm256_setr_epi32(2 * h, 2 * h, 2 * h, 2 * h, 2 * h + 1,
+                                                         2 * h + 1, 2 * h + 1, 2 * h + 1));
+      for (int r = 0; r < R; ++r) {
+        const int8_t* ar = a.q + (i + r) * a.chunks * kQ4Chunk + c * kQ4Chunk + h * 32;
+        const __m256i alo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar));
+        const __m256i ahi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + 64));
+        const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, alo),
+                                               _mm256_maddubs_epi16(hi, ahi));
+        const __m256i corr = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(a.corr + (i + r) * a.chunks * 16 + c * 16 + h * 8));
+        const __m256i sums = _mm256_add_epi32(_mm256_madd_epi16(pairs, ones), corr);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), sv, acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    t[r] = _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
+  }
+}
+#else
+template <int R>
+static inline void dot_q4_rows(const W4A8Rows& a, int64_t i, int64_t K, const uint8_t* wj,
+                               const float* sj, int64_t G, float* t) {
+  const int64_t blocks = K / kQ4Block, per_group = G / kQ4Block;
+  for (int r = 0; r < R; ++r) {
+    const int8_t* ar = a.q + (i + r) * a.chunks * kQ4Chunk;
+    float acc = 0.f;
+    int32_t isum = 0;
+    for (int64_t bi = 0; bi < blocks; ++bi) {
+      const int8_t* ab = ar + bi / 4 * kQ4Chunk + bi % 4 * 16;  // low half; high at + 64
+      const uint8_t* wb = wj + bi * 16;
+      for (int k = 0; k < 16; ++k)
+        isum += (int32_t(wb[k] & 0xF) - 8) * ab[k] + (int32_t(wb[k] >> 4) - 8) * ab[64 + k];
+      if ((bi + 1) % per_group == 0) {
+        acc += float(isum) * sj[bi / per_group];
+        isum = 0;
+      }
+    }
+    t[r] = acc;
+  }
+}
+#endif
+
+#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
+// R rows on AVX512_VNNI: one 512-bit vector of packed weights is a chunk of 4 blocks; its low
+// nibbles and its high nibbles each meet a vector of activations in one vpdpbusd (unsigned
+// nibbles times signed activations), on top of the rows' corrections, so that lane 4b..4b+3
+// hold block b's exact sum; those are scaled per lane (each block's group scale) and summed in
+// float32, two accumulators per row (consecutive chunks do not wait on each other).
+// One chunk c (pw: its packed weights) of R rows into their accumulators acc.
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
+static inline void q4_chunk_vnni(const int8_t* const* ar, const int32_t* const* cr, int64_t c,
+                                 __m512i pw, __m512 sv, __m512* acc) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i lo = _mm512_and_si512(pw, low);
+  const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(pw, 4), low);
+  for (int r = 0; r < R; ++r) {
+    __m512i sum = _mm512_loadu_si512(cr[r] + c * 16);
+    sum = _mm512_dpbusd_epi32(sum, lo, _mm512_loadu_si512(ar[r] + c * kQ4Chunk));
+    sum = _mm512_dpbusd_epi32(sum, hi, _mm512_loadu_si512(ar[r] + c * kQ4Chunk + 64));
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), sv, acc[r]);
+  }
+}
+
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+static void dot_q4_rows_vnni(const W4A8Rows& a, int64_t i, int64_t K, const uint8_t* wj,
+                             const float* sj, int64_t G, float* t) {
+  const int64_t blocks = K / kQ4Block;
+  const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  const int8_t* ar[R];
+  const int32_t* cr[R];
+  for (int r = 0; r < R; ++r) {
+    ar[r] = a.q + (i + r) * a.chunks * kQ4Chunk;
+    cr[r] = a.corr + (i + r) * a.chunks * 16;
+  }
+  float s4[4];
+  auto scales_of = [&](int64_t c) {  // each block's group scale on its 4 lanes
+    return _mm512_permutexvar_ps(
+        lane_block, _mm512_castps128_ps512(_mm_loadu_ps(q4_chunk_scales(sj, c, blocks, G, s4))));
+  };
+  const int64_t full = blocks / 4;
+  int64_t c = 0;
+  for (; c + 2 <= full; c += 2) {
+    q4_chunk_vnni<R>(ar, cr, c, _mm512_loadu_si512(wj + c * 64), scales_of(c), acc0);
+    q4_chunk_vnni<R>(ar, cr, c + 1, _mm512_loadu_si512(wj + c * 64 + 64), scales_of(c + 1), acc1);
+  }
+  if (c < full) {
+    q4_chunk_vnni<R>(ar, cr, c, _mm512_loadu_si512(wj + c * 64), scales_of(c), acc0);
+    ++c;
+  }
+  if (c < a.chunks) {  // the last blocks, fewer than 4: 16 bytes each, zeros beyond
+    const __mmask64 bytes = (__mmask64(1) << ((blocks - 4 * c) * 16)) - 1;
+    q4_chunk_vnni<R>(ar, cr, c, _mm512_maskz_loadu_epi8(bytes, wj + c * 64), scales_of(c), acc1);
+  }
+  for (int r = 0; r < R; ++r) t[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+}
+#endif
+
+// out[i * ldo + j] (=, or += if accumulate) sa[i] * sum_g scale[j, g] * isum[i, j, g] + bias[j]
+// for rows i < M of the prepared activations `a` and columns j in [j0, j1) of the int4 weight
+// w (N, K / 2 bytes) with scales (N, K / G). bias may be null.
+static inline void gemv_cols_w4a8(const W4A8Rows& a, int64_t M, int64_t K, const uint8_t* w,
+                                  const float* scales, int64_t G, const float* bias, int64_t j0,
+                                  int64_t j1, float* out, int64_t ldo, bool accumulate) {
+  const int64_t groups = K / G;
+  auto value = [&](int64_t i, int64_t, float t) { return t * a.s[i]; };
+#if SMALLMIND_ISA_LEVEL == 2 && SMALLMIND_X86
+  if (cpu_has_vnni()) {
+    gemv_driver<float>(
+        M, j0, j1, bias, out, ldo, accumulate,
+        [&](int64_t i, auto R, int64_t j, float* t) {
+          dot_q4_rows_vnni<R()>(a, i, K, w + j * (K / 2), scales + j * groups, G, t);
+        },
+        value);
+    return;
+  }
+#endif
+  gemv_driver<float>(
+      M, j0, j1, bias, out, ldo, accumulate,
+      [&](int64_t i, auto R, int64_t j, float* t) {
+        dot_q4_rows<R()>(a, i, K, w + j * (K / 2), scales + j * groups, G, t);
+      },
+      value);
+}
+
 // Threads split the output features (each thread one contiguous range of whole weight rows):
 // one OpenMP region per call, none for a single thread or a small N. part(j0, j1) computes
 // columns [j0, j1).
@@ -374,6 +629,18 @@ static inline void linear_w8a8(const float* x, int8_t* qa, float* sa, int64_t M,
   prepare_w8a8_rows(x, M, K, qa, sa);
   split_columns(N, nthreads, [&](int64_t j0, int64_t j1) {
     gemv_cols_w8a8(qa, sa, M, K, w, sw, bias, j0, j1, y, N, false);
+  });
+}
+
+// The linear_q4 op: x (M, K) prepared (prepare_w4a8_rows) in per-thread scratch (no allocation
+// once grown), then y (M, N) row-major on the int4 weight w with its scales (N, K / G).
+static inline void linear_w4a8(const float* x, int64_t M, int64_t K, const uint8_t* w,
+                               const float* scales, int64_t G, const float* bias, float* y,
+                               int64_t N, int nthreads) {
+  static thread_local Scratch scratch;
+  const W4A8Rows a = prepare_w4a8_rows(x, M, K, scratch.get(w4a8_scratch_floats(M, K)));
+  split_columns(N, nthreads, [&](int64_t j0, int64_t j1) {
+    gemv_cols_w4a8(a, M, K, w, scales, G, bias, j0, j1, y, N, false);
   });
 }
 

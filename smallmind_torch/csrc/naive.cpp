@@ -161,6 +161,27 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const OptTensor
   return a.out;
 }
 
+// linear_q4: int4 weights (uint8 (N, K / 2), scales (N, K / G)), the rows of x quantized
+at::Tensor linear_q4(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& scales,
+                     int64_t group_size, const OptTensor& bias) {
+  constexpr const char* op = "linear_q4";
+  expect(is_cpu(x, at::kFloat) && is_cpu(w_packed, at::kByte) && is_cpu(scales, at::kFloat) &&
+             x.dim() >= 1 && w_packed.dim() == 2 && group_size >= 32 && group_size % 32 == 0 &&
+             x.size(-1) == 2 * w_packed.size(1) && x.size(-1) % group_size == 0 &&
+             scales.dim() == 2 && scales.size(0) == w_packed.size(0) &&
+             scales.size(1) == x.size(-1) / group_size, op);
+  const int64_t N = w_packed.size(0), K = x.size(-1);
+  const at::Tensor b = vector_of(bias, N, op), x2 = rows_of(x), w = w_packed.contiguous(),
+                   s = scales.contiguous();
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  at::Tensor out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  scalar::linear_w4a8_naive(x2.const_data_ptr<float>(), x2.size(0), K,
+                            w.const_data_ptr<uint8_t>(), s.const_data_ptr<float>(), group_size,
+                            data_or_null(b), out.data_ptr<float>(), N);
+  return out;
+}
+
 void decode_block_(at::Tensor& x, at::TensorList params, at::Tensor& k_cache,
                    at::Tensor& v_cache, int64_t pos, int64_t n_head, double eps) {
   constexpr const char* op = "decode_block_";
@@ -199,6 +220,10 @@ TORCH_LIBRARY(smallmind_naive, m) {
   m.def("linear_bf16(Tensor x, Tensor w, Tensor? bias=None) -> Tensor", &linear_bf16);
   m.def("linear_w8a8(Tensor x, Tensor w_q, Tensor scale, Tensor? bias=None) -> Tensor",
         &linear_int8<true>);
+  m.def(
+      "linear_q4(Tensor x, Tensor w_packed, Tensor scales, int group_size, Tensor? bias=None) "
+      "-> Tensor",
+      &linear_q4);
   m.def(
       "decode_block_(Tensor(a!) x, Tensor[] params, Tensor(b!) k_cache, Tensor(c!) v_cache, "
       "int pos, int n_head, float eps) -> ()",

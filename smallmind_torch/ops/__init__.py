@@ -7,8 +7,10 @@ the Python bindings, one module per C++ file:
 - `_gemm` (gemm.cpp): `gemm`, `linear`, the cache of packed weights;
 - `_attention` (attention.cpp), `_softmax` (softmax.cpp: `causal_softmax`), `_layer_norm`
   (layer_norm.cpp), `_embedding` (embedding.cpp);
-- `_linear_q8`, `_linear_bf16`, `_linear_w8a8` (linear_lowp.cpp): linears on int8 / bf16 weights;
-- `_decode` (decode.cpp): `decode_block_`, `decode_step_`, `decode_step_q8_`, whose parameter
+- `_linear_q8`, `_linear_bf16`, `_linear_w8a8`, `_linear_q4` (linear_lowp.cpp): linears on
+  int8 / bf16 / int4 weights;
+- `_decode` (decode.cpp): `decode_block_`, `decode_step_`, `decode_step_q8_`, `decode_step_q4_`,
+  whose parameter
   order is `smallmind_torch/decode_layout.py`'s;
 - `_isa` (isa.cpp): the instruction set the kernels run (AVX-512, AVX2 or plain C++; see
   csrc/simd.h).
@@ -44,6 +46,8 @@ _EXPORTS = {
     "linear_bf16_kernel": "_linear_bf16", "has_bf16_dot": "_linear_bf16",
     "linear_w8a8": "_linear_w8a8", "linear_w8a8_reference": "_linear_w8a8",
     "linear_w8a8_kernel": "_linear_w8a8",
+    "linear_q4": "_linear_q4", "linear_q4_kernel": "_linear_q4",
+    "linear_w4a8_reference": "_linear_q4", "decode_step_q4_": "_decode",
 }
 
 

@@ -29,9 +29,11 @@ import torch
 F32 = torch.float32
 I64 = torch.int64
 I8 = torch.int8
+U8 = torch.uint8
 BF16 = torch.bfloat16
 _DTYPE_NAMES = {torch.float32: "Float (torch.float32)", torch.int64: "Long (torch.int64)",
-                torch.int8: "Char (torch.int8)", torch.bfloat16: "BFloat16 (torch.bfloat16)"}
+                torch.int8: "Char (torch.int8)", torch.uint8: "Byte (torch.uint8)",
+                torch.bfloat16: "BFloat16 (torch.bfloat16)"}
 
 # what a wrapper catches before diagnosing: dispatcher errors (RuntimeError, NotImplementedError
 # for a backend without a kernel), and AttributeError / TypeError from a non-tensor argument

@@ -1,6 +1,6 @@
 """Bindings of csrc/decode.cpp: the whole model's decode step (`decode_step_`: embeddings, every
 block, ln_f, the tied lm head and the argmax, for one new token per sequence; `decode_step_q8_`
-on int8 weights) and one GPT-2 block (`decode_block_`), each in one C++ call.
+on int8 weights, `decode_step_q4_` on int4 ones) and one GPT-2 block (`decode_block_`), each in one C++ call.
 
 A block's parameters go in as one list, in the order of `smallmind_torch/decode_layout.py`
 (`BLOCK_PARAMS`, `Q8_PARAMS`, which csrc/decode_layout.h is rendered from). The mapping from a
@@ -13,16 +13,17 @@ import torch
 
 from ..decode_layout import BLOCK_PARAMS, Q8_PARAMS, param_shape
 from ._build import load
-from ._common import CALL_ERRORS, I8, I64, diagnose, fake_check, fake_eps, fake_tensor, \
-    tensor_problem
+from ._common import CALL_ERRORS, I8, I64, U8, check_int, diagnose, fake_check, fake_eps, \
+    fake_tensor, tensor_problem
 
 load()  # build / load the C++ extension (cached); raises CustomOpsUnavailable
 
 _decode_block_ = torch.ops.smallmind.decode_block_.default
 _decode_step_ = torch.ops.smallmind.decode_step_.default
 _decode_step_q8_ = torch.ops.smallmind.decode_step_q8_.default
+_decode_step_q4_ = torch.ops.smallmind.decode_step_q4_.default
 
-__all__ = ["decode_block_", "decode_step_", "decode_step_q8_"]
+__all__ = ["decode_block_", "decode_step_", "decode_step_q4_", "decode_step_q8_"]
 
 
 def decode_step_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
@@ -75,15 +76,45 @@ def decode_step_q8_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_
                          bool(int8_activations))
         return logits, next_tokens
     except CALL_ERRORS as exc:
-        for name, seq, dtype in (("weights_q8", weights_q8, I8),
-                                 ("scales_q8", scales_q8, torch.float32)):
-            for i, t in enumerate(seq if isinstance(seq, (list, tuple)) else ()):
-                problem = tensor_problem("decode_step_q8_", f"{name}[{i}]", t, dtype)
-                if problem is not None:
-                    raise problem from exc
+        _diagnose_lowp("decode_step_q8_", exc, (("weights_q8", weights_q8, I8),
+                                                ("scales_q8", scales_q8, torch.float32)))
         _diagnose_step("decode_step_q8_", exc, tokens, pos, wte, wpe, block_params, ln_f_w,
                        ln_f_b, k_caches, v_caches, n_head, logits, next_tokens)
         raise
+
+
+def decode_step_q4_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+                    v_caches, n_head: int, eps: float, logits, next_tokens, weights_q4, scales_q4,
+                    group_size: int = 32):
+    """`decode_step_` with int4 weights: weights_q4 / scales_q4 hold, per block, c_attn,
+    attn.c_proj, c_fc and mlp.c_proj as weight_formats.quantize_int4 stores them (packed uint8
+    (N, K / 2), float32 scales (N, K / group_size)), then the lm head's; each matrix's input rows
+    are quantized to int8 as linear_q4 does. Returns (logits, next_tokens)."""
+    try:
+        if torch.is_grad_enabled() and (wte.requires_grad or any(p.requires_grad
+                                                                 for p in block_params)):
+            raise RuntimeError("smallmind::decode_step_q4_ is inference only (no autograd); call "
+                               "it under torch.no_grad() or torch.inference_mode()")
+        _decode_step_q4_(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+                         v_caches, n_head, eps, logits, next_tokens, weights_q4, scales_q4,
+                         group_size)
+        return logits, next_tokens
+    except CALL_ERRORS as exc:
+        _diagnose_lowp("decode_step_q4_", exc, (("weights_q4", weights_q4, U8),
+                                                ("scales_q4", scales_q4, torch.float32)))
+        check_int("decode_step_q4_", "group_size", group_size)
+        _diagnose_step("decode_step_q4_", exc, tokens, pos, wte, wpe, block_params, ln_f_w,
+                       ln_f_b, k_caches, v_caches, n_head, logits, next_tokens)
+        raise
+
+
+def _diagnose_lowp(op, exc, lists):
+    """The first bad tensor of the (name, list, dtype) weight lists, raised; else nothing."""
+    for name, seq, dtype in lists:
+        for i, t in enumerate(seq if isinstance(seq, (list, tuple)) else ()):
+            problem = tensor_problem(op, f"{name}[{i}]", t, dtype)
+            if problem is not None:
+                raise problem from exc
 
 
 def decode_block_(x, params, k_cache, v_cache, pos: int, n_head: int, eps: float):
@@ -197,3 +228,22 @@ def _decode_step_q8_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_
         fake_check(op, f"'weights_q8[{i}]'", tuple(w.shape) == shape)
         fake_tensor(op, f"scales_q8[{i}]", scale, contiguous=True)
         fake_check(op, f"'scales_q8[{i}]'", tuple(scale.shape) == shape[:1])
+
+
+@torch.library.register_fake("smallmind::decode_step_q4_")
+def _decode_step_q4_fake(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+                         n_head, eps, logits, next_tokens, weights_q4, scales_q4, group_size=32):
+    op = "decode_step_q4_"
+    n_layer = _fake_step(op, tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
+                         v_caches, n_head, eps, logits, next_tokens)
+    fake_check(op, "group_size", group_size >= 1 and group_size % 32 == 0, value=True)
+    c = wte.shape[1]
+    fake_check(op, "group_size", c % group_size == 0)
+    n = len(Q8_PARAMS) * n_layer + 1  # then the lm head, shaped like wte
+    fake_check(op, "'weights_q4' and 'scales_q4'", len(weights_q4) == n == len(scales_q4))
+    for i, (w, scales) in enumerate(zip(weights_q4, scales_q4)):
+        rows, cols = tuple(wte.shape) if i == n - 1 else param_shape(Q8_PARAMS[i % len(Q8_PARAMS)], c)
+        fake_tensor(op, f"weights_q4[{i}]", w, U8, contiguous=True)
+        fake_check(op, f"'weights_q4[{i}]'", tuple(w.shape) == (rows, cols // 2))
+        fake_tensor(op, f"scales_q4[{i}]", scales, contiguous=True)
+        fake_check(op, f"'scales_q4[{i}]'", tuple(scales.shape) == (rows, cols // group_size))

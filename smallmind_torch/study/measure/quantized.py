@@ -1,4 +1,4 @@
-"""What a weight format gains in speed and costs in accuracy: int8, w8a8 and bf16 weights are not
+"""What a weight format gains in speed and costs in accuracy: int8, w8a8, int4 and bf16 weights are not
 the reference up to float rounding, so their error against fp32 is measured
 (config.LOSSY_FORMS).
 
@@ -37,11 +37,13 @@ from .quality import RANDOM_STREAM_SEED, format_quality, percentile, phase_name,
 AGREEMENT_TOKENS = (50, 200)
 
 # label -> phase: fp32 `max` first (every ratio is against it), then the quantized ones: the
-# two int8 fused decode steps `max-int8` chooses between (the main table says which it chose)
+# two int8 fused decode steps `max-int8` chooses between (the main table says which it chose),
+# `max-int4` (its row says which candidate ran: int4 weights in groups of 32, int8 activations)
 FORMATS = {
     "fp32 (max)": "max",
     "int8 (fused decode)": MAX_INT8_CANDIDATES["int8 fused decode"],
     "w8a8 (fused decode)": MAX_INT8_CANDIDATES["w8a8 fused decode"],
+    "int4 (max-int4)": "max-int4",
     "bf16 (custom ops)": MAX_CANDIDATES["custom ops"].replace(weights="bf16"),
 }
 
