@@ -10,7 +10,7 @@ prefill plus 49 median decode steps (the protocol's 50 tokens). A candidate whos
 greedy tokens differ from `reference` (the study's check, check.ReferenceRun: for int8 weights,
 reference's forms on the same int8 weights, config.reference_for, logits within
 config.check_tolerance) is never chosen, nor is a candidate on a lossy weight format
-(config.LOSSY_FORMS, e.g. `max-int8`'s) whose next-token distributions are too far from fp32
+(config.LOSSY_FORMS, e.g. `max-int8`'s and `max-int4`'s) whose next-token distributions are too far from fp32
 reference's: its mean KL divergence, teacher-forced over QUALITY_WINDOWS fixed windows of
 random token ids (divergence.py), must be at most config.MAX_INT8_MEAN_KL (a check against its
 own reference cannot see a format that is wrong in itself: the reference runs on the same

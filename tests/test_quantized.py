@@ -235,6 +235,7 @@ def test_training_with_low_precision_weights_is_refused(model, fmt, matmul):
     (dict(weights="bf16", compile="inductor"), "compile"),
     (dict(weights="bf16", fused_decode=True, kv_cache=True, workspace=True), "fused_decode=False"),
     (dict(weights="w8a8", compile="max-autotune"), "compile"),
+    (dict(weights="int4", compile="inductor"), "compile"),
     (dict(weights="int2"), "allowed: \\['fp32', 'int8', 'bf16', 'w8a8', 'int4'\\]"),
 ])
 def test_bad_combinations_are_refused(changes, match):
