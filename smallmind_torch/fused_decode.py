@@ -10,7 +10,8 @@ The unit in one file, read top to bottom:
   embeddings, every block, ln_f, the tied lm head, the argmax), both in the same step order and
   with the same names as `csrc/decode_kernel.h`;
 - `FusedStep`: the model's decode step on the op, what the `fused_decode` switch selects for
-  one new token per sequence: every argument but the token and its position gathered once
+  one new token per sequence (and `fused_prefill` for a prompt's prefill and a verify, T tokens
+  per sequence): every argument but the token and its position gathered once
   (on int8 weights, the phase's QuantizedWeights, for "w8a8" with int8 activations too; on int4
   weights its Int4Weights), so
   that a step looks nothing up; logits and, for greedy generation, the next token ids, views of
@@ -160,13 +161,20 @@ class FusedStep:
         self.workspace, self.vocab = workspace, c.vocab_size
         self.batch, self.logits, self.next_tokens = 0, None, None
 
-    def __call__(self, token, start: int):
-        """One token per sequence, token (B, 1) at position `start`, through the KV cache."""
-        B = token.shape[0]
-        if B != self.batch:  # views of the workspace's buffers for this batch size
-            self.logits = self.workspace.take("logits", B, 1, self.vocab)
-            self.next_tokens = self.workspace.take("next_token", B, 1, dtype=torch.int64)
-            self.batch = B
-        with region("decode_step"):
-            self.op(token, start, *self.args, self.logits, self.next_tokens, *self.int8_args)
-        return self.logits, self.next_tokens
+    def __call__(self, tokens, start: int, last_only: bool = True):
+        """tokens (B, T) per sequence at positions start .. start + T - 1, through the KV cache:
+        T = 1 the decode step; T > 1 a prefill (last_only: the logits of each sequence's last
+        token, (B, 1, V)) or a verify (every token's, (B, T, V)); and their argmax ids."""
+        B, T = tokens.shape
+        if T == 1 or last_only:
+            if B != self.batch:  # views of the workspace's buffers for this batch size
+                self.logits = self.workspace.take("logits", B, 1, self.vocab)
+                self.next_tokens = self.workspace.take("next_token", B, 1, dtype=torch.int64)
+                self.batch = B
+            logits, next_tokens = self.logits, self.next_tokens
+        else:  # a verify: every row's logits
+            logits = self.workspace.take("verify_logits", B, T, self.vocab)
+            next_tokens = self.workspace.take("verify_next_tokens", B, T, dtype=torch.int64)
+        with region("decode_step"):  # one fused step, of 1 or T tokens
+            self.op(tokens, start, *self.args, logits, next_tokens, *self.int8_args)
+        return logits, next_tokens
