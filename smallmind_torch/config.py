@@ -76,6 +76,9 @@ FORMS: dict[str, tuple] = {
     # block's LN, qkv, cache write, attention, projections and MLP, ln_f, lm head) instead of
     # ~35 small op calls per block; needs kv_cache + workspace
     "fused_decode": (False, True),
+    # beyond the seed: a prompt's prefill and speculative decoding's verify of T tokens through
+    # the same op (decode_step_ on (B, T) tokens) instead of the phase's op-by-op forward
+    "fused_prefill": (False, True),
     # 4: "naive" = three passes (max, exp+sum, scale); "torch" = F.softmax; "custom" = our op
     "softmax": ("naive", "torch", "custom"),
     # 5: "torch" = library GEMM; "custom" = our blocked GEMM op
@@ -107,6 +110,7 @@ FORMS: dict[str, tuple] = {
 # Forms that only make sense on top of others: (switch, form) -> the switches it needs.
 REQUIRES = {
     ("fused_decode", True): {"kv_cache": True, "workspace": True},
+    ("fused_prefill", True): {"fused_decode": True, "kv_cache": True, "workspace": True},
     # compiled code allocates its own intermediates and runs its own decode step
     ("compile", "inductor"): {"workspace": False, "fused_decode": False},
     ("compile", "max-autotune"): {"workspace": False, "fused_decode": False},
@@ -155,6 +159,7 @@ def check_tolerance(opt: "OptConfig", tolerance: float = 1e-4) -> float:
 CUSTOM_OP_FORMS = {
     "fused_attention": "custom", "softmax": "custom", "matmul": "custom",
     "layernorm": "custom", "embedding_backward": "custom", "fused_decode": True,
+    "fused_prefill": True,
 }
 
 
@@ -168,6 +173,7 @@ class OptConfig:
     workspace: bool = False
     kv_cache: bool = False
     fused_decode: bool = False
+    fused_prefill: bool = False
     softmax: str = "torch"
     matmul: str = "torch"
     layernorm: str = "torch"
@@ -233,6 +239,8 @@ PHASES: dict[str, OptConfig] = {
 # (tuning.py); it says which. experiments/max_fastest.py measures them side by side.
 _CUSTOM = _PHASE3.replace(fused_attention="custom")
 MAX_CANDIDATES: dict[str, OptConfig] = {
+    # the decode step, the prompt's prefill and a verify each one C++ op for the whole model
+    "fused decode + fused prefill": _CUSTOM.replace(fused_decode=True, fused_prefill=True),
     # a decode step = one C++ op for the whole model; prefill on our GEMM, LayerNorm, attention
     "fused decode": _CUSTOM.replace(fused_decode=True),
     # the same decode step; prefill on the library's GEMM, LayerNorm and SDPA
@@ -249,6 +257,10 @@ MAX_CANDIDATES: dict[str, OptConfig] = {
 # reference's forms on the same int8 weights. The last candidate needs no custom op (the
 # library's GEMM on the dequantized weights).
 MAX_INT8_CANDIDATES: dict[str, OptConfig] = {
+    "int8 fused decode + fused prefill":
+        MAX_CANDIDATES["fused decode + fused prefill"].replace(weights="int8"),
+    "w8a8 fused decode + fused prefill":
+        MAX_CANDIDATES["fused decode + fused prefill"].replace(weights="w8a8"),
     "int8 fused decode": MAX_CANDIDATES["fused decode"].replace(weights="int8"),
     # int8 activations too: VNNI dot products where the CPU has them
     "w8a8 fused decode": MAX_CANDIDATES["fused decode"].replace(weights="w8a8"),
@@ -259,6 +271,8 @@ MAX_INT8_CANDIDATES: dict[str, OptConfig] = {
 # "max-int4" likewise with int4 weights (group-wise, int8 activations; the model's width must be
 # a multiple of 32, the group size); the last candidate needs no custom op.
 MAX_INT4_CANDIDATES: dict[str, OptConfig] = {
+    "int4 fused decode + fused prefill":
+        MAX_CANDIDATES["fused decode + fused prefill"].replace(weights="int4"),
     "int4 fused decode": MAX_CANDIDATES["fused decode"].replace(weights="int4"),
     "int4 custom ops": MAX_CANDIDATES["custom ops"].replace(weights="int4"),
     "int4 sdpa + kv cache": MAX_CANDIDATES["sdpa + kv cache"].replace(weights="int4"),

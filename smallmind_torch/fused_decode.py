@@ -10,7 +10,8 @@ The unit in one file, read top to bottom:
   embeddings, every block, ln_f, the tied lm head, the argmax), both in the same step order and
   with the same names as `csrc/decode_kernel.h`;
 - `FusedStep`: the model's decode step on the op, what the `fused_decode` switch selects for
-  one new token per sequence: every argument but the token and its position gathered once
+  one new token per sequence (and `fused_prefill` for a prompt's prefill and a verify, T tokens
+  per sequence): every argument but the token and its position gathered once
   (on int8 weights, the phase's QuantizedWeights, for "w8a8" with int8 activations too; on int4
   weights its Int4Weights), so
   that a step looks nothing up; logits and, for greedy generation, the next token ids, views of
@@ -80,15 +81,20 @@ def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f
                           v_caches, n_head: int, eps: float, logits, next_tokens,
                           weights_q8=None, scales_q8=None, int8_activations: bool = False, *,
                           weights_q4=None, scales_q4=None, group_size: int = 32):
-    """Plain PyTorch of `decode_step_`: tokens (B,) or (B, 1) at position `pos`; block_params
-    12 tensors per block (BLOCK_PARAMS order, block after block); one k and one v cache per
-    block, row `pos` written; logits (B, [1,] V) and next_tokens (B, [1]) written in place.
-    Returns (logits, next_tokens). With weights_q8 / scales_q8, `decode_step_q8_`: the four
+    """Plain PyTorch of `decode_step_`: tokens (B,) or (B, T) at positions pos .. pos + T - 1;
+    block_params 12 tensors per block (BLOCK_PARAMS order, block after block); one k and one v
+    cache per block, rows pos .. pos + T - 1 written; logits (B, T, V) (every token's) or
+    (B, 1, V) (the last's; (B, V) too for T = 1) and next_tokens (one per row of logits)
+    written in place. Returns (logits, next_tokens). The T tokens go through one after the
+    other, each a one-token step at its position: the kernel's causal rows, by definition.
+    With weights_q8 / scales_q8, `decode_step_q8_`: the four
     weight matrices of each block and the lm head are the dequantized int8 ones, and with
     int8_activations their input rows are quantized too (w8a8). With weights_q4 / scales_q4,
     `decode_step_q4_`: the same matrices as Int4Weights of `group_size`, their input rows
     quantized to int8 (forms.linear_int4_torch)."""
     B, C = tokens.size(0), wte.size(1)
+    tokens = tokens.reshape(B, -1)
+    T = tokens.size(1)
     linear, head = F.linear, wte  # the lm head is tied to the token embedding
     quantized = None
     if weights_q8 is not None:
@@ -103,13 +109,16 @@ def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f
             for m, i in enumerate(Q8_PARAMS):
                 block_params[N_PARAMS * l + i] = quantized[len(Q8_PARAMS) * l + m]
         head = quantized[-1]
-    x = wte[tokens.reshape(B)] + wpe[pos]  # (B, C)
-    for l, (k_cache, v_cache) in enumerate(zip(k_caches, v_caches)):  # every block
-        decode_block_reference(x, block_params[N_PARAMS * l:N_PARAMS * (l + 1)], k_cache, v_cache, pos,
-                               n_head, eps, linear)
-    h = F.layer_norm(x, (C,), ln_f_w, ln_f_b, eps)
-    logits.view(B, -1).copy_(linear(h, head, None))
-    next_tokens.view(B).copy_(logits.view(B, -1).argmax(dim=-1))
+    rows = logits.view(B, -1, logits.size(-1))  # (B, T or 1, V)
+    for t in range(T):
+        x = wte[tokens[:, t]] + wpe[pos + t]  # (B, C)
+        for l, (k_cache, v_cache) in enumerate(zip(k_caches, v_caches)):  # every block
+            decode_block_reference(x, block_params[N_PARAMS * l:N_PARAMS * (l + 1)], k_cache,
+                                   v_cache, pos + t, n_head, eps, linear)
+        if rows.size(1) == T or t == T - 1:
+            h = F.layer_norm(x, (C,), ln_f_w, ln_f_b, eps)
+            rows[:, t if rows.size(1) == T else 0].copy_(linear(h, head, None))
+    next_tokens.view(rows.shape[:2]).copy_(rows.argmax(dim=-1))
     return logits, next_tokens
 
 
@@ -152,13 +161,20 @@ class FusedStep:
         self.workspace, self.vocab = workspace, c.vocab_size
         self.batch, self.logits, self.next_tokens = 0, None, None
 
-    def __call__(self, token, start: int):
-        """One token per sequence, token (B, 1) at position `start`, through the KV cache."""
-        B = token.shape[0]
-        if B != self.batch:  # views of the workspace's buffers for this batch size
-            self.logits = self.workspace.take("logits", B, 1, self.vocab)
-            self.next_tokens = self.workspace.take("next_token", B, 1, dtype=torch.int64)
-            self.batch = B
-        with region("decode_step"):
-            self.op(token, start, *self.args, self.logits, self.next_tokens, *self.int8_args)
-        return self.logits, self.next_tokens
+    def __call__(self, tokens, start: int, last_only: bool = True):
+        """tokens (B, T) per sequence at positions start .. start + T - 1, through the KV cache:
+        T = 1 the decode step; T > 1 a prefill (last_only: the logits of each sequence's last
+        token, (B, 1, V)) or a verify (every token's, (B, T, V)); and their argmax ids."""
+        B, T = tokens.shape
+        if T == 1 or last_only:
+            if B != self.batch:  # views of the workspace's buffers for this batch size
+                self.logits = self.workspace.take("logits", B, 1, self.vocab)
+                self.next_tokens = self.workspace.take("next_token", B, 1, dtype=torch.int64)
+                self.batch = B
+            logits, next_tokens = self.logits, self.next_tokens
+        else:  # a verify: every row's logits
+            logits = self.workspace.take("verify_logits", B, T, self.vocab)
+            next_tokens = self.workspace.take("verify_next_tokens", B, T, dtype=torch.int64)
+        with region("decode_step"):  # one fused step, of 1 or T tokens
+            self.op(tokens, start, *self.args, logits, next_tokens, *self.int8_args)
+        return logits, next_tokens

@@ -277,7 +277,7 @@ class GPT(nn.Module):
                 raise ValueError(f"batch {B} exceeds the KV cache's max_batch "
                                  f"{rt.kv_caches[0].max_batch}; call setup_caches(max_batch={B})")
             rt.epoch += 1
-            logits = rt.forms.forward(self, idx, 0, True, True)[:, -1, :]
+            logits = rt.forms.prefill(self, idx, 0, True)[:, -1, :]
             rt.cache_length, rt.cache_batch = T, B
             return logits.clone() if rt.forms.reuses_buffers else logits
 
@@ -323,8 +323,9 @@ class GPT(nn.Module):
     def verify(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run tokens (B, T) through the KV cache at positions cache_length.. in one call and
         return the logits of every one of them (B, T, V): speculative decoding scores its drafted
-        tokens so. A prefill-shaped forward at an offset (the phase's forward, never the
-        single-token fused step); on an empty cache, a prefill that keeps every position."""
+        tokens so. A prefill-shaped forward at an offset (the phase's forward, or with
+        fused_prefill the fused step on T tokens); on an empty cache, a prefill that keeps
+        every position."""
         if not self.phase.opt.kv_cache:
             raise ValueError("verify needs a phase with kv_cache=True")
         self.check_idx(tokens, max_len=self.config.block_size)
@@ -342,7 +343,7 @@ class GPT(nn.Module):
                 raise ValueError(f"verify: {T} tokens after the {start} the KV cache holds "
                                  f"exceed block_size = {self.config.block_size}")
             rt.epoch += 1
-            logits = rt.forms.forward(self, tokens, start, False, True)
+            logits = rt.forms.prefill(self, tokens, start, False)
             rt.cache_length, rt.cache_batch = start + T, B
             return logits.clone() if rt.forms.reuses_buffers else logits
 

@@ -59,6 +59,8 @@ class Forms:
     attention: Callable       # (q, k, v, q_offset, future_mask) -> (B, nh, Tq, hs)
     attention_into: Callable  # (q, k, v, q_offset, future_mask, out, ws) -> out
     forward: Callable         # (model, idx, start, last_only, use_cache) -> (B, T or 1, V)
+    prefill: Callable         # (model, idx, start, last_only) -> (B, T or 1, V), through the
+                              # KV cache: a prompt's prefill, a verify
     decode: Callable          # (model, token (B, 1), start) -> (B, 1, V), through the KV cache
     decode_greedy: Callable   # (model, token (B, 1), start) -> the argmax ids (B, 1)
     reuses_buffers: bool      # forward / decode return views of the workspace
@@ -75,6 +77,10 @@ def fused_decode(model, token, start):
 
 def fused_decode_greedy(model, token, start):  # the argmax in the same C++ call
     return model.phase.fused_step(token, start)[1]
+
+
+def fused_prefill(model, idx, start, last_only):
+    return model.phase.fused_step(idx, start, last_only)[0]
 
 
 def resolve_forms(opt: OptConfig, weights: "dict | None" = None) -> Forms:
@@ -97,11 +103,16 @@ def resolve_forms(opt: OptConfig, weights: "dict | None" = None) -> Forms:
 
         def decode_greedy(model, token, start):
             return decode(model, token, start)[:, -1, :].argmax(dim=-1, keepdim=True)
+    if opt.fused_prefill:
+        prefill = fused_prefill
+    else:
+        def prefill(model, idx, start, last_only):
+            return forward(model, idx, start, last_only, True)
     return Forms(layer_norm=labelled_layer_norm(LAYER_NORM[opt.layernorm]),
                  linear=labelled_linear(LINEAR_BY_WEIGHTS[opt.weights][opt.matmul], weights),
                  embedding=labelled_embedding(EMBEDDING[opt.embedding_backward]),
                  attention=attention, attention_into=attention_into,
-                 forward=forward, decode=decode, decode_greedy=decode_greedy,
+                 forward=forward, prefill=prefill, decode=decode, decode_greedy=decode_greedy,
                  reuses_buffers=opt.workspace)
 
 

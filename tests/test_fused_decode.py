@@ -131,3 +131,23 @@ def test_decode_greedy_inside_then_outside_inference_mode():
         again = runtime.fused_decode_greedy(model, idx[:, 5:6], 5)
         assert torch.equal(again, first)
         again.add_(0)  # a normal tensor: writable outside inference mode
+
+
+@pytest.mark.parametrize("prompt", [5, 40])  # the row-batched path, the blocked GEMM's
+def test_fused_prefill_and_verify_match_full_forward(prompt):
+    """fused_prefill: the prompt's prefill, then a verify of 4 tokens, a rewind of 2 and a
+    verify of 3 more, through the fused step on T tokens: the full forward's logits."""
+    config = ModelConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=64)
+    model = GPT(config).eval()
+    idx = torch.randint(0, config.vocab_size, (2, prompt + 5))
+    with torch.no_grad():
+        expected = model(idx)
+    set_phase_or_skip(model, MAX_CANDIDATES["fused decode + fused prefill"])
+    assert model.phase.forms.prefill is runtime.fused_prefill
+    assert_close(model.prefill(idx[:, :prompt]), expected[:, prompt - 1], rtol=1e-5, atol=1e-5)
+    verified = model.verify(idx[:, prompt:prompt + 4])
+    assert_close(verified, expected[:, prompt:prompt + 4], rtol=1e-5, atol=1e-5)
+    model.rewind(prompt + 2)
+    assert_close(model.verify(idx[:, prompt + 2:]), expected[:, prompt + 2:], rtol=1e-5,
+                 atol=1e-5)
+    assert model.phase.cache_length == prompt + 5

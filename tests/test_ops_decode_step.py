@@ -38,9 +38,9 @@ def _caches(n_layer, max_b, n_head, S, hs):
             [torch.zeros(max_b, n_head, S, hs) for _ in range(n_layer)])
 
 
-def _call(fn, m, tokens, pos, kc, vc, n_head, logits, nxt, eps=1e-5):
+def _call(fn, m, tokens, pos, kc, vc, n_head, logits, nxt, *rest, eps=1e-5):
     return fn(tokens, pos, m["wte"], m["wpe"], m["block_params"], m["ln_f_w"], m["ln_f_b"], kc,
-              vc, n_head, eps, logits, nxt)
+              vc, n_head, eps, logits, nxt, *rest)
 
 
 # (B, C, n_head, V, n_layer, S, maxB)
@@ -213,16 +213,24 @@ BAD = [
     (dict(k1=torch.zeros(2, 2, 6, 16)), r"'k_caches\[1\]' must be .maxB, n_head, S, head_dim."),
     (dict(k1=torch.zeros(2, 4, 7, 8)), "every cache must have the shape of k_caches"),
     (dict(tokens=torch.tensor([1.0, 2.0])), "'tokens' must have dtype Long"),
-    (dict(tokens=torch.tensor([[1, 2]])), r"'tokens' must be \(B,\) or \(B, 1\)"),
+    (dict(tokens=torch.ones(2, 1, 1, dtype=torch.long)), r"'tokens' must be \(B,\) or \(B, T\)"),
+    (dict(tokens=torch.ones(2, 0, dtype=torch.long)), r"'tokens' must be \(B,\) or \(B, T\)"),
+    (dict(tokens=torch.ones(2, 5, dtype=torch.long), pos=2, logits=torch.empty(2, 5, 20),
+          next_tokens=torch.empty(2, 5, dtype=torch.long)), r"pos must lie in \[0, 1\]"),
+    (dict(tokens=torch.ones(2, 3, dtype=torch.long)),
+     r"'logits' must be \(B, T, vocab\) = \(2, 3, 20\) for every token's or \(B, 1, vocab\)"),
+    (dict(tokens=torch.ones(2, 3, dtype=torch.long), logits=torch.empty(2, 3, 20),
+          next_tokens=torch.empty(2, 1, dtype=torch.long)), r"'next_tokens' must be \(B, 3\)"),
     (dict(tokens=torch.tensor([1, 2, 3]), logits=torch.empty(3, 20),
           next_tokens=torch.empty(3, dtype=torch.long)), "batch B = 3 exceeds"),
     (dict(pos=6), r"pos must lie in \[0, 5\]"),
     (dict(pos=-1), r"pos must lie in \[0, 5\]"),
     (dict(wpe=torch.randn(3, 32), pos=4),
-     r"pos must lie in \[0, 2\] \(the caches hold 6 positions, wpe 3\)"),
-    (dict(logits=torch.empty(2, 21)), r"'logits' must be \(B, vocab\) = \(2, 20\)"),
+     r"pos must lie in \[0, 2\] \(the caches hold 6 positions, wpe 3;"),
+    (dict(logits=torch.empty(2, 21)), r"'logits' must be \(B, T, vocab\) = \(2, 1, 20\)"),
     (dict(logits=torch.empty(20, 2).t()), "'logits' must be contiguous"),
-    (dict(next_tokens=torch.empty(2, 2, dtype=torch.long)), "'next_tokens' must be .B,. or"),
+    (dict(next_tokens=torch.empty(2, 2, dtype=torch.long)),
+     r"'next_tokens' must be \(B, 1\) or \(B,\)"),
     (dict(next_tokens=torch.empty(2)), "'next_tokens' must have dtype Long"),
 ]
 

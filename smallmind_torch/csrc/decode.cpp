@@ -3,19 +3,24 @@
 // the current ISA's form; this file checks the arguments and lays out the pointers.
 //
 // decode_step_(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
-//              n_head, eps, logits, next_tokens): one new token per sequence, all at absolute
-// position `pos`, llama2.c's `forward` for GPT-2:
-//   x = wte[tokens] + wpe[pos]                                        (B, C)
+//              n_head, eps, logits, next_tokens): T new tokens per sequence at absolute
+// positions pos .. pos + T - 1 (T = 1: the decode step, llama2.c's `forward` for GPT-2; T > 1:
+// a prompt's prefill, or speculative decoding's verify of T drafted tokens):
+//   x = wte[tokens] + wpe[pos .. pos + T - 1]                         (B * T, C)
 //   for each block l (its 12 tensors block_params[12 l : 12 l + 12], in decode_layout.h's
 //   order, BLOCK_PARAMS of smallmind_torch/decode_layout.py):
-//     x = decode_block(x)  (below; writes row `pos` of k_caches[l], v_caches[l])
-//   logits = ln_f(x) wte^T      (the lm head is tied to the token embedding)  (B, V)
+//     x = decode_block(x)  (below, row after row: row t writes position pos + t of
+//                           k_caches[l], v_caches[l] and attends over 0 .. pos + t: causal)
+//   logits = ln_f(x) wte^T  (the lm head is tied to the token embedding), of every row
+//                           (logits (B, T, V): verify) or of each sequence's last (B, 1, V)
 //   next_tokens = argmax(logits, -1)  (torch.argmax's rule: first NaN, else first maximum)
-// tokens: int64 (B,) or (B, 1), ids in [0, V); wte (V, C), wpe (P, C) with pos < P; caches
-// (maxB, nh, S, hs), B <= maxB, pos < S; logits (B, V) or (B, 1, V); next_tokens (B,) or
-// (B, 1). Every float tensor is float32, every tensor written or read as a matrix contiguous;
-// nothing written may share memory with anything else the op touches. Allocates nothing once
-// its scratch has grown (scratch lives in thread_local buffers).
+// tokens: int64 (B,) or (B, T), ids in [0, V); wte (V, C), wpe (P, C) with pos + T <= P;
+// caches (maxB, nh, S, hs), B <= maxB, pos + T <= S; logits (B, T, V), (B, 1, V) or, for
+// T = 1, (B, V); next_tokens one per row of logits: (B, T), (B, 1) or (B,). Every float tensor
+// is float32, every tensor written or read as a matrix contiguous; nothing written may share
+// memory with anything else the op touches. Allocates nothing once its scratch has grown
+// (scratch lives in thread_local buffers). On float32 weights with B * T >= 32 rows the
+// matrices run on the blocked GEMM (decode_kernel.h: decode_step_gemm).
 //
 // decode_step_q8_(..., weights_q8, scales_q8): the same step with int8 weights (weight-only,
 // per output channel: the `weights` switch) for the four matrices of every block and the lm
@@ -204,11 +209,6 @@ void decode_block_cpu(at::Tensor& x, at::TensorList params, at::Tensor& k_cache,
 
 // ---- decode_step_ --------------------------------------------------------------------------
 
-// (B,) or (B, 1): the optional middle dim of size 1 is the one new token per sequence.
-bool is_column(const at::Tensor& t, int64_t B) {
-  return (t.dim() == 1 && t.size(0) == B) || (t.dim() == 2 && t.size(0) == B && t.size(1) == 1);
-}
-
 void run_decode_step(Isa isa, const DecodeStep& s, int nthreads) {
   SMALLMIND_DISPATCH(isa, decode::decode_step, s, nthreads);
 }
@@ -309,34 +309,47 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
                 v_caches[l].sizes(), " (v_caches[", l, "])");
   }
   const int64_t maxB = k_caches[0].size(0), S = k_caches[0].size(2);
-  // the call: tokens (B,) at pos; outputs
+  // the call: tokens (B,) or (B, T) at pos .. pos + T - 1; outputs
   check_cpu_long(tokens, op, "tokens");
-  TORCH_CHECK((tokens.dim() == 1 || (tokens.dim() == 2 && tokens.size(1) == 1)) &&
-                  tokens.size(0) >= 1,
-              "smallmind::", op, ": 'tokens' must be (B,) or (B, 1) with B >= 1, got shape ",
+  TORCH_CHECK((tokens.dim() == 1 || tokens.dim() == 2) && tokens.size(0) >= 1 &&
+                  (tokens.dim() == 1 || tokens.size(1) >= 1),
+              "smallmind::", op, ": 'tokens' must be (B,) or (B, T) with B, T >= 1, got shape ",
               tokens.sizes());
-  const int64_t B = tokens.size(0);
+  const int64_t B = tokens.size(0), T = tokens.dim() == 2 ? tokens.size(1) : 1;
   TORCH_CHECK(B <= maxB, "smallmind::", op, ": batch B = ", B,
               " exceeds the KV caches' max batch ", maxB);
-  TORCH_CHECK_VALUE(pos >= 0 && pos < S && pos < wpe.size(0), "smallmind::", op,
-                    ": pos must lie in [0, ", std::min(S, wpe.size(0)) - 1, "] (the caches hold ",
-                    S, " positions, wpe ", wpe.size(0), "), got ", pos);
+  const int64_t positions = std::min(S, wpe.size(0));
+  TORCH_CHECK_VALUE(pos >= 0 && pos <= positions - T, "smallmind::", op,
+                    ": pos must lie in [0, ", positions - T, "] (the caches hold ", S,
+                    " positions, wpe ", wpe.size(0), "; the T = ", T, " tokens take positions "
+                    "pos .. pos + T - 1), got ", pos);
   const int64_t* tok = tokens.const_data_ptr<int64_t>();
-  const int64_t tstride = tokens.stride(0);
+  const int64_t tstride = tokens.stride(0), tstep = tokens.dim() == 2 ? tokens.stride(1) : 1;
   for (int64_t b = 0; b < B; ++b)
-    TORCH_CHECK(tok[b * tstride] >= 0 && tok[b * tstride] < V, "smallmind::", op,
-                ": token id out of range: tokens[", b, "] = ", tok[b * tstride],
-                ", allowed range is [0, ", V, ") (vocab = wte.size(0))");
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t id = tok[b * tstride + t * tstep];
+      TORCH_CHECK(id >= 0 && id < V, "smallmind::", op, ": token id out of range: tokens[", b,
+                  T > 1 ? ", " + std::to_string(t) : std::string(), "] = ", id,
+                  ", allowed range is [0, ", V, ") (vocab = wte.size(0))");
+    }
+  // logits of every token (B, T, V), or of each sequence's last (B, 1, V); (B, V) for T = 1
   check_matrix(logits, op, "logits");
-  TORCH_CHECK((logits.dim() == 2 && logits.size(0) == B && logits.size(1) == V) ||
-                  (logits.dim() == 3 && logits.size(0) == B && logits.size(1) == 1 &&
-                   logits.size(2) == V),
-              "smallmind::", op, ": 'logits' must be (B, vocab) = (", B, ", ", V, ") or (B, 1, "
-              "vocab), got ", logits.sizes());
+  const bool all_logits = logits.dim() == 3 && logits.size(1) == T && T > 1;
+  TORCH_CHECK((logits.dim() == 2 && T == 1 && logits.size(0) == B && logits.size(1) == V) ||
+                  (logits.dim() == 3 && logits.size(0) == B && (logits.size(1) == 1 ||
+                   logits.size(1) == T) && logits.size(2) == V),
+              "smallmind::", op, ": 'logits' must be (B, T, vocab) = (", B, ", ", T, ", ", V,
+              ") for every token's or (B, 1, vocab) for the last's", T == 1 ? " (or (B, vocab))"
+              : "", ", got ", logits.sizes());
+  const int64_t R = all_logits ? T : 1;  // rows of logits per sequence
   check_cpu_long(next_tokens, op, "next_tokens");
   check_contiguous(next_tokens, op, "next_tokens");
-  TORCH_CHECK(is_column(next_tokens, B), "smallmind::", op, ": 'next_tokens' must be (B,) or "
-              "(B, 1) with B = ", B, ", got ", next_tokens.sizes());
+  TORCH_CHECK((next_tokens.dim() == 1 && R == 1 && next_tokens.size(0) == B) ||
+                  (next_tokens.dim() == 2 && next_tokens.size(0) == B &&
+                   next_tokens.size(1) == R),
+              "smallmind::", op, ": 'next_tokens' must be (B, ", R, ")",
+              R == 1 ? " or (B,)" : "", " with B = ", B, " (one per row of logits), got ",
+              next_tokens.sizes());
   // nothing written overlaps anything else. ids: 0 logits, 1 next_tokens, 2 + l k_caches[l],
   // 2 + L + l v_caches[l] (written); then tokens, wte, wpe, ln_f_w, ln_f_b, block_params[i]
   static thread_local std::vector<Extent> ext;
@@ -392,8 +405,10 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
     layers[l].q4_group = lw ? lw->group : 0;
   }
   DecodeStep s;
-  s.d = DecodeDims{B, C, nh, hs, S};
+  s.d = DecodeDims{B, C, nh, hs, S, T};
   s.pos = pos;
+  s.token_step = tstep;
+  s.all_logits = all_logits;
   s.n_layer = L;
   s.vocab = V;
   s.tokens = tok;

@@ -226,44 +226,106 @@ static inline float* thread_scratch(size_t n) {
   return s.get(n);
 }
 
-// One block for the residual x (B, C), in place, by the whole team (every thread calls it).
-// h: this thread's (B, C) LayerNorm buffer; att: its S scores.
+// The attention of one (sequence b, head hd) for its T rows (b * T + t) in order: row t writes
+// its k, v at pos + t and attends over 0 .. pos + t, which is causal attention, since the keys
+// row t reads were written by rows <= t. att: pos + T floats.
+static inline void attend_rows(const DecodeDims& d, const DecodeLayer& layer, int64_t b,
+                               int64_t hd, int64_t pos, const float* qkv, float* att,
+                               float* y) {
+  for (int64_t t = 0; t < d.T; ++t) {
+    const int64_t r = b * d.T + t;
+    attend_unit(qkv + r * 3 * d.C, d, b, hd, pos + t, layer.k_cache, layer.v_cache, att,
+                y + r * d.C);
+  }
+}
+
+// One block for the residual x (B * T rows of C), in place, by the whole team (every thread
+// calls it). h: this thread's (B * T, C) LayerNorm buffer; att: its S scores.
 static inline void block_layer(const DecodeDims& d, const DecodeLayer& layer, int64_t pos,
                                float eps, float* x, const Shared& sh, float* h, float* att,
                                int tid, int nth) {
-  const int64_t B = d.B, C = d.C, hs = d.hs;
+  const int64_t M = d.B * d.T, C = d.C, hs = d.hs;
   const float* const* p = layer.p;
   int64_t j0, j1;
   // attention, one head at a time: h = LN1(x); q, k, v = c_attn(h) (this head's columns);
-  // cache[b, head, pos] = k, v; y = softmax(q K^T / sqrt(hs)) V
-  layer_norm_rows(x, B, C, p[ln_1_w], p[ln_1_b], eps, h);
+  // cache[b, head, pos + t] = k, v; y = softmax(q K^T / sqrt(hs)) V
+  layer_norm_rows(x, M, C, p[ln_1_w], p[ln_1_b], eps, h);
   thread_range(d.nh, 1, tid, nth, &j0, &j1);
   Int8Rows h8{};  // w8a8, int4: h prepared once for every c_attn call below
   const bool prepare = (layer.q4[0] || (layer.q[0] && layer.int8_activations)) && j0 < j1;
-  if (prepare) h8 = prepare_input(h, B, C, layer.q4[0] != nullptr);
+  if (prepare) h8 = prepare_input(h, M, C, layer.q4[0] != nullptr);
   for (int64_t hd = j0; hd < j1; ++hd) {
     for (int64_t part = 0; part < 3; ++part) {  // q, k, v
       const int64_t c0 = part * C + hd * hs;
-      layer_gemv(layer, 0, h, B, C, c0, c0 + hs, sh.qkv, 3 * C, false, prepare ? &h8 : nullptr);
+      layer_gemv(layer, 0, h, M, C, c0, c0 + hs, sh.qkv, 3 * C, false, prepare ? &h8 : nullptr);
     }
-    for (int64_t b = 0; b < B; ++b)
-      attend_unit(sh.qkv + b * 3 * C, d, b, hd, pos, layer.k_cache, layer.v_cache, att,
-                  sh.y + b * C);
+    for (int64_t b = 0; b < d.B; ++b) attend_rows(d, layer, b, hd, pos, sh.qkv, att, sh.y);
   }
   team_barrier(nth);
   // x += attn.c_proj(y)
   thread_range(C, 16, tid, nth, &j0, &j1);
-  layer_gemv(layer, 1, sh.y, B, C, j0, j1, x, C, true);
+  layer_gemv(layer, 1, sh.y, M, C, j0, j1, x, C, true);
   team_barrier(nth);
   // MLP: h = LN2(x); fc = gelu(c_fc(h)); x += mlp.c_proj(fc)
-  layer_norm_rows(x, B, C, p[ln_2_w], p[ln_2_b], eps, h);
+  layer_norm_rows(x, M, C, p[ln_2_w], p[ln_2_b], eps, h);
   thread_range(4 * C, 16, tid, nth, &j0, &j1);
-  layer_gemv(layer, 2, h, B, C, j0, j1, sh.fc, 4 * C, false);
-  for (int64_t b = 0; b < B; ++b) gelu_tanh_inplace(sh.fc + b * 4 * C + j0, j1 - j0);
+  layer_gemv(layer, 2, h, M, C, j0, j1, sh.fc, 4 * C, false);
+  for (int64_t r = 0; r < M; ++r) gelu_tanh_inplace(sh.fc + r * 4 * C + j0, j1 - j0);
   team_barrier(nth);
   thread_range(C, 16, tid, nth, &j0, &j1);
-  layer_gemv(layer, 3, sh.fc, B, 4 * C, j0, j1, x, C, true);
+  layer_gemv(layer, 3, sh.fc, M, 4 * C, j0, j1, x, C, true);
   team_barrier(nth);
+}
+
+// Rows from which the float32 matrices run on the blocked GEMM (gemm::sgemm) instead of the
+// row-batched matrix-vector products: there a column range re-reads every row of its input
+// for each 8 columns, which for a long prompt (512 rows of 768) no longer stays in cache.
+constexpr int64_t kGemmRows = 32;
+
+// The same block on the blocked GEMM, for B * T >= kGemmRows rows of float32 weights: each
+// matrix one sgemm (its own parallel region of nthreads), the row-wise stages in between
+// (LayerNorm, attention, GELU, residual adds) each one region of the team. h: shared (M, C).
+static inline void block_layer_gemm(const DecodeDims& d, const DecodeLayer& layer, int64_t pos,
+                                    float eps, float* x, const Shared& sh, float* h,
+                                    int nthreads) {
+  const int64_t M = d.B * d.T, C = d.C;
+  const float* const* p = layer.p;
+  auto rows = [&](int64_t n, auto&& body) {  // body(r0, r1) on this thread's rows of n
+    run_team(nthreads, [&](int tid, int nth) {
+      int64_t r0, r1;
+      thread_range(n, 1, tid, nth, &r0, &r1);
+      if (r0 < r1) body(r0, r1, tid);
+    });
+  };
+  auto linear = [&](const float* a, int64_t K, int m, int64_t N, float* out) {  // matrix m
+    gemm::sgemm(M, N, K, a, K, 1, p[kQ8Params[m]], 1, K, out, N, p[kQ8Biases[m]], nthreads);
+  };
+  auto add_h = [&](int64_t r0, int64_t r1, int) {  // x += h
+    for (int64_t i = r0 * C; i < r1 * C; ++i) x[i] += h[i];
+  };
+  // attention: h = LN1(x); qkv = c_attn(h); per (sequence, head): the causal rows
+  rows(M, [&](int64_t r0, int64_t r1, int) {
+    layer_norm_rows(x + r0 * C, r1 - r0, C, p[ln_1_w], p[ln_1_b], eps, h + r0 * C);
+  });
+  linear(h, C, 0, 3 * C, sh.qkv);
+  rows(d.B * d.nh, [&](int64_t u0, int64_t u1, int) {
+    float* att = thread_scratch(size_t(d.S));
+    for (int64_t u = u0; u < u1; ++u)
+      attend_rows(d, layer, u / d.nh, u % d.nh, pos, sh.qkv, att, sh.y);
+  });
+  // x += attn.c_proj(y)
+  linear(sh.y, C, 1, C, h);
+  rows(M, add_h);
+  // MLP: h = LN2(x); fc = gelu(c_fc(h)); x += mlp.c_proj(fc)
+  rows(M, [&](int64_t r0, int64_t r1, int) {
+    layer_norm_rows(x + r0 * C, r1 - r0, C, p[ln_2_w], p[ln_2_b], eps, h + r0 * C);
+  });
+  linear(h, C, 2, 4 * C, sh.fc);
+  rows(M, [&](int64_t r0, int64_t r1, int) {
+    gelu_tanh_inplace(sh.fc + r0 * 4 * C, (r1 - r0) * 4 * C);
+  });
+  linear(sh.fc, 4 * C, 3, C, h);
+  rows(M, add_h);
 }
 
 // Scratch of the calling thread for a call with B sequences of C, plus `extra_floats`. Every
@@ -318,65 +380,120 @@ static inline void argmax_range(const float* row, int64_t j0, int64_t j1, float*
   *idx = j;
 }
 
-// decode_step_: the whole model for one new token per sequence, llama2.c's `forward`:
-// embeddings, every block, ln_f, the tied lm head into logits, and the argmax of each row.
+// x (B * T, C) = wte[token of row b * T + t] + wpe[pos + t], for rows [r0, r1).
+static inline void embed_rows(const DecodeStep& s, int64_t r0, int64_t r1, float* x) {
+  const int64_t C = s.d.C, T = s.d.T;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / T, t = r % T;
+    const float* te = s.wte + s.tokens[b * s.token_stride + t * s.token_step] * C;
+    const float* pe = s.wpe + (s.pos + t) * C;
+    for (int64_t c = 0; c < C; ++c) x[r * C + c] = te[c] + pe[c];
+  }
+}
+
+// h (R, C) = ln_f of the rows of x whose logits are asked for: every row (R = B * T), or the
+// last of each sequence (R = B); rows [i0, i1) of h.
+static inline void ln_f_rows(const DecodeStep& s, const float* x, int64_t i0, int64_t i1,
+                             float* h) {
+  const int64_t C = s.d.C, T = s.d.T;
+  if (s.all_logits || T == 1) {
+    layer_norm_rows(x + i0 * C, i1 - i0, C, s.ln_f_w, s.ln_f_b, s.eps, h + i0 * C);
+    return;
+  }
+  for (int64_t i = i0; i < i1; ++i)
+    layer_norm_rows(x + (i * T + T - 1) * C, 1, C, s.ln_f_w, s.ln_f_b, s.eps, h + i * C);
+}
+
+// decode_step_ on the blocked GEMM (float32 weights, B * T >= kGemmRows rows: a prompt or a
+// long verify): every block by block_layer_gemm, then the lm head by sgemm and the argmax of
+// each row of logits by the thread that owns the row.
+static inline void decode_step_gemm(const DecodeStep& s, int nthreads) {
+  const DecodeDims& d = s.d;
+  const int64_t M = d.B * d.T, C = d.C, V = s.vocab, R = s.all_logits ? M : d.B;
+  const int64_t x_floats = (M * C + 15) / 16 * 16;
+  float* x;
+  const Shared sh = shared_scratch(M, C, 2 * x_floats, &x);
+  float* h = x + x_floats;  // (M, C): LayerNorm outputs and the projections' results
+  auto rows = [&](int64_t n, auto&& body) {
+    run_team(nthreads, [&](int tid, int nth) {
+      int64_t r0, r1;
+      thread_range(n, 1, tid, nth, &r0, &r1);
+      if (r0 < r1) body(r0, r1);
+    });
+  };
+  rows(M, [&](int64_t r0, int64_t r1) { embed_rows(s, r0, r1, x); });
+  for (int64_t l = 0; l < s.n_layer; ++l)  // every block
+    block_layer_gemm(d, s.layers[l], s.pos, s.eps, x, sh, h, nthreads);
+  rows(R, [&](int64_t r0, int64_t r1) { ln_f_rows(s, x, r0, r1, h); });
+  gemm::sgemm(R, V, C, h, C, 1, s.wte, 1, C, s.logits, V, nullptr, nthreads);
+  rows(R, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float val;
+      argmax_range(s.logits + r * V, 0, V, &val, s.next_tokens + r);
+    }
+  });
+}
+
+// decode_step_: the whole model for T new tokens per sequence (T = 1: the decode step,
+// llama2.c's `forward`; a prompt's prefill; speculative decoding's verify): embeddings, every
+// block, ln_f, the tied lm head into logits (of every row, or of each sequence's last), and
+// the argmax of each row. Float32 weights and B * T >= kGemmRows rows: decode_step_gemm;
+// else one region of the team.
 static inline void decode_step(const DecodeStep& s, int nthreads) {
   const DecodeDims& d = s.d;
-  const int64_t B = d.B, C = d.C, V = s.vocab;
+  const int64_t B = d.B, M = B * d.T, C = d.C, V = s.vocab, R = s.all_logits ? M : B;
+  const bool lowp = s.head_q || s.head_q4;
+  if (!lowp && M >= kGemmRows) {
+    decode_step_gemm(s, nthreads);
+    return;
+  }
   const double weight_bytes =
       (12.0 * double(C) * double(C) * double(s.n_layer) + double(V) * double(C)) * sizeof(float);
-  const int nt = team_size(weight_bytes, nthreads);
-  // shared: the residual x (B, C), then the (value, index) argmax candidates of every thread
-  const int64_t x_floats = (B * C + 15) / 16 * 16;
+  const int nt = team_size(weight_bytes * double(d.T), nthreads);
+  // shared: the residual x (M, C), then the (value, index) argmax candidates of every thread
+  const int64_t x_floats = (M * C + 15) / 16 * 16;
   float* x;
-  const Shared sh = shared_scratch(B, C, x_floats + 3 * int64_t(nt) * B, &x);
-  int64_t* best_idx = reinterpret_cast<int64_t*>(x + x_floats);  // (nt, B), 64-byte aligned
-  float* best_val = x + x_floats + 2 * nt * B;                   // (nt, B)
+  const Shared sh = shared_scratch(M, C, x_floats + 3 * int64_t(nt) * R, &x);
+  int64_t* best_idx = reinterpret_cast<int64_t*>(x + x_floats);  // (nt, R), 64-byte aligned
+  float* best_val = x + x_floats + 2 * nt * R;                   // (nt, R)
   run_team(nt, [&](int tid, int nth) {
-    float* h = thread_scratch(size_t(B * C + d.S));  // this thread's LayerNorm output
-    float* att = h + B * C;                          // and attention scores
-    // x = wte[token] + wpe[pos]
-    if (tid == 0) {
-      for (int64_t b = 0; b < B; ++b) {
-        const float* te = s.wte + s.tokens[b * s.token_stride] * C;
-        const float* pe = s.wpe + s.pos * C;
-        for (int64_t c = 0; c < C; ++c) x[b * C + c] = te[c] + pe[c];
-      }
-    }
+    float* h = thread_scratch(size_t(M * C + d.S));  // this thread's LayerNorm output
+    float* att = h + M * C;                          // and attention scores
+    if (tid == 0) embed_rows(s, 0, M, x);
     team_barrier(nth);
     for (int64_t l = 0; l < s.n_layer; ++l)  // every block
       block_layer(d, s.layers[l], s.pos, s.eps, x, sh, h, att, tid, nth);
-    // h = ln_f(x); logits = h wte^T; each thread's best (value, index) per sequence
-    layer_norm_rows(x, B, C, s.ln_f_w, s.ln_f_b, s.eps, h);
-    float* my_val = best_val + tid * B;
-    int64_t* my_idx = best_idx + tid * B;
+    // h = ln_f(x) (the rows asked for); logits = h wte^T; each thread's best (value, index)
+    ln_f_rows(s, x, 0, R, h);
+    float* my_val = best_val + tid * R;
+    int64_t* my_idx = best_idx + tid * R;
     int64_t j0, j1;
     thread_range(V, 16, tid, nth, &j0, &j1);
     if (s.head_q4)
-      gemv_cols_int4(h, nullptr, B, C, s.head_q4, s.head_q4_scale, s.q4_group, nullptr, j0, j1,
+      gemv_cols_int4(h, nullptr, R, C, s.head_q4, s.head_q4_scale, s.q4_group, nullptr, j0, j1,
                      s.logits, V, false);
     else if (s.head_q)
-      gemv_cols_int8(s.int8_activations, h, nullptr, B, C, s.head_q, s.head_scale, nullptr, j0,
+      gemv_cols_int8(s.int8_activations, h, nullptr, R, C, s.head_q, s.head_scale, nullptr, j0,
                      j1, s.logits, V, false);
     else
-      gemv_cols(h, B, C, s.wte, nullptr, j0, j1, s.logits, V, false);
-    for (int64_t b = 0; b < B; ++b) {
-      my_val[b] = -INFINITY;  // an empty range: a candidate that loses every comparison
-      my_idx[b] = V;
-      if (j0 < j1) argmax_range(s.logits + b * V, j0, j1, my_val + b, my_idx + b);
+      gemv_cols(h, R, C, s.wte, nullptr, j0, j1, s.logits, V, false);
+    for (int64_t r = 0; r < R; ++r) {
+      my_val[r] = -INFINITY;  // an empty range: a candidate that loses every comparison
+      my_idx[r] = V;
+      if (j0 < j1) argmax_range(s.logits + r * V, j0, j1, my_val + r, my_idx + r);
     }
     team_barrier(nth);
-    // next_tokens[b] = argmax over every thread's candidate
+    // next_tokens[r] = argmax over every thread's candidate
     if (tid == 0) {
-      for (int64_t b = 0; b < B; ++b) {
-        float bv = best_val[b];
-        int64_t bi = best_idx[b];
+      for (int64_t r = 0; r < R; ++r) {
+        float bv = best_val[r];
+        int64_t bi = best_idx[r];
         for (int t = 1; t < nth; ++t)
-          if (better(best_val[t * B + b], best_idx[t * B + b], bv, bi)) {
-            bv = best_val[t * B + b];
-            bi = best_idx[t * B + b];
+          if (better(best_val[t * R + r], best_idx[t * R + r], bv, bi)) {
+            bv = best_val[t * R + r];
+            bi = best_idx[t * R + r];
           }
-        s.next_tokens[b] = bi;
+        s.next_tokens[r] = bi;
       }
     }
   });

@@ -37,9 +37,11 @@ namespace smallmind {
 
 // ---- argument bundles of the fused decode kernels (one definition for every ISA) ----------
 
-// Shapes of a decode call: B sequences, C = n_embd = nh * hs, caches (maxB, nh, S, hs).
+// Shapes of a decode call: B sequences of T new tokens each (rows b * T + t), C = n_embd =
+// nh * hs, caches (maxB, nh, S, hs).
 struct DecodeDims {
   int64_t B, C, nh, hs, S;
+  int64_t T = 1;
 };
 
 // One block: its parameters in decode_layout.h's order (contiguous, nn.Linear layout) and its
@@ -60,20 +62,23 @@ struct DecodeLayer {
   int64_t q4_group = 0;
 };
 
-// The whole-model decode step (decode_step_ in decode.cpp).
+// The whole-model decode step (decode_step_ in decode.cpp): d.T tokens per sequence at
+// positions pos .. pos + T - 1.
 struct DecodeStep {
   DecodeDims d;
   int64_t pos, n_layer, vocab;
-  const int64_t* tokens;  // token of sequence b at tokens[b * token_stride]
+  const int64_t* tokens;  // token t of sequence b at tokens[b * token_stride + t * token_step]
   int64_t token_stride;
+  int64_t token_step = 1;
+  bool all_logits = false;  // logits of every row (B * T, verify), else of each last (B, prefill)
   const float* wte;       // (vocab, C): token embedding and tied lm head
-  const float* wpe;       // (>= pos + 1, C)
+  const float* wpe;       // (>= pos + T, C)
   const DecodeLayer* layers;
   const float* ln_f_w;
   const float* ln_f_b;
   float eps;
-  float* logits;          // (B, vocab)
-  int64_t* next_tokens;   // (B,): argmax of each row of logits
+  float* logits;          // (B * T, vocab) with all_logits, else (B, vocab)
+  int64_t* next_tokens;   // one per row of logits: the argmax of the row
   const int8_t* head_q = nullptr;     // the lm head as int8 (vocab, C), or null: wte
   const float* head_scale = nullptr;  // its scales (vocab,)
   bool int8_activations = false;      // w8a8 (the layers' flag too)

@@ -1,5 +1,6 @@
 """Bindings of csrc/decode.cpp: the whole model's decode step (`decode_step_`: embeddings, every
-block, ln_f, the tied lm head and the argmax, for one new token per sequence; `decode_step_q8_`
+block, ln_f, the tied lm head and the argmax, for T new tokens per sequence: T = 1 a decode
+step, T > 1 a prompt's prefill or a verify; `decode_step_q8_`
 on int8 weights, `decode_step_q4_` on int4 ones) and one GPT-2 block (`decode_block_`), each in one C++ call.
 
 A block's parameters go in as one list, in the order of `smallmind_torch/decode_layout.py`
@@ -28,10 +29,12 @@ __all__ = ["decode_block_", "decode_step_", "decode_step_q4_", "decode_step_q8_"
 
 def decode_step_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
                  n_head: int, eps: float, logits, next_tokens):
-    """One decode step of the whole model for tokens (B,) or (B, 1) at position `pos`: writes
-    row `pos` of every cache, the logits (B, V) or (B, 1, V) and their argmax next_tokens (B,)
-    or (B, 1) in place; returns (logits, next_tokens). block_params: the blocks' tensors, 12 per
-    block in BLOCK_PARAMS order, block after block; the lm head is wte (tied)."""
+    """One step of the whole model for tokens (B,) or (B, T) at positions pos .. pos + T - 1
+    (T = 1: a decode step; T > 1: a prefill or a verify): writes those rows of every cache,
+    the logits of every token (B, T, V) or of each sequence's last (B, 1, V) ((B, V) too for
+    T = 1) and their argmax next_tokens, one per row of logits ((B, T), (B, 1), (B,)), in place;
+    returns (logits, next_tokens). block_params: the blocks' tensors, 12 per block in
+    BLOCK_PARAMS order, block after block; the lm head is wte (tied)."""
     try:
         if torch.is_grad_enabled() and (wte.requires_grad or any(p.requires_grad
                                                                  for p in block_params)):
@@ -193,15 +196,19 @@ def _fake_step(op, tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches
                                                                ("v_caches", v_caches))
                       for l, t in enumerate(caches)], n_head, c // n_head)
     fake_tensor(op, "tokens", tokens, I64)
-    fake_check(op, "'tokens'", (tokens.dim() == 1 or (tokens.dim() == 2 and tokens.shape[1] == 1))
-               and tokens.shape[0] >= 1)
-    b = tokens.shape[0]
+    fake_check(op, "'tokens'", tokens.dim() in (1, 2) and tokens.shape[0] >= 1
+               and (tokens.dim() == 1 or tokens.shape[1] >= 1))
+    b, t = tokens.shape[0], (tokens.shape[1] if tokens.dim() == 2 else 1)
     fake_check(op, "batch", b <= k_caches[0].shape[0])
-    fake_check(op, "pos", 0 <= pos < min(k_caches[0].shape[2], wpe.shape[0]), value=True)
+    fake_check(op, "pos", 0 <= pos and pos + t <= min(k_caches[0].shape[2], wpe.shape[0]),
+               value=True)
     fake_tensor(op, "logits", logits, contiguous=True)
-    fake_check(op, "'logits'", tuple(logits.shape) in ((b, v), (b, 1, v)))
+    shapes = [(b, t, v), (b, 1, v)] + ([(b, v)] if t == 1 else [])  # lists: SymInts hash not
+    fake_check(op, "'logits'", tuple(logits.shape) in shapes)
+    rows = t if logits.dim() == 3 and logits.shape[1] == t else 1
     fake_tensor(op, "next_tokens", next_tokens, I64, contiguous=True)
-    fake_check(op, "'next_tokens'", tuple(next_tokens.shape) in ((b,), (b, 1)))
+    fake_check(op, "'next_tokens'", tuple(next_tokens.shape) in
+               [(b, rows)] + ([(b,)] if rows == 1 else []))
     return n_layer
 
 
