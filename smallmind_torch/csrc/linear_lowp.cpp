@@ -32,6 +32,20 @@
 namespace smallmind {
 namespace {
 
+// The checks of every low-precision linear after its weight's: the bias (float32 (N,),
+// contiguous, optional); returns the output shape (..., N).
+std::vector<int64_t> checked_output_shape(const char* op, const at::Tensor& x, int64_t N,
+                                          const std::optional<at::Tensor>& bias) {
+  if (bias) {
+    check_cpu_float32(*bias, op, "bias");
+    check_shape(*bias, {N}, op, "bias");
+    check_contiguous(*bias, op, "bias");
+  }
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
+}
+
 // The checks the two ops share: x, the weight (dtype, 2-D, contiguous), bias; returns the output
 // shape (..., N).
 std::vector<int64_t> lowp_check(const char* op, const at::Tensor& x, const at::Tensor& w,
@@ -45,14 +59,7 @@ std::vector<int64_t> lowp_check(const char* op, const at::Tensor& x, const at::T
   check_contiguous(w, op, w_name);
   const int64_t N = w.size(0), K = w.size(1);
   check_same_size(x.size(-1), K, op, "x.size(-1)", (std::string(w_name) + ".size(1) (K)").c_str());
-  if (bias) {
-    check_cpu_float32(*bias, op, "bias");
-    check_shape(*bias, {N}, op, "bias");
-    check_contiguous(*bias, op, "bias");
-  }
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  return shape;
+  return checked_output_shape(op, x, N, bias);
 }
 
 void check_scale(const at::Tensor& scale, int64_t N, const char* op) {
@@ -236,14 +243,7 @@ std::vector<int64_t> q4_check(const at::Tensor& x, const at::Tensor& w_packed,
   check_cpu_float32(scales, op, "scales");
   check_shape(scales, {N, K / group_size}, op, "scales");
   check_contiguous(scales, op, "scales");
-  if (bias) {
-    check_cpu_float32(*bias, op, "bias");
-    check_shape(*bias, {N}, op, "bias");
-    check_contiguous(*bias, op, "bias");
-  }
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  return shape;
+  return checked_output_shape(op, x, N, bias);
 }
 
 void q4_into(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& scales,

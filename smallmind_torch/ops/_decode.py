@@ -27,6 +27,13 @@ _decode_step_q4_ = torch.ops.smallmind.decode_step_q4_.default
 __all__ = ["decode_block_", "decode_step_", "decode_step_q4_", "decode_step_q8_"]
 
 
+
+def _refuse_autograd(op: str, first, tensors) -> None:
+    """The fused ops are inference only: refused while autograd would record them."""
+    if torch.is_grad_enabled() and (first.requires_grad or any(p.requires_grad for p in tensors)):
+        raise RuntimeError(f"smallmind::{op} is inference only (no autograd); call it under "
+                           "torch.no_grad() or torch.inference_mode()")
+
 def decode_step_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
                  n_head: int, eps: float, logits, next_tokens):
     """One step of the whole model for tokens (B,) or (B, T) at positions pos .. pos + T - 1
@@ -36,10 +43,7 @@ def decode_step_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_cac
     returns (logits, next_tokens). block_params: the blocks' tensors, 12 per block in
     BLOCK_PARAMS order, block after block; the lm head is wte (tied)."""
     try:
-        if torch.is_grad_enabled() and (wte.requires_grad or any(p.requires_grad
-                                                                 for p in block_params)):
-            raise RuntimeError("smallmind::decode_step_ is inference only (no autograd); call "
-                               "it under torch.no_grad() or torch.inference_mode()")
+        _refuse_autograd("decode_step_", wte, block_params)
         _decode_step_(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
                       n_head, eps, logits, next_tokens)
         return logits, next_tokens
@@ -70,10 +74,7 @@ def decode_step_q8_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_
     not read. With int8_activations (w8a8) each matrix's input rows are quantized to int8 as
     linear_w8a8 does. Returns (logits, next_tokens)."""
     try:
-        if torch.is_grad_enabled() and (wte.requires_grad or any(p.requires_grad
-                                                                 for p in block_params)):
-            raise RuntimeError("smallmind::decode_step_q8_ is inference only (no autograd); call "
-                               "it under torch.no_grad() or torch.inference_mode()")
+        _refuse_autograd("decode_step_q8_", wte, block_params)
         _decode_step_q8_(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
                          v_caches, n_head, eps, logits, next_tokens, weights_q8, scales_q8,
                          bool(int8_activations))
@@ -94,10 +95,7 @@ def decode_step_q4_(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f_b, k_
     (N, K / 2), float32 scales (N, K / group_size)), then the lm head's; each matrix's input rows
     are quantized to int8 as linear_q4 does. Returns (logits, next_tokens)."""
     try:
-        if torch.is_grad_enabled() and (wte.requires_grad or any(p.requires_grad
-                                                                 for p in block_params)):
-            raise RuntimeError("smallmind::decode_step_q4_ is inference only (no autograd); call "
-                               "it under torch.no_grad() or torch.inference_mode()")
+        _refuse_autograd("decode_step_q4_", wte, block_params)
         _decode_step_q4_(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches,
                          v_caches, n_head, eps, logits, next_tokens, weights_q4, scales_q4,
                          group_size)
@@ -123,9 +121,7 @@ def _diagnose_lowp(op, exc, lists):
 def decode_block_(x, params, k_cache, v_cache, pos: int, n_head: int, eps: float):
     """Run one block (params in BLOCK_PARAMS order) for x (B, C) at `pos`, in place; returns x."""
     try:
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-            raise RuntimeError("smallmind::decode_block_ is inference only (no autograd); call "
-                               "it under torch.no_grad() or torch.inference_mode()")
+        _refuse_autograd("decode_block_", x, params)
         _decode_block_(x, params, k_cache, v_cache, pos, n_head, eps)
         return x
     except CALL_ERRORS as exc:

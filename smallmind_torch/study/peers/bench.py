@@ -41,9 +41,9 @@ from .base import RunTiming, save_weights
 from .engines import engine_weights, is_peer, make_engine, missing_packages, not_installed_reason
 from .worker import answer, reason
 
-DEFAULT_ENGINES = ("smallmind", "smallmind:max-int8", "onnxruntime", "onnxruntime-int8",
-                   "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled", "llama.cpp",
-                   "llama.cpp-q8_0", "llama.cpp-q4_0", "torchao-int8", "torchao-int4")
+DEFAULT_ENGINES = ("smallmind", "smallmind:max-int8", "smallmind:max-int4", "onnxruntime",
+                   "onnxruntime-int8", "ctranslate2", "ctranslate2-int8", "hf", "hf-compiled",
+                   "llama.cpp", "llama.cpp-q8_0", "llama.cpp-q4_0", "torchao-int8", "torchao-int4")
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,8 @@ QUANTIZED_NOTE = (
     "The `weights` switch on the same weights: the two int8 fused decode steps that `max-int8` "
     "chooses between (weight-only int8 with float32 activations, and w8a8 with int8 "
     "activations on VNNI dot products where the CPU has them; the main table says which "
-    "`max-int8` chose) and bf16 on the custom ops, each in its own model, alternating run by "
+    "`max-int8` chose), `max-int4` (group-wise int4 weights with int8 activations) and bf16 on "
+    "the custom ops, each in its own model, alternating run by "
     "run with fp32 `max`. Then what each format costs against fp32 reference: the scoreboard "
     "(teacher-forced over an evaluation set: perplexity, KL divergence, top token, the correct "
     "token's probability), |logit difference| over the check input, greedy tokens over 50 and "
@@ -224,7 +225,7 @@ def markdown_report(study: StudyResult, plots: "dict | None" = None) -> str:
              "with one it stays flat.", "batches", plots)
     if plots and "positions" in plots:
         lines += [f"![positions]({Path(plots['positions']).name})", ""]
-    _markdown_section(lines, "Weight formats: int8, w8a8 and bf16 against fp32",
+    _markdown_section(lines, "Weight formats: int8, w8a8, int4 and bf16 against fp32",
                       QUANTIZED_NOTE, _quantized_markdown(study))
     _markdown_section(lines, "Speculative decoding: fp32 max's own tokens, several per call",
                       SPECULATIVE_NOTE, study.speculative and speculative_markdown(study.speculative))
