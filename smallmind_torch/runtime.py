@@ -16,9 +16,10 @@ What a runtime made from the parameters (the copies in another format, an AOTInd
 the fused step's argument pack) would go stale when they change: `GPT` calls `refresh(model)` at
 every forward, prefill and generation start, which makes them again when a parameter was
 replaced, edited in place or moved, and drops the caches. It costs a counter compare (plus one
-version check per copied weight) unless a parameter or module was registered somewhere since. A write through
-`.data` (`w.data.copy_(...)`) bumps no version, so nothing can see it: making the runtime again
-(`set_phase`) makes every copy again, the custom GEMM's packed weights included.
+version check per copied weight) unless a parameter or module was registered somewhere since.
+A write through `.data` (`w.data.copy_(...)`) bumps no version, so nothing can see it: making
+the runtime again (`set_phase`) makes every copy again, the custom GEMM's packed weights
+included.
 """
 from __future__ import annotations
 
