@@ -21,14 +21,13 @@ from pathlib import Path
 import torch
 
 from smallmind_torch import GPT, ModelConfig
+from smallmind_torch.config import GPT2_SMALL
 from smallmind_torch.study.measure.quality import VALIDATION_SET, validation_stream
 from smallmind_torch.study.measure.quantized import (FORMATS, lossy_formats, measure_speed,
                                                      quality_scoreboard, weight_format_accuracy)
 from smallmind_torch.study.report.tables import format_quality_rows, spread_cell, text_table
 
-SHAPES = {"seed": ModelConfig(),
-          "gpt2-small": ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
-                                    block_size=1024)}
+SHAPES = {"seed": ModelConfig(), "gpt2-small": GPT2_SMALL}
 
 
 def _model(shape: str, checkpoint):

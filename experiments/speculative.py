@@ -18,7 +18,8 @@ from smallmind_torch.study.measure.speculative import K_VALUES, measure_speculat
 from smallmind_torch.study.protocol.settings import fixed_prompt
 from smallmind_torch.study.report.speculative_tables import markdown
 from smallmind_torch.study.results import SpeculativeResult
-from smallmind_torch.study.run import GPT2_SMALL, WIDE_CHECKPOINT
+from smallmind_torch.config import GPT2_SMALL
+from smallmind_torch.study.run import WIDE_CHECKPOINT
 from smallmind_torch.threads import threads
 
 CHECKPOINTS = {"seed": "checkpoints/seed", "wide": WIDE_CHECKPOINT}

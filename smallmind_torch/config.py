@@ -54,6 +54,10 @@ class ModelConfig:
 # "wide": 6 x 512, ~19M parameters (76 MB of fp32 weights, past a desktop L3), so that a decode
 # step is bound by reading the weights from memory, where the seed's 13 MB stay in cache; the
 # speculative decoding part of the study measures on it (docs/study.md).
+# GPT-2 small (124M parameters), the larger shape the study, the peers and the experiments
+# measure at (random weights): its 500 MB of float32 weights are read from memory every step.
+GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
+
 TRAINING_SHAPES: dict[str, ModelConfig] = {
     "seed": ModelConfig(),
     "wide": ModelConfig(n_layer=6, n_head=8, n_embd=512),

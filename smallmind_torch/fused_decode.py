@@ -124,12 +124,16 @@ def decode_step_reference(tokens, pos: int, wte, wpe, block_params, ln_f_w, ln_f
 
 class FusedStep:
     """A phase's fused decode step, ready to call: the op (`decode_step_`, on int8 weights
-    `decode_step_q8_`, on int4 ones `decode_step_q4_`) with every argument but the token and its
-    position, gathered once when the phase's KV caches are set up
-    (runtime.PhaseRuntime.setup_caches). `fmt`: the `weights` switch; for "int8", "w8a8" and
-    "int4", `prepared` maps each linear layer to its QuantizedWeight or Int4Weight.
-    A call returns (logits (B, 1, V), next token ids (B, 1)), views of the workspace valid
-    until the next call."""
+    `decode_step_q8_`, on int4 ones `decode_step_q4_`) on a `torch.classes.smallmind.DecodeModel`
+    holding every argument but the tokens, their position and the outputs, made once when the
+    phase's KV caches are set up (runtime.PhaseRuntime.setup_caches). `fmt`: the `weights`
+    switch; for "int8", "w8a8" and "int4", `prepared` maps each linear layer to its
+    QuantizedWeight or Int4Weight. A call returns (logits (B, 1, V), next token ids (B, 1)),
+    views of the workspace valid until the next call.
+
+    Why an object held in C++: a Python call of the op converts each of its ~60 tensors through
+    the dispatcher's schema, about a tenth of a step at the seed shape; the held model's
+    `step` takes four arguments (experiments/python_per_token.py measures both)."""
 
     def __init__(self, model, kv_caches, workspace, fmt: str = "fp32", prepared=None):
         ops.load_all()  # the C++ ops registered (a phase with fused_decode has built them)
@@ -138,28 +142,36 @@ class FusedStep:
             raise ValueError("fused decode needs the lm head tied to the token embedding "
                              "(model.lm_head.weight is model.transformer.wte.weight)")
         flat = [p for block in tr.h for p in block_params(block)]
+        # the op's arguments (what decode_step_reference takes to check a step against)
         self.args = (tr.wte.weight, tr.wpe.weight, flat, tr.ln_f.weight, tr.ln_f.bias,
                      [cache.k_cache for cache in kv_caches], [cache.v_cache for cache in kv_caches],
                      c.n_head, c.layer_norm_epsilon)
-        # the ops themselves (OpOverloads), not their Python bindings: every argument was
-        # checked when gathered, the bindings' diagnosis is for callers that build their own
         quantized = [] if fmt == "fp32" else [prepared[module] for module in q8_modules(model)]
         if fmt == "fp32":
-            self.op, self.int8_args = torch.ops.smallmind.decode_step_.default, ()
+            self.int8_args, lowp, group_size = (), ([], []), 0
         elif fmt == "int4":
             groups = {w.group_size for w in quantized}
             if len(groups) != 1:
                 raise ValueError(f"fused decode on int4 weights needs one group size for every "
                                  f"matrix, got {sorted(groups)}")
-            self.op = torch.ops.smallmind.decode_step_q4_.default
-            self.int8_args = ([w.packed for w in quantized], [w.scales for w in quantized],
-                              groups.pop())
+            group_size = groups.pop()
+            lowp = ([w.packed for w in quantized], [w.scales for w in quantized])
+            self.int8_args = (*lowp, group_size)
         else:  # int8 or w8a8: the same int8 weights, int8 activations for w8a8
-            self.op = torch.ops.smallmind.decode_step_q8_.default
-            self.int8_args = ([w.w_q for w in quantized], [w.scale for w in quantized],
-                              fmt == "w8a8")
+            lowp, group_size = ([w.w_q for w in quantized], [w.scale for w in quantized]), 0
+            self.int8_args = (*lowp, fmt == "w8a8")
+        self.model = torch.classes.smallmind.DecodeModel(*self.args, fmt, *lowp, group_size)
+        self.step_op = self.model.step  # the held op's bound method, looked up once
         self.workspace, self.vocab = workspace, c.vocab_size
         self.batch, self.logits, self.next_tokens = 0, None, None
+
+    def _outputs(self, B: int):
+        """The (B, 1, V) logits and (B, 1) next token ids, views of the workspace."""
+        if B != self.batch:  # views of the workspace's buffers for this batch size
+            self.logits = self.workspace.take("logits", B, 1, self.vocab)
+            self.next_tokens = self.workspace.take("next_token", B, 1, dtype=torch.int64)
+            self.batch = B
+        return self.logits, self.next_tokens
 
     def __call__(self, tokens, start: int, last_only: bool = True):
         """tokens (B, T) per sequence at positions start .. start + T - 1, through the KV cache:
@@ -167,14 +179,19 @@ class FusedStep:
         token, (B, 1, V)) or a verify (every token's, (B, T, V)); and their argmax ids."""
         B, T = tokens.shape
         if T == 1 or last_only:
-            if B != self.batch:  # views of the workspace's buffers for this batch size
-                self.logits = self.workspace.take("logits", B, 1, self.vocab)
-                self.next_tokens = self.workspace.take("next_token", B, 1, dtype=torch.int64)
-                self.batch = B
-            logits, next_tokens = self.logits, self.next_tokens
+            logits, next_tokens = self._outputs(B)
         else:  # a verify: every row's logits
             logits = self.workspace.take("verify_logits", B, T, self.vocab)
             next_tokens = self.workspace.take("verify_next_tokens", B, T, dtype=torch.int64)
         with region("decode_step"):  # one fused step, of 1 or T tokens
-            self.op(tokens, start, *self.args, logits, next_tokens, *self.int8_args)
+            self.step_op(tokens, start, logits, next_tokens)
         return logits, next_tokens
+
+    def generate_greedy(self, tokens, first: int, count: int, start: int) -> None:
+        """`count` greedy decode steps in one C++ call, no Python between them: step i reads
+        tokens[:, first + i - 1] at position start + i and writes its argmax to
+        tokens[:, first + i] (tokens: the run's (B, N) int64 buffer). Each step is labelled
+        "decode_step" for the profiler, as a call of this step is."""
+        logits, next_tokens = self._outputs(tokens.size(0))
+        self.model.generate_greedy(tokens, first, count, start, logits, next_tokens,
+                                   "decode_step")

@@ -93,20 +93,23 @@ def _interrupted():
         "starting the next on the same model, or use one model per stream.")
 
 
-@torch.no_grad()
-def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
+def _generate(model, idx, max_new_tokens, temperature, top_k, generator, one_at_a_time):
+    """The tokens of a run: yields (tokens, n, count) after writing its new tokens n .. n +
+    count - 1 into `tokens` (B, T0 + max_new_tokens), whose first T0 columns are idx.
+    one_at_a_time: count is always 1 (a stream); else greedy decoding through the KV cache
+    runs as many steps as the cache holds in one call (one C++ call with fused decode)."""
     max_new_tokens, temperature, top_k = check_args(model, idx, max_new_tokens, temperature,
                                                     top_k, generator)
-    if max_new_tokens == 0:
-        return
     block_size = model.config.block_size
     B, T0 = idx.shape
     # All tokens of the run, written in place: no per-step concatenation.
     tokens = token_buffer(B, T0 + max_new_tokens, idx.device)
     tokens[:, :T0] = idx
     use_cache, greedy = model.phase.opt.kv_cache, temperature < MIN_TEMPERATURE
-    mark = None  # (the runtime, its epoch) after this stream's last step
-    for n in range(T0, T0 + max_new_tokens):
+    mark = None  # (the runtime, its epoch) after this run's last step
+    n, end = T0, T0 + max_new_tokens
+    while n < end:
+        count = 1
         with model.lock:  # held for the step, not across the yield
             rt = model.phase
             if mark is not None and (rt is not mark[0] or rt.epoch != mark[1]):
@@ -114,9 +117,11 @@ def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, gen
             if use_cache and mark is not None and rt.cache_length < block_size:
                 # the runtime's own step (GPT.decode_greedy_step / decode_step without their
                 # no_grad and lock, which this loop holds); greedy: the argmax in the step
-                # itself (one C++ call with fused decode)
+                # itself, and as many steps as the cache holds in one call
                 if greedy:
-                    tokens[:, n:n + 1] = rt.decode_greedy(model, tokens[:, n - 1:n])
+                    if not one_at_a_time:
+                        count = min(end - n, block_size - rt.cache_length)
+                    rt.decode_greedy_run(model, tokens, n, count)
                 else:
                     tokens[:, n:n + 1] = sample(rt.decode(model, tokens[:, n - 1:n]),
                                                 temperature, top_k, generator)
@@ -132,11 +137,22 @@ def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, gen
                     logits = model.forward_last(window)
                 tokens[:, n:n + 1] = sample(logits, temperature, top_k, generator)
             mark = (rt, rt.epoch)
+        yield tokens, n, count
+        n += count
+
+
+@torch.no_grad()
+def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
+    for tokens, n, _ in _generate(model, idx, max_new_tokens, temperature, top_k, generator,
+                                  one_at_a_time=True):
         yield tokens[:, n:n + 1]
 
 
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
+    tokens = idx
     with model.lock:  # one whole generation at a time per model
-        new = list(generate_stream(model, idx, max_new_tokens, temperature, top_k, generator))
-    return torch.cat([idx] + new, dim=1)
+        for tokens, _, _ in _generate(model, idx, max_new_tokens, temperature, top_k,
+                                      generator, one_at_a_time=False):
+            pass
+    return tokens if tokens is not idx else idx.clone()

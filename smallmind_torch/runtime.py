@@ -194,6 +194,21 @@ class PhaseRuntime:
         self.cache_length += 1
         return ids
 
+    def decode_greedy_run(self, model, tokens, first: int, count: int) -> None:
+        """`count` greedy decode steps: step i reads tokens[:, first + i - 1] and writes its
+        argmax to tokens[:, first + i] (tokens: a run's (B, N) buffer). With fused decode one
+        C++ call runs them all, with no Python between the steps. Unchecked and unlocked, as
+        decode is: generation.generate calls it, within the cache's room."""
+        self.epoch += 1
+        if self.fused_step is not None:
+            self.fused_step.generate_greedy(tokens, first, count, self.cache_length)
+            self.cache_length += count
+            return
+        for n in range(first, first + count):
+            tokens[:, n:n + 1] = self.forms.decode_greedy(model, tokens[:, n - 1:n],
+                                                          self.cache_length)
+            self.cache_length += 1
+
     @property
     def workspace(self) -> "workspace.Workspace":
         """The phase's preallocated buffers (workspace phases), made on first use."""

@@ -82,7 +82,7 @@ def test_the_html_is_two_left_aligned_columns_with_the_indentation_kept():
 def test_the_fused_decode_pair_shows_the_cpp_per_layer_loop_under_its_call():
     text = _visible_text(switch_html("fused_decode"))
     assert "static inline void block_layer(" in text and "layer_gemv(layer, 3," in text
-    assert "called as self.op(tokens, start" in text
+    assert "called as self.step_op(tokens, start" in text
     assert "decode_block_reference" not in text  # not the PyTorch reference of the op
 
 

@@ -87,3 +87,16 @@ def test_run_as_a_script_a_bad_input_is_one_line():
     assert done.returncode == 2
     assert done.stderr.strip() == "smallmind: error: --runs must be >= 1, got 0"
     assert done.stdout == ""
+
+
+def test_python_per_token_times_the_same_steps_five_ways(capsys):
+    """experiments/python_per_token.py: one row per path, each read against the C++ loop."""
+    script = load_experiment("python_per_token")
+    assert script.main(["--shape", "tiny", "--tokens", "4", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny shape, 1 thread(s), 4 greedy steps after a 16-token prompt" in out
+    for path in ("C++ loop", "held step", "op, ~60 tensors", "generate_stream", "generate"):
+        assert any(line.startswith(path + " ") for line in out.splitlines()), path
+    with pytest.raises(SystemExit):
+        script.main(["--shape", "tiny", "--tokens", "16"])  # the cache holds 32 positions
+    assert "--tokens must lie in [1, 15]" in capsys.readouterr().err

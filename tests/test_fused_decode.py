@@ -151,3 +151,77 @@ def test_fused_prefill_and_verify_match_full_forward(prompt):
     assert_close(model.verify(idx[:, prompt + 2:]), expected[:, prompt + 2:], rtol=1e-5,
                  atol=1e-5)
     assert model.phase.cache_length == prompt + 5
+
+
+def test_the_held_model_refuses_bad_arguments_when_made():
+    """DecodeModel (the fused step's arguments held in C++) checks them when it is made, with
+    the op's messages."""
+    model, _ = _prefilled(batch=1)
+    args = list(model.phase.fused_step.args)
+    DecodeModel = torch.classes.smallmind.DecodeModel
+    with pytest.raises(ValueError, match="format must be 'fp32', 'int8', 'w8a8' or 'int4', got 'fp16'"):
+        DecodeModel(*args, "fp16", [], [], 0)
+    with pytest.raises(ValueError, match="format 'fp32' takes no low-precision weights"):
+        DecodeModel(*args, "fp32", [torch.zeros(2, dtype=torch.int8)], [], 0)
+    args[2] = list(args[2])
+    args[2][2] = args[2][2].t()  # block 0's c_attn weight, not contiguous
+    with pytest.raises(RuntimeError, match=r"block_params\[2\] \(block 0 attn.c_attn.weight\)"):
+        DecodeModel(*args, "fp32", [], [], 0)
+    with pytest.raises(RuntimeError, match="'weights_q8' and 'scales_q8' must each hold 4 tensors "
+                                           "per block"):
+        DecodeModel(*model.phase.fused_step.args, "int8", [], [], 0)
+
+
+def test_a_parameter_reshaped_in_place_is_refused_not_read_stale():
+    """The held model keeps the parameters themselves and checks them on every step: one
+    swapped for a tensor of another shape in place (`set_`) is named, never read through a
+    pointer taken when the model was made."""
+    model, idx = _prefilled(batch=1)
+    step = model.phase.fused_step
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight.set_(torch.zeros(5, 48))
+        with pytest.raises(RuntimeError, match=r"block_params\[20\] \(block 1 mlp.c_fc.weight\)"):
+            step(idx[:, 5:6], 5)
+
+
+def test_generate_runs_the_greedy_steps_of_a_cache_fill_in_one_call(monkeypatch):
+    """Greedy generate on fused decode: no Python between the steps (one generate_greedy call
+    for the steps the cache holds), each step still one decode_step_ under a decode_step label;
+    the tokens those of reference and of the stream, past block_size (where every token
+    refills the cache from the cropped window)."""
+    from torch.profiler import ProfilerActivity, profile
+    from smallmind_torch.fused_decode import FusedStep
+
+    config = ModelConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=16)
+    model = GPT(config).eval()
+    idx = torch.randint(0, config.vocab_size, (2, 5))
+    expected = model.generate(idx, 40)
+    set_phase_or_skip(model, FUSED)
+    calls, original = [], FusedStep.generate_greedy
+
+    def counted(self, tokens, first, count, start):
+        calls.append((first, count, start))
+        return original(self, tokens, first, count, start)
+
+    monkeypatch.setattr(FusedStep, "generate_greedy", counted)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tokens = model.generate(idx, 40)
+    assert torch.equal(tokens, expected)
+    # the prompt's prefill (5) gives token 5; tokens 6 .. 16 fill the cache in one call; each
+    # of the 28 tokens after refills the cache (a prefill of the last 16)
+    assert calls == [(6, 11, 5)]
+    names = [e.name for e in prof.events()]
+    prefills = 1 + 28 if model.phase.opt.fused_prefill else 0
+    assert names.count("smallmind::decode_step_") == names.count("decode_step") == 11 + prefills
+    assert torch.equal(torch.cat([idx, *model.generate_stream(idx, 40)], dim=1), expected)
+    assert len(calls) == 1 + 11  # the stream: one step per call
+
+
+def test_generate_greedy_refuses_columns_outside_the_buffer():
+    model, idx = _prefilled(batch=1)
+    tokens = torch.zeros(1, 10, dtype=torch.long)
+    with torch.no_grad():
+        for first, count in ((0, 1), (5, 6), (3, -1)):
+            with pytest.raises(ValueError, match=r"columns first .. first \+ count - 1 must lie "
+                                                 r"in \[1, 9\]"):
+                model.phase.fused_step.generate_greedy(tokens, first, count, 5)

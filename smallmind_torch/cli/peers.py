@@ -9,14 +9,15 @@ missing is "not installed".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+from ..config import GPT2_SMALL
 from .core import (PROMPT_TEXT, SHAPE_FIELDS, TINY_SHAPE, Command, UsageError, add_shape_arguments,
                    check_presets, check_writable, load_checkpoint_or_fail, model_config_from_args,
                    random_model, register)
 
-GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
-SHAPES = {"seed": {}, "gpt2-small": GPT2_SMALL, "tiny": TINY_SHAPE, "custom": None}
+SHAPES = {"seed": {}, "gpt2-small": dataclasses.asdict(GPT2_SMALL), "tiny": TINY_SHAPE, "custom": None}
 TINY_DEFAULTS = dict(runs=1, new_tokens=6, prompt_len=4, threads=[1], long_prompt=0)
 DEFAULTS = dict(runs=5, new_tokens=50, prompt_len=16, threads=[1, 2], long_prompt=512)
 

@@ -45,6 +45,8 @@
 // a decode step is ~150 small op calls, each paying the dispatcher and Python, and every
 // matrix-vector product forks and joins its threads; here one call pays once, and one
 // OpenMP region serves the whole step. NaN in a cached key reaches x, as in torch.
+#include <ATen/record_function.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -226,6 +228,16 @@ struct LowpWeights {
   const char* s_name() const { return int4 ? "scales_q4" : "scales_q8"; }
 };
 
+// Names in decode_step_'s messages: block parameter i, and item i of a list.
+std::string step_param_name(int64_t i) {
+  return "block_params[" + std::to_string(i) + "] (block " + std::to_string(i / kNumParams) +
+         " " + kParamNames[i % kNumParams] + ")";
+}
+
+std::string list_item(const char* list, int64_t i) {
+  return std::string(list) + "[" + std::to_string(i) + "]";
+}
+
 void check_lowp(const LowpWeights& lw, int64_t L, int64_t C, int64_t V, const char* op) {
   TORCH_CHECK(int64_t(lw.w.size()) == kQ8PerBlock * L + 1 && lw.scales.size() == lw.w.size(),
               "smallmind::", op, ": '", lw.w_name(), "' and '", lw.s_name(), "' must each hold ",
@@ -243,8 +255,16 @@ void check_lowp(const LowpWeights& lw, int64_t L, int64_t C, int64_t V, const ch
   for (int64_t i = 0; i < int64_t(lw.w.size()); ++i) {
     const bool head = i == kQ8PerBlock * L;
     const auto [N, K] = head ? std::make_pair(V, C) : param_shape(kQ8Params[i % kQ8PerBlock], C);
-    const std::string name = std::string(lw.w_name()) + "[" + std::to_string(i) + "]";
-    const std::string sname = std::string(lw.s_name()) + "[" + std::to_string(i) + "]";
+    const at::Tensor& w = lw.w[i];
+    const at::Tensor& sc = lw.scales[i];
+    const int64_t scale_cols = lw.int4 ? K / lw.group : 0;
+    if (w.device().is_cpu() && w.scalar_type() == (lw.int4 ? at::kByte : at::kChar) &&
+        w.dim() == 2 && w.size(0) == N && w.size(1) == (lw.int4 ? K / 2 : K) &&
+        w.is_contiguous() && sc.device().is_cpu() && sc.scalar_type() == at::kFloat &&
+        sc.dim() == (lw.int4 ? 2 : 1) && sc.size(0) == N &&
+        (!lw.int4 || sc.size(1) == scale_cols) && sc.is_contiguous())
+      continue;  // the names below only for a message: these checks run on every step
+    const std::string name = list_item(lw.w_name(), i), sname = list_item(lw.s_name(), i);
     check_cpu(lw.w[i], op, name.c_str());
     check_dtype(lw.w[i], lw.int4 ? at::kByte : at::kChar, op, name.c_str());
     check_shape(lw.w[i], {N, lw.int4 ? K / 2 : K}, op, name.c_str());
@@ -258,13 +278,17 @@ void check_lowp(const LowpWeights& lw, int64_t L, int64_t C, int64_t V, const ch
   }
 }
 
-void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
-                      const at::Tensor& wpe, at::TensorList block_params,
-                      const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
-                      at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
-                      double eps, at::Tensor& logits, at::Tensor& next_tokens,
-                      const LowpWeights* lw) {
-  const char* op = !lw ? "decode_step_" : lw->int4 ? "decode_step_q4_" : "decode_step_q8_";
+// The model's half of decode_step_'s arguments, checked: everything but the call's tokens,
+// position and outputs. Returns its dims.
+struct ModelDims {
+  int64_t V, C, nh, hs, L, maxB, S;
+};
+
+ModelDims check_model(const at::Tensor& wte, const at::Tensor& wpe,
+                      at::TensorList block_params, const at::Tensor& ln_f_w,
+                      const at::Tensor& ln_f_b, at::TensorList k_caches,
+                      at::TensorList v_caches, int64_t n_head, double eps,
+                      const LowpWeights* lw, const char* op) {
   // the model: wte (V, C), wpe (P, C), n_head, eps
   check_matrix(wte, op, "wte");
   check_dim(wte, 2, op, "wte");
@@ -287,28 +311,37 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
   TORCH_CHECK(int64_t(k_caches.size()) == L && int64_t(v_caches.size()) == L, "smallmind::", op,
               ": 'k_caches' and 'v_caches' must hold one cache per block (", L, "), got ",
               k_caches.size(), " and ", v_caches.size());
-  auto param_name = [](int64_t i) {
-    return "block_params[" + std::to_string(i) + "] (block " + std::to_string(i / kNumParams) +
-           " " + kParamNames[i % kNumParams] + ")";
-  };
   for (int64_t i = 0; i < L * kNumParams; ++i)
-    check_param(block_params[i], i % kNumParams, C, op, [&] { return param_name(i); });
+    check_param(block_params[i], i % kNumParams, C, op, [&] { return step_param_name(i); });
   // ln_f is shaped like a block's LayerNorms
   check_param(ln_f_w, decode_layout::ln_1_w, C, op, [] { return std::string("ln_f_w"); });
   check_param(ln_f_b, decode_layout::ln_1_b, C, op, [] { return std::string("ln_f_b"); });
-  auto cache_name = [](const char* list, int64_t l) {
-    return std::string(list) + "[" + std::to_string(l) + "]";
-  };
   for (int64_t l = 0; l < L; ++l) {
-    check_cache(k_caches[l], nh, hs, op, [&] { return cache_name("k_caches", l); });
-    check_cache(v_caches[l], nh, hs, op, [&] { return cache_name("v_caches", l); });
+    check_cache(k_caches[l], nh, hs, op, [&] { return list_item("k_caches", l); });
+    check_cache(v_caches[l], nh, hs, op, [&] { return list_item("v_caches", l); });
     TORCH_CHECK(k_caches[l].sizes() == k_caches[0].sizes() &&
                     v_caches[l].sizes() == k_caches[0].sizes(),
                 "smallmind::", op, ": every cache must have the shape of k_caches[0] ",
                 k_caches[0].sizes(), ", got ", k_caches[l].sizes(), " (k_caches[", l, "]) and ",
                 v_caches[l].sizes(), " (v_caches[", l, "])");
   }
-  const int64_t maxB = k_caches[0].size(0), S = k_caches[0].size(2);
+  if (lw) check_lowp(*lw, L, C, V, op);
+  return {V, C, nh, hs, L, k_caches[0].size(0), k_caches[0].size(2)};
+}
+
+const char* step_op_name(const LowpWeights* lw) {
+  return !lw ? "decode_step_" : lw->int4 ? "decode_step_q4_" : "decode_step_q8_";
+}
+
+void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,
+                      const at::Tensor& wpe, at::TensorList block_params,
+                      const at::Tensor& ln_f_w, const at::Tensor& ln_f_b,
+                      at::TensorList k_caches, at::TensorList v_caches, int64_t n_head,
+                      double eps, at::Tensor& logits, at::Tensor& next_tokens,
+                      const LowpWeights* lw) {
+  const char* op = step_op_name(lw);
+  const auto [V, C, nh, hs, L, maxB, S] = check_model(wte, wpe, block_params, ln_f_w, ln_f_b,
+                                                      k_caches, v_caches, n_head, eps, lw, op);
   // the call: tokens (B,) or (B, T) at pos .. pos + T - 1; outputs
   check_cpu_long(tokens, op, "tokens");
   TORCH_CHECK((tokens.dim() == 1 || tokens.dim() == 2) && tokens.size(0) >= 1 &&
@@ -367,7 +400,6 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
     ext.push_back(extent_of(block_params[i], first_read + 5 + i, false));
   const int64_t first_q8 = first_read + 5 + L * kNumParams, n_q8 = lw ? int64_t(lw->w.size()) : 0;
   if (lw) {
-    check_lowp(*lw, L, C, V, op);
     for (int64_t i = 0; i < n_q8; ++i) {
       ext.push_back(extent_of(lw->w[i], first_q8 + i, false));
       ext.push_back(extent_of(lw->scales[i], first_q8 + n_q8 + i, false));
@@ -377,12 +409,12 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
     static const char* names[] = {"tokens", "wte", "wpe", "ln_f_w", "ln_f_b"};
     if (id == 0) return "logits";
     if (id == 1) return "next_tokens";
-    if (id < 2 + L) return cache_name("k_caches", id - 2);
-    if (id < first_read) return cache_name("v_caches", id - 2 - L);
+    if (id < 2 + L) return list_item("k_caches", id - 2);
+    if (id < first_read) return list_item("v_caches", id - 2 - L);
     if (id < first_read + 5) return names[id - first_read];
-    if (id < first_q8) return param_name(id - first_read - 5);
-    if (id < first_q8 + n_q8) return cache_name(lw->w_name(), id - first_q8);
-    return cache_name(lw->s_name(), id - first_q8 - n_q8);
+    if (id < first_q8) return step_param_name(id - first_read - 5);
+    if (id < first_q8 + n_q8) return list_item(lw->w_name(), id - first_q8);
+    return list_item(lw->s_name(), id - first_q8 - n_q8);
   });
 
   static thread_local std::vector<DecodeLayer> layers;
@@ -474,6 +506,86 @@ void decode_step_q4_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor&
 
 }  // namespace
 
+// ---- DecodeModel: decode_step_'s model arguments, held in C++ ------------------------------
+// What the fused step calls on its hot path (fused_decode.FusedStep). A Python call of
+// decode_step_ converts each of its ~60 tensors through the dispatcher's schema, which at the
+// seed shape costs about a tenth of the step; this object is made once when the phase's caches
+// are set up and takes only the call's tokens, position and outputs. Every argument is checked
+// when it is made and again, in C++, on every step (decode_step_impl): a parameter resized or
+// re-pointed in place is caught, never read through a stale pointer. Each step is recorded for
+// the profiler as the op it runs (smallmind::decode_step_, _q8_ or _q4_).
+struct DecodeModel : torch::CustomClassHolder {
+  at::Tensor wte, wpe, ln_f_w, ln_f_b;
+  std::vector<at::Tensor> block_params, k_caches, v_caches, weights_lowp, scales_lowp;
+  int64_t n_head;
+  double eps;
+  std::string format;
+  LowpWeights lw;  // views of weights_lowp / scales_lowp for int8, w8a8 and int4
+
+  DecodeModel(at::Tensor wte_, at::Tensor wpe_, std::vector<at::Tensor> block_params_,
+              at::Tensor ln_f_w_, at::Tensor ln_f_b_, std::vector<at::Tensor> k_caches_,
+              std::vector<at::Tensor> v_caches_, int64_t n_head_, double eps_,
+              std::string format_, std::vector<at::Tensor> weights_lowp_,
+              std::vector<at::Tensor> scales_lowp_, int64_t group_size)
+      : wte(std::move(wte_)), wpe(std::move(wpe_)), ln_f_w(std::move(ln_f_w_)),
+        ln_f_b(std::move(ln_f_b_)), block_params(std::move(block_params_)),
+        k_caches(std::move(k_caches_)), v_caches(std::move(v_caches_)),
+        weights_lowp(std::move(weights_lowp_)), scales_lowp(std::move(scales_lowp_)),
+        n_head(n_head_), eps(eps_), format(std::move(format_)) {
+    const bool fp32 = format == "fp32";
+    TORCH_CHECK_VALUE(fp32 || format == "int8" || format == "w8a8" || format == "int4",
+                      "smallmind::DecodeModel: format must be 'fp32', 'int8', 'w8a8' or 'int4', "
+                      "got '", format, "'");
+    TORCH_CHECK_VALUE(!fp32 || (weights_lowp.empty() && scales_lowp.empty()),
+                      "smallmind::DecodeModel: format 'fp32' takes no low-precision weights, got ",
+                      weights_lowp.size(), " weights and ", scales_lowp.size(), " scales");
+    lw.w = weights_lowp;
+    lw.scales = scales_lowp;
+    lw.int4 = format == "int4";
+    lw.int8_activations = format == "w8a8";
+    lw.group = group_size;
+    check_model(wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches, n_head, eps,
+                lowp(), step_op_name(lowp()));
+  }
+
+  const LowpWeights* lowp() const { return format == "fp32" ? nullptr : &lw; }
+
+  // decode_step_ (or _q8_ / _q4_) on the held model: tokens (B,) or (B, T) at pos; writes
+  // logits and next_tokens as the op does.
+  void step(const at::Tensor& tokens, int64_t pos, at::Tensor logits, at::Tensor next_tokens) {
+    RECORD_FUNCTION(std::string("smallmind::") + step_op_name(lowp()), std::vector<c10::IValue>());
+    decode_step_impl(tokens, pos, wte, wpe, block_params, ln_f_w, ln_f_b, k_caches, v_caches,
+                     n_head, eps, logits, next_tokens, lowp());
+  }
+
+  // Greedy decoding without a return to Python: for i in 0 .. count - 1, the step of
+  // tokens[:, first + i - 1] at position pos + i, its argmax written to tokens[:, first + i].
+  // tokens: int64 (B, N) (the run's token buffer), 1 <= first, first + count <= N. Each step
+  // is recorded under the profiler label `label` (labels.region's name for a decode step).
+  void generate_greedy(at::Tensor tokens, int64_t first, int64_t count, int64_t pos,
+                       at::Tensor logits, at::Tensor next_tokens, const std::string& label) {
+    constexpr const char* op = "DecodeModel.generate_greedy";
+    check_cpu_long(tokens, op, "tokens");
+    check_dim(tokens, 2, op, "tokens");
+    TORCH_CHECK_VALUE(count >= 0 && first >= 1 && first <= tokens.size(1) - count,
+                      "smallmind::", op, ": the new tokens' columns first .. first + count - 1 "
+                      "must lie in [1, ", tokens.size(1) - 1, "] of the (B, N) = ", tokens.sizes(),
+                      " token buffer (column first - 1 holds the last known token), got first = ",
+                      first, ", count = ", count);
+    check_contiguous(next_tokens, op, "next_tokens");
+    TORCH_CHECK(next_tokens.numel() == tokens.size(0), "smallmind::", op, ": 'next_tokens' must ",
+                "hold one id per sequence (B = ", tokens.size(0), "), got ", next_tokens.sizes());
+    int64_t* buffer = tokens.data_ptr<int64_t>();
+    const int64_t B = tokens.size(0), row = tokens.stride(0), col = tokens.stride(1);
+    for (int64_t i = 0; i < count; ++i) {
+      RECORD_USER_SCOPE(label);
+      step(tokens.select(1, first + i - 1), pos + i, logits, next_tokens);
+      const int64_t* ids = next_tokens.const_data_ptr<int64_t>();
+      for (int64_t b = 0; b < B; ++b) buffer[b * row + (first + i) * col] = ids[b];
+    }
+  }
+};
+
 TORCH_LIBRARY_FRAGMENT(smallmind, m) {
   m.def(
       "decode_block_(Tensor(a!) x, Tensor[] params, Tensor(b!) k_cache, Tensor(c!) v_cache, "
@@ -492,6 +604,12 @@ TORCH_LIBRARY_FRAGMENT(smallmind, m) {
       "Tensor ln_f_w, Tensor ln_f_b, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int n_head, "
       "float eps, Tensor(c!) logits, Tensor(d!) next_tokens, Tensor[] weights_q4, "
       "Tensor[] scales_q4, int group_size=32) -> ()");
+  m.class_<DecodeModel>("DecodeModel")
+      .def(torch::init<at::Tensor, at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor,
+                       std::vector<at::Tensor>, std::vector<at::Tensor>, int64_t, double,
+                       std::string, std::vector<at::Tensor>, std::vector<at::Tensor>, int64_t>())
+      .def("step", &DecodeModel::step)
+      .def("generate_greedy", &DecodeModel::generate_greedy);
 }
 
 TORCH_LIBRARY_IMPL(smallmind, CPU, m) {

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..compiled import DEPLOYED_FORMS
-from ..config import PHASES, ModelConfig, OptConfig, presets
+from ..config import GPT2_SMALL, PHASES, ModelConfig, OptConfig, presets
 from ..model import GPT
 from .measure.diff import PHASE0_TOKENS, measure_diffs
 from .measure.peer import measure_peer
@@ -39,7 +39,6 @@ from .protocol.settings import (BenchSettings, describe_prompt, device_of, fixed
                                 progress_over)
 from .results import SpeculativeResult, StudyResult, TrainingResult
 
-GPT2_SMALL = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 PARTS = ("waterfall", "diffs", "training", "init", "compile", "scaling", "quantized",
          "speculative", "engines")
 # the wider trained model of the speculative part (`smallmind train --shape wide`, make study)

@@ -70,13 +70,13 @@ SWITCHES: dict = {
          ("py", "model.py", "CausalSelfAttention.forward"),
          ("py", "model.py", "MLP.forward")),
         (("cpp", "csrc/decode_kernel.h", "block_layer",
-          ("fused_decode.py", "FusedStep.__call__", "self.op(")),)),
+          ("fused_decode.py", "FusedStep.__call__", "self.step_op(")),)),
     "fused_prefill": (
         "fused prefill (beyond the seed): the prompt through the modules -> the decode step's op "
         "on T tokens, rows in order",
         (("py", "workspace.py", "workspace_forward"),),
         (("cpp", "csrc/decode_kernel.h", "attend_rows",
-          ("fused_decode.py", "FusedStep.__call__", "self.op(")),
+          ("fused_decode.py", "FusedStep.__call__", "self.step_op(")),
          ("cpp", "csrc/decode_kernel.h", "block_layer_gemm", None))),
     "compile": (
         "compile (beyond the seed): the decode step as written -> torch.compile of a static one",
