@@ -149,6 +149,15 @@ def generate_stream(model, idx, max_new_tokens, temperature=0.0, top_k=None, gen
 
 
 @torch.no_grad()
+def generate_chunks(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
+    """generate_stream at the granularity of the calls: each yield the new tokens (B, k) that
+    one call computed (greedy with fused decode, every step the KV cache holds at once)."""
+    for tokens, n, count in _generate(model, idx, max_new_tokens, temperature, top_k, generator,
+                                      one_at_a_time=False):
+        yield tokens[:, n:n + count]
+
+
+@torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
     tokens = idx
     with model.lock:  # one whole generation at a time per model

@@ -107,6 +107,23 @@ class machine_load:
         return None if self.load is None else self.load.other_cores
 
 
+def wait_until_quiet(timeout_s: float, window_s: float = 0.05) -> "float | None":
+    """Wait, up to timeout_s, until other processes keep under QUIET_OTHER_CORES busy over a
+    window of window_s: what a benchmark does between two contenders' runs, whose threads may
+    still spin after their work (Intel's OpenMP, CTranslate2's, spins 200 ms after a parallel
+    region by default). Returns the other cores of the last window (None without /proc, or
+    for timeout_s <= 0, which waits for nothing)."""
+    deadline = time.monotonic() + timeout_s
+    other = None
+    while time.monotonic() < deadline:
+        with machine_load() as load:
+            time.sleep(window_s)
+        other = load.other_cores
+        if other is None or not busy(other):
+            break
+    return other
+
+
 def memory_bandwidth_gbs(nbytes: int = 64 * 2**20, *, device="cpu", repeat: int = 5) -> float:
     """Read bandwidth in GB/s: a float32 buffer of `nbytes` summed once, over the median of
     `repeat` timed sums after 2 untimed ones."""

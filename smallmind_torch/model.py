@@ -371,6 +371,11 @@ class GPT(nn.Module):
         """Yield the generated tokens one step at a time, each (B, 1)."""
         return generation.generate_stream(self, idx, max_new_tokens, temperature, top_k, generator)
 
+    def generate_chunks(self, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
+        """Yield the generated tokens as each call computes them, (B, k): k = 1 per step, or
+        greedy with fused decode every step the KV cache holds, in one C++ call."""
+        return generation.generate_chunks(self, idx, max_new_tokens, temperature, top_k, generator)
+
     # ---- interop -------------------------------------------------------------------------
 
     @classmethod

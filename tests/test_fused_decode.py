@@ -215,6 +215,9 @@ def test_generate_runs_the_greedy_steps_of_a_cache_fill_in_one_call(monkeypatch)
     assert names.count("smallmind::decode_step_") == names.count("decode_step") == 11 + prefills
     assert torch.equal(torch.cat([idx, *model.generate_stream(idx, 40)], dim=1), expected)
     assert len(calls) == 1 + 11  # the stream: one step per call
+    chunks = list(model.generate_chunks(idx, 40))  # as the calls compute them
+    assert [c.shape for c in chunks] == [(2, 1), (2, 11)] + [(2, 1)] * 28
+    assert torch.equal(torch.cat([idx, *chunks], dim=1), expected)
 
 
 def test_generate_greedy_refuses_columns_outside_the_buffer():

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from smallmind_torch.machine_load import (RESOLUTION_S, CpuSnapshot, Load, busy, load_between,
-                                         machine_load, snapshot, uneven)
+                                         machine_load, snapshot, uneven, wait_until_quiet)
 
 pytestmark = pytest.mark.skipif(snapshot() is None, reason="no /proc/stat (not Linux)")
 
@@ -29,6 +29,22 @@ def test_a_busy_process_beside_us_is_seen():
     assert m.load.wall_s == pytest.approx(0.5, abs=0.2)
     assert m.other_cores > 0.5  # the hog kept about one core busy
     assert busy(m.other_cores)
+
+
+def test_waiting_for_quiet_waits_out_a_busy_process_and_says_so():
+    """Between two contenders' runs the peers wait for quiet: a process spinning beside us
+    keeps it waiting until the timeout, which returns the busy window's load."""
+    assert wait_until_quiet(0) is None  # no wait asked for
+    hog = subprocess.Popen([sys.executable, "-c",
+                            "import time\nend = time.time() + 1.0\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.1)  # the hog is running
+        start = time.monotonic()
+        other = wait_until_quiet(0.3)
+        waited = time.monotonic() - start
+    finally:
+        hog.wait()
+    assert busy(other) and waited >= 0.3
 
 
 def test_our_own_work_is_not_counted_as_other():

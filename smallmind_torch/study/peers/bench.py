@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ...machine_load import wait_until_quiet
 from ...check import first_mismatch
 from ..protocol.machine import environment
 from ..protocol.settings import fixed_prompt
@@ -53,7 +54,7 @@ class PeerSettings:
     threads: tuple = (1, 2)
     phase: str = "max"            # preset of the plain `smallmind` engine
     compile_backend: str = "inductor"  # torch.compile backend of hf-compiled
-    settle_s: float = 0.1         # pause between two engines' runs
+    settle_s: float = 1.0         # between two engines' runs: wait at most this long for quiet
     ready_timeout_s: float = 1800.0   # prepare (export, conversion) may take minutes
     run_timeout_s: float = 900.0      # one generation (the first may compile)
 
@@ -302,7 +303,7 @@ def run_case(workers: dict, rows: dict, prompt, reference, settings, log) -> Non
             if run is not None:
                 rows[name].runs.append({"total_s": run.total_s, "tokens_per_s": run.tokens_per_s,
                                         "first_token_s": run.first_token_s, "decode_s": run.decode_s})
-            time.sleep(settings.settle_s)
+            wait_until_quiet(settings.settle_s)  # the last engine's threads may still spin
         log(f"  run {i + 1}/{settings.runs} of every engine done")
     for row in rows.values():
         if not row.ok:

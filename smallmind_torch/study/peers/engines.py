@@ -61,14 +61,21 @@ class SmallmindEngine(Engine):
         return {"load_s": time.perf_counter() - start}
 
     def generate(self, prompt, n):
+        """Greedy, as a user calls it: `generate_chunks`, whose first chunk is the prompt's
+        prefill and first token; with fused decode the decode steps come in one C++ call per
+        fill of the KV cache, so the steps of one chunk share its time evenly (their mean, not
+        each step's own)."""
         import torch
 
         idx = torch.tensor([prompt], dtype=torch.long)
         tokens, stamps = [], []
+        last = time.perf_counter()
         with torch.no_grad():
-            for tok in self.model.generate_stream(idx, n, temperature=0.0):
-                stamps.append(time.perf_counter())
-                tokens.append(tok)
+            for chunk in self.model.generate_chunks(idx, n, temperature=0.0):
+                now, k = time.perf_counter(), chunk.size(1)
+                stamps += [last + (now - last) * (i + 1) / k for i in range(k)]
+                tokens.append(chunk)
+                last = now
         return torch.cat(tokens, dim=1)[0].tolist(), stamps
 
 
