@@ -139,8 +139,10 @@ class PhaseRuntime:
     def _prepare(self, model) -> None:
         """The weights in the phase's format and the forms over them; no caches yet."""
         fmt = self.opt.weights
-        if self.opt.matmul == "custom" and fmt == "fp32":
-            _drop_packed_weights()  # packed before a write through `.data`, which has no version
+        if fmt == "fp32" and (self.opt.matmul == "custom" or self.opt.fused_prefill):
+            # the custom GEMM's and the fused prefill's packed weights, packed before a write
+            # through `.data`, which has no version
+            _drop_packed_weights()
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         self.weights = None if fmt == "fp32" else {m: prepare(m.weight, fmt) for m in linears}
         self.forms = resolve_forms(self.opt, self.weights)

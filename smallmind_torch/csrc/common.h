@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <new>
 
 namespace smallmind {
@@ -150,6 +151,11 @@ inline bool may_overlap(const at::Tensor& out, const at::Tensor& in) {
 // ---- threads and scratch ---------------------------------------------------------------
 
 // Threads for an OpenMP region, following torch.get_num_threads().
+// The packed copy of a float32 weight (N, K) (nn.Linear's layout) for the blocked GEMM of the
+// current ISA, from gemm.cpp's packed-weight cache (packed on a miss, repacked when the weight
+// changed); null where the cache cannot hold it (then the GEMM packs it per call).
+std::shared_ptr<const float> cached_packed_weight(const at::Tensor& weight, int nthreads);
+
 inline int num_threads() {
   int n = at::get_num_threads();
   return n < 1 ? 1 : n;

@@ -19,8 +19,9 @@
 // T = 1, (B, V); next_tokens one per row of logits: (B, T), (B, 1) or (B,). Every float tensor
 // is float32, every tensor written or read as a matrix contiguous; nothing written may share
 // memory with anything else the op touches. Allocates nothing once its scratch has grown
-// (scratch lives in thread_local buffers). On float32 weights with B * T >= 32 rows the
-// matrices run on the blocked GEMM (decode_kernel.h: decode_step_gemm).
+// (scratch lives in thread_local buffers). On float32 weights with B * T >= kDecodeGemmRows
+// (8) rows the matrices run on the blocked GEMM (decode_kernel.h: decode_step_gemm) on
+// weights packed once (gemm.cpp's packed-weight cache).
 //
 // decode_step_q8_(..., weights_q8, scales_q8): the same step with int8 weights (weight-only,
 // per output channel: the `weights` switch) for the four matrices of every block and the lm
@@ -417,11 +418,22 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
     return list_item(lw->s_name(), id - first_q8 - n_q8);
   });
 
+  // On the blocked GEMM (float32 weights, many rows) every matrix comes packed from the
+  // packed-weight cache: packed once per weight (and again when it changes), not per call.
+  const bool gemm = !lw && B * T >= kDecodeGemmRows;
+  const int nthreads = num_threads();
+  static thread_local std::vector<std::shared_ptr<const float>> packed;  // alive for the call
+  packed.clear();
   static thread_local std::vector<DecodeLayer> layers;
   layers.resize(size_t(L));
   for (int64_t l = 0; l < L; ++l) {
     layers[l] = layer_of(block_params.slice(size_t(l * kNumParams), kNumParams), k_caches[l],
                          v_caches[l]);
+    for (int64_t m = 0; gemm && m < kQ8PerBlock; ++m) {
+      packed.push_back(cached_packed_weight(block_params[l * kNumParams + kQ8Params[m]],
+                                            nthreads));
+      layers[l].packed[m] = packed.back().get();
+    }
     for (int64_t m = 0; lw && m < kQ8PerBlock; ++m) {
       const at::Tensor& w = lw->w[l * kQ8PerBlock + m];
       const float* scales = lw->scales[l * kQ8PerBlock + m].const_data_ptr<float>();
@@ -452,6 +464,7 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
   s.ln_f_b = ln_f_b.const_data_ptr<float>();
   s.eps = static_cast<float>(eps);
   s.logits = logits.data_ptr<float>();
+  s.gemm = gemm;
   s.next_tokens = next_tokens.data_ptr<int64_t>();
   if (lw && lw->int4) {
     s.head_q4 = lw->w[kQ8PerBlock * L].const_data_ptr<uint8_t>();
@@ -462,7 +475,12 @@ void decode_step_impl(const at::Tensor& tokens, int64_t pos, const at::Tensor& w
     s.head_scale = lw->scales[kQ8PerBlock * L].const_data_ptr<float>();
     s.int8_activations = lw->int8_activations;
   }
-  run_decode_step(current_isa(), s, num_threads());
+  if (gemm && all_logits) {
+    packed.push_back(cached_packed_weight(wte, nthreads));
+    s.head_packed = packed.back().get();
+  }
+  run_decode_step(current_isa(), s, nthreads);
+  packed.clear();
 }
 
 void decode_step_cpu(const at::Tensor& tokens, int64_t pos, const at::Tensor& wte,

@@ -277,12 +277,7 @@ static inline void block_layer(const DecodeDims& d, const DecodeLayer& layer, in
   team_barrier(nth);
 }
 
-// Rows from which the float32 matrices run on the blocked GEMM (gemm::sgemm) instead of the
-// row-batched matrix-vector products: there a column range re-reads every row of its input
-// for each 8 columns, which for a long prompt (512 rows of 768) no longer stays in cache.
-constexpr int64_t kGemmRows = 32;
-
-// The same block on the blocked GEMM, for B * T >= kGemmRows rows of float32 weights: each
+// The same block on the blocked GEMM, for B * T >= kDecodeGemmRows rows of float32 weights: each
 // matrix one sgemm (its own parallel region of nthreads), the row-wise stages in between
 // (LayerNorm, attention, GELU, residual adds) each one region of the team. h: shared (M, C).
 static inline void block_layer_gemm(const DecodeDims& d, const DecodeLayer& layer, int64_t pos,
@@ -298,7 +293,8 @@ static inline void block_layer_gemm(const DecodeDims& d, const DecodeLayer& laye
     });
   };
   auto linear = [&](const float* a, int64_t K, int m, int64_t N, float* out) {  // matrix m
-    gemm::sgemm(M, N, K, a, K, 1, p[kQ8Params[m]], 1, K, out, N, p[kQ8Biases[m]], nthreads);
+    gemm::sgemm(M, N, K, a, K, 1, p[kQ8Params[m]], 1, K, out, N, p[kQ8Biases[m]], nthreads,
+                layer.packed[m]);
   };
   auto add_h = [&](int64_t r0, int64_t r1, int) {  // x += h
     for (int64_t i = r0 * C; i < r1 * C; ++i) x[i] += h[i];
@@ -404,7 +400,7 @@ static inline void ln_f_rows(const DecodeStep& s, const float* x, int64_t i0, in
     layer_norm_rows(x + (i * T + T - 1) * C, 1, C, s.ln_f_w, s.ln_f_b, s.eps, h + i * C);
 }
 
-// decode_step_ on the blocked GEMM (float32 weights, B * T >= kGemmRows rows: a prompt or a
+// decode_step_ on the blocked GEMM (float32 weights, B * T >= kDecodeGemmRows rows: a prompt or a
 // long verify): every block by block_layer_gemm, then the lm head by sgemm and the argmax of
 // each row of logits by the thread that owns the row.
 static inline void decode_step_gemm(const DecodeStep& s, int nthreads) {
@@ -425,7 +421,7 @@ static inline void decode_step_gemm(const DecodeStep& s, int nthreads) {
   for (int64_t l = 0; l < s.n_layer; ++l)  // every block
     block_layer_gemm(d, s.layers[l], s.pos, s.eps, x, sh, h, nthreads);
   rows(R, [&](int64_t r0, int64_t r1) { ln_f_rows(s, x, r0, r1, h); });
-  gemm::sgemm(R, V, C, h, C, 1, s.wte, 1, C, s.logits, V, nullptr, nthreads);
+  gemm::sgemm(R, V, C, h, C, 1, s.wte, 1, C, s.logits, V, nullptr, nthreads, s.head_packed);
   rows(R, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float val;
@@ -437,13 +433,12 @@ static inline void decode_step_gemm(const DecodeStep& s, int nthreads) {
 // decode_step_: the whole model for T new tokens per sequence (T = 1: the decode step,
 // llama2.c's `forward`; a prompt's prefill; speculative decoding's verify): embeddings, every
 // block, ln_f, the tied lm head into logits (of every row, or of each sequence's last), and
-// the argmax of each row. Float32 weights and B * T >= kGemmRows rows: decode_step_gemm;
+// the argmax of each row. Float32 weights and B * T >= kDecodeGemmRows rows: decode_step_gemm;
 // else one region of the team.
 static inline void decode_step(const DecodeStep& s, int nthreads) {
   const DecodeDims& d = s.d;
   const int64_t B = d.B, M = B * d.T, C = d.C, V = s.vocab, R = s.all_logits ? M : B;
-  const bool lowp = s.head_q || s.head_q4;
-  if (!lowp && M >= kGemmRows) {
+  if (s.gemm) {
     decode_step_gemm(s, nthreads);
     return;
   }

@@ -201,6 +201,14 @@ PackedWeights& packed_weights() {
   return *cache;
 }
 
+}  // namespace
+
+std::shared_ptr<const float> cached_packed_weight(const at::Tensor& weight, int nthreads) {
+  return packed_weights().get(weight, current_isa(), nthreads);
+}
+
+namespace {
+
 // ---- ops ---------------------------------------------------------------------------------
 
 struct GemmDims {

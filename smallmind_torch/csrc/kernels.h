@@ -60,7 +60,17 @@ struct DecodeLayer {
   const uint8_t* q4[decode_layout::kQ8PerBlock] = {};
   const float* q4s[decode_layout::kQ8PerBlock] = {};
   int64_t q4_group = 0;
+  // the float32 matrices already packed for the blocked GEMM (the packed-weight cache of
+  // gemm.cpp), or null: packed on every call of the GEMM path
+  const float* packed[decode_layout::kQ8PerBlock] = {};
 };
+
+// Rows (B * T) from which decode_step_ runs its float32 matrices on the blocked GEMM
+// (gemm::sgemm on the cached packed weights) instead of the row-batched matrix-vector
+// products, which re-read every input row for each 8 columns of a weight. Measured on both
+// shapes (seed, GPT-2 small) and 1 and 2 threads: the GEMM wins from 8 rows on each; from 5
+// (its packed path) on 1 thread only.
+constexpr int64_t kDecodeGemmRows = 8;
 
 // The whole-model decode step (decode_step_ in decode.cpp): d.T tokens per sequence at
 // positions pos .. pos + T - 1.
@@ -85,6 +95,8 @@ struct DecodeStep {
   const uint8_t* head_q4 = nullptr;   // the lm head as int4 (vocab, C / 2), or null
   const float* head_q4_scale = nullptr;  // its scales (vocab, C / q4_group)
   int64_t q4_group = 0;
+  bool gemm = false;  // float32 matrices on the blocked GEMM (B * T >= kDecodeGemmRows)
+  const float* head_packed = nullptr;  // wte packed for the blocked GEMM (all_logits), or null
 };
 
 }  // namespace smallmind
