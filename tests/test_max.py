@@ -244,3 +244,16 @@ def test_a_choice_far_slower_than_its_memory_roofline_is_disturbed(monkeypatch):
     assert tuning.disturbances(rounds, "a", 0.0, roofline=5.0) == []
     assert tuning.disturbances(rounds, "a", 0.0, roofline=2.0) == [
         "a took 10.2 ms, 5.1x its memory roofline (2.0 ms)"]
+
+
+def test_max_chooses_the_first_candidate_the_fastest_does_not_beat_beyond_the_noise():
+    """Candidates the rounds cannot rank are a tie, won by the preset's preferred (earlier)
+    form: a busy machine's noise cannot flip the choice between them."""
+    from smallmind_torch.tuning import fastest_beyond_noise
+
+    order = ["a", "b", "c"]
+    assert fastest_beyond_noise({"a": [10, 11, 12], "b": [9, 9.2, 9.4], "c": None}, order) == "b"
+    assert fastest_beyond_noise({"a": [10, 10.2, 10.4], "b": [9.9, 10, 10.1]}, order) == "a"
+    # ranges that overlap: the medians differ by 30%, the rounds do not tell them apart
+    assert fastest_beyond_noise({"a": [12, 13, 20], "b": [8, 10, 12.5]}, order) == "a"
+    assert fastest_beyond_noise({"a": None, "b": None, "c": [1, 1, 1]}, order) == "c"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ._build import CustomOpsUnavailable, available, build_directory, load, loaded
+from ._build import CustomOpsUnavailable, available, build_directory, load, loaded, sources_digest
 
 # public name -> binding module (private names, so that no module shadows its function)
 _EXPORTS = {
@@ -83,4 +83,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["CustomOpsUnavailable", "available", "build", "build_directory", "load", "load_all", "loaded",
-           *_EXPORTS]
+           "sources_digest", *_EXPORTS]

@@ -24,6 +24,7 @@ loaded as it is, with no lock and no write, so a prebuilt read-only directory wo
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -111,6 +112,17 @@ def build_key() -> str:
         str(CSRC_DIR), _compiler_identity(), *CFLAGS, *LDFLAGS, _cpu_description(),
     ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def sources_digest() -> str:
+    """Hash of the C++ sources (csrc/*.cpp, *.h) as this process first read them (the library
+    it loads is built from them): what a choice measured on the built kernels (tuning's cache
+    of `max`) is only valid for."""
+    digest = hashlib.sha256()
+    for path in sorted([*CSRC_DIR.glob("*.cpp"), *CSRC_DIR.glob("*.h")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def _source_checkout() -> "Path | None":
