@@ -84,6 +84,14 @@ def fused_prefill(model, idx, start, last_only):
     return model.phase.fused_step(idx, start, last_only)[0]
 
 
+# From this many rows (B * T) a prefill (or verify) on int8 weights ("int8", "w8a8") leaves the
+# fused op for the modules, whose int8 linears hand such rows to the library's GEMM
+# (linear_lowp.cpp: kLibraryGemmRows), while the op's row-batched int8 products re-read every
+# input row for each 8 columns (measured: docs/study.md, the fused prefill). int4 stays fused
+# (its modules have no GEMM); float32 has the op's own blocked GEMM from 8 rows.
+INT8_MODULE_PREFILL_ROWS = 32
+
+
 def resolve_forms(opt: OptConfig, weights: "dict | None" = None) -> Forms:
     """The one place an OptConfig's forms become callables (attention's cross-switch rule is in
     attention.resolve). `weights`: linear module -> its weight in opt's format (None for fp32)."""
@@ -104,7 +112,12 @@ def resolve_forms(opt: OptConfig, weights: "dict | None" = None) -> Forms:
 
         def decode_greedy(model, token, start):
             return decode(model, token, start)[:, -1, :].argmax(dim=-1, keepdim=True)
-    if opt.fused_prefill:
+    if opt.fused_prefill and opt.weights in ("int8", "w8a8"):
+        def prefill(model, idx, start, last_only):
+            if idx.numel() >= INT8_MODULE_PREFILL_ROWS:  # B * T rows
+                return forward(model, idx, start, last_only, True)
+            return fused_prefill(model, idx, start, last_only)
+    elif opt.fused_prefill:
         prefill = fused_prefill
     else:
         def prefill(model, idx, start, last_only):

@@ -228,3 +228,28 @@ def test_generate_greedy_refuses_columns_outside_the_buffer():
             with pytest.raises(ValueError, match=r"columns first .. first \+ count - 1 must lie "
                                                  r"in \[1, 9\]"):
                 model.phase.fused_step.generate_greedy(tokens, first, count, 5)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "w8a8"])
+def test_a_long_int8_prefill_runs_through_the_modules(fmt):
+    """On int8 weights the fused prefill takes fewer than INT8_MODULE_PREFILL_ROWS rows; from
+    there the modules (the library's int8 GEMM) run it: the same logits either way, the decode
+    steps on the fused op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from smallmind_torch.config import MAX_INT8_CANDIDATES
+
+    config = ModelConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=64)
+    model = GPT(config).eval()
+    set_phase_or_skip(model, MAX_INT8_CANDIDATES[f"{fmt} fused decode + fused prefill"])
+    rows = runtime.INT8_MODULE_PREFILL_ROWS
+    model.setup_caches(max_batch=2)
+    for B, T in ((1, rows - 1), (2, rows // 2), (1, rows + 3)):
+        idx = torch.randint(0, config.vocab_size, (B, T))
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            logits = model.prefill(idx)
+        fused = sum(e.name == "smallmind::decode_step_q8_" for e in prof.events())
+        assert fused == (1 if B * T < rows else 0), (B, T)
+        with torch.no_grad():
+            expected = model.forward_last(idx)
+        assert_close(logits, expected, rtol=1e-4, atol=1e-4)
