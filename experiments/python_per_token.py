@@ -3,7 +3,8 @@
 The same greedy decode steps (after a 16-token prompt, random weights, the `fused decode`
 candidate of `max` on float32 weights) run five ways, alternating round by round:
 
-- `C++ loop`: DecodeModel.generate_greedy, every step in one C++ call, no Python between them;
+- `C++ loop`: FusedStep.generate_greedy (DecodeModel.generate_greedy), every step in one C++
+  call, no Python between them;
   the floor the others are read against;
 - `held step`: DecodeModel.step, one Python call per token with four arguments (what
   FusedStep calls);
@@ -46,7 +47,6 @@ def contenders(model, tokens: int) -> dict:
     model.setup_caches(max_batch=1)
     model.prefill(prompt)
     step = model.phase.fused_step
-    held = step.model
     logits = torch.empty(1, 1, model.config.vocab_size)
     next_tokens = torch.empty(1, 1, dtype=torch.long)
     buffer = torch.zeros(1, tokens + 1, dtype=torch.long)  # column i: the token of step i
@@ -54,10 +54,10 @@ def contenders(model, tokens: int) -> dict:
     columns = [buffer[:, i:i + 1] for i in range(tokens)]
 
     def cpp_loop():
-        held.generate_greedy(buffer, 1, tokens, PROMPT, logits, next_tokens, "decode_step")
+        step.generate_greedy(buffer, 1, tokens, PROMPT)
 
     def held_step():
-        run = held.step
+        run = step.step_op  # DecodeModel.step, as FusedStep calls it
         for i, column in enumerate(columns):
             run(column, PROMPT + i, logits, next_tokens)
 

@@ -34,6 +34,9 @@ from .forms import linear_int4_torch, linear_int8_torch, linear_w8a8_torch
 from .weight_formats import Int4Weight, QuantizedWeight
 from .labels import region
 
+# The profiler label of a fused step (labels.CATEGORIES), Python's call or C++'s loop.
+STEP_LABEL = "decode_step"
+
 # BLOCK_PARAMS (the ops' parameter order: nanoGPT names, weights in nn.Linear layout (out, in))
 # and Q8_PARAMS (the four matrices `decode_step_q8_` takes as int8) are decode_layout.py's table,
 # the one the fakes and the C++ unpack read too.
@@ -183,7 +186,7 @@ class FusedStep:
         else:  # a verify: every row's logits
             logits = self.workspace.take("verify_logits", B, T, self.vocab)
             next_tokens = self.workspace.take("verify_next_tokens", B, T, dtype=torch.int64)
-        with region("decode_step"):  # one fused step, of 1 or T tokens
+        with region(STEP_LABEL):  # one fused step, of 1 or T tokens
             self.step_op(tokens, start, logits, next_tokens)
         return logits, next_tokens
 
@@ -191,7 +194,6 @@ class FusedStep:
         """`count` greedy decode steps in one C++ call, no Python between them: step i reads
         tokens[:, first + i - 1] at position start + i and writes its argmax to
         tokens[:, first + i] (tokens: the run's (B, N) int64 buffer). Each step is labelled
-        "decode_step" for the profiler, as a call of this step is."""
+        STEP_LABEL for the profiler, as a call of this step is."""
         logits, next_tokens = self._outputs(tokens.size(0))
-        self.model.generate_greedy(tokens, first, count, start, logits, next_tokens,
-                                   "decode_step")
+        self.model.generate_greedy(tokens, first, count, start, logits, next_tokens, STEP_LABEL)

@@ -159,9 +159,9 @@ def generate_chunks(model, idx, max_new_tokens, temperature=0.0, top_k=None, gen
 
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=0.0, top_k=None, generator=None):
-    tokens = idx
+    tokens = None  # the run's buffer, once a token is written (max_new_tokens = 0: none)
     with model.lock:  # one whole generation at a time per model
         for tokens, _, _ in _generate(model, idx, max_new_tokens, temperature, top_k,
                                       generator, one_at_a_time=False):
             pass
-    return tokens if tokens is not idx else idx.clone()
+    return idx.clone() if tokens is None else tokens

@@ -36,7 +36,7 @@ from .forms import (EMBEDDING, LAYER_NORM, LINEAR_BY_WEIGHTS, inference_only, la
                     labelled_layer_norm, labelled_linear)
 from .fused_decode import FusedStep
 from .kv_cache import KVCache
-from .weight_formats import prepare
+from .weight_formats import INT8_FORMATS, prepare
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def fused_prefill(model, idx, start, last_only):
     return model.phase.fused_step(idx, start, last_only)[0]
 
 
-# From this many rows (B * T) a prefill (or verify) on int8 weights ("int8", "w8a8") leaves the
+# From this many rows (B * T) a prefill (or verify) on int8 weights (INT8_FORMATS) leaves the
 # fused op for the modules, whose int8 linears hand such rows to the library's GEMM
 # (linear_lowp.cpp: kLibraryGemmRows), while the op's row-batched int8 products re-read every
 # input row for each 8 columns (measured: docs/study.md, the fused prefill). int4 stays fused
@@ -112,7 +112,7 @@ def resolve_forms(opt: OptConfig, weights: "dict | None" = None) -> Forms:
 
         def decode_greedy(model, token, start):
             return decode(model, token, start)[:, -1, :].argmax(dim=-1, keepdim=True)
-    if opt.fused_prefill and opt.weights in ("int8", "w8a8"):
+    if opt.fused_prefill and opt.weights in INT8_FORMATS:
         def prefill(model, idx, start, last_only):
             if idx.numel() >= INT8_MODULE_PREFILL_ROWS:  # B * T rows
                 return forward(model, idx, start, last_only, True)
@@ -214,15 +214,13 @@ class PhaseRuntime:
         argmax to tokens[:, first + i] (tokens: a run's (B, N) buffer). With fused decode one
         C++ call runs them all, with no Python between the steps. Unchecked and unlocked, as
         decode is: generation.generate calls it, within the cache's room."""
-        self.epoch += 1
-        if self.fused_step is not None:
-            self.fused_step.generate_greedy(tokens, first, count, self.cache_length)
-            self.cache_length += count
+        if self.fused_step is None:
+            for n in range(first, first + count):
+                tokens[:, n:n + 1] = self.decode_greedy(model, tokens[:, n - 1:n])
             return
-        for n in range(first, first + count):
-            tokens[:, n:n + 1] = self.forms.decode_greedy(model, tokens[:, n - 1:n],
-                                                          self.cache_length)
-            self.cache_length += 1
+        self.epoch += 1
+        self.fused_step.generate_greedy(tokens, first, count, self.cache_length)
+        self.cache_length += count
 
     @property
     def workspace(self) -> "workspace.Workspace":

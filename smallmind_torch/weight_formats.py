@@ -228,12 +228,13 @@ def weight_bytes_per_decode(model) -> int:
 
 
 BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1, "w8a8": 1, "bf16": 2, "int4": 0.5}
+INT8_FORMATS = ("int8", "w8a8")  # the formats on int8 weights (w8a8: int8 activations too)
 
 
 def scale_bytes(fmt: str, rows: int, cols: int) -> int:
     """Bytes of the float32 scales of a (rows, cols) matrix in `fmt`: int8 and w8a8 one per row,
     int4 one per group of INT4_GROUP inputs, the others none."""
-    if fmt in ("int8", "w8a8"):
+    if fmt in INT8_FORMATS:
         return rows * 4
     if fmt == "int4":
         return rows * (cols // INT4_GROUP) * 4

@@ -325,8 +325,12 @@ def test_property_matches_reference(B, nh, hs, V, L, pos, seed, isa):
         _call(decode_step_reference, m, tokens, pos, kr, vr, nh, ref_logits, ref_nxt)
     assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
     assert torch.equal(nxt, logits.argmax(-1))
-    for a, e in zip(kc + vc, kr + vr):
-        assert_close(a, e, rtol=1e-4, atol=1e-4)  # as the logits: later layers carry rounding
+    for layer, (k, v, k_ref, v_ref) in enumerate(zip(kc, vc, kr, vr)):
+        # the first layer's k, v come from the embeddings; a later layer's carry the rounding
+        # of the layers before
+        tol = 1e-5 if layer == 0 else 1e-4
+        assert_close(k, k_ref, rtol=tol, atol=tol)
+        assert_close(v, v_ref, rtol=tol, atol=tol)
 
 
 def test_cuda_fake_tensors_rejected_naming_the_argument():

@@ -32,8 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ...machine_load import wait_until_quiet
 from ...check import first_mismatch
+from ...machine_load import wait_until_quiet
 from ..protocol.machine import environment
 from ..protocol.settings import fixed_prompt
 from ..protocol.timing import spread
